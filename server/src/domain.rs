@@ -1,0 +1,829 @@
+//! The registry's own vocabulary: names, stages, versions, events and the
+//! limits every input must meet. Nothing here knows about protobuf or SQL.
+//!
+//! Validation follows "parse, don't validate": a [`Name`] or a checked
+//! [`NewVersion`] can only exist once its input met the documented limits, so
+//! the store never has to doubt what it is given.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::error::{Error, FieldViolation, Result};
+
+/// Most tags a model or version may carry.
+pub const MAX_TAGS: usize = 64;
+/// Largest tag, key and value together, in bytes.
+pub const MAX_TAG_BYTES: usize = 4096;
+/// Largest free-text field (description, comment, URI), in bytes.
+pub const MAX_TEXT_BYTES: usize = 4096;
+/// Most metrics one version may carry.
+pub const MAX_METRICS: usize = 256;
+/// Page size used when the caller asks for 0.
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+/// Largest page a caller may ask for.
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// Longest request id (AIP-155).
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// Collects every problem of a request so the caller learns them all at once.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    /// Records one bad field.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        });
+    }
+
+    /// Runs a parser and keeps its value, or records its violations.
+    pub fn take<T>(&mut self, result: Result<T>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(Error::InvalidArgument(mut v)) => {
+                self.0.append(&mut v);
+                None
+            }
+            Err(other) => {
+                self.add("", other.to_string());
+                None
+            }
+        }
+    }
+
+    /// `Ok(())` when nothing was recorded, else the `InvalidArgument` error.
+    pub fn finish(self) -> Result<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(self.0))
+        }
+    }
+}
+
+/// A model, evaluation set or environment name: `[a-z0-9][a-z0-9._-]{0,127}`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Name(String);
+
+impl Name {
+    /// Parses `raw` as the value of request field `field`.
+    pub fn parse(field: &str, raw: &str) -> Result<Name> {
+        let valid = !raw.is_empty()
+            && raw.len() <= 128
+            && raw
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && raw.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+            });
+        if valid {
+            Ok(Name(raw.to_owned()))
+        } else if raw.is_empty() {
+            Err(Error::invalid(field, "is required"))
+        } else {
+            Err(Error::invalid(
+                field,
+                format!(
+                    "{:?} is not a valid name: use 1 to 128 characters of [a-z0-9._-], starting with a letter or digit",
+                    truncate(raw, 64)
+                ),
+            ))
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An alias: `[a-z][a-z0-9._-]{0,63}`. It starts with a letter so that it is
+/// never mistaken for a version number.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AliasName(String);
+
+impl AliasName {
+    /// Parses `raw` as the value of request field `field`.
+    pub fn parse(field: &str, raw: &str) -> Result<AliasName> {
+        let valid = !raw.is_empty()
+            && raw.len() <= 64
+            && raw.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+            && raw.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+            });
+        if valid {
+            Ok(AliasName(raw.to_owned()))
+        } else if raw.is_empty() {
+            Err(Error::invalid(field, "is required"))
+        } else {
+            Err(Error::invalid(
+                field,
+                format!(
+                    "{:?} is not a valid alias: use 1 to 64 characters of [a-z0-9._-], starting with a letter",
+                    truncate(raw, 64)
+                ),
+            ))
+        }
+    }
+
+    /// The alias as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Parses a version number field: at least 1.
+pub fn parse_version_number(field: &str, raw: i64) -> Result<i64> {
+    if raw >= 1 {
+        Ok(raw)
+    } else {
+        Err(Error::invalid(
+            field,
+            format!("version numbers start at 1; got {raw}"),
+        ))
+    }
+}
+
+/// Checks a free-text field against [`MAX_TEXT_BYTES`].
+pub fn parse_text(field: &str, raw: &str) -> Result<String> {
+    if raw.len() > MAX_TEXT_BYTES {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "is {} bytes; at most {MAX_TEXT_BYTES} are allowed",
+                raw.len()
+            ),
+        ));
+    }
+    if raw.contains('\0') {
+        return Err(Error::invalid(field, "must not contain NUL characters"));
+    }
+    Ok(raw.to_owned())
+}
+
+/// Checks a tag map: at most [`MAX_TAGS`] entries, keys 1 to 256 bytes without
+/// control characters, key and value together at most [`MAX_TAG_BYTES`].
+pub fn parse_tags(field: &str, raw: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
+    let mut v = Violations::default();
+    if raw.len() > MAX_TAGS {
+        v.add(
+            field,
+            format!("has {} tags; at most {MAX_TAGS} are allowed", raw.len()),
+        );
+    }
+    for (key, value) in raw {
+        let path = format!("{field}[{}]", truncate(key, 64));
+        if key.is_empty() || key.len() > 256 || key.chars().any(|c| c.is_control() || c == '=') {
+            v.add(
+                &path,
+                "tag keys must be 1 to 256 bytes without control characters or '='",
+            );
+        } else if key.len() + value.len() > MAX_TAG_BYTES {
+            v.add(
+                &path,
+                format!(
+                    "is {} bytes; a tag's key and value may have at most {MAX_TAG_BYTES} together",
+                    key.len() + value.len()
+                ),
+            );
+        } else if value.contains('\0') {
+            v.add(&path, "tag values must not contain NUL characters");
+        }
+    }
+    v.finish()?;
+    Ok(raw.clone())
+}
+
+/// Checks a metric map: finite numbers, names like [`Name`] but also allowing
+/// upper case and '/', at most [`MAX_METRICS`] entries.
+pub fn parse_metrics(field: &str, raw: &BTreeMap<String, f64>) -> Result<BTreeMap<String, f64>> {
+    let mut v = Violations::default();
+    if raw.len() > MAX_METRICS {
+        v.add(
+            field,
+            format!(
+                "has {} metrics; at most {MAX_METRICS} are allowed",
+                raw.len()
+            ),
+        );
+    }
+    for (name, value) in raw {
+        let path = format!("{field}[{}]", truncate(name, 64));
+        let name_ok = !name.is_empty()
+            && name.len() <= 128
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+        if !name_ok {
+            v.add(
+                &path,
+                "metric names must be 1 to 128 characters of [A-Za-z0-9._/-]",
+            );
+        } else if !value.is_finite() {
+            v.add(
+                &path,
+                format!("metric values must be finite numbers; got {value}"),
+            );
+        }
+    }
+    v.finish()?;
+    Ok(raw.clone())
+}
+
+/// Checks an artifact digest: empty, or `sha256:` and 64 lowercase hex digits.
+pub fn parse_digest(field: &str, raw: &str) -> Result<String> {
+    if raw.is_empty() {
+        return Ok(String::new());
+    }
+    let ok = raw.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    });
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err(Error::invalid(
+            field,
+            "must be empty or \"sha256:\" followed by 64 lowercase hex digits",
+        ))
+    }
+}
+
+/// Checks an artifact URI: required, at most [`MAX_TEXT_BYTES`], no whitespace
+/// or control characters, and with a scheme or an absolute path.
+pub fn parse_artifact_uri(field: &str, raw: &str) -> Result<String> {
+    if raw.trim().is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    let uri = parse_text(field, raw)?;
+    if uri.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::invalid(
+            field,
+            "must not contain whitespace or control characters",
+        ));
+    }
+    let has_scheme = uri
+        .split_once("://")
+        .is_some_and(|(scheme, rest)| !scheme.is_empty() && !rest.is_empty());
+    if !has_scheme && !uri.starts_with('/') {
+        return Err(Error::invalid(
+            field,
+            "must be a URI with a scheme (s3://…, gs://…, file:///…) or an absolute path",
+        ));
+    }
+    Ok(uri)
+}
+
+/// Checks an AIP-155 request id: empty, or 1 to 128 printable ASCII characters.
+pub fn parse_request_id(field: &str, raw: &str) -> Result<Option<String>> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    if raw.len() > MAX_REQUEST_ID_BYTES || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::invalid(
+            field,
+            format!("must be 1 to {MAX_REQUEST_ID_BYTES} printable ASCII characters (a UUID is ideal)"),
+        ));
+    }
+    Ok(Some(raw.to_owned()))
+}
+
+/// Checks a page size: negative is refused, 0 means the default, larger than
+/// the maximum is clamped to it (AIP-158).
+pub fn parse_page_size(field: &str, raw: i32) -> Result<usize> {
+    match raw {
+        n if n < 0 => Err(Error::invalid(
+            field,
+            format!("must not be negative; got {n}"),
+        )),
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        n => Ok((n as usize).min(MAX_PAGE_SIZE)),
+    }
+}
+
+/// Checks an etag: empty (no check) or the revision number this server issued.
+pub fn parse_etag(field: &str, raw: &str) -> Result<Option<i64>> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    raw.trim_matches('"')
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .map(Some)
+        .ok_or_else(|| Error::invalid(field, "is not an etag issued by this server"))
+}
+
+/// Formats a revision as the etag callers see.
+pub fn etag(revision: i64) -> String {
+    format!("\"{revision}\"")
+}
+
+/// Shortens text quoted back in error messages.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// A lifecycle stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Registered, not under evaluation.
+    None,
+    /// Under evaluation.
+    Staging,
+    /// Serving; at most one version per model.
+    Production,
+    /// Retired.
+    Archived,
+}
+
+impl Stage {
+    /// Every stage, in lifecycle order.
+    pub const ALL: [Stage; 4] = [
+        Stage::None,
+        Stage::Staging,
+        Stage::Production,
+        Stage::Archived,
+    ];
+
+    /// The stored and displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::None => "NONE",
+            Stage::Staging => "STAGING",
+            Stage::Production => "PRODUCTION",
+            Stage::Archived => "ARCHIVED",
+        }
+    }
+
+    /// The inverse of [`Stage::as_str`].
+    pub fn from_db(s: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a version changed stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A direct call.
+    Request,
+    /// An approved transition request.
+    Approval,
+    /// Another version entered production.
+    Superseded,
+    /// A rollback.
+    Rollback,
+    /// The policy engine.
+    Policy,
+}
+
+impl Cause {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Request => "REQUEST",
+            Cause::Approval => "APPROVAL",
+            Cause::Superseded => "SUPERSEDED",
+            Cause::Rollback => "ROLLBACK",
+            Cause::Policy => "POLICY",
+        }
+    }
+
+    /// The inverse of [`Cause::as_str`].
+    pub fn from_db(s: &str) -> Option<Cause> {
+        [
+            Cause::Request,
+            Cause::Approval,
+            Cause::Superseded,
+            Cause::Rollback,
+            Cause::Policy,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
+}
+
+/// What an event records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A model was created.
+    ModelCreated,
+    /// A model's description, tags or policy changed.
+    ModelUpdated,
+    /// A version was registered.
+    VersionRegistered,
+    /// A version changed stage.
+    StageChanged,
+    /// A transition was requested.
+    TransitionRequested,
+    /// A transition was approved.
+    TransitionApproved,
+    /// A transition was rejected.
+    TransitionRejected,
+    /// A transition was cancelled.
+    TransitionCancelled,
+    /// An evaluation was attached.
+    EvaluationAttached,
+    /// A deployment was reported.
+    DeploymentReported,
+    /// An alias was set.
+    AliasSet,
+    /// An alias was deleted.
+    AliasDeleted,
+    /// An evaluation set was created.
+    EvaluationSetCreated,
+    /// A worker gave up on an event.
+    WorkerFailed,
+}
+
+impl EventKind {
+    /// Every kind.
+    pub const ALL: [EventKind; 14] = [
+        EventKind::ModelCreated,
+        EventKind::ModelUpdated,
+        EventKind::VersionRegistered,
+        EventKind::StageChanged,
+        EventKind::TransitionRequested,
+        EventKind::TransitionApproved,
+        EventKind::TransitionRejected,
+        EventKind::TransitionCancelled,
+        EventKind::EvaluationAttached,
+        EventKind::DeploymentReported,
+        EventKind::AliasSet,
+        EventKind::AliasDeleted,
+        EventKind::EvaluationSetCreated,
+        EventKind::WorkerFailed,
+    ];
+
+    /// The stored name (the proto enum value without its prefix).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::ModelCreated => "MODEL_CREATED",
+            EventKind::ModelUpdated => "MODEL_UPDATED",
+            EventKind::VersionRegistered => "VERSION_REGISTERED",
+            EventKind::StageChanged => "STAGE_CHANGED",
+            EventKind::TransitionRequested => "TRANSITION_REQUESTED",
+            EventKind::TransitionApproved => "TRANSITION_APPROVED",
+            EventKind::TransitionRejected => "TRANSITION_REJECTED",
+            EventKind::TransitionCancelled => "TRANSITION_CANCELLED",
+            EventKind::EvaluationAttached => "EVALUATION_ATTACHED",
+            EventKind::DeploymentReported => "DEPLOYMENT_REPORTED",
+            EventKind::AliasSet => "ALIAS_SET",
+            EventKind::AliasDeleted => "ALIAS_DELETED",
+            EventKind::EvaluationSetCreated => "EVALUATION_SET_CREATED",
+            EventKind::WorkerFailed => "WORKER_FAILED",
+        }
+    }
+
+    /// The inverse of [`EventKind::as_str`].
+    pub fn from_db(s: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// Where a version came from.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Source {
+    /// The commit.
+    pub commit: String,
+    /// The pipeline run's URL.
+    pub pipeline_url: String,
+    /// The training run id.
+    pub run_id: String,
+    /// The repository.
+    pub repository: String,
+}
+
+impl Source {
+    /// Checks each field against [`MAX_TEXT_BYTES`].
+    pub fn parse(field: &str, raw: Source) -> Result<Source> {
+        let mut v = Violations::default();
+        v.take(parse_text(&format!("{field}.commit"), &raw.commit));
+        v.take(parse_text(&format!("{field}.pipeline_url"), &raw.pipeline_url));
+        v.take(parse_text(&format!("{field}.run_id"), &raw.run_id));
+        v.take(parse_text(&format!("{field}.repository"), &raw.repository));
+        v.finish()?;
+        Ok(raw)
+    }
+}
+
+/// A model as stored.
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// Unique name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Labels.
+    pub tags: BTreeMap<String, String>,
+    /// Bumped by every change; the etag.
+    pub revision: i64,
+    /// Highest version number assigned.
+    pub latest_version: i64,
+    /// The version in production, 0 when none.
+    pub production_version: i64,
+    /// Alias → version.
+    pub aliases: BTreeMap<String, i64>,
+    /// Who created it.
+    pub created_by: String,
+    /// Microseconds since the Unix epoch.
+    pub create_time: i64,
+    /// Microseconds since the Unix epoch.
+    pub update_time: i64,
+}
+
+/// A model version as stored.
+#[derive(Debug, Clone)]
+pub struct Version {
+    /// The model's name.
+    pub model: String,
+    /// The version number.
+    pub version: i64,
+    /// Where the artifact lives.
+    pub artifact_uri: String,
+    /// The artifact's digest, or empty.
+    pub artifact_digest: String,
+    /// Where it came from.
+    pub source: Source,
+    /// Training metrics.
+    pub training_metrics: BTreeMap<String, f64>,
+    /// Labels.
+    pub tags: BTreeMap<String, String>,
+    /// Free text.
+    pub description: String,
+    /// Current stage.
+    pub stage: Stage,
+    /// Aliases pointing here.
+    pub aliases: Vec<String>,
+    /// Bumped by every change; the etag.
+    pub revision: i64,
+    /// Who registered it.
+    pub created_by: String,
+    /// Microseconds since the Unix epoch.
+    pub create_time: i64,
+    /// Microseconds since the Unix epoch.
+    pub update_time: i64,
+    /// When it entered its current stage.
+    pub stage_update_time: i64,
+}
+
+/// A checked CreateModel.
+#[derive(Debug, Clone)]
+pub struct NewModel {
+    /// The name.
+    pub name: Name,
+    /// Free text.
+    pub description: String,
+    /// Labels.
+    pub tags: BTreeMap<String, String>,
+    /// AIP-155 request id.
+    pub request_id: Option<String>,
+}
+
+/// A checked UpdateModel: `None` fields stay as they are.
+#[derive(Debug, Clone)]
+pub struct ModelUpdate {
+    /// The model.
+    pub name: Name,
+    /// New description.
+    pub description: Option<String>,
+    /// New tags (replacing all).
+    pub tags: Option<BTreeMap<String, String>>,
+    /// Expected revision.
+    pub etag: Option<i64>,
+}
+
+/// A checked RegisterVersion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewVersion {
+    /// The model.
+    pub model: Name,
+    /// Artifact location.
+    pub artifact_uri: String,
+    /// Artifact digest.
+    pub artifact_digest: String,
+    /// Provenance.
+    pub source: Source,
+    /// Training metrics.
+    pub training_metrics: BTreeMap<String, f64>,
+    /// Labels.
+    pub tags: BTreeMap<String, String>,
+    /// Free text.
+    pub description: String,
+    /// AIP-155 request id.
+    pub request_id: Option<String>,
+    /// Stage to enter right after registration (NONE or STAGING).
+    pub target_stage: Stage,
+}
+
+impl NewVersion {
+    /// A digest of everything the request asks for, so a reused request id
+    /// with a different request is told apart from a retry.
+    pub fn fingerprint(&self) -> String {
+        let body = serde_json::json!({
+            "artifact_uri": self.artifact_uri,
+            "artifact_digest": self.artifact_digest,
+            "source": self.source,
+            "training_metrics": self.training_metrics,
+            "tags": self.tags,
+            "description": self.description,
+            "target_stage": self.target_stage.as_str(),
+        });
+        crate::audit::sha256_hex(body.to_string().as_bytes())
+    }
+}
+
+/// A checked TransitionStage.
+#[derive(Debug, Clone)]
+pub struct StageChange {
+    /// The model.
+    pub model: Name,
+    /// The version.
+    pub version: i64,
+    /// Where to.
+    pub target: Stage,
+    /// Why.
+    pub comment: String,
+    /// Expected revision of the version.
+    pub etag: Option<i64>,
+}
+
+/// Which events a reader wants. Empty lists match everything.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Models.
+    pub models: Vec<String>,
+    /// A single version (with one model); 0 for all.
+    pub version: i64,
+    /// Actor.
+    pub actor: Option<String>,
+    /// Kinds.
+    pub kinds: Vec<EventKind>,
+    /// Target stages.
+    pub to_stages: Vec<Stage>,
+    /// Occurred at or after (µs).
+    pub start_time: Option<i64>,
+    /// Occurred before (µs).
+    pub end_time: Option<i64>,
+}
+
+/// An event about to be appended.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// What happened.
+    pub kind: EventKind,
+    /// The model.
+    pub model: String,
+    /// The version, 0 for model-level events.
+    pub version: i64,
+    /// Stage left.
+    pub from_stage: Option<Stage>,
+    /// Stage entered.
+    pub to_stage: Option<Stage>,
+    /// Why a stage changed.
+    pub cause: Option<Cause>,
+    /// The comment of the call.
+    pub comment: String,
+    /// Type-specific details.
+    pub details: serde_json::Value,
+    /// The transition request concerned.
+    pub transition_request_id: String,
+}
+
+impl NewEvent {
+    /// An event with no stage fields.
+    pub fn new(kind: EventKind, model: &str, version: i64, details: serde_json::Value) -> Self {
+        NewEvent {
+            kind,
+            model: model.to_owned(),
+            version,
+            from_stage: None,
+            to_stage: None,
+            cause: None,
+            comment: String::new(),
+            details,
+            transition_request_id: String::new(),
+        }
+    }
+}
+
+/// An event of the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Gap-free position in commit order.
+    pub sequence: u64,
+    /// What happened.
+    pub kind: EventKind,
+    /// The model.
+    pub model: String,
+    /// The version, 0 for model-level events.
+    pub version: i64,
+    /// Stage left.
+    pub from_stage: Option<Stage>,
+    /// Stage entered.
+    pub to_stage: Option<Stage>,
+    /// Why a stage changed.
+    pub cause: Option<Cause>,
+    /// Who caused it.
+    pub actor: String,
+    /// The call's comment.
+    pub comment: String,
+    /// Commit time, µs since the epoch.
+    pub occur_time: i64,
+    /// Details.
+    pub details: serde_json::Value,
+    /// The transition request concerned.
+    pub transition_request_id: String,
+    /// The previous event's hash.
+    pub prev_hash: String,
+    /// This event's hash.
+    pub hash: String,
+}
+
+/// The caller, as recorded in events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor(pub String);
+
+impl Actor {
+    /// The identity used when a caller names none.
+    pub fn anonymous() -> Actor {
+        Actor("anonymous".into())
+    }
+}
+
+/// Current time in microseconds since the Unix epoch.
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_documented_pattern() {
+        for ok in ["a", "fraud-detector", "0x.model_v2", &"a".repeat(128)] {
+            assert!(Name::parse("name", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Fraud", "-a", ".a", "a b", "ä", &"a".repeat(129), "a/b"] {
+            assert!(Name::parse("name", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn aliases_never_look_like_numbers() {
+        assert!(AliasName::parse("alias", "champion").is_ok());
+        assert!(AliasName::parse("alias", "7").is_err());
+        assert!(AliasName::parse("alias", "7a").is_err());
+    }
+
+    #[test]
+    fn metrics_must_be_finite() {
+        let mut m = BTreeMap::new();
+        m.insert("auc".to_string(), f64::NAN);
+        assert!(parse_metrics("training_metrics", &m).is_err());
+        m.insert("auc".to_string(), 0.9);
+        assert!(parse_metrics("training_metrics", &m).is_ok());
+    }
+
+    #[test]
+    fn page_sizes_clamp_and_refuse_negatives() {
+        assert_eq!(parse_page_size("p", 0).unwrap(), DEFAULT_PAGE_SIZE);
+        assert_eq!(parse_page_size("p", 5000).unwrap(), MAX_PAGE_SIZE);
+        assert!(parse_page_size("p", -1).is_err());
+    }
+
+    #[test]
+    fn etags_round_trip() {
+        assert_eq!(parse_etag("etag", &etag(7)).unwrap(), Some(7));
+        assert!(parse_etag("etag", "abc").is_err());
+        assert_eq!(parse_etag("etag", "").unwrap(), None);
+    }
+}

@@ -1,0 +1,187 @@
+//! The registry's closed set of failures and their one mapping to gRPC.
+//!
+//! Every layer below the service returns [`Error`]; [`From<Error> for Status`]
+//! is the only place that decides codes and error details. Internal errors are
+//! logged in full here and leave the server as a vague `INTERNAL`.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// One bad field of a request, reported as a `google.rpc.BadRequest` violation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The request field's path, for example `tags` or `source.commit`.
+    pub field: String,
+    /// What is wrong with it, in a sentence a caller can act on.
+    pub description: String,
+}
+
+/// Why a call was refused or failed.
+#[derive(Debug)]
+pub enum Error {
+    /// The request is malformed; nothing was changed.
+    InvalidArgument(Vec<FieldViolation>),
+    /// A named resource does not exist.
+    NotFound {
+        /// The resource type, for example `modelreg.v1.Model`.
+        kind: &'static str,
+        /// The resource's name as the caller gave it.
+        name: String,
+    },
+    /// A resource the call would create exists already.
+    AlreadyExists {
+        /// The resource type.
+        kind: &'static str,
+        /// The resource's name.
+        name: String,
+    },
+    /// The system is not in the state the call needs (illegal move, stale etag…).
+    FailedPrecondition {
+        /// A machine-readable kind, for example `STAGE` or `ETAG`.
+        kind: &'static str,
+        /// The resource concerned.
+        subject: String,
+        /// What is wrong and what would be allowed.
+        description: String,
+    },
+    /// A feature that a later release provides.
+    Unimplemented(&'static str),
+    /// The database cannot be reached; the call may be retried.
+    Unavailable(String),
+    /// A bug or an unexpected database failure. Logged, never shown.
+    Internal(String),
+}
+
+impl Error {
+    /// A single-field `InvalidArgument`.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Error::InvalidArgument(vec![FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        }])
+    }
+
+    /// A `FailedPrecondition` of the given kind.
+    pub fn precondition(
+        kind: &'static str,
+        subject: impl Into<String>,
+        description: impl Into<String>,
+    ) -> Self {
+        Error::FailedPrecondition {
+            kind,
+            subject: subject.into(),
+            description: description.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::InvalidArgument(v) => {
+                let parts: Vec<String> = v
+                    .iter()
+                    .map(|v| format!("{}: {}", v.field, v.description))
+                    .collect();
+                write!(f, "invalid argument: {}", parts.join("; "))
+            }
+            Error::NotFound { kind, name } => write!(f, "{kind} {name:?} not found"),
+            Error::AlreadyExists { kind, name } => write!(f, "{kind} {name:?} already exists"),
+            Error::FailedPrecondition { description, .. } => f.write_str(description),
+            Error::Unimplemented(what) => write!(f, "{what} is not implemented yet"),
+            Error::Unavailable(msg) => write!(f, "unavailable: {msg}"),
+            Error::Internal(msg) => write!(f, "internal error: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Shorthand used throughout the server.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Status {
+        match err {
+            Error::InvalidArgument(violations) => {
+                let message = violations
+                    .iter()
+                    .map(|v| format!("{}: {}", v.field, v.description))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let mut details = ErrorDetails::new();
+                for v in violations {
+                    details.add_bad_request_violation(v.field, v.description);
+                }
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            Error::NotFound { kind, name } => {
+                let details = ErrorDetails::with_resource_info(kind, name.clone(), "", "");
+                Status::with_error_details(
+                    Code::NotFound,
+                    format!("{} {name:?} not found", short_kind(kind)),
+                    details,
+                )
+            }
+            Error::AlreadyExists { kind, name } => {
+                let details = ErrorDetails::with_resource_info(kind, name.clone(), "", "");
+                Status::with_error_details(
+                    Code::AlreadyExists,
+                    format!("{} {name:?} already exists", short_kind(kind)),
+                    details,
+                )
+            }
+            Error::FailedPrecondition {
+                kind,
+                subject,
+                description,
+            } => {
+                let details =
+                    ErrorDetails::with_precondition_failure_violation(kind, subject, &description);
+                Status::with_error_details(Code::FailedPrecondition, description, details)
+            }
+            Error::Unimplemented(what) => Status::unimplemented(format!(
+                "{what} is not implemented in this release of modelreg"
+            )),
+            Error::Unavailable(msg) => {
+                tracing::warn!(error = %msg, "database unavailable");
+                Status::unavailable("the registry database is unavailable; retry later")
+            }
+            Error::Internal(msg) => {
+                tracing::error!(error = %msg, "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+/// `modelreg.v1.Model` → `model`, for messages people read.
+fn short_kind(kind: &str) -> String {
+    let last = kind.rsplit('.').next().unwrap_or(kind);
+    let mut out = String::new();
+    for (i, c) in last.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push(' ');
+        }
+        out.extend(c.to_lowercase());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_read_as_words() {
+        assert_eq!(short_kind("modelreg.v1.ModelVersion"), "model version");
+        assert_eq!(short_kind("modelreg.v1.Model"), "model");
+    }
+
+    #[test]
+    fn internal_errors_hide_their_text() {
+        let status = Status::from(Error::Internal("near \"SELECT\": syntax error".into()));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("SELECT"));
+    }
+}

@@ -1,0 +1,768 @@
+//! The gRPC edge: `modelreg.v1.ModelRegistryService` handlers.
+//!
+//! Each handler parses its request into domain values (collecting every bad
+//! field into one `INVALID_ARGUMENT`), calls the store, and converts the result
+//! back. No rule and no SQL lives here; see [`crate::convert`] for the
+//! wire ↔ domain mappings.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use modelreg_api::v1 as pb;
+use modelreg_api::v1::model_registry_service_server::ModelRegistryService;
+use tokio::sync::watch;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use crate::convert::{self, event_to_pb, model_to_pb, version_to_pb};
+use crate::domain::{
+    self, Actor, AliasName, EventFilter, ModelUpdate, Name, NewModel, NewVersion, Source, Stage,
+    StageChange, Violations,
+};
+use crate::error::Error;
+use crate::store::{ModelFilter, Store, VersionRef};
+use crate::watch::{self as watcher, Subscription, WatchItem};
+
+/// The metadata key naming the caller until bearer tokens arrive.
+pub const ACTOR_HEADER: &str = "x-modelreg-actor";
+
+/// The registry service; cheap to clone, shared by every connection.
+#[derive(Clone)]
+pub struct RegistryService {
+    /// Where everything is kept.
+    store: Store,
+    /// Flips to true when the server begins shutting down, ending streams.
+    shutdown: watch::Receiver<bool>,
+    /// How often idle watch streams get a heartbeat.
+    heartbeat: Duration,
+}
+
+impl RegistryService {
+    /// A service over `store`.
+    pub fn new(store: Store, shutdown: watch::Receiver<bool>, heartbeat: Duration) -> Self {
+        RegistryService {
+            store,
+            shutdown,
+            heartbeat,
+        }
+    }
+}
+
+/// The caller's identity from request metadata, `anonymous` when absent.
+fn actor<T>(req: &Request<T>) -> Result<Actor, Status> {
+    match req.metadata().get(ACTOR_HEADER) {
+        None => Ok(Actor::anonymous()),
+        Some(v) => {
+            let s = v.to_str().unwrap_or("");
+            if s.is_empty() || s.len() > 256 || s.chars().any(|c| c.is_control()) {
+                Err(Error::invalid(
+                    ACTOR_HEADER,
+                    "must be 1 to 256 printable characters",
+                )
+                .into())
+            } else {
+                Ok(Actor(s.to_owned()))
+            }
+        }
+    }
+}
+
+fn parse_stage_field(field: &str, raw: i32) -> Result<Stage, Error> {
+    convert::stage_from_pb(raw).ok_or_else(|| {
+        Error::invalid(
+            field,
+            format!(
+                "{} is not a valid stage: use STAGE_NONE, STAGE_STAGING, STAGE_PRODUCTION or STAGE_ARCHIVED",
+                pb::Stage::try_from(raw)
+                    .map(|s| s.as_str_name().to_owned())
+                    .unwrap_or_else(|_| raw.to_string())
+            ),
+        )
+    })
+}
+
+/// Opaque AIP-158 page tokens: the last key of the page, bound to the request's
+/// filter so a token cannot be replayed against a different query.
+mod page_token {
+    use crate::error::Error;
+
+    pub fn encode(kind: &str, key: &str, query: &str) -> String {
+        let bind = &crate::audit::sha256_hex(query.as_bytes())[..16];
+        let raw = format!("{kind}\u{1f}{key}\u{1f}{bind}");
+        raw.bytes().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn decode(token: &str, kind: &str, query: &str) -> Result<Option<String>, Error> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let bad = || {
+            Error::invalid(
+                "page_token",
+                "is not a page token of this query: pass next_page_token from the previous page unchanged, with the same filters",
+            )
+        };
+        if !token.len().is_multiple_of(2) || token.len() > 1024 {
+            return Err(bad());
+        }
+        let bytes: Option<Vec<u8>> = (0..token.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
+            .collect();
+        let text = String::from_utf8(bytes.ok_or_else(bad)?).map_err(|_| bad())?;
+        let mut parts = text.split('\u{1f}');
+        let (Some(k), Some(key), Some(bind), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        if k != kind || bind != &crate::audit::sha256_hex(query.as_bytes())[..16] {
+            return Err(bad());
+        }
+        Ok(Some(key.to_owned()))
+    }
+}
+
+/// Parses the ListModels filter grammar (terms joined by ` AND `).
+fn parse_model_filter(raw: &str) -> Result<ModelFilter, Error> {
+    let mut filter = ModelFilter::default();
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(filter);
+    }
+    let bad = |term: &str| {
+        Error::invalid(
+            "filter",
+            format!(
+                "cannot parse {:?}: use terms like tags.KEY=VALUE, tags.KEY:*, name=NAME or name:PREFIX*, joined by AND",
+                domain::truncate(term, 80)
+            ),
+        )
+    };
+    for term in raw.split(" AND ") {
+        let term = term.trim();
+        let unquote = |v: &str| v.trim().trim_matches('"').to_owned();
+        if let Some(rest) = term.strip_prefix("tags.") {
+            if let Some(key) = rest.strip_suffix(":*") {
+                if key.is_empty() {
+                    return Err(bad(term));
+                }
+                filter.tag_present.push(key.to_owned());
+            } else if let Some((key, value)) = rest.split_once('=') {
+                if key.is_empty() {
+                    return Err(bad(term));
+                }
+                filter.tag_equals.push((key.to_owned(), unquote(value)));
+            } else {
+                return Err(bad(term));
+            }
+        } else if let Some(name) = term.strip_prefix("name=") {
+            filter.name_equals = Some(unquote(name));
+        } else if let Some(prefix) = term.strip_prefix("name:") {
+            let prefix = unquote(prefix);
+            let Some(prefix) = prefix.strip_suffix('*') else {
+                return Err(bad(term));
+            };
+            filter.name_prefix = Some(prefix.to_owned());
+        } else {
+            return Err(bad(term));
+        }
+    }
+    Ok(filter)
+}
+
+fn to_btree<V: Clone>(map: &std::collections::HashMap<String, V>) -> BTreeMap<String, V> {
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+#[tonic::async_trait]
+impl ModelRegistryService for RegistryService {
+    #[instrument(skip_all, fields(model = %req.get_ref().name))]
+    async fn create_model(
+        &self,
+        req: Request<pb::CreateModelRequest>,
+    ) -> Result<Response<pb::CreateModelResponse>, Status> {
+        let actor = actor(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let name = v.take(Name::parse("name", &r.name));
+        let description = v.take(domain::parse_text("description", &r.description));
+        let tags = v.take(domain::parse_tags("tags", &to_btree(&r.tags)));
+        let request_id = v.take(domain::parse_request_id("request_id", &r.request_id));
+        v.finish()?;
+        if r.policy.is_some_and(|p| p != pb::Policy::default()) {
+            return Err(Error::Unimplemented("setting a model policy").into());
+        }
+        let model = self
+            .store
+            .create_model(
+                NewModel {
+                    name: name.expect("checked"),
+                    description: description.expect("checked"),
+                    tags: tags.expect("checked"),
+                    request_id: request_id.expect("checked"),
+                },
+                actor,
+            )
+            .await?;
+        Ok(Response::new(pb::CreateModelResponse {
+            model: Some(model_to_pb(model)),
+        }))
+    }
+
+    #[instrument(skip_all, fields(model = %req.get_ref().name))]
+    async fn get_model(
+        &self,
+        req: Request<pb::GetModelRequest>,
+    ) -> Result<Response<pb::GetModelResponse>, Status> {
+        let name = Name::parse("name", &req.get_ref().name)?;
+        let model = self.store.get_model(&name).await?;
+        Ok(Response::new(pb::GetModelResponse {
+            model: Some(model_to_pb(model)),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_models(
+        &self,
+        req: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let size = v.take(domain::parse_page_size("page_size", r.page_size));
+        let filter = v.take(parse_model_filter(&r.filter));
+        let after = v.take(page_token::decode(&r.page_token, "models", &r.filter));
+        v.finish()?;
+        let size = size.expect("checked");
+        let (models, more) = self
+            .store
+            .list_models(
+                &filter.expect("checked"),
+                after.expect("checked").as_deref(),
+                size,
+            )
+            .await?;
+        let next_page_token = match (more, models.last()) {
+            (true, Some(last)) => page_token::encode("models", &last.name, &r.filter),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListModelsResponse {
+            models: models.into_iter().map(model_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    #[instrument(skip_all, fields(model = %req.get_ref().name))]
+    async fn update_model(
+        &self,
+        req: Request<pb::UpdateModelRequest>,
+    ) -> Result<Response<pb::UpdateModelResponse>, Status> {
+        let actor = actor(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let name = v.take(Name::parse("name", &r.name));
+        let etag = v.take(domain::parse_etag("etag", &r.etag));
+        // AIP-134: without a mask, every field that is set is updated.
+        let paths: Vec<String> = match &r.update_mask {
+            Some(mask) if !mask.paths.is_empty() => mask.paths.clone(),
+            _ => {
+                let mut implied = Vec::new();
+                if !r.description.is_empty() {
+                    implied.push("description".to_owned());
+                }
+                if !r.tags.is_empty() {
+                    implied.push("tags".to_owned());
+                }
+                if r.policy.is_some() {
+                    implied.push("policy".to_owned());
+                }
+                implied
+            }
+        };
+        let mut update = ModelUpdate {
+            name: Name::parse("name", "placeholder").expect("valid"),
+            description: None,
+            tags: None,
+            etag: None,
+        };
+        for path in &paths {
+            match path.as_str() {
+                "description" => {
+                    update.description = v.take(domain::parse_text("description", &r.description))
+                }
+                "tags" => update.tags = v.take(domain::parse_tags("tags", &to_btree(&r.tags))),
+                "policy" => {}
+                other => v.add(
+                    "update_mask",
+                    format!(
+                        "{:?} cannot be updated: use description, tags or policy",
+                        domain::truncate(other, 64)
+                    ),
+                ),
+            }
+        }
+        if paths.is_empty() {
+            v.add(
+                "update_mask",
+                "names no field and the request sets none: nothing to update",
+            );
+        }
+        v.finish()?;
+        if paths.iter().any(|p| p == "policy") {
+            return Err(Error::Unimplemented("setting a model policy").into());
+        }
+        update.name = name.expect("checked");
+        update.etag = etag.expect("checked");
+        let model = self.store.update_model(update, actor).await?;
+        Ok(Response::new(pb::UpdateModelResponse {
+            model: Some(model_to_pb(model)),
+        }))
+    }
+
+    #[instrument(skip_all, fields(model = %req.get_ref().model))]
+    async fn register_version(
+        &self,
+        req: Request<pb::RegisterVersionRequest>,
+    ) -> Result<Response<pb::RegisterVersionResponse>, Status> {
+        let actor = actor(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let model = v.take(Name::parse("model", &r.model));
+        let artifact_uri = v.take(domain::parse_artifact_uri("artifact_uri", &r.artifact_uri));
+        let artifact_digest = v.take(domain::parse_digest("artifact_digest", &r.artifact_digest));
+        let source = v.take(Source::parse(
+            "source",
+            r.source.map(convert::source_from_pb).unwrap_or_default(),
+        ));
+        let metrics = v.take(domain::parse_metrics(
+            "training_metrics",
+            &to_btree(&r.training_metrics),
+        ));
+        let tags = v.take(domain::parse_tags("tags", &to_btree(&r.tags)));
+        let description = v.take(domain::parse_text("description", &r.description));
+        let request_id = v.take(domain::parse_request_id("request_id", &r.request_id));
+        let target_stage = match pb::Stage::try_from(r.target_stage) {
+            Ok(pb::Stage::Unspecified) | Ok(pb::Stage::None) => Some(Stage::None),
+            Ok(pb::Stage::Staging) => Some(Stage::Staging),
+            _ => {
+                v.add(
+                    "target_stage",
+                    "a new version may only enter STAGE_NONE or STAGE_STAGING; promote it with TransitionStage",
+                );
+                None
+            }
+        };
+        v.finish()?;
+        let new = NewVersion {
+            model: model.expect("checked"),
+            artifact_uri: artifact_uri.expect("checked"),
+            artifact_digest: artifact_digest.expect("checked"),
+            source: source.expect("checked"),
+            training_metrics: metrics.expect("checked"),
+            tags: tags.expect("checked"),
+            description: description.expect("checked"),
+            request_id: request_id.expect("checked"),
+            target_stage: target_stage.expect("checked"),
+        };
+        let version = self.store.register_version(new, actor).await?;
+        Ok(Response::new(pb::RegisterVersionResponse {
+            version: Some(version_to_pb(version)),
+        }))
+    }
+
+    #[instrument(skip_all, fields(model = %req.get_ref().model))]
+    async fn get_version(
+        &self,
+        req: Request<pb::GetVersionRequest>,
+    ) -> Result<Response<pb::GetVersionResponse>, Status> {
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let model = v.take(Name::parse("model", &r.model));
+        let which = match (r.version, r.alias.is_empty()) {
+            (0, true) => {
+                v.add("version", "give a version number (1, 2, …) or an alias");
+                None
+            }
+            (n, true) => v
+                .take(domain::parse_version_number("version", n))
+                .map(VersionRef::Number),
+            (0, false) => v
+                .take(AliasName::parse("alias", &r.alias))
+                .map(VersionRef::Alias),
+            (_, false) => {
+                v.add("alias", "give either a version number or an alias, not both");
+                None
+            }
+        };
+        v.finish()?;
+        let version = self
+            .store
+            .get_version(&model.expect("checked"), &which.expect("checked"))
+            .await?;
+        Ok(Response::new(pb::GetVersionResponse {
+            version: Some(version_to_pb(version)),
+        }))
+    }
+
+    #[instrument(skip_all, fields(model = %req.get_ref().model))]
+    async fn list_versions(
+        &self,
+        req: Request<pb::ListVersionsRequest>,
+    ) -> Result<Response<pb::ListVersionsResponse>, Status> {
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let model = v.take(Name::parse("model", &r.model));
+        let size = v.take(domain::parse_page_size("page_size", r.page_size));
+        let stage = if r.stage == pb::Stage::Unspecified as i32 {
+            Some(None)
+        } else {
+            v.take(parse_stage_field("stage", r.stage)).map(Some)
+        };
+        let query = format!("{}|{}", r.model, r.stage);
+        let after = v
+            .take(page_token::decode(&r.page_token, "versions", &query))
+            .map(|k| k.and_then(|k| k.parse::<i64>().ok()).unwrap_or(0));
+        v.finish()?;
+        let (versions, more) = self
+            .store
+            .list_versions(
+                &model.expect("checked"),
+                stage.expect("checked"),
+                after.expect("checked"),
+                size.expect("checked"),
+            )
+            .await?;
+        let next_page_token = match (more, versions.last()) {
+            (true, Some(last)) => page_token::encode("versions", &last.version.to_string(), &query),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListVersionsResponse {
+            versions: versions.into_iter().map(version_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    #[instrument(skip_all, fields(model = %req.get_ref().model))]
+    async fn set_alias(
+        &self,
+        req: Request<pb::SetAliasRequest>,
+    ) -> Result<Response<pb::SetAliasResponse>, Status> {
+        let actor = actor(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let model = v.take(Name::parse("model", &r.model));
+        let alias = v.take(AliasName::parse("alias", &r.alias));
+        let version = v.take(domain::parse_version_number("version", r.version));
+        v.finish()?;
+        let model = self
+            .store
+            .set_alias(
+                model.expect("checked"),
+                alias.expect("checked"),
+                version.expect("checked"),
+                actor,
+            )
+            .await?;
+        Ok(Response::new(pb::SetAliasResponse {
+            model: Some(model_to_pb(model)),
+        }))
+    }
+
+    #[instrument(skip_all, fields(model = %req.get_ref().model))]
+    async fn delete_alias(
+        &self,
+        req: Request<pb::DeleteAliasRequest>,
+    ) -> Result<Response<pb::DeleteAliasResponse>, Status> {
+        let actor = actor(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let model = v.take(Name::parse("model", &r.model));
+        let alias = v.take(AliasName::parse("alias", &r.alias));
+        v.finish()?;
+        let model = self
+            .store
+            .delete_alias(model.expect("checked"), alias.expect("checked"), actor)
+            .await?;
+        Ok(Response::new(pb::DeleteAliasResponse {
+            model: Some(model_to_pb(model)),
+        }))
+    }
+
+    #[instrument(skip_all, fields(model = %req.get_ref().model, version = req.get_ref().version))]
+    async fn transition_stage(
+        &self,
+        req: Request<pb::TransitionStageRequest>,
+    ) -> Result<Response<pb::TransitionStageResponse>, Status> {
+        let actor = actor(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let model = v.take(Name::parse("model", &r.model));
+        let version = v.take(domain::parse_version_number("version", r.version));
+        let target = v.take(parse_stage_field("target_stage", r.target_stage));
+        let comment = v.take(domain::parse_text("comment", &r.comment));
+        let etag = v.take(domain::parse_etag("etag", &r.etag));
+        v.finish()?;
+        let version = self
+            .store
+            .transition(
+                StageChange {
+                    model: model.expect("checked"),
+                    version: version.expect("checked"),
+                    target: target.expect("checked"),
+                    comment: comment.expect("checked"),
+                    etag: etag.expect("checked"),
+                },
+                actor,
+            )
+            .await?;
+        Ok(Response::new(pb::TransitionStageResponse {
+            version: Some(version_to_pb(version)),
+            request: None,
+        }))
+    }
+
+    async fn approve_transition(
+        &self,
+        _req: Request<pb::ApproveTransitionRequest>,
+    ) -> Result<Response<pb::ApproveTransitionResponse>, Status> {
+        Err(Error::Unimplemented("ApproveTransition").into())
+    }
+
+    async fn reject_transition(
+        &self,
+        _req: Request<pb::RejectTransitionRequest>,
+    ) -> Result<Response<pb::RejectTransitionResponse>, Status> {
+        Err(Error::Unimplemented("RejectTransition").into())
+    }
+
+    async fn cancel_transition(
+        &self,
+        _req: Request<pb::CancelTransitionRequest>,
+    ) -> Result<Response<pb::CancelTransitionResponse>, Status> {
+        Err(Error::Unimplemented("CancelTransition").into())
+    }
+
+    async fn list_transition_requests(
+        &self,
+        _req: Request<pb::ListTransitionRequestsRequest>,
+    ) -> Result<Response<pb::ListTransitionRequestsResponse>, Status> {
+        Err(Error::Unimplemented("ListTransitionRequests").into())
+    }
+
+    async fn rollback(
+        &self,
+        _req: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::RollbackResponse>, Status> {
+        Err(Error::Unimplemented("Rollback").into())
+    }
+
+    async fn create_evaluation_set(
+        &self,
+        _req: Request<pb::CreateEvaluationSetRequest>,
+    ) -> Result<Response<pb::CreateEvaluationSetResponse>, Status> {
+        Err(Error::Unimplemented("CreateEvaluationSet").into())
+    }
+
+    async fn get_evaluation_set(
+        &self,
+        _req: Request<pb::GetEvaluationSetRequest>,
+    ) -> Result<Response<pb::GetEvaluationSetResponse>, Status> {
+        Err(Error::Unimplemented("GetEvaluationSet").into())
+    }
+
+    async fn list_evaluation_sets(
+        &self,
+        _req: Request<pb::ListEvaluationSetsRequest>,
+    ) -> Result<Response<pb::ListEvaluationSetsResponse>, Status> {
+        Err(Error::Unimplemented("ListEvaluationSets").into())
+    }
+
+    async fn attach_evaluation(
+        &self,
+        _req: Request<pb::AttachEvaluationRequest>,
+    ) -> Result<Response<pb::AttachEvaluationResponse>, Status> {
+        Err(Error::Unimplemented("AttachEvaluation").into())
+    }
+
+    async fn list_evaluations(
+        &self,
+        _req: Request<pb::ListEvaluationsRequest>,
+    ) -> Result<Response<pb::ListEvaluationsResponse>, Status> {
+        Err(Error::Unimplemented("ListEvaluations").into())
+    }
+
+    async fn compare_versions(
+        &self,
+        _req: Request<pb::CompareVersionsRequest>,
+    ) -> Result<Response<pb::CompareVersionsResponse>, Status> {
+        Err(Error::Unimplemented("CompareVersions").into())
+    }
+
+    async fn report_deployment(
+        &self,
+        _req: Request<pb::ReportDeploymentRequest>,
+    ) -> Result<Response<pb::ReportDeploymentResponse>, Status> {
+        Err(Error::Unimplemented("ReportDeployment").into())
+    }
+
+    async fn report_live_metric(
+        &self,
+        _req: Request<pb::ReportLiveMetricRequest>,
+    ) -> Result<Response<pb::ReportLiveMetricResponse>, Status> {
+        Err(Error::Unimplemented("ReportLiveMetric").into())
+    }
+
+    #[instrument(skip_all)]
+    async fn list_events(
+        &self,
+        req: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let size = v.take(domain::parse_page_size("page_size", r.page_size));
+        let mut filter = EventFilter::default();
+        if !r.model.is_empty()
+            && let Some(m) = v.take(Name::parse("model", &r.model))
+        {
+            filter.models = vec![m.to_string()];
+        }
+        if r.version < 0 {
+            v.add("version", "must not be negative");
+        } else if r.version > 0 && r.model.is_empty() {
+            v.add("version", "filtering by version needs a model");
+        }
+        filter.version = r.version.max(0);
+        if !r.actor.is_empty() {
+            filter.actor = Some(r.actor.clone());
+        }
+        filter.kinds = convert::event_kinds_from_pb("types", &r.types, &mut v);
+        filter.start_time = r
+            .start_time
+            .as_ref()
+            .and_then(|t| v.take(convert::micros_from_pb("start_time", t)));
+        filter.end_time = r
+            .end_time
+            .as_ref()
+            .and_then(|t| v.take(convert::micros_from_pb("end_time", t)));
+        let query = format!(
+            "{}|{}|{}|{:?}|{}|{:?}|{:?}",
+            r.model, r.version, r.actor, r.types, r.after_sequence, r.start_time, r.end_time
+        );
+        let after = v
+            .take(page_token::decode(&r.page_token, "events", &query))
+            .map(|k| k.and_then(|k| k.parse::<u64>().ok()));
+        v.finish()?;
+        let after = after.expect("checked").unwrap_or(0).max(r.after_sequence);
+        let size = size.expect("checked");
+        let mut events = self.store.events(&filter, after, None, size + 1).await?;
+        let more = events.len() > size;
+        events.truncate(size);
+        let next_page_token = match (more, events.last()) {
+            (true, Some(last)) => page_token::encode("events", &last.sequence.to_string(), &query),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListEventsResponse {
+            events: events.into_iter().map(event_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn verify_audit_log(
+        &self,
+        _req: Request<pb::VerifyAuditLogRequest>,
+    ) -> Result<Response<pb::VerifyAuditLogResponse>, Status> {
+        let report = self.store.verify_chain().await?;
+        Ok(Response::new(pb::VerifyAuditLogResponse {
+            ok: report.ok,
+            events_checked: report.checked,
+            first_bad_sequence: report.first_bad,
+        }))
+    }
+
+    type WatchTransitionsStream = ReceiverStream<Result<pb::WatchTransitionsResponse, Status>>;
+
+    #[instrument(skip_all)]
+    async fn watch_transitions(
+        &self,
+        req: Request<pb::WatchTransitionsRequest>,
+    ) -> Result<Response<Self::WatchTransitionsStream>, Status> {
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let mut filter = EventFilter::default();
+        for (i, m) in r.models.iter().enumerate() {
+            if let Some(name) = v.take(Name::parse(&format!("models[{i}]"), m)) {
+                filter.models.push(name.to_string());
+            }
+        }
+        filter.kinds = convert::event_kinds_from_pb("types", &r.types, &mut v);
+        for (i, s) in r.to_stages.iter().enumerate() {
+            if let Some(stage) = v.take(parse_stage_field(&format!("to_stages[{i}]"), *s)) {
+                filter.to_stages.push(stage);
+            }
+        }
+        let latest = self.store.latest_sequence();
+        let after = match r.after_sequence {
+            None => latest,
+            Some(n) if n > latest => {
+                v.add(
+                    "after_sequence",
+                    format!("{n} is beyond the end of the log (the latest sequence is {latest})"),
+                );
+                latest
+            }
+            Some(n) => n,
+        };
+        v.finish()?;
+        let stream = watcher::spawn(
+            self.store.clone(),
+            Subscription {
+                filter,
+                after,
+                heartbeat: self.heartbeat,
+            },
+            self.shutdown.clone(),
+            |item| pb::WatchTransitionsResponse {
+                kind: Some(match item {
+                    WatchItem::Event(e) => {
+                        pb::watch_transitions_response::Kind::Event(event_to_pb(e))
+                    }
+                    WatchItem::Heartbeat(sequence) => {
+                        pb::watch_transitions_response::Kind::Heartbeat(pb::Heartbeat {
+                            sequence,
+                            time: Some(convert::micros_to_pb(domain::now_micros())),
+                        })
+                    }
+                }),
+            },
+        );
+        Ok(Response::new(stream))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_every_documented_term() {
+        let f = parse_model_filter("tags.team=fraud AND tags.tier:* AND name:fr*").unwrap();
+        assert_eq!(f.tag_equals, vec![("team".into(), "fraud".into())]);
+        assert_eq!(f.tag_present, vec!["tier".to_string()]);
+        assert_eq!(f.name_prefix.as_deref(), Some("fr"));
+        assert!(parse_model_filter("owner = me").is_err());
+        assert!(parse_model_filter("name:fr").is_err());
+    }
+
+    #[test]
+    fn page_tokens_are_bound_to_their_query() {
+        let t = page_token::encode("models", "abc", "tags.a=b");
+        assert_eq!(
+            page_token::decode(&t, "models", "tags.a=b").unwrap(),
+            Some("abc".into())
+        );
+        assert!(page_token::decode(&t, "models", "").is_err());
+        assert!(page_token::decode("zz", "models", "").is_err());
+    }
+}

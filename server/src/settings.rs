@@ -1,0 +1,89 @@
+//! The server's configuration: one clap struct, every flag with its
+//! `MODELREG_*` environment variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// modelreg-server: the model registry's gRPC server.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "modelreg-server", version, about)]
+pub struct Settings {
+    /// The address to serve gRPC on.
+    #[arg(long, env = "MODELREG_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// The database: sqlite:///absolute/path.db or sqlite://relative/path.db
+    /// (created with its folder on first start).
+    #[arg(
+        long,
+        env = "MODELREG_DATABASE_URL",
+        default_value = "sqlite://modelreg-data/registry.db"
+    )]
+    pub database_url: String,
+
+    /// Log format.
+    #[arg(long, env = "MODELREG_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// How often an idle WatchTransitions stream receives a heartbeat, e.g.
+    /// `10s`, `500ms`.
+    #[arg(long, env = "MODELREG_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+}
+
+impl Settings {
+    /// Settings for a server on a database URL with every other flag at its default.
+    pub fn for_database(database_url: impl Into<String>) -> Settings {
+        let mut s = Settings::parse_from(["modelreg-server"]);
+        s.database_url = database_url.into();
+        s
+    }
+}
+
+/// Parses `250ms`, `10s`, `5m` or a bare number of seconds.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let (num, unit) = match raw.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => raw.split_at(i),
+        None => (raw, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a duration like 10s or 500ms"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{raw:?}: use the units ms, s, m or h")),
+    };
+    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
+        return Err(format!("{raw:?} must be between 1ms and 24h"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("ten").is_err());
+    }
+}
