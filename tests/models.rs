@@ -1,0 +1,528 @@
+//! Models, versions, aliases, idempotency, event listing, the audit chain,
+//! health and reflection, through the real server.
+
+use std::collections::{HashMap, HashSet};
+
+use modelreg_client::pb::{self, Stage};
+use modelreg_tests::{all_events, create_model, list_events, register, spawn_app, spawn_app_in};
+use tonic::Code;
+
+/// The same RegisterVersion request_id sent 20 times concurrently creates
+/// exactly one version and one VERSION_REGISTERED event; every caller gets
+/// that version back. Reusing the id for a different request is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn register_version_is_idempotent_under_concurrent_retries() {
+    // Arrange
+    let app = spawn_app().await;
+    let mut c = app.client.clone();
+    create_model(&mut c, "idem").await;
+    let request = pb::RegisterVersionRequest {
+        model: "idem".into(),
+        artifact_uri: "s3://bucket/idem/a".into(),
+        request_id: "7d1c8a52-3f0e-4b8e-9a8e-0c2f5f0f7b11".into(),
+        target_stage: Stage::Staging as i32,
+        training_metrics: HashMap::from([("auc".to_string(), 0.91)]),
+        ..Default::default()
+    };
+
+    // Act
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let mut c = app.client.clone();
+            let r = request.clone();
+            tokio::spawn(async move {
+                c.register_version(r)
+                    .await
+                    .map(|r| r.into_inner().version.unwrap())
+            })
+        })
+        .collect();
+    let mut versions = HashSet::new();
+    for t in tasks {
+        versions.insert(t.await.unwrap().expect("every retry succeeds").version);
+    }
+
+    // Assert
+    assert_eq!(versions, HashSet::from([1]));
+    let listed = c
+        .list_versions(pb::ListVersionsRequest {
+            model: "idem".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .versions;
+    assert_eq!(listed.len(), 1);
+    let registered = all_events(&mut c)
+        .await
+        .into_iter()
+        .filter(|e| e.r#type == pb::EventType::VersionRegistered as i32)
+        .count();
+    assert_eq!(registered, 1);
+
+    let mut different = request.clone();
+    different.artifact_uri = "s3://bucket/idem/b".into();
+    let err = c.register_version(different).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        modelreg_client::errors::violated_fields(&err),
+        vec!["request_id"]
+    );
+}
+
+/// CreateModel with a request_id returns the original model on retry instead
+/// of ALREADY_EXISTS; without one, a duplicate name is ALREADY_EXISTS.
+#[tokio::test]
+async fn create_model_retries_with_a_request_id() {
+    let mut app = spawn_app().await;
+    let req = pb::CreateModelRequest {
+        name: "once".into(),
+        request_id: "req-1".into(),
+        ..Default::default()
+    };
+    let first = app
+        .client
+        .create_model(req.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .model
+        .unwrap();
+    let again = app
+        .client
+        .create_model(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .model
+        .unwrap();
+    assert_eq!(first, again);
+    let err = app
+        .client
+        .create_model(pb::CreateModelRequest {
+            name: "once".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+}
+
+/// ListModels pages through every model exactly once in name order, and the
+/// tag and name filters select exactly the matching models across pages.
+#[tokio::test]
+async fn list_models_paginates_and_filters() {
+    // Arrange
+    let mut app = spawn_app().await;
+    for i in 0..23 {
+        app.client
+            .create_model(pb::CreateModelRequest {
+                name: format!("model-{i:02}"),
+                tags: HashMap::from([(
+                    "team".to_string(),
+                    if i % 3 == 0 { "fraud" } else { "search" }.to_string(),
+                )]),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    create_model(&mut app.client, "other").await;
+
+    // Act
+    let page = |filter: &str| pb::ListModelsRequest {
+        page_size: 5,
+        page_token: String::new(),
+        filter: filter.into(),
+    };
+    let mut names = Vec::new();
+    let mut req = page("");
+    loop {
+        let resp = app
+            .client
+            .list_models(req.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(resp.models.len() <= 5);
+        names.extend(resp.models.into_iter().map(|m| m.name));
+        if resp.next_page_token.is_empty() {
+            break;
+        }
+        req.page_token = resp.next_page_token;
+    }
+
+    // Assert
+    let mut expected: Vec<String> = (0..23).map(|i| format!("model-{i:02}")).collect();
+    expected.push("other".into());
+    assert_eq!(names, expected);
+
+    let mut fraud = Vec::new();
+    let mut req = page("tags.team=fraud AND name:model-*");
+    loop {
+        let resp = app
+            .client
+            .list_models(req.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        fraud.extend(resp.models.into_iter().map(|m| m.name));
+        if resp.next_page_token.is_empty() {
+            break;
+        }
+        req.page_token = resp.next_page_token;
+    }
+    let expected: Vec<String> = (0..23)
+        .filter(|i| i % 3 == 0)
+        .map(|i| format!("model-{i:02}"))
+        .collect();
+    assert_eq!(fraud, expected);
+
+    // A token is bound to its filter.
+    let first = app
+        .client
+        .list_models(page("tags.team=fraud"))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = app
+        .client
+        .list_models(pb::ListModelsRequest {
+            page_token: first.next_page_token,
+            ..page("tags.team=search")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+/// UpdateModel changes description and tags under an etag: a stale etag is
+/// FAILED_PRECONDITION and changes nothing; each change is one MODEL_UPDATED
+/// event with before and after.
+#[tokio::test]
+async fn update_model_honours_etags() {
+    let mut app = spawn_app().await;
+    let c = &mut app.client;
+    let created = create_model(c, "upd").await;
+    let updated = c
+        .update_model(pb::UpdateModelRequest {
+            name: "upd".into(),
+            description: "new words".into(),
+            tags: HashMap::from([("tier".to_string(), "gold".to_string())]),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["description".into(), "tags".into()],
+            }),
+            etag: created.etag.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .model
+        .unwrap();
+    assert_eq!(updated.description, "new words");
+    assert_eq!(updated.tags.get("tier").map(String::as_str), Some("gold"));
+    assert_ne!(updated.etag, created.etag);
+
+    let err = c
+        .update_model(pb::UpdateModelRequest {
+            name: "upd".into(),
+            description: "stale write".into(),
+            etag: created.etag.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let now = c
+        .get_model(pb::GetModelRequest { name: "upd".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .model
+        .unwrap();
+    assert_eq!(now, updated);
+
+    let events = list_events(
+        c,
+        pb::ListEventsRequest {
+            types: vec![pb::EventType::ModelUpdated as i32],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(events.len(), 1);
+    let details = events[0].details.as_ref().expect("details");
+    assert!(details.fields.contains_key("before") && details.fields.contains_key("after"));
+}
+
+/// Aliases: set, resolve with GetVersion, move, delete; the model and the
+/// versions show them; each change is an event.
+#[tokio::test]
+async fn aliases_point_at_versions() {
+    let mut app = spawn_app().await;
+    let c = &mut app.client;
+    create_model(c, "ali").await;
+    register(c, "ali", Stage::None).await;
+    register(c, "ali", Stage::None).await;
+    let set = |version| pb::SetAliasRequest {
+        model: "ali".into(),
+        alias: "champion".into(),
+        version,
+    };
+
+    let m = c
+        .set_alias(set(1))
+        .await
+        .unwrap()
+        .into_inner()
+        .model
+        .unwrap();
+    assert_eq!(m.aliases.get("champion"), Some(&1));
+    let by_alias = |alias: &str| pb::GetVersionRequest {
+        model: "ali".into(),
+        version: 0,
+        alias: alias.into(),
+    };
+    let v = c
+        .get_version(by_alias("champion"))
+        .await
+        .unwrap()
+        .into_inner()
+        .version
+        .unwrap();
+    assert_eq!(
+        (v.version, v.aliases.clone()),
+        (1, vec!["champion".to_string()])
+    );
+
+    c.set_alias(set(2)).await.unwrap();
+    let v = c
+        .get_version(by_alias("champion"))
+        .await
+        .unwrap()
+        .into_inner()
+        .version
+        .unwrap();
+    assert_eq!(v.version, 2);
+    let v1 = c
+        .get_version(pb::GetVersionRequest {
+            model: "ali".into(),
+            version: 1,
+            alias: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .version
+        .unwrap();
+    assert!(v1.aliases.is_empty());
+
+    let m = c
+        .delete_alias(pb::DeleteAliasRequest {
+            model: "ali".into(),
+            alias: "champion".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .model
+        .unwrap();
+    assert!(m.aliases.is_empty());
+    let kinds: Vec<i32> = all_events(c).await.into_iter().map(|e| e.r#type).collect();
+    assert_eq!(
+        kinds[kinds.len() - 3..],
+        [
+            pb::EventType::AliasSet as i32,
+            pb::EventType::AliasSet as i32,
+            pb::EventType::AliasDeleted as i32
+        ]
+    );
+}
+
+/// ListVersions filters by stage and pages; ListEvents filters by model,
+/// version, actor, type and sequence, and pages without gaps or repeats.
+#[tokio::test]
+async fn list_versions_and_events_filter_and_page() {
+    let app = spawn_app().await;
+    let mut alice = app.client_as("alice").await;
+    let mut bob = app.client_as("bob").await;
+    create_model(&mut alice, "lv").await;
+    for i in 0..12 {
+        let c = if i % 2 == 0 { &mut alice } else { &mut bob };
+        register(
+            c,
+            "lv",
+            if i % 3 == 0 {
+                Stage::Staging
+            } else {
+                Stage::None
+            },
+        )
+        .await;
+    }
+    let staged: Vec<i64> = alice
+        .list_versions(pb::ListVersionsRequest {
+            model: "lv".into(),
+            stage: Stage::Staging as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .versions
+        .into_iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(staged, vec![1, 4, 7, 10]);
+
+    let mut paged = Vec::new();
+    let mut req = pb::ListEventsRequest {
+        page_size: 4,
+        ..Default::default()
+    };
+    loop {
+        let resp = alice.list_events(req.clone()).await.unwrap().into_inner();
+        paged.extend(resp.events);
+        if resp.next_page_token.is_empty() {
+            break;
+        }
+        req.page_token = resp.next_page_token;
+    }
+    assert_eq!(paged, all_events(&mut alice).await);
+
+    let bobs = list_events(
+        &mut alice,
+        pb::ListEventsRequest {
+            actor: "bob".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(bobs.len(), 8, "six registrations, two of them staged");
+    assert!(bobs.iter().all(|e| e.actor == "bob"));
+    let v4 = list_events(
+        &mut alice,
+        pb::ListEventsRequest {
+            model: "lv".into(),
+            version: 4,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(v4.len(), 2, "registered and staged");
+    let after = list_events(
+        &mut alice,
+        pb::ListEventsRequest {
+            after_sequence: 10,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(after.first().map(|e| e.sequence), Some(11));
+}
+
+/// VerifyAuditLog is green on an untouched log; the log refuses edits; and an
+/// edit made behind the server's back (triggers dropped) is found at its
+/// sequence.
+#[tokio::test]
+async fn the_audit_chain_detects_tampering() {
+    let app = spawn_app().await;
+    let mut c = app.client.clone();
+    create_model(&mut c, "audit").await;
+    register(&mut c, "audit", Stage::Staging).await;
+    let ok = c
+        .verify_audit_log(pb::VerifyAuditLogRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ok.ok);
+    assert_eq!(ok.events_checked, 3);
+    let url = app.database_url.clone();
+    let dir = app.stop().await;
+
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    let refused = sqlx::query("UPDATE events SET actor = 'mallory' WHERE sequence = 2")
+        .execute(&mut conn)
+        .await;
+    assert!(refused.is_err(), "the event log must refuse updates");
+    sqlx::query("DROP TRIGGER events_are_append_only_update")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE events SET actor = 'mallory' WHERE sequence = 2")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+
+    let app = spawn_app_in(dir).await;
+    let report = app
+        .client
+        .clone()
+        .verify_audit_log(pb::VerifyAuditLogRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!report.ok);
+    assert_eq!(report.first_bad_sequence, 2);
+}
+
+/// Health reports SERVING for the server and the registry service, and
+/// reflection lists every service.
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    let app = spawn_app().await;
+    let channel = tonic::transport::Endpoint::from_shared(app.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for service in ["", "modelreg.v1.ModelRegistryService"] {
+        let resp = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            resp.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+    }
+
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream
+        .message()
+        .await
+        .unwrap()
+        .expect("a reflection response");
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("expected a service list");
+    };
+    let names: HashSet<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in ["modelreg.v1.ModelRegistryService", "grpc.health.v1.Health"] {
+        assert!(
+            names.contains(expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+}

@@ -153,8 +153,14 @@ pub fn event_to_pb(e: Event) -> pb::RegistryEvent {
         r#type: event_kind_to_pb(e.kind) as i32,
         model: e.model,
         version: e.version,
-        from_stage: e.from_stage.map(stage_to_pb).unwrap_or(pb::Stage::Unspecified) as i32,
-        to_stage: e.to_stage.map(stage_to_pb).unwrap_or(pb::Stage::Unspecified) as i32,
+        from_stage: e
+            .from_stage
+            .map(stage_to_pb)
+            .unwrap_or(pb::Stage::Unspecified) as i32,
+        to_stage: e
+            .to_stage
+            .map(stage_to_pb)
+            .unwrap_or(pb::Stage::Unspecified) as i32,
         cause: e
             .cause
             .map(cause_to_pb)

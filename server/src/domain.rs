@@ -293,7 +293,9 @@ pub fn parse_request_id(field: &str, raw: &str) -> Result<Option<String>> {
     if raw.len() > MAX_REQUEST_ID_BYTES || !raw.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(Error::invalid(
             field,
-            format!("must be 1 to {MAX_REQUEST_ID_BYTES} printable ASCII characters (a UUID is ideal)"),
+            format!(
+                "must be 1 to {MAX_REQUEST_ID_BYTES} printable ASCII characters (a UUID is ideal)"
+            ),
         ));
     }
     Ok(Some(raw.to_owned()))
@@ -523,7 +525,10 @@ impl Source {
     pub fn parse(field: &str, raw: Source) -> Result<Source> {
         let mut v = Violations::default();
         v.take(parse_text(&format!("{field}.commit"), &raw.commit));
-        v.take(parse_text(&format!("{field}.pipeline_url"), &raw.pipeline_url));
+        v.take(parse_text(
+            &format!("{field}.pipeline_url"),
+            &raw.pipeline_url,
+        ));
         v.take(parse_text(&format!("{field}.run_id"), &raw.run_id));
         v.take(parse_text(&format!("{field}.repository"), &raw.repository));
         v.finish()?;

@@ -213,7 +213,11 @@ fn redact(url: &str) -> String {
 pub fn init_logging(format: settings::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MODELREG_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         settings::LogFormat::Text => builder.init(),
         settings::LogFormat::Json => builder.json().init(),

@@ -56,11 +56,7 @@ fn actor<T>(req: &Request<T>) -> Result<Actor, Status> {
         Some(v) => {
             let s = v.to_str().unwrap_or("");
             if s.is_empty() || s.len() > 256 || s.chars().any(|c| c.is_control()) {
-                Err(Error::invalid(
-                    ACTOR_HEADER,
-                    "must be 1 to 256 printable characters",
-                )
-                .into())
+                Err(Error::invalid(ACTOR_HEADER, "must be 1 to 256 printable characters").into())
             } else {
                 Ok(Actor(s.to_owned()))
             }
@@ -391,7 +387,10 @@ impl ModelRegistryService for RegistryService {
                 .take(AliasName::parse("alias", &r.alias))
                 .map(VersionRef::Alias),
             (_, false) => {
-                v.add("alias", "give either a version number or an alias, not both");
+                v.add(
+                    "alias",
+                    "give either a version number or an alias, not both",
+                );
                 None
             }
         };

@@ -1,1 +1,885 @@
-fn main(){}
+//! `modelreg`: the command-line tool for people and CI scripts.
+//!
+//! Every command prints a table for people, or with `--json` the server's
+//! resources as canonical proto3 JSON for scripts (one JSON document; `watch`
+//! prints one JSON object per line). Errors go to stderr with the server's
+//! code, message and field violations, and the exit status is non-zero.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use modelreg_client::json::to_json;
+use modelreg_client::names::{
+    cause_label, event_type_label, parse_event_type, parse_stage, stage_label,
+};
+use modelreg_client::watch::{ResumingWatch, WatchItem};
+use modelreg_client::{ConnectOptions, RegistryClient, connect, errors, pb};
+
+/// The modelreg command-line tool.
+#[derive(Parser)]
+#[command(name = "modelreg", version, about)]
+struct Cli {
+    /// The registry server.
+    #[arg(long, global = true, env = "MODELREG_SERVER", default_value = modelreg_client::DEFAULT_SERVER)]
+    server: String,
+    /// Print JSON for scripts instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Who you are, recorded as the actor of the events you cause.
+    #[arg(long, global = true, env = "MODELREG_ACTOR")]
+    actor: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, show, list and update models.
+    #[command(subcommand)]
+    Model(ModelCmd),
+    /// Register, show and list model versions.
+    #[command(subcommand)]
+    Version(VersionCmd),
+    /// Move a version to another stage (none, staging, production, archived).
+    Transition {
+        /// The model.
+        model: String,
+        /// The version number.
+        version: i64,
+        /// The target stage.
+        stage: String,
+        /// Why, recorded in the event log.
+        #[arg(long, default_value = "")]
+        comment: String,
+        /// Refuse the move if the version changed since this etag was read.
+        #[arg(long, default_value = "")]
+        etag: String,
+    },
+    /// Point aliases at versions.
+    #[command(subcommand)]
+    Alias(AliasCmd),
+    /// List events of the audit log, oldest first.
+    Events(EventsArgs),
+    /// Stream events as JSON lines until interrupted; resumes after disconnects.
+    Watch(WatchArgs),
+    /// Check the audit log's hash chain.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Subcommand)]
+enum ModelCmd {
+    /// Create a model.
+    Create {
+        /// The model name: [a-z0-9][a-z0-9._-]{0,127}.
+        name: String,
+        /// A description.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// A tag KEY=VALUE (repeatable).
+        #[arg(long = "tag", value_parser = parse_key_value)]
+        tags: Vec<(String, String)>,
+        /// An idempotency key: a retry with the same key creates nothing new.
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
+    /// Show a model.
+    Get {
+        /// The model name.
+        name: String,
+    },
+    /// List models.
+    List {
+        /// A filter such as `tags.team=fraud` or `name:fraud*`.
+        #[arg(long, default_value = "")]
+        filter: String,
+        /// Models per request.
+        #[arg(long, default_value_t = 100)]
+        page_size: i32,
+    },
+    /// Update a model's description or tags.
+    Update {
+        /// The model name.
+        name: String,
+        /// A new description.
+        #[arg(long)]
+        description: Option<String>,
+        /// The new tags KEY=VALUE (repeatable; replaces all tags).
+        #[arg(long = "tag", value_parser = parse_key_value)]
+        tags: Vec<(String, String)>,
+        /// Remove every tag.
+        #[arg(long, conflicts_with = "tags")]
+        clear_tags: bool,
+        /// Refuse the update if the model changed since this etag was read.
+        #[arg(long, default_value = "")]
+        etag: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum VersionCmd {
+    /// Register a new version.
+    Register(Box<RegisterArgs>),
+    /// Show a version by number or alias.
+    Get {
+        /// The model.
+        model: String,
+        /// A version number or an alias.
+        version: String,
+    },
+    /// List a model's versions.
+    List {
+        /// The model.
+        model: String,
+        /// Only versions in this stage.
+        #[arg(long)]
+        stage: Option<String>,
+        /// Versions per request.
+        #[arg(long, default_value_t = 100)]
+        page_size: i32,
+    },
+}
+
+#[derive(Args)]
+struct RegisterArgs {
+    /// The model.
+    model: String,
+    /// Where the artifact lives (s3://…, gs://…, file:///…).
+    #[arg(long)]
+    artifact_uri: String,
+    /// The artifact digest, sha256:<64 hex>.
+    #[arg(long, default_value = "")]
+    digest: String,
+    /// The source commit.
+    #[arg(long, default_value = "")]
+    commit: String,
+    /// The source repository.
+    #[arg(long, default_value = "")]
+    repository: String,
+    /// The pipeline run's URL.
+    #[arg(long, default_value = "")]
+    pipeline_url: String,
+    /// The training run id.
+    #[arg(long, default_value = "")]
+    run_id: String,
+    /// A training metric NAME=NUMBER (repeatable).
+    #[arg(long = "metric", value_parser = parse_metric)]
+    metrics: Vec<(String, f64)>,
+    /// A tag KEY=VALUE (repeatable).
+    #[arg(long = "tag", value_parser = parse_key_value)]
+    tags: Vec<(String, String)>,
+    /// A description.
+    #[arg(long, default_value = "")]
+    description: String,
+    /// An idempotency key: retries with the same key return the same version.
+    #[arg(long, default_value = "")]
+    request_id: String,
+    /// Stage to enter right away: none or staging.
+    #[arg(long)]
+    stage: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum AliasCmd {
+    /// Point an alias at a version (creating or moving it).
+    Set {
+        /// The model.
+        model: String,
+        /// The alias: starts with a letter.
+        alias: String,
+        /// The version number.
+        version: i64,
+    },
+    /// Remove an alias.
+    Delete {
+        /// The model.
+        model: String,
+        /// The alias.
+        alias: String,
+    },
+}
+
+#[derive(Args)]
+struct EventsArgs {
+    /// Only this model's events.
+    #[arg(long)]
+    model: Option<String>,
+    /// Only this version's events (with --model).
+    #[arg(long, default_value_t = 0)]
+    version: i64,
+    /// Only events caused by this identity.
+    #[arg(long)]
+    actor_filter: Option<String>,
+    /// Only events of this type (repeatable), e.g. stage_changed.
+    #[arg(long = "type", value_parser = parse_event_type)]
+    types: Vec<pb::EventType>,
+    /// Only events after this sequence.
+    #[arg(long, default_value_t = 0)]
+    after: u64,
+    /// At most this many events.
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+}
+
+#[derive(Args)]
+struct WatchArgs {
+    /// Only this model's events (repeatable).
+    #[arg(long = "model")]
+    models: Vec<String>,
+    /// Only events of this type (repeatable).
+    #[arg(long = "type", value_parser = parse_event_type)]
+    types: Vec<pb::EventType>,
+    /// Only events entering this stage (repeatable).
+    #[arg(long = "stage", value_parser = parse_stage)]
+    stages: Vec<pb::Stage>,
+    /// Start after this sequence (0 = the whole log); default: only new events.
+    #[arg(long)]
+    after: Option<u64>,
+    /// Also print heartbeats as {"heartbeat": {"sequence": N}}.
+    #[arg(long)]
+    heartbeats: bool,
+    /// Stop after this many events (for scripts and tests).
+    #[arg(long)]
+    count: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Re-compute the event log's hash chain.
+    Verify,
+}
+
+fn parse_key_value(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{raw:?} is not KEY=VALUE"))
+}
+
+fn parse_metric(raw: &str) -> Result<(String, f64), String> {
+    let (k, v) = parse_key_value(raw)?;
+    let n: f64 = v
+        .parse()
+        .map_err(|_| format!("{v:?} in {raw:?} is not a number"))?;
+    Ok((k, n))
+}
+
+/// What went wrong in a command.
+enum Failure {
+    /// The server refused or failed the call.
+    Status(tonic::Status),
+    /// Something on this side.
+    Local(String),
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(s: tonic::Status) -> Self {
+        Failure::Status(s)
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let opts = ConnectOptions {
+        server: cli.server.clone(),
+        actor: cli.actor.clone(),
+        token: None,
+    };
+    let client = match connect(&opts).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli, client).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Status(s)) => {
+            eprintln!("error: {}", errors::describe(&s));
+            ExitCode::FAILURE
+        }
+        Err(Failure::Local(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli, mut client: RegistryClient) -> Result<(), Failure> {
+    let json = cli.json;
+    match cli.command {
+        Command::Model(cmd) => model_cmd(&mut client, cmd, json).await,
+        Command::Version(cmd) => version_cmd(&mut client, cmd, json).await,
+        Command::Transition {
+            model,
+            version,
+            stage,
+            comment,
+            etag,
+        } => {
+            let stage = parse_stage(&stage).map_err(Failure::Local)?;
+            let resp = client
+                .transition_stage(pb::TransitionStageRequest {
+                    model,
+                    version,
+                    target_stage: stage as i32,
+                    comment,
+                    etag,
+                })
+                .await?
+                .into_inner();
+            if let Some(v) = resp.version {
+                print_version(&v, json);
+            } else if let Some(r) = resp.request {
+                if json {
+                    print_json(&to_json(&r, "modelreg.v1.TransitionRequest"));
+                } else {
+                    println!(
+                        "transition request {} is {} and waits for approval",
+                        r.id,
+                        pb::TransitionRequestStatus::try_from(r.status)
+                            .map(|s| s.as_str_name())
+                            .unwrap_or("?")
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Alias(AliasCmd::Set {
+            model,
+            alias,
+            version,
+        }) => {
+            let m = client
+                .set_alias(pb::SetAliasRequest {
+                    model,
+                    alias,
+                    version,
+                })
+                .await?
+                .into_inner()
+                .model
+                .unwrap_or_default();
+            print_model(&m, json);
+            Ok(())
+        }
+        Command::Alias(AliasCmd::Delete { model, alias }) => {
+            let m = client
+                .delete_alias(pb::DeleteAliasRequest { model, alias })
+                .await?
+                .into_inner()
+                .model
+                .unwrap_or_default();
+            print_model(&m, json);
+            Ok(())
+        }
+        Command::Events(args) => events_cmd(&mut client, args, json).await,
+        Command::Watch(args) => watch_cmd(client, args).await,
+        Command::Audit(AuditCmd::Verify) => {
+            let r = client
+                .verify_audit_log(pb::VerifyAuditLogRequest {})
+                .await?
+                .into_inner();
+            if json {
+                print_json(&to_json(&r, "modelreg.v1.VerifyAuditLogResponse"));
+            } else if r.ok {
+                println!("audit log intact: {} events checked", r.events_checked);
+            } else {
+                println!(
+                    "audit log BROKEN at sequence {} ({} events checked)",
+                    r.first_bad_sequence, r.events_checked
+                );
+            }
+            if r.ok {
+                Ok(())
+            } else {
+                Err(Failure::Local(
+                    "the audit log's hash chain is broken".into(),
+                ))
+            }
+        }
+    }
+}
+
+async fn model_cmd(client: &mut RegistryClient, cmd: ModelCmd, json: bool) -> Result<(), Failure> {
+    match cmd {
+        ModelCmd::Create {
+            name,
+            description,
+            tags,
+            request_id,
+        } => {
+            let m = client
+                .create_model(pb::CreateModelRequest {
+                    name,
+                    description,
+                    tags: tags.into_iter().collect(),
+                    policy: None,
+                    request_id,
+                })
+                .await?
+                .into_inner()
+                .model
+                .unwrap_or_default();
+            print_model(&m, json);
+        }
+        ModelCmd::Get { name } => {
+            let m = client
+                .get_model(pb::GetModelRequest { name })
+                .await?
+                .into_inner()
+                .model
+                .unwrap_or_default();
+            print_model(&m, json);
+        }
+        ModelCmd::List { filter, page_size } => {
+            let mut models = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let resp = client
+                    .list_models(pb::ListModelsRequest {
+                        page_size,
+                        page_token,
+                        filter: filter.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                models.extend(resp.models);
+                if resp.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = resp.next_page_token;
+            }
+            if json {
+                print_json(&serde_json::Value::Array(
+                    models
+                        .iter()
+                        .map(|m| to_json(m, "modelreg.v1.Model"))
+                        .collect(),
+                ));
+            } else {
+                let rows = models
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.name.clone(),
+                            m.latest_version.to_string(),
+                            dash_if_zero(m.production_version),
+                            join_map(&m.aliases),
+                            join_map(&m.tags),
+                            time_label(m.update_time.as_ref()),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &["NAME", "LATEST", "PRODUCTION", "ALIASES", "TAGS", "UPDATED"],
+                    rows,
+                );
+            }
+        }
+        ModelCmd::Update {
+            name,
+            description,
+            tags,
+            clear_tags,
+            etag,
+        } => {
+            let mut paths = Vec::new();
+            if description.is_some() {
+                paths.push("description".to_owned());
+            }
+            if !tags.is_empty() || clear_tags {
+                paths.push("tags".to_owned());
+            }
+            if paths.is_empty() {
+                return Err(Failure::Local(
+                    "nothing to update: give --description, --tag or --clear-tags".into(),
+                ));
+            }
+            let m = client
+                .update_model(pb::UpdateModelRequest {
+                    name,
+                    description: description.unwrap_or_default(),
+                    tags: tags.into_iter().collect(),
+                    policy: None,
+                    update_mask: Some(prost_types::FieldMask { paths }),
+                    etag,
+                })
+                .await?
+                .into_inner()
+                .model
+                .unwrap_or_default();
+            print_model(&m, json);
+        }
+    }
+    Ok(())
+}
+
+async fn version_cmd(
+    client: &mut RegistryClient,
+    cmd: VersionCmd,
+    json: bool,
+) -> Result<(), Failure> {
+    match cmd {
+        VersionCmd::Register(a) => {
+            let target_stage = match a.stage.as_deref() {
+                None => pb::Stage::Unspecified,
+                Some(s) => parse_stage(s).map_err(Failure::Local)?,
+            };
+            let v = client
+                .register_version(pb::RegisterVersionRequest {
+                    model: a.model,
+                    artifact_uri: a.artifact_uri,
+                    artifact_digest: a.digest,
+                    source: Some(pb::Source {
+                        commit: a.commit,
+                        pipeline_url: a.pipeline_url,
+                        run_id: a.run_id,
+                        repository: a.repository,
+                    }),
+                    training_metrics: a.metrics.into_iter().collect(),
+                    tags: a.tags.into_iter().collect(),
+                    request_id: a.request_id,
+                    target_stage: target_stage as i32,
+                    description: a.description,
+                })
+                .await?
+                .into_inner()
+                .version
+                .unwrap_or_default();
+            print_version(&v, json);
+        }
+        VersionCmd::Get { model, version } => {
+            let (number, alias) = match version.parse::<i64>() {
+                Ok(n) => (n, String::new()),
+                Err(_) => (0, version),
+            };
+            let v = client
+                .get_version(pb::GetVersionRequest {
+                    model,
+                    version: number,
+                    alias,
+                })
+                .await?
+                .into_inner()
+                .version
+                .unwrap_or_default();
+            print_version(&v, json);
+        }
+        VersionCmd::List {
+            model,
+            stage,
+            page_size,
+        } => {
+            let stage = match stage.as_deref() {
+                None => pb::Stage::Unspecified,
+                Some(s) => parse_stage(s).map_err(Failure::Local)?,
+            };
+            let mut versions = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let resp = client
+                    .list_versions(pb::ListVersionsRequest {
+                        model: model.clone(),
+                        stage: stage as i32,
+                        page_size,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                versions.extend(resp.versions);
+                if resp.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = resp.next_page_token;
+            }
+            if json {
+                print_json(&serde_json::Value::Array(
+                    versions
+                        .iter()
+                        .map(|v| to_json(v, "modelreg.v1.ModelVersion"))
+                        .collect(),
+                ));
+            } else {
+                let rows = versions
+                    .iter()
+                    .map(|v| {
+                        vec![
+                            v.version.to_string(),
+                            stage_label(v.stage),
+                            v.aliases.join(","),
+                            v.artifact_uri.clone(),
+                            v.created_by.clone(),
+                            time_label(v.create_time.as_ref()),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &["VERSION", "STAGE", "ALIASES", "ARTIFACT", "BY", "CREATED"],
+                    rows,
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn events_cmd(
+    client: &mut RegistryClient,
+    args: EventsArgs,
+    json: bool,
+) -> Result<(), Failure> {
+    let mut events = Vec::new();
+    let mut page_token = String::new();
+    while events.len() < args.limit {
+        let resp = client
+            .list_events(pb::ListEventsRequest {
+                model: args.model.clone().unwrap_or_default(),
+                version: args.version,
+                actor: args.actor_filter.clone().unwrap_or_default(),
+                types: args.types.iter().map(|t| *t as i32).collect(),
+                after_sequence: args.after,
+                start_time: None,
+                end_time: None,
+                page_size: (args.limit - events.len()).min(1000) as i32,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        events.extend(resp.events);
+        if resp.next_page_token.is_empty() {
+            break;
+        }
+        page_token = resp.next_page_token;
+    }
+    if json {
+        print_json(&serde_json::Value::Array(
+            events
+                .iter()
+                .map(|e| to_json(e, "modelreg.v1.RegistryEvent"))
+                .collect(),
+        ));
+    } else {
+        let rows = events.iter().map(event_row).collect();
+        print_table(
+            &[
+                "SEQ", "TIME", "TYPE", "MODEL", "VERSION", "CHANGE", "ACTOR", "COMMENT",
+            ],
+            rows,
+        );
+    }
+    Ok(())
+}
+
+async fn watch_cmd(client: RegistryClient, args: WatchArgs) -> Result<(), Failure> {
+    let mut watch = ResumingWatch::new(
+        client,
+        pb::WatchTransitionsRequest {
+            models: args.models,
+            types: args.types.iter().map(|t| *t as i32).collect(),
+            to_stages: args.stages.iter().map(|s| *s as i32).collect(),
+            after_sequence: args.after,
+        },
+    );
+    let mut seen = 0u64;
+    loop {
+        let item = tokio::select! {
+            item = watch.next() => item?,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        match item {
+            WatchItem::Event(e) => {
+                println!("{}", to_json(&e, "modelreg.v1.RegistryEvent"));
+                seen += 1;
+                if args.count.is_some_and(|c| seen >= c) {
+                    return Ok(());
+                }
+            }
+            WatchItem::Heartbeat(sequence) if args.heartbeats => {
+                println!(
+                    "{}",
+                    serde_json::json!({"heartbeat": {"sequence": sequence}})
+                );
+            }
+            WatchItem::Heartbeat(_) => {}
+        }
+    }
+}
+
+// ---- output ------------------------------------------------------------------
+
+fn print_json(v: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+    );
+}
+
+fn print_model(m: &pb::Model, json: bool) {
+    if json {
+        print_json(&to_json(m, "modelreg.v1.Model"));
+        return;
+    }
+    print_fields(&[
+        ("name", m.name.clone()),
+        ("description", m.description.clone()),
+        ("latest version", m.latest_version.to_string()),
+        ("production version", dash_if_zero(m.production_version)),
+        ("aliases", join_map(&m.aliases)),
+        ("tags", join_map(&m.tags)),
+        ("etag", m.etag.clone()),
+        ("created by", m.created_by.clone()),
+        ("created", time_label(m.create_time.as_ref())),
+        ("updated", time_label(m.update_time.as_ref())),
+    ]);
+}
+
+fn print_version(v: &pb::ModelVersion, json: bool) {
+    if json {
+        print_json(&to_json(v, "modelreg.v1.ModelVersion"));
+        return;
+    }
+    let source = v.source.clone().unwrap_or_default();
+    let metrics: HashMap<String, String> = v
+        .training_metrics
+        .iter()
+        .map(|(k, x)| (k.clone(), x.to_string()))
+        .collect();
+    print_fields(&[
+        ("model", v.model.clone()),
+        ("version", v.version.to_string()),
+        ("stage", stage_label(v.stage)),
+        ("aliases", v.aliases.join(", ")),
+        ("artifact", v.artifact_uri.clone()),
+        ("digest", v.artifact_digest.clone()),
+        ("commit", source.commit),
+        ("pipeline", source.pipeline_url),
+        ("run id", source.run_id),
+        ("metrics", join_map(&metrics)),
+        ("tags", join_map(&v.tags)),
+        ("etag", v.etag.clone()),
+        ("created by", v.created_by.clone()),
+        ("created", time_label(v.create_time.as_ref())),
+        ("stage since", time_label(v.stage_update_time.as_ref())),
+    ]);
+}
+
+fn event_row(e: &pb::RegistryEvent) -> Vec<String> {
+    let change = if e.to_stage != 0 {
+        let mut s = format!(
+            "{} → {}",
+            stage_label(e.from_stage),
+            stage_label(e.to_stage)
+        );
+        if e.cause != 0 {
+            s.push_str(&format!(" ({})", cause_label(e.cause)));
+        }
+        s
+    } else {
+        String::new()
+    };
+    vec![
+        e.sequence.to_string(),
+        time_label(e.occur_time.as_ref()),
+        event_type_label(e.r#type),
+        e.model.clone(),
+        dash_if_zero(e.version),
+        change,
+        e.actor.clone(),
+        e.comment.clone(),
+    ]
+}
+
+fn print_fields(fields: &[(&str, String)]) {
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in fields {
+        if !v.is_empty() {
+            println!("{k:<width$}  {v}");
+        }
+    }
+}
+
+fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let pad = widths[i].saturating_sub(c.chars().count());
+                format!("{c}{}", " ".repeat(pad))
+            })
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn dash_if_zero(n: i64) -> String {
+    if n == 0 { "-".into() } else { n.to_string() }
+}
+
+fn join_map<V: std::fmt::Display>(m: &HashMap<String, V>) -> String {
+    let mut parts: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    parts.sort();
+    parts.join(",")
+}
+
+/// RFC 3339 in UTC, to the second.
+fn time_label(t: Option<&prost_types::Timestamp>) -> String {
+    let Some(t) = t else { return String::new() };
+    let secs = t.seconds;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day), Howard Hinnant's algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn dates_print_as_rfc3339() {
+        let t = prost_types::Timestamp {
+            seconds: 1_795_737_600,
+            nanos: 0,
+        };
+        assert_eq!(time_label(Some(&t)), "2026-11-27T00:00:00Z");
+    }
+}

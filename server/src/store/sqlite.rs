@@ -686,7 +686,10 @@ impl SqliteStore {
             binds.push(Bind::Text(actor.clone()));
         }
         if !filter.kinds.is_empty() {
-            sql.push_str(&format!(" AND type IN ({})", placeholders(filter.kinds.len())));
+            sql.push_str(&format!(
+                " AND type IN ({})",
+                placeholders(filter.kinds.len())
+            ));
             binds.extend(
                 filter
                     .kinds
@@ -774,7 +777,12 @@ fn check_etag(expected: Option<i64>, actual: i64, kind: &str, subject: &str) -> 
     }
 }
 
-fn stage_event(model: &str, mv: &lifecycle::Move, comment: String, details: serde_json::Value) -> NewEvent {
+fn stage_event(
+    model: &str,
+    mv: &lifecycle::Move,
+    comment: String,
+    details: serde_json::Value,
+) -> NewEvent {
     NewEvent {
         kind: EventKind::StageChanged,
         model: model.to_owned(),
@@ -798,7 +806,12 @@ async fn touch_model(tx: &mut SqliteConnection, model: &str, now: i64) -> Result
     Ok(())
 }
 
-async fn touch_version(tx: &mut SqliteConnection, model: &str, version: i64, now: i64) -> Result<()> {
+async fn touch_version(
+    tx: &mut SqliteConnection,
+    model: &str,
+    version: i64,
+    now: i64,
+) -> Result<()> {
     sqlx::query(
         "UPDATE versions SET revision = revision + 1, update_time = ? WHERE model = ? AND version = ?",
     )
@@ -1044,10 +1057,8 @@ fn event_from_row(row: &SqliteRow) -> Result<Event> {
     let kind: String = row.try_get("type").map_err(db_err)?;
     let stage = |col: &str| -> Result<Option<Stage>> {
         let s: Option<String> = row.try_get(col).map_err(db_err)?;
-        s.map(|s| {
-            Stage::from_db(&s).ok_or_else(|| Error::Internal(format!("unknown stage {s:?}")))
-        })
-        .transpose()
+        s.map(|s| Stage::from_db(&s).ok_or_else(|| Error::Internal(format!("unknown stage {s:?}"))))
+            .transpose()
     };
     let cause: Option<String> = row.try_get("cause").map_err(db_err)?;
     let details: String = row.try_get("details").map_err(db_err)?;
@@ -1060,7 +1071,9 @@ fn event_from_row(row: &SqliteRow) -> Result<Event> {
         from_stage: stage("from_stage")?,
         to_stage: stage("to_stage")?,
         cause: cause
-            .map(|c| Cause::from_db(&c).ok_or_else(|| Error::Internal(format!("unknown cause {c:?}"))))
+            .map(|c| {
+                Cause::from_db(&c).ok_or_else(|| Error::Internal(format!("unknown cause {c:?}")))
+            })
             .transpose()?,
         actor: row.try_get("actor").map_err(db_err)?,
         comment: row.try_get("comment").map_err(db_err)?,
