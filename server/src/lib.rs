@@ -12,8 +12,8 @@
 //!   store, converts back ([`convert`] holds the mappings).
 //! - [`domain`]: names, stages, versions, events and the input limits.
 //! - [`lifecycle`]: which stage moves are allowed and what they imply.
-//! - [`store`]: SQL, one transaction per change, its events appended in the
-//!   same transaction; the "new commit" signal for watchers.
+//! - [`store`]: one transaction per change, its events appended in the same
+//!   transaction, on SQLite or PostgreSQL; the "new commit" signal for watchers.
 //! - [`watch`]: event log → one subscriber, by sequence.
 //! - [`audit`]: the hash chain over the event log.
 //! - [`error`]: the one mapping from failures to gRPC status codes.
@@ -77,7 +77,11 @@ pub struct Application {
 impl Application {
     /// Opens (creating and migrating) the database named by `settings`.
     pub async fn build(settings: Settings) -> Result<Application, StartError> {
-        let store = Store::open(&settings.database_url)
+        let options = store::StoreOptions {
+            max_connections: settings.database_max_connections,
+            ..Default::default()
+        };
+        let store = Store::open(&settings.database_url, &options)
             .await
             .map_err(|e| StartError(format!("cannot open the database: {e}")))?;
         Ok(Application { store, settings })

@@ -24,13 +24,19 @@ pub struct Settings {
     pub listen: SocketAddr,
 
     /// The database: sqlite:///absolute/path.db or sqlite://relative/path.db
-    /// (created with its folder on first start).
+    /// (created with its folder on first start), or
+    /// postgres://user:password@host:5432/database for several replicas.
     #[arg(
         long,
         env = "MODELREG_DATABASE_URL",
         default_value = "sqlite://modelreg-data/registry.db"
     )]
     pub database_url: String,
+
+    /// Most connections this server opens to a PostgreSQL database (SQLite
+    /// always uses one writer and eight readers).
+    #[arg(long, env = "MODELREG_DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
 
     /// Log format.
     #[arg(long, env = "MODELREG_LOG_FORMAT", value_enum, default_value = "text")]

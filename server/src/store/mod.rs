@@ -2,11 +2,21 @@
 //! in that same transaction, and the wake-up signal for watchers.
 //!
 //! The service layer talks only to [`Store`]; which database sits behind it is
-//! chosen by the URL at start. SQL lives in the backend modules and nowhere
-//! else. Every write runs on a spawned task, so a caller that disconnects
-//! mid-call cannot cancel a transaction half way: it is applied whole or not
-//! at all, and a retry with the same request id finds it.
+//! chosen by the URL at start (`sqlite:` or `postgres:`). The rules of each
+//! change are written once, in [`ops`], over two small traits: [`Db`] (reads
+//! and starting a write) and [`Tx`] (the statements of one write). The SQL of
+//! those statements is written once too ([`sql`]) and instantiated for each
+//! backend, whose modules hold only what truly differs: connecting, locking,
+//! and how other processes learn of new commits.
+//!
+//! Every write runs on a spawned task, so a caller that disconnects mid-call
+//! cannot cancel a transaction half way: it is applied whole or not at all,
+//! and a retry with the same request id finds it.
 
+#[macro_use]
+mod sql;
+mod ops;
+mod postgres;
 mod sqlite;
 
 use std::future::Future;
@@ -19,6 +29,7 @@ use crate::domain::{
 };
 use crate::error::{Error, Result};
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// How a version is named in a lookup.
@@ -54,6 +65,166 @@ pub struct ChainReport {
     pub first_bad: u64,
 }
 
+/// An earlier request with the same AIP-155 request id.
+#[derive(Debug, Clone)]
+pub struct StoredRequest {
+    /// The digest of what that request asked for.
+    pub fingerprint: String,
+    /// The model it concerned.
+    pub model: String,
+    /// The version it created (0 for model-level requests).
+    pub version: i64,
+}
+
+/// Connection sizing and other knobs that are not part of the URL.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Most connections one server holds to a PostgreSQL database.
+    pub max_connections: u32,
+    /// How often a PostgreSQL replica polls for commits of other replicas,
+    /// in case a notification was missed.
+    pub poll_interval: std::time::Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_connections: 10,
+            poll_interval: std::time::Duration::from_secs(1),
+        }
+    }
+}
+
+/// Reads, and the start of a write, on one backend.
+pub trait Db: Clone + Send + Sync + 'static {
+    /// One write transaction.
+    type Tx: Tx + 'static;
+    /// Starts a write transaction.
+    fn begin(&self) -> impl Future<Output = Result<Self::Tx>> + Send;
+    /// Tells this process's watchers that everything up to `sequence` is committed.
+    fn publish(&self, sequence: u64);
+    /// A model, if it exists.
+    fn fetch_model(&self, name: &str) -> impl Future<Output = Result<Option<Model>>> + Send;
+    /// A version, if it exists.
+    fn fetch_version(
+        &self,
+        model: &str,
+        version: i64,
+    ) -> impl Future<Output = Result<Option<Version>>> + Send;
+    /// The version an alias points at, if the alias exists.
+    fn alias_target(
+        &self,
+        model: &str,
+        alias: &str,
+    ) -> impl Future<Output = Result<Option<i64>>> + Send;
+    /// Up to `limit` models in name order after `after`.
+    fn list_models(
+        &self,
+        filter: &ModelFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Model>>> + Send;
+    /// Up to `limit` versions of `model` in ascending order after `after`.
+    fn list_versions(
+        &self,
+        model: &str,
+        stage: Option<Stage>,
+        after: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Version>>> + Send;
+    /// Up to `limit` events matching `filter` in `(after, upto]`, in order.
+    fn events(
+        &self,
+        filter: &EventFilter,
+        after: u64,
+        upto: Option<u64>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Event>>> + Send;
+    /// Checks that the database answers.
+    fn ping(&self) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// The statements of one write transaction. Dropping it uncommitted rolls back.
+pub trait Tx: Send {
+    /// Locks the model's row until commit and returns it.
+    fn lock_model(&mut self, name: &str) -> impl Future<Output = Result<Option<Model>>> + Send;
+    /// Serializes transactions that use the same key (creates of one name).
+    fn lock_key(&mut self, key: &str) -> impl Future<Output = Result<()>> + Send;
+    /// A model as this transaction sees it.
+    fn fetch_model(&mut self, name: &str) -> impl Future<Output = Result<Option<Model>>> + Send;
+    /// A version as this transaction sees it.
+    fn fetch_version(
+        &mut self,
+        model: &str,
+        version: i64,
+    ) -> impl Future<Output = Result<Option<Version>>> + Send;
+    /// The model's production version, if any.
+    fn production_version(
+        &mut self,
+        model: &str,
+    ) -> impl Future<Output = Result<Option<i64>>> + Send;
+    /// An earlier request with this id.
+    fn find_request(
+        &mut self,
+        method: &str,
+        request_id: &str,
+    ) -> impl Future<Output = Result<Option<StoredRequest>>> + Send;
+    /// Records a request id and what it produced.
+    fn remember_request(
+        &mut self,
+        method: &str,
+        request_id: &str,
+        stored: &StoredRequest,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Inserts a model; `false` when the name is taken.
+    fn insert_model(&mut self, model: &Model) -> impl Future<Output = Result<bool>> + Send;
+    /// Replaces description and tags, bumping the revision.
+    fn update_model(&mut self, model: &Model) -> impl Future<Output = Result<()>> + Send;
+    /// Inserts a version and makes it the model's latest.
+    fn insert_version(&mut self, version: &Version) -> impl Future<Output = Result<()>> + Send;
+    /// Moves a version between stages, bumping its revision.
+    fn move_stage(
+        &mut self,
+        model: &str,
+        version: i64,
+        from: Stage,
+        to: Stage,
+        now: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Bumps a model's revision and update time.
+    fn touch_model(&mut self, model: &str, now: i64) -> impl Future<Output = Result<()>> + Send;
+    /// Bumps a version's revision and update time.
+    fn touch_version(
+        &mut self,
+        model: &str,
+        version: i64,
+        now: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Creates or moves an alias.
+    fn upsert_alias(
+        &mut self,
+        model: &str,
+        alias: &str,
+        version: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Removes an alias.
+    fn remove_alias(&mut self, model: &str, alias: &str)
+    -> impl Future<Output = Result<()>> + Send;
+    /// The last sequence and hash of the log, locked until commit so that
+    /// sequences are assigned and committed in one order.
+    fn log_head(&mut self) -> impl Future<Output = Result<(u64, String)>> + Send;
+    /// Appends one event.
+    fn insert_event(&mut self, event: &Event) -> impl Future<Output = Result<()>> + Send;
+    /// Moves the log head and tells other processes, on commit, of the new end.
+    fn set_log_head(
+        &mut self,
+        sequence: u64,
+        hash: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Commits.
+    fn commit(self) -> impl Future<Output = Result<()>> + Send;
+}
+
 /// The registry's storage, shared by every handler.
 #[derive(Clone)]
 pub struct Store {
@@ -67,6 +238,7 @@ pub struct Store {
 #[derive(Clone)]
 enum Backend {
     Sqlite(SqliteStore),
+    Postgres(PgStore),
 }
 
 /// Runs a write on its own task so that dropping the caller's future (a
@@ -81,39 +253,52 @@ where
         .map_err(|e| Error::Internal(format!("write task failed: {e}")))?
 }
 
+/// Calls `ops::$op(db, args…)` on whichever backend is in use, as a write.
 macro_rules! write_op {
-    ($self:ident, $method:ident ( $($arg:expr),* )) => {{
+    ($self:ident, $op:ident ( $($arg:expr),* )) => {{
         match &$self.backend {
             Backend::Sqlite(db) => {
                 let db = db.clone();
-                detached(async move { db.$method($($arg),*).await }).await
+                detached(async move { ops::$op(&db, $($arg),*).await }).await
+            }
+            Backend::Postgres(db) => {
+                let db = db.clone();
+                detached(async move { ops::$op(&db, $($arg),*).await }).await
             }
         }
     }};
 }
 
+/// Calls `ops::$op(db, args…)` on whichever backend is in use, as a read.
 macro_rules! read_op {
-    ($self:ident, $method:ident ( $($arg:expr),* )) => {{
+    ($self:ident, $op:ident ( $($arg:expr),* )) => {{
         match &$self.backend {
-            Backend::Sqlite(db) => db.$method($($arg),*).await,
+            Backend::Sqlite(db) => ops::$op(db, $($arg),*).await,
+            Backend::Postgres(db) => ops::$op(db, $($arg),*).await,
         }
     }};
 }
 
 impl Store {
     /// Opens (creating if needed) the database at `url` and migrates it.
-    pub async fn open(url: &str) -> Result<Store> {
+    pub async fn open(url: &str, options: &StoreOptions) -> Result<Store> {
         if url.starts_with("sqlite:") {
             let (db, latest) = SqliteStore::open(url).await?;
             Ok(Store {
                 backend: Backend::Sqlite(db),
                 latest,
             })
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let (db, latest) = PgStore::open(url, options).await?;
+            Ok(Store {
+                backend: Backend::Postgres(db),
+                latest,
+            })
         } else {
             Err(Error::invalid(
                 "database_url",
                 format!(
-                    "unsupported database URL {:?}: use sqlite:///absolute/path.db or sqlite://relative/path.db",
+                    "unsupported database URL {:?}: use sqlite:///absolute/path.db, sqlite://relative/path.db or postgres://user:password@host/database",
                     crate::domain::truncate(url, 80)
                 ),
             ))
@@ -132,13 +317,17 @@ impl Store {
 
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<()> {
-        read_op!(self, ping())
+        match &self.backend {
+            Backend::Sqlite(db) => db.ping().await,
+            Backend::Postgres(db) => db.ping().await,
+        }
     }
 
     /// Closes every connection.
     pub async fn close(&self) {
         match &self.backend {
             Backend::Sqlite(db) => db.close().await,
+            Backend::Postgres(db) => db.close().await,
         }
     }
 
@@ -149,10 +338,10 @@ impl Store {
 
     /// Reads a model.
     pub async fn get_model(&self, name: &Name) -> Result<Model> {
-        read_op!(self, get_model(name))
+        read_op!(self, get_model(name.as_str()))
     }
 
-    /// One page of models in name order, after `after`.
+    /// One page of models in name order after `after`; `true` if more follow.
     pub async fn list_models(
         &self,
         filter: &ModelFilter,
@@ -174,10 +363,10 @@ impl Store {
 
     /// Reads a version.
     pub async fn get_version(&self, model: &Name, which: &VersionRef) -> Result<Version> {
-        read_op!(self, get_version(model, which))
+        read_op!(self, get_version(model.as_str(), which))
     }
 
-    /// One page of versions in ascending order, after version `after`.
+    /// One page of versions in ascending order after `after`; `true` if more follow.
     pub async fn list_versions(
         &self,
         model: &Name,
@@ -185,7 +374,7 @@ impl Store {
         after: i64,
         limit: usize,
     ) -> Result<(Vec<Version>, bool)> {
-        read_op!(self, list_versions(model, stage, after, limit))
+        read_op!(self, list_versions(model.as_str(), stage, after, limit))
     }
 
     /// Points an alias at a version.
@@ -218,7 +407,10 @@ impl Store {
         upto: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Event>> {
-        read_op!(self, events(filter, after, upto, limit))
+        match &self.backend {
+            Backend::Sqlite(db) => db.events(filter, after, upto, limit).await,
+            Backend::Postgres(db) => db.events(filter, after, upto, limit).await,
+        }
     }
 
     /// Re-computes the whole hash chain.

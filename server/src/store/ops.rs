@@ -1,0 +1,523 @@
+//! Each change of the registry as one transaction, written once for every
+//! backend: lock what the change depends on, check, apply, append the events,
+//! commit, wake watchers. The rules themselves come from [`crate::lifecycle`];
+//! the statements from the backend's [`Tx`].
+
+use serde_json::json;
+
+use super::{ChainReport, Db, ModelFilter, StoredRequest, Tx, VersionRef};
+use crate::audit::{ChainVerifier, event_hash, sha256_hex};
+use crate::domain::{
+    Actor, AliasName, Cause, Event, EventFilter, EventKind, Model, ModelUpdate, Name, NewEvent,
+    NewModel, NewVersion, Stage, StageChange, Version, etag, now_micros,
+};
+use crate::error::{Error, Result};
+use crate::lifecycle;
+
+fn model_not_found(name: &str) -> Error {
+    Error::NotFound {
+        kind: "modelreg.v1.Model",
+        name: name.to_owned(),
+    }
+}
+
+fn version_not_found(model: &str, which: &str) -> Error {
+    Error::NotFound {
+        kind: "modelreg.v1.ModelVersion",
+        name: format!("{model}/{which}"),
+    }
+}
+
+fn alias_not_found(model: &str, alias: &str) -> Error {
+    Error::NotFound {
+        kind: "modelreg.v1.Alias",
+        name: format!("{model}@{alias}"),
+    }
+}
+
+fn vanished(what: &str) -> Error {
+    Error::Internal(format!("{what} vanished inside its own transaction"))
+}
+
+fn check_etag(expected: Option<i64>, actual: i64, kind: &str, subject: &str) -> Result<()> {
+    match expected {
+        Some(e) if e != actual => Err(Error::precondition(
+            "ETAG",
+            subject,
+            format!(
+                "the {kind} {subject} has changed since it was read: etag {} is stale, the current etag is {}; read it again and retry",
+                etag(e),
+                etag(actual)
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Looks up an earlier request with this id: `Some` for a retry of the same
+/// request, an error for a different request reusing the id.
+async fn find_retry<T: Tx>(
+    tx: &mut T,
+    method: &str,
+    request_id: &str,
+    fingerprint: &str,
+) -> Result<Option<StoredRequest>> {
+    match tx.find_request(method, request_id).await? {
+        Some(stored) if stored.fingerprint != fingerprint => Err(Error::invalid(
+            "request_id",
+            format!(
+                "{request_id:?} was already used for a different {method} request; use a new request id for a new request"
+            ),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// Appends events with the next sequences and chained hashes; returns the
+/// last sequence. Runs last in each transaction: the log head stays locked
+/// from here to commit, so sequences commit in order and never show a gap.
+async fn append_events<T: Tx>(tx: &mut T, actor: &Actor, events: Vec<NewEvent>) -> Result<u64> {
+    let (mut sequence, mut prev_hash) = tx.log_head().await?;
+    let now = now_micros();
+    for ne in events {
+        sequence += 1;
+        let mut e = Event {
+            sequence,
+            kind: ne.kind,
+            model: ne.model,
+            version: ne.version,
+            from_stage: ne.from_stage,
+            to_stage: ne.to_stage,
+            cause: ne.cause,
+            actor: actor.0.clone(),
+            comment: ne.comment,
+            occur_time: now,
+            details: ne.details,
+            transition_request_id: ne.transition_request_id,
+            prev_hash,
+            hash: String::new(),
+        };
+        e.hash = event_hash(&e);
+        tx.insert_event(&e).await?;
+        prev_hash = e.hash;
+    }
+    tx.set_log_head(sequence, &prev_hash).await?;
+    Ok(sequence)
+}
+
+/// Commits and wakes this process's watchers.
+async fn commit<D: Db>(db: &D, tx: D::Tx, last_sequence: u64) -> Result<()> {
+    tx.commit().await?;
+    db.publish(last_sequence);
+    Ok(())
+}
+
+fn stage_event(
+    model: &str,
+    mv: &lifecycle::Move,
+    comment: String,
+    details: serde_json::Value,
+) -> NewEvent {
+    NewEvent {
+        kind: EventKind::StageChanged,
+        model: model.to_owned(),
+        version: mv.version,
+        from_stage: Some(mv.from),
+        to_stage: Some(mv.to),
+        cause: Some(mv.cause),
+        comment,
+        details,
+        transition_request_id: String::new(),
+    }
+}
+
+// ---- models -----------------------------------------------------------------
+
+pub async fn create_model<D: Db>(db: &D, new: NewModel, actor: Actor) -> Result<Model> {
+    let mut tx = db.begin().await?;
+    let name = new.name.as_str();
+    tx.lock_key(&format!("model:{name}")).await?;
+    let fingerprint = sha256_hex(
+        json!({"name": name, "description": new.description, "tags": new.tags})
+            .to_string()
+            .as_bytes(),
+    );
+    if let Some(request_id) = &new.request_id
+        && let Some(stored) = find_retry(&mut tx, "CreateModel", request_id, &fingerprint).await?
+    {
+        return tx
+            .fetch_model(&stored.model)
+            .await?
+            .ok_or_else(|| model_not_found(&stored.model));
+    }
+    let now = now_micros();
+    let model = Model {
+        name: name.to_owned(),
+        description: new.description.clone(),
+        tags: new.tags.clone(),
+        revision: 1,
+        latest_version: 0,
+        production_version: 0,
+        aliases: Default::default(),
+        created_by: actor.0.clone(),
+        create_time: now,
+        update_time: now,
+    };
+    if !tx.insert_model(&model).await? {
+        return Err(Error::AlreadyExists {
+            kind: "modelreg.v1.Model",
+            name: name.to_owned(),
+        });
+    }
+    if let Some(request_id) = &new.request_id {
+        let stored = StoredRequest {
+            fingerprint,
+            model: name.to_owned(),
+            version: 0,
+        };
+        tx.remember_request("CreateModel", request_id, &stored)
+            .await?;
+    }
+    let event = NewEvent::new(
+        EventKind::ModelCreated,
+        name,
+        0,
+        json!({"description": new.description, "tags": new.tags}),
+    );
+    let seq = append_events(&mut tx, &actor, vec![event]).await?;
+    let model = tx
+        .fetch_model(name)
+        .await?
+        .ok_or_else(|| vanished("model"))?;
+    commit(db, tx, seq).await?;
+    Ok(model)
+}
+
+pub async fn get_model<D: Db>(db: &D, name: &str) -> Result<Model> {
+    db.fetch_model(name)
+        .await?
+        .ok_or_else(|| model_not_found(name))
+}
+
+pub async fn list_models<D: Db>(
+    db: &D,
+    filter: &ModelFilter,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<Model>, bool)> {
+    let mut models = db.list_models(filter, after, limit + 1).await?;
+    let more = models.len() > limit;
+    models.truncate(limit);
+    Ok((models, more))
+}
+
+pub async fn update_model<D: Db>(db: &D, update: ModelUpdate, actor: Actor) -> Result<Model> {
+    let mut tx = db.begin().await?;
+    let name = update.name.as_str();
+    let current = tx
+        .lock_model(name)
+        .await?
+        .ok_or_else(|| model_not_found(name))?;
+    check_etag(update.etag, current.revision, "model", name)?;
+    let mut before = serde_json::Map::new();
+    let mut after = serde_json::Map::new();
+    let mut next = current.clone();
+    if let Some(d) = update.description
+        && d != current.description
+    {
+        before.insert("description".into(), json!(current.description));
+        after.insert("description".into(), json!(d));
+        next.description = d;
+    }
+    if let Some(t) = update.tags
+        && t != current.tags
+    {
+        before.insert("tags".into(), json!(current.tags));
+        after.insert("tags".into(), json!(t));
+        next.tags = t;
+    }
+    if after.is_empty() {
+        // Nothing changes: no write, no event, same etag.
+        return Ok(current);
+    }
+    next.update_time = now_micros();
+    tx.update_model(&next).await?;
+    let event = NewEvent::new(
+        EventKind::ModelUpdated,
+        name,
+        0,
+        json!({"before": before, "after": after}),
+    );
+    let seq = append_events(&mut tx, &actor, vec![event]).await?;
+    let model = tx
+        .fetch_model(name)
+        .await?
+        .ok_or_else(|| vanished("model"))?;
+    commit(db, tx, seq).await?;
+    Ok(model)
+}
+
+// ---- versions ---------------------------------------------------------------
+
+pub async fn register_version<D: Db>(db: &D, new: NewVersion, actor: Actor) -> Result<Version> {
+    let mut tx = db.begin().await?;
+    let model = new.model.as_str();
+    // The model lock serializes registrations of one model, so version numbers
+    // and request-id checks never race.
+    let current = tx.lock_model(model).await?;
+    let fingerprint = format!("{model}:{}", new.fingerprint());
+    if let Some(request_id) = &new.request_id
+        && let Some(stored) =
+            find_retry(&mut tx, "RegisterVersion", request_id, &fingerprint).await?
+    {
+        return tx
+            .fetch_version(&stored.model, stored.version)
+            .await?
+            .ok_or_else(|| version_not_found(&stored.model, &stored.version.to_string()));
+    }
+    let current = current.ok_or_else(|| model_not_found(model))?;
+    let number = current.latest_version + 1;
+    let now = now_micros();
+    let version = Version {
+        model: model.to_owned(),
+        version: number,
+        artifact_uri: new.artifact_uri.clone(),
+        artifact_digest: new.artifact_digest.clone(),
+        source: new.source.clone(),
+        training_metrics: new.training_metrics.clone(),
+        tags: new.tags.clone(),
+        description: new.description.clone(),
+        stage: new.target_stage,
+        aliases: Vec::new(),
+        revision: 1,
+        created_by: actor.0.clone(),
+        create_time: now,
+        update_time: now,
+        stage_update_time: now,
+    };
+    tx.insert_version(&version).await?;
+    if let Some(request_id) = &new.request_id {
+        let stored = StoredRequest {
+            fingerprint,
+            model: model.to_owned(),
+            version: number,
+        };
+        tx.remember_request("RegisterVersion", request_id, &stored)
+            .await?;
+    }
+    let mut events = vec![NewEvent::new(
+        EventKind::VersionRegistered,
+        model,
+        number,
+        json!({
+            "artifact_uri": new.artifact_uri,
+            "artifact_digest": new.artifact_digest,
+            "source": new.source,
+            "training_metrics": new.training_metrics,
+            "tags": new.tags,
+        }),
+    )];
+    if new.target_stage != Stage::None {
+        // Registering straight into a stage is the NONE→stage move, by the same rules.
+        for mv in lifecycle::plan_transition(model, number, Stage::None, new.target_stage, 0)? {
+            events.push(stage_event(model, &mv, String::new(), json!({})));
+        }
+    }
+    let seq = append_events(&mut tx, &actor, events).await?;
+    let version = tx
+        .fetch_version(model, number)
+        .await?
+        .ok_or_else(|| vanished("version"))?;
+    commit(db, tx, seq).await?;
+    Ok(version)
+}
+
+pub async fn get_version<D: Db>(db: &D, model: &str, which: &VersionRef) -> Result<Version> {
+    let number = match which {
+        VersionRef::Number(n) => *n,
+        VersionRef::Alias(alias) => match db.alias_target(model, alias.as_str()).await? {
+            Some(n) => n,
+            None => {
+                get_model(db, model).await?;
+                return Err(alias_not_found(model, alias.as_str()));
+            }
+        },
+    };
+    match db.fetch_version(model, number).await? {
+        Some(v) => Ok(v),
+        None => {
+            get_model(db, model).await?;
+            Err(version_not_found(model, &number.to_string()))
+        }
+    }
+}
+
+pub async fn list_versions<D: Db>(
+    db: &D,
+    model: &str,
+    stage: Option<Stage>,
+    after: i64,
+    limit: usize,
+) -> Result<(Vec<Version>, bool)> {
+    // Existence first so an unknown model is NOT_FOUND, not an empty page.
+    get_model(db, model).await?;
+    let mut versions = db.list_versions(model, stage, after, limit + 1).await?;
+    let more = versions.len() > limit;
+    versions.truncate(limit);
+    Ok((versions, more))
+}
+
+// ---- aliases ----------------------------------------------------------------
+
+pub async fn set_alias<D: Db>(
+    db: &D,
+    model: Name,
+    alias: AliasName,
+    version: i64,
+    actor: Actor,
+) -> Result<Model> {
+    let mut tx = db.begin().await?;
+    let name = model.as_str();
+    let current = tx
+        .lock_model(name)
+        .await?
+        .ok_or_else(|| model_not_found(name))?;
+    if tx.fetch_version(name, version).await?.is_none() {
+        return Err(version_not_found(name, &version.to_string()));
+    }
+    let previous = current.aliases.get(alias.as_str()).copied();
+    if previous == Some(version) {
+        return Ok(current);
+    }
+    let now = now_micros();
+    tx.upsert_alias(name, alias.as_str(), version).await?;
+    tx.touch_model(name, now).await?;
+    tx.touch_version(name, version, now).await?;
+    if let Some(prev) = previous {
+        tx.touch_version(name, prev, now).await?;
+    }
+    let event = NewEvent::new(
+        EventKind::AliasSet,
+        name,
+        version,
+        json!({"alias": alias.as_str(), "previous_version": previous.unwrap_or(0)}),
+    );
+    let seq = append_events(&mut tx, &actor, vec![event]).await?;
+    let updated = tx
+        .fetch_model(name)
+        .await?
+        .ok_or_else(|| vanished("model"))?;
+    commit(db, tx, seq).await?;
+    Ok(updated)
+}
+
+pub async fn delete_alias<D: Db>(
+    db: &D,
+    model: Name,
+    alias: AliasName,
+    actor: Actor,
+) -> Result<Model> {
+    let mut tx = db.begin().await?;
+    let name = model.as_str();
+    let current = tx
+        .lock_model(name)
+        .await?
+        .ok_or_else(|| model_not_found(name))?;
+    let Some(version) = current.aliases.get(alias.as_str()).copied() else {
+        return Err(alias_not_found(name, alias.as_str()));
+    };
+    let now = now_micros();
+    tx.remove_alias(name, alias.as_str()).await?;
+    tx.touch_model(name, now).await?;
+    tx.touch_version(name, version, now).await?;
+    let event = NewEvent::new(
+        EventKind::AliasDeleted,
+        name,
+        version,
+        json!({"alias": alias.as_str()}),
+    );
+    let seq = append_events(&mut tx, &actor, vec![event]).await?;
+    let updated = tx
+        .fetch_model(name)
+        .await?
+        .ok_or_else(|| vanished("model"))?;
+    commit(db, tx, seq).await?;
+    Ok(updated)
+}
+
+// ---- stages -----------------------------------------------------------------
+
+pub async fn transition<D: Db>(db: &D, change: StageChange, actor: Actor) -> Result<Version> {
+    let mut tx = db.begin().await?;
+    let model = change.model.as_str();
+    // The model lock makes "read production version, then move" one step, so
+    // racing promotions of one model serialize and exactly one production remains.
+    if tx.lock_model(model).await?.is_none() {
+        return Err(model_not_found(model));
+    }
+    let current = tx
+        .fetch_version(model, change.version)
+        .await?
+        .ok_or_else(|| version_not_found(model, &change.version.to_string()))?;
+    check_etag(
+        change.etag,
+        current.revision,
+        "version",
+        &format!("{model}/{}", change.version),
+    )?;
+    let production = tx.production_version(model).await?;
+    let moves = lifecycle::plan_transition(
+        model,
+        change.version,
+        current.stage,
+        change.target,
+        production.unwrap_or(0),
+    )?;
+    let now = now_micros();
+    let mut events = Vec::with_capacity(moves.len());
+    for mv in &moves {
+        tx.move_stage(model, mv.version, mv.from, mv.to, now)
+            .await?;
+        let (comment, details) = if mv.cause == Cause::Superseded {
+            (String::new(), json!({"superseded_by": change.version}))
+        } else {
+            (change.comment.clone(), json!({}))
+        };
+        events.push(stage_event(model, mv, comment, details));
+    }
+    tx.touch_model(model, now).await?;
+    let seq = append_events(&mut tx, &actor, events).await?;
+    let version = tx
+        .fetch_version(model, change.version)
+        .await?
+        .ok_or_else(|| vanished("version"))?;
+    commit(db, tx, seq).await?;
+    Ok(version)
+}
+
+// ---- audit ------------------------------------------------------------------
+
+pub async fn verify_chain<D: Db>(db: &D) -> Result<ChainReport> {
+    let mut verifier = ChainVerifier::default();
+    let mut after = 0u64;
+    let all = EventFilter::default();
+    loop {
+        let page = db.events(&all, after, None, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.sequence;
+        for e in &page {
+            if !verifier.check(e) {
+                return Ok(ChainReport {
+                    ok: false,
+                    checked: verifier.checked,
+                    first_bad: verifier.first_bad.unwrap_or(e.sequence),
+                });
+            }
+        }
+    }
+    Ok(ChainReport {
+        ok: true,
+        checked: verifier.checked,
+        first_bad: 0,
+    })
+}

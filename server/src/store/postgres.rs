@@ -1,0 +1,207 @@
+//! The PostgreSQL backend, for any number of stateless server replicas that
+//! share one database.
+//!
+//! - **No visible gap in sequences.** A writer appends its events last and
+//!   takes the `event_log_head` row lock to do so, holding it until commit.
+//!   Sequence N+1 is therefore assigned only after N has committed, and a
+//!   reader can never see N+1 without N. (The cost: appends of concurrent
+//!   transactions are serialized over their final statements and commit.)
+//! - **Changes to one model serialize** on that model's row lock
+//!   (`SELECT … FOR UPDATE`), so "read the production version, then move"
+//!   cannot interleave between replicas.
+//! - **Cross-replica wake-up.** Each commit sends `NOTIFY modelreg_events`
+//!   with its last sequence; every replica LISTENs and wakes its watchers.
+//!   The events table stays the source of truth: a dropped LISTEN connection
+//!   or a missed notification only delays a watcher until the next poll of
+//!   the log head, which runs every `poll_interval` and after each reconnect.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use tokio::sync::watch;
+
+use super::StoreOptions;
+
+/// The notification channel that carries "committed up to sequence N".
+pub const CHANNEL: &str = "modelreg_events";
+/// The `application_name` of each replica's LISTEN connection, so operators
+/// (and tests) can find it in `pg_stat_activity`.
+pub const LISTENER_APPLICATION_NAME: &str = "modelreg-listener";
+
+/// The PostgreSQL store.
+#[derive(Clone)]
+pub struct PgStore {
+    /// Connections for reads and writes.
+    pool: PgPool,
+    /// Publishes the highest committed sequence known to this replica.
+    latest: Arc<watch::Sender<u64>>,
+    /// The LISTEN/poll task; aborted on close.
+    follower: Arc<tokio::task::JoinHandle<()>>,
+}
+
+/// One write transaction.
+pub struct PgTx(sqlx::Transaction<'static, sqlx::Postgres>);
+
+impl PgStore {
+    /// Connects, migrates, and starts following other replicas' commits.
+    pub async fn open(
+        url: &str,
+        options: &StoreOptions,
+    ) -> Result<(PgStore, watch::Receiver<u64>)> {
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(|e| Error::invalid("database_url", format!("not a PostgreSQL URL: {e}")))?
+            .application_name("modelreg-server");
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(connect.clone())
+            .await
+            .map_err(|e| Error::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| Error::Internal(format!("migration failed: {e}")))?;
+        let latest = read_head(&pool).await?;
+        let (tx, rx) = watch::channel(latest);
+        let latest = Arc::new(tx);
+
+        // The LISTEN connection comes from its own pool so it carries its own
+        // application_name and never starves request handling.
+        let listen_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(connect.application_name(LISTENER_APPLICATION_NAME));
+        let follower = tokio::spawn(follow(
+            pool.clone(),
+            listen_pool,
+            latest.clone(),
+            options.poll_interval,
+        ));
+        Ok((
+            PgStore {
+                pool,
+                latest,
+                follower: Arc::new(follower),
+            },
+            rx,
+        ))
+    }
+
+    /// Stops following and closes every connection.
+    pub async fn close(&self) {
+        self.follower.abort();
+        self.pool.close().await;
+    }
+
+    fn readers(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn begin_tx(&self) -> Result<PgTx> {
+        self.pool.begin().await.map(PgTx).map_err(db_err)
+    }
+
+    fn publish_sequence(&self, sequence: u64) {
+        publish(&self.latest, sequence);
+    }
+}
+
+fn publish(latest: &watch::Sender<u64>, sequence: u64) {
+    latest.send_if_modified(|cur| {
+        let newer = sequence > *cur;
+        if newer {
+            *cur = sequence;
+        }
+        newer
+    });
+}
+
+async fn read_head(pool: &PgPool) -> Result<u64> {
+    let last: i64 = sqlx::query_scalar("SELECT last_sequence FROM event_log_head WHERE id = 1")
+        .fetch_one(pool)
+        .await
+        .map_err(db_err)?;
+    Ok(last as u64)
+}
+
+/// Learns of commits made by other replicas: LISTEN for notifications, and
+/// poll the log head on a timer and after every reconnect, so a lost
+/// connection or notification costs latency, never an event.
+async fn follow(
+    pool: PgPool,
+    listen_pool: PgPool,
+    latest: Arc<watch::Sender<u64>>,
+    poll_interval: Duration,
+) {
+    let mut listener: Option<PgListener> = None;
+    let mut poll = tokio::time::interval(poll_interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if listener.is_none() {
+            match PgListener::connect_with(&listen_pool).await {
+                Ok(mut l) => match l.listen(CHANNEL).await {
+                    Ok(()) => {
+                        // Anything committed while we were not listening.
+                        if let Ok(seq) = read_head(&pool).await {
+                            publish(&latest, seq);
+                        }
+                        listener = Some(l);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "LISTEN failed; polling until it works"),
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open the LISTEN connection; polling until it works")
+                }
+            }
+        }
+        tokio::select! {
+            received = async {
+                match listener.as_mut() {
+                    Some(l) => l.try_recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match received {
+                Ok(Some(n)) => {
+                    if let Ok(seq) = n.payload().parse::<u64>() {
+                        publish(&latest, seq);
+                    }
+                }
+                Ok(None) => {
+                    // The connection dropped; notifications may have been lost.
+                    tracing::warn!("LISTEN connection lost; reconnecting");
+                    listener = None;
+                    if let Ok(seq) = read_head(&pool).await {
+                        publish(&latest, seq);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN failed; reconnecting");
+                    listener = None;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+            _ = poll.tick() => {
+                if let Ok(seq) = read_head(&pool).await {
+                    publish(&latest, seq);
+                }
+            }
+        }
+    }
+}
+
+sql_backend! {
+    store: PgStore,
+    tx: PgTx,
+    db: sqlx::Postgres,
+    row: sqlx::postgres::PgRow,
+    model_aliases: "COALESCE((SELECT json_object_agg(a.alias, a.version)::text FROM aliases a WHERE a.model = m.name), '{}')",
+    version_aliases: "COALESCE((SELECT json_agg(a.alias ORDER BY a.alias)::text FROM aliases a \
+        WHERE a.model = v.model AND a.version = v.version), '[]')",
+    lock_model: Some("SELECT name FROM models WHERE name = $1 FOR UPDATE"),
+    lock_key: Some("SELECT pg_advisory_xact_lock(hashtext($1))"),
+    lock_head: "SELECT last_sequence, last_hash FROM event_log_head WHERE id = 1 FOR UPDATE",
+    notify: Some("SELECT pg_notify('modelreg_events', $1)"),
+}

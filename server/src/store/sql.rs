@@ -1,0 +1,737 @@
+//! The SQL of every statement, written once with `$n` parameters (which both
+//! SQLite and PostgreSQL accept) and instantiated per backend by
+//! [`sql_backend!`]. What differs between the two is passed in: the
+//! aggregate-to-JSON selects, how a model row is locked, how a key lock and
+//! the commit notification are taken. Errors map to domain errors here and
+//! nowhere else: database text never reaches a caller.
+
+use crate::error::Error;
+
+/// Maps a database error: connection-level failures may be retried, anything
+/// else is a bug to log and hide.
+pub fn db_err(e: sqlx::Error) -> Error {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            Error::Unavailable(e.to_string())
+        }
+        sqlx::Error::Database(ref d)
+            if d.code().is_some_and(|c| {
+                // PostgreSQL: admin shutdown, cannot connect now, connection failures.
+                c.starts_with("57P") || c.starts_with("08")
+            }) =>
+        {
+            Error::Unavailable(e.to_string())
+        }
+        other => Error::Internal(other.to_string()),
+    }
+}
+
+/// A JSON column that does not parse is a corrupt database, not a bad request.
+pub fn json_err(e: serde_json::Error) -> Error {
+    Error::Internal(format!("corrupt JSON column: {e}"))
+}
+
+/// `$first, $first+1, …` for `n` parameters.
+pub fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A value bound to a dynamically built query.
+pub enum Bind {
+    /// An integer.
+    Int(i64),
+    /// Text.
+    Text(String),
+}
+
+/// The SELECT list of a model, before the backend's alias aggregate.
+pub const MODEL_COLUMNS: &str = r#"
+SELECT m.name, m.description, m.tags, m.revision, m.latest_version, m.created_by, m.create_time, m.update_time,
+       COALESCE((SELECT v.version FROM versions v WHERE v.model = m.name AND v.stage = 'PRODUCTION'), 0)
+           AS production_version,"#;
+
+/// The SELECT list of a version, before the backend's alias aggregate.
+pub const VERSION_COLUMNS: &str = r#"
+SELECT v.model, v.version, v.artifact_uri, v.artifact_digest, v.source, v.training_metrics, v.tags,
+       v.description, v.stage, v.revision, v.created_by, v.create_time, v.update_time, v.stage_update_time,"#;
+
+/// The columns of an event, in insert order.
+pub const EVENT_COLUMNS: &str = "sequence, type, model, version, from_stage, to_stage, cause, actor, comment, \
+     occur_time, details, transition_request_id, prev_hash, hash";
+
+/// Implements [`super::Db`] for `$store` and [`super::Tx`] for `$tx` (a
+/// newtype over `sqlx::Transaction<'static, $db>`).
+///
+/// `$store` must have `fn readers(&self) -> &sqlx::Pool<$db>`,
+/// `async fn begin_tx(&self) -> Result<$tx>` and `fn publish_sequence(&self, u64)`.
+macro_rules! sql_backend {
+    (
+        store: $store:ty,
+        tx: $tx:ident,
+        db: $db:ty,
+        row: $row:ty,
+        model_aliases: $model_aliases:expr,
+        version_aliases: $version_aliases:expr,
+        lock_model: $lock_model:expr,
+        lock_key: $lock_key:expr,
+        lock_head: $lock_head:expr,
+        notify: $notify:expr $(,)?
+    ) => {
+        use std::collections::BTreeMap;
+
+        use sqlx::Row as _;
+
+        use $crate::domain::{Cause, Event, EventFilter, EventKind, Model, Stage, Version};
+        use $crate::error::{Error, Result};
+        use $crate::store::sql::{
+            Bind, EVENT_COLUMNS, MODEL_COLUMNS, VERSION_COLUMNS, db_err, json_err, placeholders,
+        };
+        use $crate::store::{Db, ModelFilter, StoredRequest, Tx};
+
+        fn model_select() -> String {
+            format!("{MODEL_COLUMNS} {} AS aliases FROM models m", $model_aliases)
+        }
+
+        fn version_select() -> String {
+            format!(
+                "{VERSION_COLUMNS} {} AS aliases FROM versions v",
+                $version_aliases
+            )
+        }
+
+        fn json_col<T: serde::de::DeserializeOwned>(row: &$row, col: &str) -> Result<T> {
+            let text: String = row.try_get(col).map_err(db_err)?;
+            serde_json::from_str(&text).map_err(json_err)
+        }
+
+        fn model_from_row(row: &$row) -> Result<Model> {
+            Ok(Model {
+                name: row.try_get("name").map_err(db_err)?,
+                description: row.try_get("description").map_err(db_err)?,
+                tags: json_col(row, "tags")?,
+                revision: row.try_get("revision").map_err(db_err)?,
+                latest_version: row.try_get("latest_version").map_err(db_err)?,
+                production_version: row.try_get("production_version").map_err(db_err)?,
+                aliases: json_col::<Option<BTreeMap<String, i64>>>(row, "aliases")?
+                    .unwrap_or_default(),
+                created_by: row.try_get("created_by").map_err(db_err)?,
+                create_time: row.try_get("create_time").map_err(db_err)?,
+                update_time: row.try_get("update_time").map_err(db_err)?,
+            })
+        }
+
+        fn version_from_row(row: &$row) -> Result<Version> {
+            let stage: String = row.try_get("stage").map_err(db_err)?;
+            Ok(Version {
+                model: row.try_get("model").map_err(db_err)?,
+                version: row.try_get("version").map_err(db_err)?,
+                artifact_uri: row.try_get("artifact_uri").map_err(db_err)?,
+                artifact_digest: row.try_get("artifact_digest").map_err(db_err)?,
+                source: json_col(row, "source")?,
+                training_metrics: json_col(row, "training_metrics")?,
+                tags: json_col(row, "tags")?,
+                description: row.try_get("description").map_err(db_err)?,
+                stage: Stage::from_db(&stage).ok_or_else(|| {
+                    Error::Internal(format!("unknown stage {stage:?} in database"))
+                })?,
+                aliases: json_col::<Option<Vec<String>>>(row, "aliases")?.unwrap_or_default(),
+                revision: row.try_get("revision").map_err(db_err)?,
+                created_by: row.try_get("created_by").map_err(db_err)?,
+                create_time: row.try_get("create_time").map_err(db_err)?,
+                update_time: row.try_get("update_time").map_err(db_err)?,
+                stage_update_time: row.try_get("stage_update_time").map_err(db_err)?,
+            })
+        }
+
+        fn event_from_row(row: &$row) -> Result<Event> {
+            let kind: String = row.try_get("type").map_err(db_err)?;
+            let stage = |col: &str| -> Result<Option<Stage>> {
+                let s: Option<String> = row.try_get(col).map_err(db_err)?;
+                s.map(|s| {
+                    Stage::from_db(&s)
+                        .ok_or_else(|| Error::Internal(format!("unknown stage {s:?}")))
+                })
+                .transpose()
+            };
+            let cause: Option<String> = row.try_get("cause").map_err(db_err)?;
+            let details: String = row.try_get("details").map_err(db_err)?;
+            Ok(Event {
+                sequence: row.try_get::<i64, _>("sequence").map_err(db_err)? as u64,
+                kind: EventKind::from_db(&kind)
+                    .ok_or_else(|| Error::Internal(format!("unknown event type {kind:?}")))?,
+                model: row.try_get("model").map_err(db_err)?,
+                version: row.try_get("version").map_err(db_err)?,
+                from_stage: stage("from_stage")?,
+                to_stage: stage("to_stage")?,
+                cause: cause
+                    .map(|c| {
+                        Cause::from_db(&c)
+                            .ok_or_else(|| Error::Internal(format!("unknown cause {c:?}")))
+                    })
+                    .transpose()?,
+                actor: row.try_get("actor").map_err(db_err)?,
+                comment: row.try_get("comment").map_err(db_err)?,
+                occur_time: row.try_get("occur_time").map_err(db_err)?,
+                details: serde_json::from_str(&details).map_err(json_err)?,
+                transition_request_id: row.try_get("transition_request_id").map_err(db_err)?,
+                prev_hash: row.try_get("prev_hash").map_err(db_err)?,
+                hash: row.try_get("hash").map_err(db_err)?,
+            })
+        }
+
+        async fn fetch_model_with<'c, E>(ex: E, name: &str) -> Result<Option<Model>>
+        where
+            E: sqlx::Executor<'c, Database = $db>,
+        {
+            let sql = format!("{} WHERE m.name = $1", model_select());
+            let row = sqlx::query(&sql)
+                .bind(name)
+                .fetch_optional(ex)
+                .await
+                .map_err(db_err)?;
+            row.as_ref().map(model_from_row).transpose()
+        }
+
+        async fn fetch_version_with<'c, E>(
+            ex: E,
+            model: &str,
+            version: i64,
+        ) -> Result<Option<Version>>
+        where
+            E: sqlx::Executor<'c, Database = $db>,
+        {
+            let sql = format!("{} WHERE v.model = $1 AND v.version = $2", version_select());
+            let row = sqlx::query(&sql)
+                .bind(model)
+                .bind(version)
+                .fetch_optional(ex)
+                .await
+                .map_err(db_err)?;
+            row.as_ref().map(version_from_row).transpose()
+        }
+
+        fn bind_all<'q>(
+            mut query: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
+            binds: Vec<Bind>,
+        ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>> {
+            for b in binds {
+                query = match b {
+                    Bind::Int(i) => query.bind(i),
+                    Bind::Text(s) => query.bind(s),
+                };
+            }
+            query
+        }
+
+        impl Db for $store {
+            type Tx = $tx;
+
+            async fn begin(&self) -> Result<$tx> {
+                self.begin_tx().await
+            }
+
+            fn publish(&self, sequence: u64) {
+                self.publish_sequence(sequence);
+            }
+
+            async fn fetch_model(&self, name: &str) -> Result<Option<Model>> {
+                fetch_model_with(self.readers(), name).await
+            }
+
+            async fn fetch_version(&self, model: &str, version: i64) -> Result<Option<Version>> {
+                fetch_version_with(self.readers(), model, version).await
+            }
+
+            async fn alias_target(&self, model: &str, alias: &str) -> Result<Option<i64>> {
+                sqlx::query_scalar("SELECT version FROM aliases WHERE model = $1 AND alias = $2")
+                    .bind(model)
+                    .bind(alias)
+                    .fetch_optional(self.readers())
+                    .await
+                    .map_err(db_err)
+            }
+
+            async fn list_models(
+                &self,
+                filter: &ModelFilter,
+                after: Option<&str>,
+                limit: usize,
+            ) -> Result<Vec<Model>> {
+                let mut sql = format!("{} WHERE 1 = 1", model_select());
+                let mut binds: Vec<Bind> = Vec::new();
+                let param = |binds: &mut Vec<Bind>, b: Bind| {
+                    binds.push(b);
+                    format!("${}", binds.len())
+                };
+                if let Some(after) = after {
+                    let p = param(&mut binds, Bind::Text(after.to_owned()));
+                    sql.push_str(&format!(" AND m.name > {p}"));
+                }
+                if let Some(name) = &filter.name_equals {
+                    let p = param(&mut binds, Bind::Text(name.clone()));
+                    sql.push_str(&format!(" AND m.name = {p}"));
+                }
+                if let Some(prefix) = &filter.name_prefix {
+                    // '_' and '%' are LIKE wildcards; escape them so a prefix is literal.
+                    let escaped = prefix
+                        .replace('\\', r"\\")
+                        .replace('_', r"\_")
+                        .replace('%', r"\%");
+                    let p = param(&mut binds, Bind::Text(format!("{escaped}%")));
+                    sql.push_str(&format!(r" AND m.name LIKE {p} ESCAPE '\'"));
+                }
+                for (key, value) in &filter.tag_equals {
+                    let k = param(&mut binds, Bind::Text(key.clone()));
+                    let v = param(&mut binds, Bind::Text(value.clone()));
+                    sql.push_str(&format!(
+                        " AND EXISTS (SELECT 1 FROM model_tags t WHERE t.model = m.name AND t.key = {k} AND t.value = {v})"
+                    ));
+                }
+                for key in &filter.tag_present {
+                    let k = param(&mut binds, Bind::Text(key.clone()));
+                    sql.push_str(&format!(
+                        " AND EXISTS (SELECT 1 FROM model_tags t WHERE t.model = m.name AND t.key = {k})"
+                    ));
+                }
+                let l = param(&mut binds, Bind::Int(limit as i64));
+                sql.push_str(&format!(" ORDER BY m.name LIMIT {l}"));
+                let rows = bind_all(sqlx::query(&sql), binds)
+                    .fetch_all(self.readers())
+                    .await
+                    .map_err(db_err)?;
+                rows.iter().map(model_from_row).collect()
+            }
+
+            async fn list_versions(
+                &self,
+                model: &str,
+                stage: Option<Stage>,
+                after: i64,
+                limit: usize,
+            ) -> Result<Vec<Version>> {
+                let sql = format!(
+                    "{} WHERE v.model = $1 AND v.version > $2 AND (CAST($3 AS TEXT) IS NULL OR v.stage = $3)
+                     ORDER BY v.version LIMIT $4",
+                    version_select()
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(model)
+                    .bind(after)
+                    .bind(stage.map(|s| s.as_str()))
+                    .bind(limit as i64)
+                    .fetch_all(self.readers())
+                    .await
+                    .map_err(db_err)?;
+                rows.iter().map(version_from_row).collect()
+            }
+
+            async fn events(
+                &self,
+                filter: &EventFilter,
+                after: u64,
+                upto: Option<u64>,
+                limit: usize,
+            ) -> Result<Vec<Event>> {
+                let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE sequence > $1");
+                let mut binds = vec![Bind::Int(after as i64)];
+                if let Some(upto) = upto {
+                    binds.push(Bind::Int(upto as i64));
+                    sql.push_str(&format!(" AND sequence <= ${}", binds.len()));
+                }
+                if !filter.models.is_empty() {
+                    sql.push_str(&format!(
+                        " AND model IN ({})",
+                        placeholders(binds.len() + 1, filter.models.len())
+                    ));
+                    binds.extend(filter.models.iter().cloned().map(Bind::Text));
+                }
+                if filter.version != 0 {
+                    binds.push(Bind::Int(filter.version));
+                    sql.push_str(&format!(" AND version = ${}", binds.len()));
+                }
+                if let Some(actor) = &filter.actor {
+                    binds.push(Bind::Text(actor.clone()));
+                    sql.push_str(&format!(" AND actor = ${}", binds.len()));
+                }
+                if !filter.kinds.is_empty() {
+                    sql.push_str(&format!(
+                        " AND type IN ({})",
+                        placeholders(binds.len() + 1, filter.kinds.len())
+                    ));
+                    binds.extend(
+                        filter
+                            .kinds
+                            .iter()
+                            .map(|k| Bind::Text(k.as_str().to_owned())),
+                    );
+                }
+                if !filter.to_stages.is_empty() {
+                    sql.push_str(&format!(
+                        " AND to_stage IN ({})",
+                        placeholders(binds.len() + 1, filter.to_stages.len())
+                    ));
+                    binds.extend(
+                        filter
+                            .to_stages
+                            .iter()
+                            .map(|s| Bind::Text(s.as_str().to_owned())),
+                    );
+                }
+                if let Some(start) = filter.start_time {
+                    binds.push(Bind::Int(start));
+                    sql.push_str(&format!(" AND occur_time >= ${}", binds.len()));
+                }
+                if let Some(end) = filter.end_time {
+                    binds.push(Bind::Int(end));
+                    sql.push_str(&format!(" AND occur_time < ${}", binds.len()));
+                }
+                binds.push(Bind::Int(limit as i64));
+                sql.push_str(&format!(" ORDER BY sequence LIMIT ${}", binds.len()));
+                let rows = bind_all(sqlx::query(&sql), binds)
+                    .fetch_all(self.readers())
+                    .await
+                    .map_err(db_err)?;
+                rows.iter().map(event_from_row).collect()
+            }
+
+            async fn ping(&self) -> Result<()> {
+                sqlx::query("SELECT 1")
+                    .execute(self.readers())
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+        }
+
+        impl Tx for $tx {
+            async fn lock_model(&mut self, name: &str) -> Result<Option<Model>> {
+                let lock: Option<&str> = $lock_model;
+                if let Some(sql) = lock {
+                    sqlx::query(sql)
+                        .bind(name)
+                        .execute(&mut *self.0)
+                        .await
+                        .map_err(db_err)?;
+                }
+                fetch_model_with(&mut *self.0, name).await
+            }
+
+            async fn lock_key(&mut self, key: &str) -> Result<()> {
+                let lock: Option<&str> = $lock_key;
+                if let Some(sql) = lock {
+                    sqlx::query(sql)
+                        .bind(key)
+                        .execute(&mut *self.0)
+                        .await
+                        .map_err(db_err)?;
+                }
+                Ok(())
+            }
+
+            async fn fetch_model(&mut self, name: &str) -> Result<Option<Model>> {
+                fetch_model_with(&mut *self.0, name).await
+            }
+
+            async fn fetch_version(&mut self, model: &str, version: i64) -> Result<Option<Version>> {
+                fetch_version_with(&mut *self.0, model, version).await
+            }
+
+            async fn production_version(&mut self, model: &str) -> Result<Option<i64>> {
+                sqlx::query_scalar(
+                    "SELECT version FROM versions WHERE model = $1 AND stage = 'PRODUCTION'",
+                )
+                .bind(model)
+                .fetch_optional(&mut *self.0)
+                .await
+                .map_err(db_err)
+            }
+
+            async fn find_request(
+                &mut self,
+                method: &str,
+                request_id: &str,
+            ) -> Result<Option<StoredRequest>> {
+                let row = sqlx::query(
+                    "SELECT fingerprint, model, version FROM idempotency WHERE method = $1 AND request_id = $2",
+                )
+                .bind(method)
+                .bind(request_id)
+                .fetch_optional(&mut *self.0)
+                .await
+                .map_err(db_err)?;
+                row.map(|row| {
+                    Ok(StoredRequest {
+                        fingerprint: row.try_get("fingerprint").map_err(db_err)?,
+                        model: row.try_get("model").map_err(db_err)?,
+                        version: row.try_get("version").map_err(db_err)?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn remember_request(
+                &mut self,
+                method: &str,
+                request_id: &str,
+                stored: &StoredRequest,
+            ) -> Result<()> {
+                let inserted = sqlx::query(
+                    "INSERT INTO idempotency (method, request_id, fingerprint, model, version, create_time)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(method)
+                .bind(request_id)
+                .bind(&stored.fingerprint)
+                .bind(&stored.model)
+                .bind(stored.version)
+                .bind($crate::domain::now_micros())
+                .execute(&mut *self.0)
+                .await;
+                match inserted {
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(Error::invalid(
+                        "request_id",
+                        format!("{request_id:?} is being used by another {method} request at this moment; use a new request id for a new request"),
+                    )),
+                    other => other.map(|_| ()).map_err(db_err),
+                }
+            }
+
+            async fn insert_model(&mut self, model: &Model) -> Result<bool> {
+                let inserted = sqlx::query(
+                    "INSERT INTO models (name, description, tags, revision, latest_version, created_by, create_time, update_time)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(&model.name)
+                .bind(&model.description)
+                .bind(serde_json::to_string(&model.tags).map_err(json_err)?)
+                .bind(model.revision)
+                .bind(model.latest_version)
+                .bind(&model.created_by)
+                .bind(model.create_time)
+                .bind(model.update_time)
+                .execute(&mut *self.0)
+                .await;
+                match inserted {
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(false),
+                    other => {
+                        other.map_err(db_err)?;
+                    }
+                }
+                self.replace_tags(&model.name, &model.tags).await?;
+                Ok(true)
+            }
+
+            async fn update_model(&mut self, model: &Model) -> Result<()> {
+                sqlx::query(
+                    "UPDATE models SET description = $1, tags = $2, revision = revision + 1, update_time = $3
+                     WHERE name = $4",
+                )
+                .bind(&model.description)
+                .bind(serde_json::to_string(&model.tags).map_err(json_err)?)
+                .bind(model.update_time)
+                .bind(&model.name)
+                .execute(&mut *self.0)
+                .await
+                .map_err(db_err)?;
+                self.replace_tags(&model.name, &model.tags).await
+            }
+
+            async fn insert_version(&mut self, v: &Version) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO versions (model, version, artifact_uri, artifact_digest, source, training_metrics,
+                         tags, description, stage, revision, created_by, create_time, update_time, stage_update_time)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                )
+                .bind(&v.model)
+                .bind(v.version)
+                .bind(&v.artifact_uri)
+                .bind(&v.artifact_digest)
+                .bind(serde_json::to_string(&v.source).map_err(json_err)?)
+                .bind(serde_json::to_string(&v.training_metrics).map_err(json_err)?)
+                .bind(serde_json::to_string(&v.tags).map_err(json_err)?)
+                .bind(&v.description)
+                .bind(v.stage.as_str())
+                .bind(v.revision)
+                .bind(&v.created_by)
+                .bind(v.create_time)
+                .bind(v.update_time)
+                .bind(v.stage_update_time)
+                .execute(&mut *self.0)
+                .await
+                .map_err(db_err)?;
+                sqlx::query(
+                    "UPDATE models SET latest_version = $1, revision = revision + 1, update_time = $2 WHERE name = $3",
+                )
+                .bind(v.version)
+                .bind(v.create_time)
+                .bind(&v.model)
+                .execute(&mut *self.0)
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn move_stage(
+                &mut self,
+                model: &str,
+                version: i64,
+                from: Stage,
+                to: Stage,
+                now: i64,
+            ) -> Result<()> {
+                let moved = sqlx::query(
+                    "UPDATE versions SET stage = $1, revision = revision + 1, update_time = $2, stage_update_time = $2
+                     WHERE model = $3 AND version = $4 AND stage = $5",
+                )
+                .bind(to.as_str())
+                .bind(now)
+                .bind(model)
+                .bind(version)
+                .bind(from.as_str())
+                .execute(&mut *self.0)
+                .await
+                .map_err(db_err)?;
+                if moved.rows_affected() != 1 {
+                    return Err(Error::Internal(format!(
+                        "{model}/{version} was not in {from} when moving it to {to}"
+                    )));
+                }
+                Ok(())
+            }
+
+            async fn touch_model(&mut self, model: &str, now: i64) -> Result<()> {
+                sqlx::query(
+                    "UPDATE models SET revision = revision + 1, update_time = $1 WHERE name = $2",
+                )
+                .bind(now)
+                .bind(model)
+                .execute(&mut *self.0)
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn touch_version(&mut self, model: &str, version: i64, now: i64) -> Result<()> {
+                sqlx::query(
+                    "UPDATE versions SET revision = revision + 1, update_time = $1 WHERE model = $2 AND version = $3",
+                )
+                .bind(now)
+                .bind(model)
+                .bind(version)
+                .execute(&mut *self.0)
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn upsert_alias(&mut self, model: &str, alias: &str, version: i64) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO aliases (model, alias, version) VALUES ($1, $2, $3)
+                     ON CONFLICT (model, alias) DO UPDATE SET version = excluded.version",
+                )
+                .bind(model)
+                .bind(alias)
+                .bind(version)
+                .execute(&mut *self.0)
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn remove_alias(&mut self, model: &str, alias: &str) -> Result<()> {
+                sqlx::query("DELETE FROM aliases WHERE model = $1 AND alias = $2")
+                    .bind(model)
+                    .bind(alias)
+                    .execute(&mut *self.0)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn log_head(&mut self) -> Result<(u64, String)> {
+                let row = sqlx::query($lock_head)
+                    .fetch_one(&mut *self.0)
+                    .await
+                    .map_err(db_err)?;
+                Ok((
+                    row.try_get::<i64, _>("last_sequence").map_err(db_err)? as u64,
+                    row.try_get("last_hash").map_err(db_err)?,
+                ))
+            }
+
+            async fn insert_event(&mut self, e: &Event) -> Result<()> {
+                let sql = format!(
+                    "INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+                );
+                sqlx::query(&sql)
+                    .bind(e.sequence as i64)
+                    .bind(e.kind.as_str())
+                    .bind(&e.model)
+                    .bind(e.version)
+                    .bind(e.from_stage.map(|s| s.as_str()))
+                    .bind(e.to_stage.map(|s| s.as_str()))
+                    .bind(e.cause.map(|c| c.as_str()))
+                    .bind(&e.actor)
+                    .bind(&e.comment)
+                    .bind(e.occur_time)
+                    .bind(e.details.to_string())
+                    .bind(&e.transition_request_id)
+                    .bind(&e.prev_hash)
+                    .bind(&e.hash)
+                    .execute(&mut *self.0)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn set_log_head(&mut self, sequence: u64, hash: &str) -> Result<()> {
+                sqlx::query("UPDATE event_log_head SET last_sequence = $1, last_hash = $2 WHERE id = 1")
+                    .bind(sequence as i64)
+                    .bind(hash)
+                    .execute(&mut *self.0)
+                    .await
+                    .map_err(db_err)?;
+                let notify: Option<&str> = $notify;
+                if let Some(sql) = notify {
+                    sqlx::query(sql)
+                        .bind(sequence.to_string())
+                        .execute(&mut *self.0)
+                        .await
+                        .map_err(db_err)?;
+                }
+                Ok(())
+            }
+
+            async fn commit(self) -> Result<()> {
+                self.0.commit().await.map_err(db_err)
+            }
+        }
+
+        impl $tx {
+            async fn replace_tags(
+                &mut self,
+                model: &str,
+                tags: &BTreeMap<String, String>,
+            ) -> Result<()> {
+                sqlx::query("DELETE FROM model_tags WHERE model = $1")
+                    .bind(model)
+                    .execute(&mut *self.0)
+                    .await
+                    .map_err(db_err)?;
+                for (k, v) in tags {
+                    sqlx::query("INSERT INTO model_tags (model, key, value) VALUES ($1, $2, $3)")
+                        .bind(model)
+                        .bind(k)
+                        .bind(v)
+                        .execute(&mut *self.0)
+                        .await
+                        .map_err(db_err)?;
+                }
+                Ok(())
+            }
+        }
+    };
+}
