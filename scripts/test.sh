@@ -1,7 +1,24 @@
 #!/usr/bin/env bash
-# The whole test suite: unit tests, the end-to-end tests (real server on
-# 127.0.0.1:0, real SQLite files) and the real `modelreg` binary.
+# The whole test suite: unit tests, the end-to-end conformance suite on SQLite
+# and on PostgreSQL (real server on 127.0.0.1:0, real databases), the
+# multi-replica tests and the real `modelreg` binary.
+#
+# PostgreSQL is started (and installed, as root) by scripts/postgres.sh unless
+# MODELREG_TEST_POSTGRES_URL already names a server. Without it the
+# PostgreSQL half is skipped with a notice, or fails when
+# MODELREG_REQUIRE_POSTGRES=1 (as in CI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ -z "${MODELREG_TEST_POSTGRES_URL:-}" ]; then
+    if url=$(bash scripts/postgres.sh); then
+        export MODELREG_TEST_POSTGRES_URL="$url"
+    elif [ "${MODELREG_REQUIRE_POSTGRES:-0}" = 1 ]; then
+        echo "test.sh: PostgreSQL is required but could not be started" >&2
+        exit 1
+    else
+        echo "test.sh: WARNING: PostgreSQL could not be started; its half of the suite will be SKIPPED" >&2
+    fi
+fi
 
 cargo test --workspace --all-targets

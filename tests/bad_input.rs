@@ -7,7 +7,13 @@ use std::pin::Pin;
 
 use modelreg_client::errors::violated_fields;
 use modelreg_client::{RegistryClient, pb};
-use modelreg_tests::{all_events, create_model, register, spawn_app};
+use modelreg_tests::{TestDb, all_events, conformance, create_model, register, spawn_app};
+
+conformance!(
+    malformed_requests_are_refused_with_field_violations_and_change_nothing,
+    every_violation_of_a_request_is_reported,
+    missing_and_duplicate_resources,
+);
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
@@ -79,10 +85,9 @@ async fn snapshot(
 /// A table of 27 malformed requests across the API: each is INVALID_ARGUMENT
 /// naming exactly the bad field in google.rpc.BadRequest, and nothing in the
 /// database changed.
-#[tokio::test]
-async fn malformed_requests_are_refused_with_field_violations_and_change_nothing() {
+async fn malformed_requests_are_refused_with_field_violations_and_change_nothing(db: TestDb) {
     // Arrange
-    let mut app = spawn_app().await;
+    let mut app = spawn_app(&db).await;
     create_model(&mut app.client, "known").await;
     register(&mut app.client, "known", pb::Stage::Staging).await;
     let before = snapshot(&mut app.client).await;
@@ -336,9 +341,8 @@ async fn malformed_requests_are_refused_with_field_violations_and_change_nothing
 }
 
 /// One request with several problems reports all of them at once.
-#[tokio::test]
-async fn every_violation_of_a_request_is_reported() {
-    let mut app = spawn_app().await;
+async fn every_violation_of_a_request_is_reported(db: TestDb) {
+    let mut app = spawn_app(&db).await;
     create_model(&mut app.client, "known").await;
     let status = app
         .client
@@ -361,9 +365,8 @@ async fn every_violation_of_a_request_is_reported() {
 
 /// Missing resources are NOT_FOUND with ResourceInfo naming them; duplicates
 /// are ALREADY_EXISTS; unimplemented RPCs say so. Nothing changes.
-#[tokio::test]
-async fn missing_and_duplicate_resources() {
-    let mut app = spawn_app().await;
+async fn missing_and_duplicate_resources(db: TestDb) {
+    let mut app = spawn_app(&db).await;
     create_model(&mut app.client, "known").await;
     let before = snapshot(&mut app.client).await;
     let c = &mut app.client;

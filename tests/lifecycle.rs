@@ -3,7 +3,17 @@
 //! racing transitions.
 
 use modelreg_client::pb::{self, Stage};
-use modelreg_tests::{all_events, create_model, register, spawn_app, transition};
+use modelreg_tests::{
+    TestDb, all_events, conformance, create_model, register, spawn_app, transition,
+};
+
+conformance!(
+    every_allowed_and_every_forbidden_move,
+    promoting_archives_the_previous_production_version_atomically,
+    racing_transitions_with_the_same_etag_have_one_winner,
+    concurrent_promotions_leave_one_production_version,
+    special_targets,
+);
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -47,10 +57,9 @@ async fn version_in(
 /// Every (from, to) pair: the seven allowed moves apply and emit one
 /// STAGE_CHANGED with cause REQUEST; every other pair is FAILED_PRECONDITION
 /// with a STAGE_TRANSITION violation and changes nothing.
-#[tokio::test]
-async fn every_allowed_and_every_forbidden_move() {
+async fn every_allowed_and_every_forbidden_move(db: TestDb) {
     // Arrange
-    let mut app = spawn_app().await;
+    let mut app = spawn_app(&db).await;
     let c = &mut app.client;
     for from in STAGES {
         for to in STAGES {
@@ -131,10 +140,9 @@ async fn every_allowed_and_every_forbidden_move() {
 /// Entering PRODUCTION archives the previous production version in the same
 /// transaction: two adjacent events with one commit time, and exactly one
 /// production version afterwards.
-#[tokio::test]
-async fn promoting_archives_the_previous_production_version_atomically() {
+async fn promoting_archives_the_previous_production_version_atomically(db: TestDb) {
     // Arrange
-    let mut app = spawn_app().await;
+    let mut app = spawn_app(&db).await;
     let c = &mut app.client;
     create_model(c, "fraud").await;
     let v1 = register(c, "fraud", Stage::Staging).await.version;
@@ -199,10 +207,9 @@ async fn promoting_archives_the_previous_production_version_atomically() {
 
 /// Ten TransitionStage calls racing with the same etag: exactly one wins,
 /// the others get FAILED_PRECONDITION (stale etag) and change nothing.
-#[tokio::test]
-async fn racing_transitions_with_the_same_etag_have_one_winner() {
+async fn racing_transitions_with_the_same_etag_have_one_winner(db: TestDb) {
     // Arrange
-    let app = spawn_app().await;
+    let app = spawn_app(&db).await;
     let mut c = app.client.clone();
     create_model(&mut c, "racy").await;
     let v = register(&mut c, "racy", Stage::Staging).await;
@@ -255,10 +262,9 @@ async fn racing_transitions_with_the_same_etag_have_one_winner() {
 /// Versions of one model racing into PRODUCTION without etags: whatever the
 /// interleaving, exactly one version is in production at the end and every
 /// other promoted one was archived with cause SUPERSEDED.
-#[tokio::test]
-async fn concurrent_promotions_leave_one_production_version() {
+async fn concurrent_promotions_leave_one_production_version(db: TestDb) {
     // Arrange
-    let app = spawn_app().await;
+    let app = spawn_app(&db).await;
     let mut c = app.client.clone();
     create_model(&mut c, "busy").await;
     for _ in 0..8 {
@@ -310,9 +316,8 @@ async fn concurrent_promotions_leave_one_production_version() {
 /// ARCHIVED→PRODUCTION is a rollback, refused by TransitionStage; an
 /// unspecified target is INVALID_ARGUMENT; registering with target STAGING
 /// records the NONE→STAGING move in the same transaction.
-#[tokio::test]
-async fn special_targets() {
-    let mut app = spawn_app().await;
+async fn special_targets(db: TestDb) {
+    let mut app = spawn_app(&db).await;
     let c = &mut app.client;
     create_model(c, "special").await;
     let v = register(c, "special", Stage::Staging).await;

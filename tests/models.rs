@@ -4,16 +4,28 @@
 use std::collections::{HashMap, HashSet};
 
 use modelreg_client::pb::{self, Stage};
-use modelreg_tests::{all_events, create_model, list_events, register, spawn_app, spawn_app_in};
+use modelreg_tests::{
+    Engine, TestDb, all_events, conformance, create_model, list_events, register, spawn_app,
+};
+
+conformance!(
+    register_version_is_idempotent_under_concurrent_retries,
+    create_model_retries_with_a_request_id,
+    list_models_paginates_and_filters,
+    update_model_honours_etags,
+    aliases_point_at_versions,
+    list_versions_and_events_filter_and_page,
+    the_audit_chain_detects_tampering,
+    health_and_reflection_are_served,
+);
 use tonic::Code;
 
 /// The same RegisterVersion request_id sent 20 times concurrently creates
 /// exactly one version and one VERSION_REGISTERED event; every caller gets
 /// that version back. Reusing the id for a different request is refused.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn register_version_is_idempotent_under_concurrent_retries() {
+async fn register_version_is_idempotent_under_concurrent_retries(db: TestDb) {
     // Arrange
-    let app = spawn_app().await;
+    let app = spawn_app(&db).await;
     let mut c = app.client.clone();
     create_model(&mut c, "idem").await;
     let request = pb::RegisterVersionRequest {
@@ -73,9 +85,8 @@ async fn register_version_is_idempotent_under_concurrent_retries() {
 
 /// CreateModel with a request_id returns the original model on retry instead
 /// of ALREADY_EXISTS; without one, a duplicate name is ALREADY_EXISTS.
-#[tokio::test]
-async fn create_model_retries_with_a_request_id() {
-    let mut app = spawn_app().await;
+async fn create_model_retries_with_a_request_id(db: TestDb) {
+    let mut app = spawn_app(&db).await;
     let req = pb::CreateModelRequest {
         name: "once".into(),
         request_id: "req-1".into(),
@@ -111,10 +122,9 @@ async fn create_model_retries_with_a_request_id() {
 
 /// ListModels pages through every model exactly once in name order, and the
 /// tag and name filters select exactly the matching models across pages.
-#[tokio::test]
-async fn list_models_paginates_and_filters() {
+async fn list_models_paginates_and_filters(db: TestDb) {
     // Arrange
-    let mut app = spawn_app().await;
+    let mut app = spawn_app(&db).await;
     for i in 0..23 {
         app.client
             .create_model(pb::CreateModelRequest {
@@ -200,9 +210,8 @@ async fn list_models_paginates_and_filters() {
 /// UpdateModel changes description and tags under an etag: a stale etag is
 /// FAILED_PRECONDITION and changes nothing; each change is one MODEL_UPDATED
 /// event with before and after.
-#[tokio::test]
-async fn update_model_honours_etags() {
-    let mut app = spawn_app().await;
+async fn update_model_honours_etags(db: TestDb) {
+    let mut app = spawn_app(&db).await;
     let c = &mut app.client;
     let created = create_model(c, "upd").await;
     let updated = c
@@ -259,9 +268,8 @@ async fn update_model_honours_etags() {
 
 /// Aliases: set, resolve with GetVersion, move, delete; the model and the
 /// versions show them; each change is an event.
-#[tokio::test]
-async fn aliases_point_at_versions() {
-    let mut app = spawn_app().await;
+async fn aliases_point_at_versions(db: TestDb) {
+    let mut app = spawn_app(&db).await;
     let c = &mut app.client;
     create_model(c, "ali").await;
     register(c, "ali", Stage::None).await;
@@ -343,9 +351,8 @@ async fn aliases_point_at_versions() {
 
 /// ListVersions filters by stage and pages; ListEvents filters by model,
 /// version, actor, type and sequence, and pages without gaps or repeats.
-#[tokio::test]
-async fn list_versions_and_events_filter_and_page() {
-    let app = spawn_app().await;
+async fn list_versions_and_events_filter_and_page(db: TestDb) {
+    let app = spawn_app(&db).await;
     let mut alice = app.client_as("alice").await;
     let mut bob = app.client_as("bob").await;
     create_model(&mut alice, "lv").await;
@@ -426,9 +433,8 @@ async fn list_versions_and_events_filter_and_page() {
 /// VerifyAuditLog is green on an untouched log; the log refuses edits; and an
 /// edit made behind the server's back (triggers dropped) is found at its
 /// sequence.
-#[tokio::test]
-async fn the_audit_chain_detects_tampering() {
-    let app = spawn_app().await;
+async fn the_audit_chain_detects_tampering(db: TestDb) {
+    let app = spawn_app(&db).await;
     let mut c = app.client.clone();
     create_model(&mut c, "audit").await;
     register(&mut c, "audit", Stage::Staging).await;
@@ -439,27 +445,22 @@ async fn the_audit_chain_detects_tampering() {
         .into_inner();
     assert!(ok.ok);
     assert_eq!(ok.events_checked, 3);
-    let url = app.database_url.clone();
-    let dir = app.stop().await;
+    let db = app.stop().await;
 
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
-        .await
-        .unwrap();
-    let refused = sqlx::query("UPDATE events SET actor = 'mallory' WHERE sequence = 2")
-        .execute(&mut conn)
+    let refused = db
+        .execute("UPDATE events SET actor = 'mallory' WHERE sequence = 2")
         .await;
     assert!(refused.is_err(), "the event log must refuse updates");
-    sqlx::query("DROP TRIGGER events_are_append_only_update")
-        .execute(&mut conn)
+    let drop_trigger = match db.engine {
+        Engine::Sqlite => "DROP TRIGGER events_are_append_only_update",
+        Engine::Postgres => "DROP TRIGGER events_are_append_only_update ON events",
+    };
+    db.execute(drop_trigger).await.unwrap();
+    db.execute("UPDATE events SET actor = 'mallory' WHERE sequence = 2")
         .await
         .unwrap();
-    sqlx::query("UPDATE events SET actor = 'mallory' WHERE sequence = 2")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    drop(conn);
 
-    let app = spawn_app_in(dir).await;
+    let app = spawn_app(&db).await;
     let report = app
         .client
         .clone()
@@ -473,9 +474,8 @@ async fn the_audit_chain_detects_tampering() {
 
 /// Health reports SERVING for the server and the registry service, and
 /// reflection lists every service.
-#[tokio::test]
-async fn health_and_reflection_are_served() {
-    let app = spawn_app().await;
+async fn health_and_reflection_are_served(db: TestDb) {
+    let app = spawn_app(&db).await;
     let channel = tonic::transport::Endpoint::from_shared(app.url.clone())
         .unwrap()
         .connect()

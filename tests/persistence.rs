@@ -3,16 +3,19 @@
 //! verifies, and a watcher resumes from its old cursor.
 
 use modelreg_client::pb::{self, Stage, watch_transitions_response::Kind};
-use modelreg_tests::{all_events, create_model, register, spawn_app, spawn_app_in, transition};
+use modelreg_tests::{
+    Engine, TestDb, all_events, conformance, create_model, register, spawn_app, transition,
+};
+
+conformance!(data_and_cursors_survive_a_restart);
 use tokio_stream::StreamExt;
 
 /// Stop, start on the same database: all data present and identical, the
 /// audit chain verifies, sequences continue without a gap, and a watcher
 /// resuming from its pre-restart cursor gets exactly the events after it.
-#[tokio::test]
-async fn data_and_cursors_survive_a_restart() {
+async fn data_and_cursors_survive_a_restart(db: TestDb) {
     // Arrange
-    let app = spawn_app().await;
+    let app = spawn_app(&db).await;
     let mut c = app.client.clone();
     create_model(&mut c, "durable").await;
     register(&mut c, "durable", Stage::Staging).await;
@@ -44,15 +47,14 @@ async fn data_and_cursors_survive_a_restart() {
         .into_inner();
     let events_before = all_events(&mut c).await;
     let cursor = events_before.last().unwrap().sequence;
-    assert!(
-        std::path::Path::new(app.dir.path())
-            .join("registry.db")
-            .exists()
-    );
+    if db.engine == Engine::Sqlite {
+        let path = db.url.trim_start_matches("sqlite://");
+        assert!(std::path::Path::new(path).exists(), "{path}");
+    }
 
     // Act
-    let dir = app.stop().await;
-    let app = spawn_app_in(dir).await;
+    let db = app.stop().await;
+    let app = spawn_app(&db).await;
     let mut c = app.client.clone();
 
     // Assert

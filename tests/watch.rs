@@ -6,39 +6,19 @@ use std::collections::BTreeMap;
 
 use modelreg_client::RegistryClient;
 use modelreg_client::pb::{self, Stage, watch_transitions_response::Kind};
-use modelreg_tests::{Rng, all_events, create_model, register, spawn_app, transition};
+use modelreg_tests::{
+    Rng, TestDb, all_events, conformance, create_model, register, spawn_app, write_changes,
+};
+
+conformance!(
+    concurrent_writers_and_resuming_watchers_see_exactly_the_log,
+    a_stalled_watcher_loses_nothing_and_blocks_no_writer,
+    a_stream_without_cursor_starts_at_the_end,
+    shutdown_ends_streams_with_unavailable,
+    the_resuming_client_crosses_a_restart,
+);
 use tokio_stream::StreamExt;
 use tonic::Code;
-
-/// Makes `changes` mutating calls on the models `models`, mixing
-/// registrations, stage moves (some superseding: two events in one
-/// transaction) and alias moves.
-async fn write_changes(mut c: RegistryClient, models: Vec<String>, changes: usize, seed: u64) {
-    let mut rng = Rng::new(seed);
-    let mut done = 0;
-    while done < changes {
-        let model = &models[rng.below(models.len() as u64) as usize];
-        let v = register(&mut c, model, Stage::Staging).await.version;
-        done += 1;
-        if done < changes {
-            // Promotions race across writers on the same model; each applies.
-            transition(&mut c, model, v, Stage::Production)
-                .await
-                .expect("promote");
-            done += 1;
-        }
-        if done < changes && rng.below(3) == 0 {
-            c.set_alias(pb::SetAliasRequest {
-                model: model.clone(),
-                alias: "champion".into(),
-                version: v,
-            })
-            .await
-            .expect("alias");
-            done += 1;
-        }
-    }
-}
 
 /// A watcher that disconnects after a random number of messages and resumes
 /// from the last sequence it saw, until it has reached `target`.
@@ -105,10 +85,9 @@ fn assert_exact_log(name: &str, got: &[pb::RegistryEvent], log: &[pb::RegistryEv
 /// resume from their last sequence: each ends with exactly 1..N, in order,
 /// without duplicates, identical to ListEvents; a filtered watcher gets
 /// exactly the matching subset, and each of its heartbeats is a true bookmark.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_writers_and_resuming_watchers_see_exactly_the_log() {
+async fn concurrent_writers_and_resuming_watchers_see_exactly_the_log(db: TestDb) {
     // Arrange
-    let app = spawn_app().await;
+    let app = spawn_app(&db).await;
     let mut c = app.client.clone();
     let models: Vec<String> = (0..4).map(|i| format!("model-{i}")).collect();
     for m in &models {
@@ -217,10 +196,9 @@ async fn concurrent_writers_and_resuming_watchers_see_exactly_the_log() {
 /// A watcher that stops reading while 3,000 events are written neither blocks
 /// the writers nor loses anything: when it reads again it receives every
 /// event, in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_stalled_watcher_loses_nothing_and_blocks_no_writer() {
+async fn a_stalled_watcher_loses_nothing_and_blocks_no_writer(db: TestDb) {
     // Arrange
-    let app = spawn_app().await;
+    let app = spawn_app(&db).await;
     let mut c = app.client.clone();
     create_model(&mut c, "stall").await;
     let mut stream = c
@@ -288,9 +266,8 @@ async fn a_stalled_watcher_loses_nothing_and_blocks_no_writer() {
 /// Without after_sequence a stream starts at the current end: its first
 /// message is a heartbeat carrying the latest sequence, and it then sees only
 /// new events. A cursor beyond the end is refused.
-#[tokio::test]
-async fn a_stream_without_cursor_starts_at_the_end() {
-    let app = spawn_app().await;
+async fn a_stream_without_cursor_starts_at_the_end(db: TestDb) {
+    let app = spawn_app(&db).await;
     let mut c = app.client.clone();
     create_model(&mut c, "tail").await;
     register(&mut c, "tail", Stage::None).await;
@@ -333,9 +310,8 @@ async fn a_stream_without_cursor_starts_at_the_end() {
 
 /// Shutting the server down ends open streams with UNAVAILABLE, so clients
 /// know to resume elsewhere.
-#[tokio::test]
-async fn shutdown_ends_streams_with_unavailable() {
-    let app = spawn_app().await;
+async fn shutdown_ends_streams_with_unavailable(db: TestDb) {
+    let app = spawn_app(&db).await;
     let mut c = app.client.clone();
     let mut stream = c
         .watch_transitions(pb::WatchTransitionsRequest {
@@ -364,15 +340,14 @@ async fn shutdown_ends_streams_with_unavailable() {
 
 /// The client library's resuming watch crosses a server restart on the same
 /// database without a gap or a duplicate.
-#[tokio::test]
-async fn the_resuming_client_crosses_a_restart() {
-    let app = spawn_app().await;
+async fn the_resuming_client_crosses_a_restart(db: TestDb) {
+    let app = spawn_app(&db).await;
     let mut c = app.client.clone();
     create_model(&mut c, "restart").await;
     let before = all_events(&mut c).await;
-    let dir = app.stop().await;
+    let db = app.stop().await;
 
-    let app = modelreg_tests::spawn_app_in(dir).await;
+    let app = spawn_app(&db).await;
     let mut c = app.client.clone();
     let mut watch = modelreg_client::watch::ResumingWatch::new(
         c.clone(),
@@ -389,8 +364,8 @@ async fn the_resuming_client_crosses_a_restart() {
     }
     // Restart again; the new server listens on a new port, so resume there
     // from the cursor, and events written after the restart come through.
-    let dir = app.stop().await;
-    let app = modelreg_tests::spawn_app_in(dir).await;
+    let db = app.stop().await;
+    let app = spawn_app(&db).await;
     let mut watch = modelreg_client::watch::ResumingWatch::new(
         app.client.clone(),
         pb::WatchTransitionsRequest {

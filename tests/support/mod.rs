@@ -1,9 +1,11 @@
 //! Shared helpers for the end-to-end tests: a real server on `127.0.0.1:0`
-//! with its own SQLite file, driven through the real client.
+//! with a database of its own (a SQLite file, or a fresh PostgreSQL
+//! database), driven through the real client; and the [`conformance!`] macro
+//! that runs every test on both engines.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use modelreg_client::{ConnectOptions, RegistryClient, pb};
@@ -11,16 +13,167 @@ use modelreg_server::{Application, Settings, StartError};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// The variable naming a PostgreSQL server (a superuser URL) for the
+/// PostgreSQL half of the conformance suite; `scripts/test.sh` sets it.
+pub const POSTGRES_URL_VAR: &str = "MODELREG_TEST_POSTGRES_URL";
+/// When set to 1 (as in CI), a missing PostgreSQL fails the tests instead of
+/// skipping their PostgreSQL half.
+pub const REQUIRE_POSTGRES_VAR: &str = "MODELREG_REQUIRE_POSTGRES";
+
+/// Runs each named test function (`async fn name(db: TestDb)`) once on
+/// SQLite and once on PostgreSQL, as the tests `name::sqlite` and
+/// `name::postgres`.
+#[macro_export]
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::TestDb::sqlite()).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if let Some(db) = $crate::TestDb::postgres().await {
+                        super::$name(db).await
+                    }
+                }
+            }
+        )*
+    };
+}
+
+/// Which database engine a test database lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// A SQLite file in a temporary folder.
+    Sqlite,
+    /// A fresh database on the PostgreSQL server of the environment.
+    Postgres,
+}
+
+/// A database of its own for one test; removed when the last clone drops.
+#[derive(Clone)]
+pub struct TestDb {
+    /// The URL the server is started with.
+    pub url: String,
+    /// The engine.
+    pub engine: Engine,
+    /// Removes the database at the end.
+    _guard: Arc<DbGuard>,
+}
+
+enum DbGuard {
+    Dir(#[allow(dead_code)] tempfile::TempDir),
+    Postgres { admin_url: String, name: String },
+}
+
+impl Drop for DbGuard {
+    fn drop(&mut self) {
+        if let DbGuard::Postgres { admin_url, name } = self {
+            let (admin_url, name) = (admin_url.clone(), name.clone());
+            // Best effort, on a thread of its own: Drop cannot await.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                if let Ok(rt) = rt {
+                    rt.block_on(async {
+                        use sqlx::Connection;
+                        if let Ok(mut c) = sqlx::PgConnection::connect(&admin_url).await {
+                            let _ = sqlx::query(&format!(
+                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                            ))
+                            .execute(&mut c)
+                            .await;
+                        }
+                    });
+                }
+            })
+            .join();
+        }
+    }
+}
+
+static SKIP_NOTICE: Once = Once::new();
+
+impl TestDb {
+    /// A new SQLite file in a new temporary folder.
+    pub fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("registry.db").display());
+        TestDb {
+            url,
+            engine: Engine::Sqlite,
+            _guard: Arc::new(DbGuard::Dir(dir)),
+        }
+    }
+
+    /// A new database on the PostgreSQL server named by
+    /// `MODELREG_TEST_POSTGRES_URL`; `None` (with a notice on stderr) when
+    /// there is none, unless `MODELREG_REQUIRE_POSTGRES=1`.
+    pub async fn postgres() -> Option<TestDb> {
+        let Ok(admin_url) = std::env::var(POSTGRES_URL_VAR) else {
+            if std::env::var(REQUIRE_POSTGRES_VAR).as_deref() == Ok("1") {
+                panic!("{REQUIRE_POSTGRES_VAR}=1 but {POSTGRES_URL_VAR} is not set");
+            }
+            SKIP_NOTICE.call_once(|| {
+                // Written past the test harness's capture so a person sees it.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\nSKIPPED: the PostgreSQL half of the conformance suite ({POSTGRES_URL_VAR} is not set; `bash scripts/test.sh` starts PostgreSQL and sets it)\n"
+                );
+            });
+            return None;
+        };
+        use sqlx::Connection;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let name = format!(
+            "modelreg_test_{}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            modelreg_server::domain::now_micros() % 1_000_000
+        );
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {POSTGRES_URL_VAR}: {e}"));
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        let (base, _) = admin_url.rsplit_once('/').expect("URL with a database");
+        Some(TestDb {
+            url: format!("{base}/{name}"),
+            engine: Engine::Postgres,
+            _guard: Arc::new(DbGuard::Postgres { admin_url, name }),
+        })
+    }
+
+    /// Runs one SQL statement directly on the database, behind the server's back.
+    pub async fn execute(&self, sql: &str) -> Result<(), sqlx::Error> {
+        use sqlx::Connection;
+        match self.engine {
+            Engine::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.url).await?;
+                sqlx::query(sql).execute(&mut c).await.map(|_| ())
+            }
+            Engine::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&self.url).await?;
+                sqlx::query(sql).execute(&mut c).await.map(|_| ())
+            }
+        }
+    }
+}
+
 /// A running server and what a test needs to reach it.
 pub struct TestApp {
     /// Where it listens.
     pub addr: SocketAddr,
     /// `http://addr`.
     pub url: String,
-    /// The database URL, to restart on the same data.
-    pub database_url: String,
-    /// The folder holding the database; deleted when the last holder drops it.
-    pub dir: Arc<tempfile::TempDir>,
+    /// Its database.
+    pub db: TestDb,
     /// A client acting as `tester`.
     pub client: RegistryClient,
     /// Fires the server's shutdown.
@@ -32,17 +185,9 @@ pub struct TestApp {
 /// Heartbeats come fast in tests so bookmark checks do not wait long.
 pub const TEST_HEARTBEAT: Duration = Duration::from_millis(200);
 
-/// Starts a server with a fresh database in a new temporary folder.
-pub async fn spawn_app() -> TestApp {
-    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-    spawn_app_in(dir).await
-}
-
-/// Starts a server on the database in `dir` (created if missing).
-pub async fn spawn_app_in(dir: Arc<tempfile::TempDir>) -> TestApp {
-    let path: PathBuf = dir.path().join("registry.db");
-    let database_url = format!("sqlite://{}", path.display());
-    let mut settings = Settings::for_database(database_url.clone());
+/// Starts a server on `db` on 127.0.0.1:0.
+pub async fn spawn_app(db: &TestDb) -> TestApp {
+    let mut settings = Settings::for_database(db.url.clone());
     settings.heartbeat_interval = TEST_HEARTBEAT;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -58,8 +203,7 @@ pub async fn spawn_app_in(dir: Arc<tempfile::TempDir>) -> TestApp {
     TestApp {
         addr,
         url,
-        database_url,
-        dir,
+        db: db.clone(),
         client,
         shutdown: Some(tx),
         handle: Some(handle),
@@ -80,12 +224,7 @@ impl TestApp {
     }
 
     /// Shuts the server down gracefully and waits for it; the database stays.
-    pub async fn stop(mut self) -> Arc<tempfile::TempDir> {
-        self.shutdown_and_wait().await;
-        self.dir.clone()
-    }
-
-    async fn shutdown_and_wait(&mut self) {
+    pub async fn stop(mut self) -> TestDb {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -95,6 +234,7 @@ impl TestApp {
                 .expect("server task")
                 .expect("server stops cleanly");
         }
+        self.db.clone()
     }
 }
 
@@ -205,5 +345,35 @@ impl Rng {
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
+    }
+}
+
+/// Makes `changes` mutating calls on the models `models`, mixing
+/// registrations, stage moves (some superseding: two events in one
+/// transaction) and alias moves.
+pub async fn write_changes(mut c: RegistryClient, models: Vec<String>, changes: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let mut done = 0;
+    while done < changes {
+        let model = &models[rng.below(models.len() as u64) as usize];
+        let v = register(&mut c, model, pb::Stage::Staging).await.version;
+        done += 1;
+        if done < changes {
+            // Promotions race across writers on the same model; each applies.
+            transition(&mut c, model, v, pb::Stage::Production)
+                .await
+                .expect("promote");
+            done += 1;
+        }
+        if done < changes && rng.below(3) == 0 {
+            c.set_alias(pb::SetAliasRequest {
+                model: model.clone(),
+                alias: "champion".into(),
+                version: v,
+            })
+            .await
+            .expect("alias");
+            done += 1;
+        }
     }
 }

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Makes sure a local PostgreSQL server is running for the tests and prints the
+# URL of a superuser role the tests may use to create one database per test.
+#
+# - A Debian cluster that exists but is stopped is started (pg_ctlcluster).
+# - Without PostgreSQL, and as root, it is installed from Debian's packages.
+# - Without a cluster, a throwaway one is initialised under
+#   ${MODELREG_PG_DIR:-/tmp/modelreg-pg} and started on port 5433.
+# Everything it changes is local to this machine and safe to repeat.
+set -euo pipefail
+
+ROLE=modelreg
+PASSWORD=modelreg
+DATABASE=modelreg
+log() { echo "postgres.sh: $*" >&2; }
+
+as_postgres() {
+    if [ "$(id -un)" = postgres ]; then "$@"; else runuser -u postgres -- "$@"; fi
+}
+
+pg_bin() {
+    local bin
+    bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)
+    [ -n "$bin" ] && echo "$bin"
+}
+
+if [ -z "$(pg_bin)" ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        log "PostgreSQL is not installed and this is not root: cannot install it"
+        exit 1
+    fi
+    log "installing PostgreSQL from Debian's packages"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
+BIN=$(pg_bin)
+
+HOST=127.0.0.1
+PORT=""
+if command -v pg_lsclusters >/dev/null && [ -n "$(pg_lsclusters -h 2>/dev/null)" ]; then
+    read -r VERSION CLUSTER PORT STATUS _ < <(pg_lsclusters -h | head -n1)
+    if [ "$STATUS" != online ]; then
+        log "starting cluster $VERSION/$CLUSTER on port $PORT"
+        pg_ctlcluster "$VERSION" "$CLUSTER" start
+    fi
+else
+    DIR=${MODELREG_PG_DIR:-/tmp/modelreg-pg}
+    PORT=5433
+    if [ ! -f "$DIR/PG_VERSION" ]; then
+        log "initialising a throwaway cluster in $DIR"
+        mkdir -p "$DIR"
+        chown postgres: "$DIR" 2>/dev/null || true
+        as_postgres "$BIN/initdb" -D "$DIR" -U postgres -A trust >/dev/null
+    fi
+    if ! as_postgres "$BIN/pg_ctl" -D "$DIR" status >/dev/null 2>&1; then
+        log "starting the throwaway cluster on port $PORT"
+        as_postgres "$BIN/pg_ctl" -D "$DIR" -l "$DIR/server.log" \
+            -o "-p $PORT -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
+    fi
+fi
+
+for _ in $(seq 1 60); do
+    if "$BIN/pg_isready" -q -h "$HOST" -p "$PORT"; then break; fi
+    sleep 0.5
+done
+"$BIN/pg_isready" -q -h "$HOST" -p "$PORT" || { log "PostgreSQL did not become ready on $HOST:$PORT"; exit 1; }
+
+psql_admin() { as_postgres psql -q -v ON_ERROR_STOP=1 -h "$HOST" -p "$PORT" -U postgres -d postgres "$@"; }
+# Debian clusters authenticate the postgres user by peer over the socket.
+if ! psql_admin -c 'SELECT 1' >/dev/null 2>&1; then
+    psql_admin() { as_postgres psql -q -v ON_ERROR_STOP=1 -p "$PORT" -d postgres "$@"; }
+fi
+psql_admin <<SQL >/dev/null
+DO \$\$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$ROLE') THEN
+        CREATE ROLE $ROLE LOGIN SUPERUSER PASSWORD '$PASSWORD';
+    END IF;
+END
+\$\$;
+SQL
+if [ -z "$(psql_admin -tAc "SELECT 1 FROM pg_database WHERE datname = '$DATABASE'")" ]; then
+    psql_admin -c "CREATE DATABASE $DATABASE OWNER $ROLE" >/dev/null
+fi
+echo "postgres://$ROLE:$PASSWORD@$HOST:$PORT/$DATABASE"
