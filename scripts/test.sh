@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, the end-to-end conformance suite on SQLite
 # and on PostgreSQL (real server on 127.0.0.1:0, real databases), the
-# multi-replica tests and the real `modelreg` binary.
+# multi-replica tests and the real `modelreg` binary; then the polyglot checks
+# (buf lint and format, the generated Python client against the real server
+# binary, and the README's grpcurl commands), whose tools scripts/polyglot.sh
+# installs on first use.
 #
 # PostgreSQL is started (and installed, as root) by scripts/postgres.sh unless
 # MODELREG_TEST_POSTGRES_URL already names a server. Without it the
@@ -22,3 +25,4 @@ if [ -z "${MODELREG_TEST_POSTGRES_URL:-}" ]; then
 fi
 
 cargo test --workspace --all-targets
+bash scripts/polyglot.sh

@@ -201,3 +201,126 @@ async fn errors_exit_non_zero_with_the_servers_reason() {
         "an unknown stage name is refused locally"
     );
 }
+
+/// Evaluation sets, evaluations, comparison and history through the binary:
+/// the comparison table shows each metric's direction, values, delta and
+/// verdict (a lower-is-better metric that rose is WORSE).
+#[tokio::test]
+async fn the_cli_compares_versions_on_an_evaluation_set() {
+    let server = start_server().await;
+    let run = |args: Vec<&'static str>| {
+        let server = &server;
+        async move {
+            let out = modelreg(server, &args).await;
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    run(vec!["model", "create", "fraud"]).await;
+    run(vec![
+        "evalset",
+        "create",
+        "holdout",
+        "2026-06",
+        "--uri",
+        "s3://datasets/holdout/2026-06",
+        "--digest",
+        "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+        "--metric",
+        "accuracy:higher",
+        "--metric",
+        "latency_ms:lower",
+    ])
+    .await;
+    for uri in ["s3://m/1", "s3://m/2"] {
+        run(vec![
+            "version",
+            "register",
+            "fraud",
+            "--artifact-uri",
+            uri,
+            "--stage",
+            "staging",
+        ])
+        .await;
+    }
+    run(vec!["transition", "fraud", "1", "production"]).await;
+    for (v, acc, lat) in [
+        ("1", "accuracy=0.91", "latency_ms=48"),
+        ("2", "accuracy=0.934", "latency_ms=52.5"),
+    ] {
+        run(vec![
+            "eval",
+            "attach",
+            "fraud",
+            v,
+            "--set",
+            "holdout@2026-06",
+            "--evaluator-version",
+            "1.4.0",
+            "--metric",
+            acc,
+            "--metric",
+            lat,
+        ])
+        .await;
+    }
+
+    let table = run(vec!["compare", "fraud", "2", "--set", "holdout@2026-06"]).await;
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].contains("version 2 vs version 1 (production)"),
+        "{table}"
+    );
+    let accuracy: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(
+        accuracy,
+        [
+            "accuracy", "higher", "0.934", "0.91", "+0.024", "+2.64%", "better"
+        ]
+    );
+    let latency: Vec<&str> = lines[3].split_whitespace().collect();
+    assert_eq!(
+        latency,
+        [
+            "latency_ms",
+            "lower",
+            "52.5",
+            "48",
+            "+4.5",
+            "+9.38%",
+            "WORSE"
+        ]
+    );
+
+    let history = run(vec![
+        "eval",
+        "history",
+        "fraud",
+        "--set",
+        "holdout@2026-06",
+        "--metric",
+        "accuracy",
+    ])
+    .await;
+    let rows: Vec<Vec<&str>> = history
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [vec!["1", "1.4.0", "0.91"], vec!["2", "1.4.0", "0.934"]]
+    );
+
+    let out = modelreg(
+        &server,
+        &["compare", "fraud", "2", "--set", "holdout@2026-07"],
+    )
+    .await;
+    assert!(!out.status.success());
+}

@@ -4,7 +4,10 @@
 use modelreg_api::v1 as pb;
 use prost_types::{ListValue, Struct, Timestamp, Value, value::Kind};
 
-use crate::domain::{Cause, Event, EventKind, Model, Source, Stage, Version, Violations, etag};
+use crate::domain::{
+    Cause, Comparison, Evaluation, EvaluationSet, Event, EventKind, MetricDefinition, Model,
+    Outcome, SetRef, Source, Stage, Version, Violations, etag,
+};
 use crate::error::{Error, Result};
 
 /// µs since the epoch → `Timestamp`.
@@ -140,9 +143,92 @@ pub fn version_to_pb(v: Version) -> pb::ModelVersion {
         update_time: Some(micros_to_pb(v.update_time)),
         stage_update_time: Some(micros_to_pb(v.stage_update_time)),
         etag: etag(v.revision),
-        evaluations: Vec::new(),
+        evaluations: v.evaluations.into_iter().map(evaluation_to_pb).collect(),
         deployments: Vec::new(),
         description: v.description,
+    }
+}
+
+/// A set reference on the wire.
+pub fn set_ref_to_pb(s: SetRef) -> pb::EvaluationSetRef {
+    pb::EvaluationSetRef {
+        name: s.name,
+        version: s.version,
+    }
+}
+
+/// A domain evaluation set on the wire.
+pub fn evaluation_set_to_pb(s: EvaluationSet) -> pb::EvaluationSet {
+    pb::EvaluationSet {
+        name: s.id.name,
+        version: s.id.version,
+        uri: s.uri,
+        digest: s.digest,
+        metrics: s
+            .metrics
+            .into_iter()
+            .map(|m| pb::MetricDefinition {
+                name: m.name,
+                higher_is_better: m.higher_is_better,
+            })
+            .collect(),
+        description: s.description,
+        created_by: s.created_by,
+        create_time: Some(micros_to_pb(s.create_time)),
+    }
+}
+
+/// Wire metric definitions as domain ones.
+pub fn definitions_from_pb(defs: Vec<pb::MetricDefinition>) -> Vec<MetricDefinition> {
+    defs.into_iter()
+        .map(|m| MetricDefinition {
+            name: m.name,
+            higher_is_better: m.higher_is_better,
+        })
+        .collect()
+}
+
+/// A domain evaluation on the wire.
+pub fn evaluation_to_pb(e: Evaluation) -> pb::Evaluation {
+    pb::Evaluation {
+        model: e.model,
+        version: e.version,
+        evaluation_set: Some(set_ref_to_pb(e.set)),
+        evaluator_version: e.evaluator_version,
+        metrics: e.metrics.into_iter().collect(),
+        report_uri: e.report_uri,
+        created_by: e.created_by,
+        create_time: Some(micros_to_pb(e.create_time)),
+    }
+}
+
+/// A domain comparison on the wire.
+pub fn comparison_to_pb(c: Comparison) -> pb::VersionComparison {
+    pb::VersionComparison {
+        model: c.model,
+        candidate_version: c.candidate,
+        baseline_version: c.baseline,
+        evaluation_set: Some(set_ref_to_pb(c.set)),
+        evaluator_version: c.evaluator_version,
+        metrics: c
+            .metrics
+            .into_iter()
+            .map(|m| pb::MetricComparison {
+                metric: m.metric,
+                higher_is_better: m.higher_is_better,
+                candidate: m.candidate,
+                baseline: m.baseline,
+                delta: m.delta,
+                relative_delta: m.relative_delta,
+                outcome: match m.outcome {
+                    Outcome::Better => pb::Outcome::Better,
+                    Outcome::Worse => pb::Outcome::Worse,
+                    Outcome::Equal => pb::Outcome::Equal,
+                } as i32,
+            })
+            .collect(),
+        gate_results: Vec::new(),
+        gates_passed: true,
     }
 }
 

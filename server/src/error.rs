@@ -16,6 +16,17 @@ pub struct FieldViolation {
     pub description: String,
 }
 
+/// One unmet condition, reported as a `google.rpc.PreconditionFailure` violation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreconditionViolation {
+    /// A machine-readable kind, for example `STAGE_TRANSITION` or `ETAG`.
+    pub kind: &'static str,
+    /// The resource concerned, for example `fraud/3`.
+    pub subject: String,
+    /// What is wrong and what would be allowed.
+    pub description: String,
+}
+
 /// Why a call was refused or failed.
 #[derive(Debug)]
 pub enum Error {
@@ -35,15 +46,9 @@ pub enum Error {
         /// The resource's name.
         name: String,
     },
-    /// The system is not in the state the call needs (illegal move, stale etag…).
-    FailedPrecondition {
-        /// A machine-readable kind, for example `STAGE` or `ETAG`.
-        kind: &'static str,
-        /// The resource concerned.
-        subject: String,
-        /// What is wrong and what would be allowed.
-        description: String,
-    },
+    /// The system is not in the state the call needs (illegal move, stale
+    /// etag, missing evaluation…); every unmet condition is listed.
+    FailedPrecondition(Vec<PreconditionViolation>),
     /// A feature that a later release provides.
     Unimplemented(&'static str),
     /// The database cannot be reached; the call may be retried.
@@ -67,11 +72,11 @@ impl Error {
         subject: impl Into<String>,
         description: impl Into<String>,
     ) -> Self {
-        Error::FailedPrecondition {
+        Error::FailedPrecondition(vec![PreconditionViolation {
             kind,
             subject: subject.into(),
             description: description.into(),
-        }
+        }])
     }
 }
 
@@ -87,7 +92,10 @@ impl std::fmt::Display for Error {
             }
             Error::NotFound { kind, name } => write!(f, "{kind} {name:?} not found"),
             Error::AlreadyExists { kind, name } => write!(f, "{kind} {name:?} already exists"),
-            Error::FailedPrecondition { description, .. } => f.write_str(description),
+            Error::FailedPrecondition(v) => {
+                let parts: Vec<&str> = v.iter().map(|v| v.description.as_str()).collect();
+                f.write_str(&parts.join("; "))
+            }
             Error::Unimplemented(what) => write!(f, "{what} is not implemented yet"),
             Error::Unavailable(msg) => write!(f, "unavailable: {msg}"),
             Error::Internal(msg) => write!(f, "internal error: {msg}"),
@@ -131,14 +139,17 @@ impl From<Error> for Status {
                     details,
                 )
             }
-            Error::FailedPrecondition {
-                kind,
-                subject,
-                description,
-            } => {
-                let details =
-                    ErrorDetails::with_precondition_failure_violation(kind, subject, &description);
-                Status::with_error_details(Code::FailedPrecondition, description, details)
+            Error::FailedPrecondition(violations) => {
+                let message = violations
+                    .iter()
+                    .map(|v| v.description.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let mut details = ErrorDetails::new();
+                for v in violations {
+                    details.add_precondition_failure_violation(v.kind, v.subject, v.description);
+                }
+                Status::with_error_details(Code::FailedPrecondition, message, details)
             }
             Error::Unimplemented(what) => Status::unimplemented(format!(
                 "{what} is not implemented in this release of modelreg"

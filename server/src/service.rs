@@ -15,12 +15,16 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::convert::{self, event_to_pb, model_to_pb, version_to_pb};
+use crate::convert::{
+    self, comparison_to_pb, evaluation_set_to_pb, evaluation_to_pb, event_to_pb, model_to_pb,
+    version_to_pb,
+};
 use crate::domain::{
-    self, Actor, AliasName, EventFilter, ModelUpdate, Name, NewModel, NewVersion, Source, Stage,
-    StageChange, Violations,
+    self, Actor, AliasName, CompareRequest, Evaluation, EvaluationSet, EventFilter, ModelUpdate,
+    Name, NewEvaluation, NewModel, NewVersion, SetRef, Source, Stage, StageChange, Violations,
 };
 use crate::error::Error;
+use crate::evaluation;
 use crate::store::{ModelFilter, Store, VersionRef};
 use crate::watch::{self as watcher, Subscription, WatchItem};
 
@@ -166,6 +170,20 @@ fn parse_model_filter(raw: &str) -> Result<ModelFilter, Error> {
         }
     }
     Ok(filter)
+}
+
+/// Parses an optional `EvaluationSetRef` field; `Ok(None)` when unset.
+fn parse_set_ref(field: &str, raw: Option<&pb::EvaluationSetRef>) -> Result<Option<SetRef>, Error> {
+    match raw {
+        None => Ok(None),
+        Some(r) if r.name.is_empty() && r.version.is_empty() => Ok(None),
+        Some(r) => SetRef::parse(field, &r.name, &r.version).map(Some),
+    }
+}
+
+/// Splits a two-part page key `a\u{1e}b`.
+fn split_key(key: &str) -> Option<(&str, &str)> {
+    key.split_once('\u{1e}')
 }
 
 fn to_btree<V: Clone>(map: &std::collections::HashMap<String, V>) -> BTreeMap<String, V> {
@@ -556,46 +574,275 @@ impl ModelRegistryService for RegistryService {
         Err(Error::Unimplemented("Rollback").into())
     }
 
+    #[instrument(skip_all, fields(set = %req.get_ref().name, version = %req.get_ref().version))]
     async fn create_evaluation_set(
         &self,
-        _req: Request<pb::CreateEvaluationSetRequest>,
+        req: Request<pb::CreateEvaluationSetRequest>,
     ) -> Result<Response<pb::CreateEvaluationSetResponse>, Status> {
-        Err(Error::Unimplemented("CreateEvaluationSet").into())
+        let actor = actor(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let id = v.take(
+            SetRef::parse("evaluation_set", &r.name, &r.version).map_err(|e| {
+                // Report the request's own field names, not the nested ones.
+                match e {
+                    Error::InvalidArgument(mut vs) => {
+                        for x in &mut vs {
+                            x.field = x.field.trim_start_matches("evaluation_set.").to_owned();
+                        }
+                        Error::InvalidArgument(vs)
+                    }
+                    other => other,
+                }
+            }),
+        );
+        let uri = v.take(domain::parse_artifact_uri("uri", &r.uri));
+        let digest = v.take(domain::parse_required_digest("digest", &r.digest));
+        let metrics = v.take(evaluation::parse_definitions(
+            "metrics",
+            convert::definitions_from_pb(r.metrics),
+        ));
+        let description = v.take(domain::parse_text("description", &r.description));
+        v.finish()?;
+        let set = EvaluationSet {
+            id: id.expect("checked"),
+            uri: uri.expect("checked"),
+            digest: digest.expect("checked"),
+            metrics: metrics.expect("checked"),
+            description: description.expect("checked"),
+            created_by: String::new(),
+            create_time: 0,
+        };
+        let set = self.store.create_evaluation_set(set, actor).await?;
+        Ok(Response::new(pb::CreateEvaluationSetResponse {
+            evaluation_set: Some(evaluation_set_to_pb(set)),
+        }))
     }
 
+    #[instrument(skip_all, fields(set = %req.get_ref().name, version = %req.get_ref().version))]
     async fn get_evaluation_set(
         &self,
-        _req: Request<pb::GetEvaluationSetRequest>,
+        req: Request<pb::GetEvaluationSetRequest>,
     ) -> Result<Response<pb::GetEvaluationSetResponse>, Status> {
-        Err(Error::Unimplemented("GetEvaluationSet").into())
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let name = v.take(Name::parse("name", &r.name));
+        let version = v.take(domain::parse_set_version("version", &r.version));
+        v.finish()?;
+        let id = SetRef {
+            name: name.expect("checked").to_string(),
+            version: version.expect("checked"),
+        };
+        let set = self.store.get_evaluation_set(&id).await?;
+        Ok(Response::new(pb::GetEvaluationSetResponse {
+            evaluation_set: Some(evaluation_set_to_pb(set)),
+        }))
     }
 
+    #[instrument(skip_all)]
     async fn list_evaluation_sets(
         &self,
-        _req: Request<pb::ListEvaluationSetsRequest>,
+        req: Request<pb::ListEvaluationSetsRequest>,
     ) -> Result<Response<pb::ListEvaluationSetsResponse>, Status> {
-        Err(Error::Unimplemented("ListEvaluationSets").into())
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let name = if r.name.is_empty() {
+            Some(None)
+        } else {
+            v.take(Name::parse("name", &r.name)).map(Some)
+        };
+        let size = v.take(domain::parse_page_size("page_size", r.page_size));
+        let after = v.take(page_token::decode(
+            &r.page_token,
+            "evaluation_sets",
+            &r.name,
+        ));
+        v.finish()?;
+        let after = match after.expect("checked") {
+            None => None,
+            Some(key) => {
+                let (n, ver) = split_key(&key).ok_or_else(|| {
+                    Error::invalid("page_token", "is not a page token of this query")
+                })?;
+                Some(SetRef {
+                    name: n.to_owned(),
+                    version: ver.to_owned(),
+                })
+            }
+        };
+        let name = name.expect("checked").map(|n| n.to_string());
+        let (sets, more) = self
+            .store
+            .list_evaluation_sets(name.as_deref(), after.as_ref(), size.expect("checked"))
+            .await?;
+        let next_page_token = match (more, sets.last()) {
+            (true, Some(last)) => page_token::encode(
+                "evaluation_sets",
+                &format!("{}\u{1e}{}", last.id.name, last.id.version),
+                &r.name,
+            ),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListEvaluationSetsResponse {
+            evaluation_sets: sets.into_iter().map(evaluation_set_to_pb).collect(),
+            next_page_token,
+        }))
     }
 
+    #[instrument(skip_all, fields(model = %req.get_ref().model, version = req.get_ref().version))]
     async fn attach_evaluation(
         &self,
-        _req: Request<pb::AttachEvaluationRequest>,
+        req: Request<pb::AttachEvaluationRequest>,
     ) -> Result<Response<pb::AttachEvaluationResponse>, Status> {
-        Err(Error::Unimplemented("AttachEvaluation").into())
+        let actor = actor(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let model = v.take(Name::parse("model", &r.model));
+        let version = v.take(domain::parse_version_number("version", r.version));
+        let set = match v.take(parse_set_ref("evaluation_set", r.evaluation_set.as_ref())) {
+            Some(None) => {
+                v.add(
+                    "evaluation_set",
+                    "is required: name the evaluation set and its version",
+                );
+                None
+            }
+            other => other.flatten(),
+        };
+        let evaluator = v.take(domain::parse_evaluator_version(
+            "evaluator_version",
+            &r.evaluator_version,
+        ));
+        let metrics = v.take(domain::parse_metrics("metrics", &to_btree(&r.metrics)));
+        let report_uri = v.take(domain::parse_optional_uri("report_uri", &r.report_uri));
+        let request_id = v.take(domain::parse_request_id("request_id", &r.request_id));
+        v.finish()?;
+        let new = NewEvaluation {
+            evaluation: Evaluation {
+                model: model.expect("checked").to_string(),
+                version: version.expect("checked"),
+                set: set.expect("checked"),
+                evaluator_version: evaluator.expect("checked"),
+                metrics: metrics.expect("checked"),
+                report_uri: report_uri.expect("checked"),
+                created_by: String::new(),
+                create_time: 0,
+            },
+            request_id: request_id.expect("checked"),
+        };
+        let evaluation = self.store.attach_evaluation(new, actor).await?;
+        Ok(Response::new(pb::AttachEvaluationResponse {
+            evaluation: Some(evaluation_to_pb(evaluation)),
+        }))
     }
 
+    #[instrument(skip_all, fields(model = %req.get_ref().model))]
     async fn list_evaluations(
         &self,
-        _req: Request<pb::ListEvaluationsRequest>,
+        req: Request<pb::ListEvaluationsRequest>,
     ) -> Result<Response<pb::ListEvaluationsResponse>, Status> {
-        Err(Error::Unimplemented("ListEvaluations").into())
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let model = v.take(Name::parse("model", &r.model));
+        let set = match v.take(parse_set_ref("evaluation_set", r.evaluation_set.as_ref())) {
+            Some(None) => {
+                v.add(
+                    "evaluation_set",
+                    "is required: name the evaluation set and its version",
+                );
+                None
+            }
+            other => other.flatten(),
+        };
+        let size = v.take(domain::parse_page_size("page_size", r.page_size));
+        let query = format!("{}|{:?}|{}", r.model, r.evaluation_set, r.metric);
+        let after = v.take(page_token::decode(&r.page_token, "evaluations", &query));
+        v.finish()?;
+        let after = match after.expect("checked") {
+            None => None,
+            Some(key) => {
+                let bad = || Error::invalid("page_token", "is not a page token of this query");
+                let (n, e) = split_key(&key).ok_or_else(bad)?;
+                Some((n.parse::<i64>().map_err(|_| bad())?, e.to_owned()))
+            }
+        };
+        let (model, set) = (model.expect("checked"), set.expect("checked"));
+        if !r.metric.is_empty() {
+            let defined = self.store.get_evaluation_set(&set).await?;
+            if !defined.metrics.iter().any(|m| m.name == r.metric) {
+                return Err(Error::invalid(
+                    "metric",
+                    format!(
+                        "{:?} is not a metric of evaluation set {set}",
+                        domain::truncate(&r.metric, 64)
+                    ),
+                )
+                .into());
+            }
+        }
+        let (mut evaluations, more) = self
+            .store
+            .list_evaluations(&model, &set, after, size.expect("checked"))
+            .await?;
+        let next_page_token = match (more, evaluations.last()) {
+            (true, Some(last)) => page_token::encode(
+                "evaluations",
+                &format!("{}\u{1e}{}", last.version, last.evaluator_version),
+                &query,
+            ),
+            _ => String::new(),
+        };
+        if !r.metric.is_empty() {
+            for e in &mut evaluations {
+                e.metrics.retain(|k, _| *k == r.metric);
+            }
+        }
+        Ok(Response::new(pb::ListEvaluationsResponse {
+            evaluations: evaluations.into_iter().map(evaluation_to_pb).collect(),
+            next_page_token,
+        }))
     }
 
+    #[instrument(skip_all, fields(model = %req.get_ref().model, candidate = req.get_ref().candidate_version))]
     async fn compare_versions(
         &self,
-        _req: Request<pb::CompareVersionsRequest>,
+        req: Request<pb::CompareVersionsRequest>,
     ) -> Result<Response<pb::CompareVersionsResponse>, Status> {
-        Err(Error::Unimplemented("CompareVersions").into())
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let model = v.take(Name::parse("model", &r.model));
+        let candidate = v.take(domain::parse_version_number(
+            "candidate_version",
+            r.candidate_version,
+        ));
+        if r.baseline_version < 0 {
+            v.add(
+                "baseline_version",
+                "must be 0 (the production version) or a version number",
+            );
+        }
+        let set = v.take(parse_set_ref("evaluation_set", r.evaluation_set.as_ref()));
+        let evaluator = if r.evaluator_version.is_empty() {
+            Some(None)
+        } else {
+            v.take(domain::parse_evaluator_version(
+                "evaluator_version",
+                &r.evaluator_version,
+            ))
+            .map(Some)
+        };
+        v.finish()?;
+        let request = CompareRequest {
+            model: model.expect("checked"),
+            candidate: candidate.expect("checked"),
+            baseline: r.baseline_version,
+            set: set.expect("checked"),
+            evaluator_version: evaluator.expect("checked"),
+        };
+        let comparison = self.store.compare(&request).await?;
+        Ok(Response::new(pb::CompareVersionsResponse {
+            comparison: Some(comparison_to_pb(comparison)),
+        }))
     }
 
     async fn report_deployment(

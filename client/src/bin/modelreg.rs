@@ -67,6 +67,101 @@ enum Command {
     /// Check the audit log's hash chain.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Create, show and list standard evaluation sets.
+    #[command(subcommand)]
+    Evalset(EvalsetCmd),
+    /// Attach evaluations and show a model's metric history.
+    #[command(subcommand)]
+    Eval(EvalCmd),
+    /// Compare a candidate version with a baseline (default: production).
+    Compare {
+        /// The model.
+        model: String,
+        /// The candidate version.
+        candidate: i64,
+        /// The baseline version; default: the current production version.
+        #[arg(long, default_value_t = 0)]
+        baseline: i64,
+        /// The evaluation set, NAME@VERSION; default: the model's standard set.
+        #[arg(long, value_parser = parse_set_ref)]
+        set: Option<pb::EvaluationSetRef>,
+        /// Compare the scores of this evaluator version only.
+        #[arg(long, default_value = "")]
+        evaluator_version: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvalsetCmd {
+    /// Create an evaluation set version (immutable; repeating it is harmless).
+    Create {
+        /// The set name.
+        name: String,
+        /// The set version, e.g. 2026-06 or v3.
+        version: String,
+        /// Where the data lives.
+        #[arg(long)]
+        uri: String,
+        /// The data's digest, sha256:<64 hex>.
+        #[arg(long)]
+        digest: String,
+        /// A metric NAME:higher or NAME:lower (repeatable, in display order).
+        #[arg(long = "metric", value_parser = parse_definition, required = true)]
+        metrics: Vec<pb::MetricDefinition>,
+        /// A description.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Show one evaluation set version.
+    Get {
+        /// The set name.
+        name: String,
+        /// The set version.
+        version: String,
+    },
+    /// List evaluation sets.
+    List {
+        /// Only versions of this set.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvalCmd {
+    /// Attach the metrics of a version on an evaluation set.
+    Attach {
+        /// The model.
+        model: String,
+        /// The version number.
+        version: i64,
+        /// The evaluation set, NAME@VERSION.
+        #[arg(long, value_parser = parse_set_ref)]
+        set: pb::EvaluationSetRef,
+        /// The version of the metric code.
+        #[arg(long)]
+        evaluator_version: String,
+        /// A metric NAME=NUMBER (repeatable): exactly the set's metrics.
+        #[arg(long = "metric", value_parser = parse_metric, required = true)]
+        metrics: Vec<(String, f64)>,
+        /// Where a full report lives.
+        #[arg(long, default_value = "")]
+        report_uri: String,
+        /// An idempotency key.
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
+    /// A model's metrics across its versions on one set, oldest first.
+    History {
+        /// The model.
+        model: String,
+        /// The evaluation set, NAME@VERSION.
+        #[arg(long, value_parser = parse_set_ref)]
+        set: pb::EvaluationSetRef,
+        /// Only this metric.
+        #[arg(long, default_value = "")]
+        metric: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -257,6 +352,31 @@ fn parse_key_value(raw: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{raw:?} is not KEY=VALUE"))
 }
 
+fn parse_set_ref(raw: &str) -> Result<pb::EvaluationSetRef, String> {
+    raw.split_once('@')
+        .filter(|(n, v)| !n.is_empty() && !v.is_empty())
+        .map(|(n, v)| pb::EvaluationSetRef {
+            name: n.to_owned(),
+            version: v.to_owned(),
+        })
+        .ok_or_else(|| format!("{raw:?} is not NAME@VERSION"))
+}
+
+fn parse_definition(raw: &str) -> Result<pb::MetricDefinition, String> {
+    let (name, direction) = raw
+        .split_once(':')
+        .ok_or_else(|| format!("{raw:?} is not NAME:higher or NAME:lower"))?;
+    let higher_is_better = match direction {
+        "higher" => true,
+        "lower" => false,
+        other => return Err(format!("{other:?} in {raw:?}: use higher or lower")),
+    };
+    Ok(pb::MetricDefinition {
+        name: name.to_owned(),
+        higher_is_better,
+    })
+}
+
 fn parse_metric(raw: &str) -> Result<(String, f64), String> {
     let (k, v) = parse_key_value(raw)?;
     let n: f64 = v
@@ -376,6 +496,24 @@ async fn run(cli: Cli, mut client: RegistryClient) -> Result<(), Failure> {
             Ok(())
         }
         Command::Events(args) => events_cmd(&mut client, args, json).await,
+        Command::Evalset(cmd) => evalset_cmd(&mut client, cmd, json).await,
+        Command::Eval(cmd) => eval_cmd(&mut client, cmd, json).await,
+        Command::Compare {
+            model,
+            candidate,
+            baseline,
+            set,
+            evaluator_version,
+        } => {
+            let request = pb::CompareVersionsRequest {
+                model,
+                candidate_version: candidate,
+                baseline_version: baseline,
+                evaluation_set: set,
+                evaluator_version,
+            };
+            compare_cmd(&mut client, request, json).await
+        }
         Command::Watch(args) => watch_cmd(client, args).await,
         Command::Audit(AuditCmd::Verify) => {
             let r = client
@@ -400,6 +538,311 @@ async fn run(cli: Cli, mut client: RegistryClient) -> Result<(), Failure> {
                 ))
             }
         }
+    }
+}
+
+async fn evalset_cmd(
+    client: &mut RegistryClient,
+    cmd: EvalsetCmd,
+    json: bool,
+) -> Result<(), Failure> {
+    let sets = match cmd {
+        EvalsetCmd::Create {
+            name,
+            version,
+            uri,
+            digest,
+            metrics,
+            description,
+        } => vec![
+            client
+                .create_evaluation_set(pb::CreateEvaluationSetRequest {
+                    name,
+                    version,
+                    uri,
+                    digest,
+                    metrics,
+                    description,
+                })
+                .await?
+                .into_inner()
+                .evaluation_set
+                .unwrap_or_default(),
+        ],
+        EvalsetCmd::Get { name, version } => vec![
+            client
+                .get_evaluation_set(pb::GetEvaluationSetRequest { name, version })
+                .await?
+                .into_inner()
+                .evaluation_set
+                .unwrap_or_default(),
+        ],
+        EvalsetCmd::List { name } => {
+            let mut sets = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let resp = client
+                    .list_evaluation_sets(pb::ListEvaluationSetsRequest {
+                        name: name.clone(),
+                        page_size: 1000,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                sets.extend(resp.evaluation_sets);
+                if resp.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = resp.next_page_token;
+            }
+            if json {
+                print_json(&serde_json::Value::Array(
+                    sets.iter()
+                        .map(|s| to_json(s, "modelreg.v1.EvaluationSet"))
+                        .collect(),
+                ));
+            } else {
+                let rows = sets
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            format!("{}@{}", s.name, s.version),
+                            definitions_label(&s.metrics),
+                            s.uri.clone(),
+                            time_label(s.create_time.as_ref()),
+                        ]
+                    })
+                    .collect();
+                print_table(&["SET", "METRICS", "URI", "CREATED"], rows);
+            }
+            return Ok(());
+        }
+    };
+    for s in sets {
+        if json {
+            print_json(&to_json(&s, "modelreg.v1.EvaluationSet"));
+        } else {
+            print_fields(&[
+                ("set", format!("{}@{}", s.name, s.version)),
+                ("uri", s.uri.clone()),
+                ("digest", s.digest.clone()),
+                ("metrics", definitions_label(&s.metrics)),
+                ("description", s.description.clone()),
+                ("created by", s.created_by.clone()),
+                ("created", time_label(s.create_time.as_ref())),
+            ]);
+        }
+    }
+    Ok(())
+}
+
+fn definitions_label(defs: &[pb::MetricDefinition]) -> String {
+    defs.iter()
+        .map(|m| {
+            format!(
+                "{} ({})",
+                m.name,
+                if m.higher_is_better {
+                    "higher"
+                } else {
+                    "lower"
+                }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn eval_cmd(client: &mut RegistryClient, cmd: EvalCmd, json: bool) -> Result<(), Failure> {
+    match cmd {
+        EvalCmd::Attach {
+            model,
+            version,
+            set,
+            evaluator_version,
+            metrics,
+            report_uri,
+            request_id,
+        } => {
+            let e = client
+                .attach_evaluation(pb::AttachEvaluationRequest {
+                    model,
+                    version,
+                    evaluation_set: Some(set),
+                    evaluator_version,
+                    metrics: metrics.into_iter().collect(),
+                    report_uri,
+                    request_id,
+                })
+                .await?
+                .into_inner()
+                .evaluation
+                .unwrap_or_default();
+            if json {
+                print_json(&to_json(&e, "modelreg.v1.Evaluation"));
+            } else {
+                let set = e.evaluation_set.clone().unwrap_or_default();
+                let metrics: HashMap<String, String> = e
+                    .metrics
+                    .iter()
+                    .map(|(k, v)| (k.clone(), fmt_num(*v)))
+                    .collect();
+                print_fields(&[
+                    ("model", e.model.clone()),
+                    ("version", e.version.to_string()),
+                    ("set", format!("{}@{}", set.name, set.version)),
+                    ("evaluator", e.evaluator_version.clone()),
+                    ("metrics", join_map(&metrics)),
+                    ("report", e.report_uri.clone()),
+                    ("attached by", e.created_by.clone()),
+                    ("attached", time_label(e.create_time.as_ref())),
+                ]);
+            }
+        }
+        EvalCmd::History { model, set, metric } => {
+            let mut evaluations = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let resp = client
+                    .list_evaluations(pb::ListEvaluationsRequest {
+                        model: model.clone(),
+                        evaluation_set: Some(set.clone()),
+                        metric: metric.clone(),
+                        page_size: 1000,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                evaluations.extend(resp.evaluations);
+                if resp.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = resp.next_page_token;
+            }
+            if json {
+                print_json(&serde_json::Value::Array(
+                    evaluations
+                        .iter()
+                        .map(|e| to_json(e, "modelreg.v1.Evaluation"))
+                        .collect(),
+                ));
+                return Ok(());
+            }
+            let mut names: Vec<String> = evaluations
+                .iter()
+                .flat_map(|e| e.metrics.keys().cloned())
+                .collect();
+            names.sort();
+            names.dedup();
+            let mut headers = vec!["VERSION".to_string(), "EVALUATOR".to_string()];
+            headers.extend(names.iter().map(|n| n.to_uppercase()));
+            let rows = evaluations
+                .iter()
+                .map(|e| {
+                    let mut row = vec![e.version.to_string(), e.evaluator_version.clone()];
+                    row.extend(
+                        names
+                            .iter()
+                            .map(|n| e.metrics.get(n).map(|v| fmt_num(*v)).unwrap_or_default()),
+                    );
+                    row
+                })
+                .collect();
+            let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+            print_table(&headers, rows);
+        }
+    }
+    Ok(())
+}
+
+async fn compare_cmd(
+    client: &mut RegistryClient,
+    request: pb::CompareVersionsRequest,
+    json: bool,
+) -> Result<(), Failure> {
+    let asked_for_production = request.baseline_version == 0;
+    let c = client
+        .compare_versions(request)
+        .await?
+        .into_inner()
+        .comparison
+        .unwrap_or_default();
+    if json {
+        print_json(&to_json(&c, "modelreg.v1.VersionComparison"));
+        return Ok(());
+    }
+    let set = c.evaluation_set.clone().unwrap_or_default();
+    println!(
+        "{}: version {} vs version {}{} on {}@{}, evaluator {}",
+        c.model,
+        c.candidate_version,
+        c.baseline_version,
+        if asked_for_production {
+            " (production)"
+        } else {
+            ""
+        },
+        set.name,
+        set.version,
+        c.evaluator_version
+    );
+    let rows = c
+        .metrics
+        .iter()
+        .map(|m| {
+            let verdict = match pb::Outcome::try_from(m.outcome) {
+                Ok(pb::Outcome::Better) => "better",
+                Ok(pb::Outcome::Worse) => "WORSE",
+                Ok(pb::Outcome::Equal) => "equal",
+                _ => "?",
+            };
+            vec![
+                m.metric.clone(),
+                if m.higher_is_better {
+                    "higher"
+                } else {
+                    "lower"
+                }
+                .to_owned(),
+                fmt_num(m.candidate),
+                fmt_num(m.baseline),
+                format!(
+                    "{}{}",
+                    if m.delta > 0.0 { "+" } else { "" },
+                    fmt_num(m.delta)
+                ),
+                if m.baseline == 0.0 {
+                    "-".to_owned()
+                } else {
+                    format!("{:+.2}%", m.relative_delta * 100.0)
+                },
+                verdict.to_owned(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "METRIC",
+            "BETTER",
+            "CANDIDATE",
+            "BASELINE",
+            "DELTA",
+            "CHANGE",
+            "VERDICT",
+        ],
+        rows,
+    );
+    Ok(())
+}
+
+/// A number rounded to 6 decimals without trailing zeros: 0.03, not 0.030000000000000027.
+fn fmt_num(x: f64) -> String {
+    let s = format!("{x:.6}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" {
+        "0".to_owned()
+    } else {
+        s.to_owned()
     }
 }
 
@@ -872,6 +1315,14 @@ mod tests {
     fn the_command_line_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn numbers_print_without_float_noise() {
+        assert_eq!(fmt_num(0.93 - 0.90), "0.03");
+        assert_eq!(fmt_num(-10.0), "-10");
+        assert_eq!(fmt_num(0.0), "0");
+        assert_eq!(fmt_num(-0.0000001), "0");
     }
 
     #[test]

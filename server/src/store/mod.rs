@@ -24,8 +24,9 @@ use std::future::Future;
 use tokio::sync::watch;
 
 use crate::domain::{
-    Actor, AliasName, Event, EventFilter, Model, ModelUpdate, Name, NewModel, NewVersion, Stage,
-    StageChange, Version,
+    Actor, AliasName, CompareRequest, Comparison, Evaluation, EvaluationSet, Event, EventFilter,
+    Model, ModelUpdate, Name, NewEvaluation, NewModel, NewVersion, SetRef, Stage, StageChange,
+    Version,
 };
 use crate::error::{Error, Result};
 
@@ -142,6 +143,34 @@ pub trait Db: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Event>>> + Send;
     /// Checks that the database answers.
     fn ping(&self) -> impl Future<Output = Result<()>> + Send;
+    /// An evaluation set version, if it exists.
+    fn fetch_evaluation_set(
+        &self,
+        set: &SetRef,
+    ) -> impl Future<Output = Result<Option<EvaluationSet>>> + Send;
+    /// Up to `limit` evaluation sets (of one name, if given) after `after`,
+    /// ordered by name and version.
+    fn list_evaluation_sets(
+        &self,
+        name: Option<&str>,
+        after: Option<&SetRef>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<EvaluationSet>>> + Send;
+    /// Every evaluation of the given versions of `model`, by version, oldest first.
+    fn evaluations_of(
+        &self,
+        model: &str,
+        versions: &[i64],
+    ) -> impl Future<Output = Result<Vec<Evaluation>>> + Send;
+    /// Up to `limit` evaluations of `model` on `set`, ordered by version and
+    /// evaluator version, after `after`.
+    fn list_evaluations(
+        &self,
+        model: &str,
+        set: &SetRef,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Evaluation>>> + Send;
 }
 
 /// The statements of one write transaction. Dropping it uncommitted rolls back.
@@ -221,6 +250,26 @@ pub trait Tx: Send {
         sequence: u64,
         hash: &str,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// An evaluation set version as this transaction sees it.
+    fn fetch_evaluation_set(
+        &mut self,
+        set: &SetRef,
+    ) -> impl Future<Output = Result<Option<EvaluationSet>>> + Send;
+    /// Inserts an evaluation set version.
+    fn insert_evaluation_set(
+        &mut self,
+        set: &EvaluationSet,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// The evaluation of a version on a set by an evaluator version, if any.
+    fn fetch_evaluation(
+        &mut self,
+        model: &str,
+        version: i64,
+        set: &SetRef,
+        evaluator_version: &str,
+    ) -> impl Future<Output = Result<Option<Evaluation>>> + Send;
+    /// Inserts an evaluation.
+    fn insert_evaluation(&mut self, e: &Evaluation) -> impl Future<Output = Result<()>> + Send;
     /// Commits.
     fn commit(self) -> impl Future<Output = Result<()>> + Send;
 }
@@ -411,6 +460,51 @@ impl Store {
             Backend::Sqlite(db) => db.events(filter, after, upto, limit).await,
             Backend::Postgres(db) => db.events(filter, after, upto, limit).await,
         }
+    }
+
+    /// Creates an evaluation set version (or returns the identical existing one).
+    pub async fn create_evaluation_set(
+        &self,
+        set: EvaluationSet,
+        actor: Actor,
+    ) -> Result<EvaluationSet> {
+        write_op!(self, create_evaluation_set(set, actor))
+    }
+
+    /// Reads an evaluation set version.
+    pub async fn get_evaluation_set(&self, set: &SetRef) -> Result<EvaluationSet> {
+        read_op!(self, get_evaluation_set(set))
+    }
+
+    /// One page of evaluation sets; `true` if more follow.
+    pub async fn list_evaluation_sets(
+        &self,
+        name: Option<&str>,
+        after: Option<&SetRef>,
+        limit: usize,
+    ) -> Result<(Vec<EvaluationSet>, bool)> {
+        read_op!(self, list_evaluation_sets(name, after, limit))
+    }
+
+    /// Attaches an evaluation (or returns the identical existing one).
+    pub async fn attach_evaluation(&self, new: NewEvaluation, actor: Actor) -> Result<Evaluation> {
+        write_op!(self, attach_evaluation(new, actor))
+    }
+
+    /// One page of a model's evaluations on one set; `true` if more follow.
+    pub async fn list_evaluations(
+        &self,
+        model: &Name,
+        set: &SetRef,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> Result<(Vec<Evaluation>, bool)> {
+        read_op!(self, list_evaluations(model.as_str(), set, after, limit))
+    }
+
+    /// Compares two versions on one set version and evaluator version.
+    pub async fn compare(&self, request: &CompareRequest) -> Result<Comparison> {
+        read_op!(self, compare(request))
     }
 
     /// Re-computes the whole hash chain.

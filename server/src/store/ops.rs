@@ -8,10 +8,12 @@ use serde_json::json;
 use super::{ChainReport, Db, ModelFilter, StoredRequest, Tx, VersionRef};
 use crate::audit::{ChainVerifier, event_hash, sha256_hex};
 use crate::domain::{
-    Actor, AliasName, Cause, Event, EventFilter, EventKind, Model, ModelUpdate, Name, NewEvent,
-    NewModel, NewVersion, Stage, StageChange, Version, etag, now_micros,
+    Actor, AliasName, Cause, CompareRequest, Comparison, Evaluation, EvaluationSet, Event,
+    EventFilter, EventKind, Model, ModelUpdate, Name, NewEvaluation, NewEvent, NewModel,
+    NewVersion, SetRef, Stage, StageChange, Version, etag, now_micros,
 };
 use crate::error::{Error, Result};
+use crate::evaluation;
 use crate::lifecycle;
 
 fn model_not_found(name: &str) -> Error {
@@ -109,6 +111,24 @@ async fn append_events<T: Tx>(tx: &mut T, actor: &Actor, events: Vec<NewEvent>) 
 async fn commit<D: Db>(db: &D, tx: D::Tx, last_sequence: u64) -> Result<()> {
     tx.commit().await?;
     db.publish(last_sequence);
+    Ok(())
+}
+
+/// Fills in the evaluations of versions read without them.
+async fn with_evaluations<D: Db>(db: &D, versions: &mut [Version]) -> Result<()> {
+    let Some(first) = versions.first() else {
+        return Ok(());
+    };
+    let model = first.model.clone();
+    let numbers: Vec<i64> = versions.iter().map(|v| v.version).collect();
+    let mut evaluations = db.evaluations_of(&model, &numbers).await?;
+    for v in versions.iter_mut() {
+        let (mine, rest): (Vec<_>, Vec<_>) = evaluations
+            .into_iter()
+            .partition(|e| e.version == v.version);
+        v.evaluations = mine;
+        evaluations = rest;
+    }
     Ok(())
 }
 
@@ -294,6 +314,7 @@ pub async fn register_version<D: Db>(db: &D, new: NewVersion, actor: Actor) -> R
         create_time: now,
         update_time: now,
         stage_update_time: now,
+        evaluations: Vec::new(),
     };
     tx.insert_version(&version).await?;
     if let Some(request_id) = &new.request_id {
@@ -344,7 +365,12 @@ pub async fn get_version<D: Db>(db: &D, model: &str, which: &VersionRef) -> Resu
         },
     };
     match db.fetch_version(model, number).await? {
-        Some(v) => Ok(v),
+        Some(v) => {
+            let mut one = [v];
+            with_evaluations(db, &mut one).await?;
+            let [v] = one;
+            Ok(v)
+        }
         None => {
             get_model(db, model).await?;
             Err(version_not_found(model, &number.to_string()))
@@ -364,6 +390,7 @@ pub async fn list_versions<D: Db>(
     let mut versions = db.list_versions(model, stage, after, limit + 1).await?;
     let more = versions.len() > limit;
     versions.truncate(limit);
+    with_evaluations(db, &mut versions).await?;
     Ok((versions, more))
 }
 
@@ -492,7 +519,230 @@ pub async fn transition<D: Db>(db: &D, change: StageChange, actor: Actor) -> Res
         .await?
         .ok_or_else(|| vanished("version"))?;
     commit(db, tx, seq).await?;
+    let mut one = [version];
+    with_evaluations(db, &mut one).await?;
+    let [version] = one;
     Ok(version)
+}
+
+// ---- evaluations ------------------------------------------------------------
+
+fn set_not_found(set: &SetRef) -> Error {
+    Error::NotFound {
+        kind: "modelreg.v1.EvaluationSet",
+        name: set.to_string(),
+    }
+}
+
+pub async fn create_evaluation_set<D: Db>(
+    db: &D,
+    mut set: EvaluationSet,
+    actor: Actor,
+) -> Result<EvaluationSet> {
+    let mut tx = db.begin().await?;
+    tx.lock_key(&format!("evaluation-set:{}", set.id)).await?;
+    if let Some(existing) = tx.fetch_evaluation_set(&set.id).await? {
+        // Immutable: the same content again is a retry, anything else a conflict.
+        return if existing.same_content(&set) {
+            Ok(existing)
+        } else {
+            Err(Error::AlreadyExists {
+                kind: "modelreg.v1.EvaluationSet",
+                name: set.id.to_string(),
+            })
+        };
+    }
+    set.created_by = actor.0.clone();
+    set.create_time = now_micros();
+    tx.insert_evaluation_set(&set).await?;
+    let event = NewEvent::new(
+        EventKind::EvaluationSetCreated,
+        "",
+        0,
+        json!({
+            "evaluation_set": {"name": set.id.name, "version": set.id.version},
+            "uri": set.uri,
+            "digest": set.digest,
+            "metrics": set.metrics,
+        }),
+    );
+    let seq = append_events(&mut tx, &actor, vec![event]).await?;
+    commit(db, tx, seq).await?;
+    Ok(set)
+}
+
+pub async fn get_evaluation_set<D: Db>(db: &D, set: &SetRef) -> Result<EvaluationSet> {
+    db.fetch_evaluation_set(set)
+        .await?
+        .ok_or_else(|| set_not_found(set))
+}
+
+pub async fn list_evaluation_sets<D: Db>(
+    db: &D,
+    name: Option<&str>,
+    after: Option<&SetRef>,
+    limit: usize,
+) -> Result<(Vec<EvaluationSet>, bool)> {
+    let mut sets = db.list_evaluation_sets(name, after, limit + 1).await?;
+    let more = sets.len() > limit;
+    sets.truncate(limit);
+    Ok((sets, more))
+}
+
+pub async fn attach_evaluation<D: Db>(
+    db: &D,
+    new: NewEvaluation,
+    actor: Actor,
+) -> Result<Evaluation> {
+    let mut e = new.evaluation;
+    let mut tx = db.begin().await?;
+    if tx.lock_model(&e.model).await?.is_none() {
+        return Err(model_not_found(&e.model));
+    }
+    let fingerprint = sha256_hex(
+        json!([
+            e.model,
+            e.version,
+            e.set.name,
+            e.set.version,
+            e.evaluator_version,
+            e.metrics,
+            e.report_uri
+        ])
+        .to_string()
+        .as_bytes(),
+    );
+    if let Some(request_id) = &new.request_id
+        && let Some(stored) =
+            find_retry(&mut tx, "AttachEvaluation", request_id, &fingerprint).await?
+    {
+        return tx
+            .fetch_evaluation(&stored.model, stored.version, &e.set, &e.evaluator_version)
+            .await?
+            .ok_or_else(|| vanished("evaluation"));
+    }
+    if tx.fetch_version(&e.model, e.version).await?.is_none() {
+        return Err(version_not_found(&e.model, &e.version.to_string()));
+    }
+    let set = tx
+        .fetch_evaluation_set(&e.set)
+        .await?
+        .ok_or_else(|| set_not_found(&e.set))?;
+    evaluation::check_reported("metrics", &set, &e.metrics)?;
+    if let Some(existing) = tx
+        .fetch_evaluation(&e.model, e.version, &e.set, &e.evaluator_version)
+        .await?
+    {
+        // Immutable: one result per version, set version and evaluator version.
+        return if existing.same_content(&e) {
+            Ok(existing)
+        } else {
+            Err(Error::AlreadyExists {
+                kind: "modelreg.v1.Evaluation",
+                name: format!(
+                    "{}/{} on {} by evaluator {}",
+                    e.model, e.version, e.set, e.evaluator_version
+                ),
+            })
+        };
+    }
+    e.created_by = actor.0.clone();
+    e.create_time = now_micros();
+    tx.insert_evaluation(&e).await?;
+    if let Some(request_id) = &new.request_id {
+        let stored = StoredRequest {
+            fingerprint,
+            model: e.model.clone(),
+            version: e.version,
+        };
+        tx.remember_request("AttachEvaluation", request_id, &stored)
+            .await?;
+    }
+    tx.touch_version(&e.model, e.version, e.create_time).await?;
+    let event = NewEvent::new(
+        EventKind::EvaluationAttached,
+        &e.model,
+        e.version,
+        json!({
+            "evaluation_set": {"name": e.set.name, "version": e.set.version},
+            "evaluator_version": e.evaluator_version,
+            "metrics": e.metrics,
+            "report_uri": e.report_uri,
+        }),
+    );
+    let seq = append_events(&mut tx, &actor, vec![event]).await?;
+    commit(db, tx, seq).await?;
+    Ok(e)
+}
+
+pub async fn list_evaluations<D: Db>(
+    db: &D,
+    model: &str,
+    set: &SetRef,
+    after: Option<(i64, String)>,
+    limit: usize,
+) -> Result<(Vec<Evaluation>, bool)> {
+    get_model(db, model).await?;
+    get_evaluation_set(db, set).await?;
+    let mut evaluations = db.list_evaluations(model, set, after, limit + 1).await?;
+    let more = evaluations.len() > limit;
+    evaluations.truncate(limit);
+    Ok((evaluations, more))
+}
+
+pub async fn compare<D: Db>(db: &D, req: &CompareRequest) -> Result<Comparison> {
+    let model = req.model.as_str();
+    let current = get_model(db, model).await?;
+    let baseline = match req.baseline {
+        0 if current.production_version == 0 => {
+            return Err(Error::precondition(
+                "NO_PRODUCTION_VERSION",
+                model,
+                format!(
+                    "model {model:?} has no production version to compare with; name a baseline_version"
+                ),
+            ));
+        }
+        0 => current.production_version,
+        n => n,
+    };
+    let Some(set_ref) = req.set.clone() else {
+        return Err(Error::precondition(
+            "NO_STANDARD_EVALUATION_SET",
+            model,
+            format!("model {model:?} has no standard evaluation set; name one with evaluation_set"),
+        ));
+    };
+    let set = get_evaluation_set(db, &set_ref).await?;
+    for v in [req.candidate, baseline] {
+        if db.fetch_version(model, v).await?.is_none() {
+            return Err(version_not_found(model, &v.to_string()));
+        }
+    }
+    let evaluations = db.evaluations_of(model, &[req.candidate, baseline]).await?;
+    let on_set = |v: i64| -> Vec<Evaluation> {
+        evaluations
+            .iter()
+            .filter(|e| e.version == v && e.set == set_ref)
+            .cloned()
+            .collect()
+    };
+    let (cand, base) = (on_set(req.candidate), on_set(baseline));
+    let evaluator = evaluation::choose_evaluator(
+        model,
+        (req.candidate, &cand),
+        (baseline, &base),
+        &set_ref.to_string(),
+        req.evaluator_version.as_deref(),
+    )?;
+    let pick = |evals: &[Evaluation]| {
+        evals
+            .iter()
+            .find(|e| e.evaluator_version == evaluator)
+            .cloned()
+            .ok_or_else(|| vanished("evaluation"))
+    };
+    evaluation::compare(&set, &pick(&cand)?, &pick(&base)?)
 }
 
 // ---- audit ------------------------------------------------------------------

@@ -62,6 +62,14 @@ SELECT v.model, v.version, v.artifact_uri, v.artifact_digest, v.source, v.traini
 pub const EVENT_COLUMNS: &str = "sequence, type, model, version, from_stage, to_stage, cause, actor, comment, \
      occur_time, details, transition_request_id, prev_hash, hash";
 
+/// The columns of an evaluation set, in insert order.
+pub const EVALUATION_SET_COLUMNS: &str =
+    "name, version, uri, digest, metrics, description, created_by, create_time";
+
+/// The columns of an evaluation, in insert order.
+pub const EVALUATION_COLUMNS: &str = "model, version, set_name, set_version, evaluator_version, \
+     metrics, report_uri, created_by, create_time";
+
 /// Implements [`super::Db`] for `$store` and [`super::Tx`] for `$tx` (a
 /// newtype over `sqlx::Transaction<'static, $db>`).
 ///
@@ -84,10 +92,14 @@ macro_rules! sql_backend {
 
         use sqlx::Row as _;
 
-        use $crate::domain::{Cause, Event, EventFilter, EventKind, Model, Stage, Version};
+        use $crate::domain::{
+            Cause, Evaluation, EvaluationSet, Event, EventFilter, EventKind, Model, SetRef, Stage,
+            Version,
+        };
         use $crate::error::{Error, Result};
         use $crate::store::sql::{
-            Bind, EVENT_COLUMNS, MODEL_COLUMNS, VERSION_COLUMNS, db_err, json_err, placeholders,
+            Bind, EVALUATION_COLUMNS, EVALUATION_SET_COLUMNS, EVENT_COLUMNS, MODEL_COLUMNS,
+            VERSION_COLUMNS, db_err, json_err, placeholders,
         };
         use $crate::store::{Db, ModelFilter, StoredRequest, Tx};
 
@@ -143,6 +155,7 @@ macro_rules! sql_backend {
                 create_time: row.try_get("create_time").map_err(db_err)?,
                 update_time: row.try_get("update_time").map_err(db_err)?,
                 stage_update_time: row.try_get("stage_update_time").map_err(db_err)?,
+                evaluations: Vec::new(),
             })
         }
 
@@ -180,6 +193,53 @@ macro_rules! sql_backend {
                 prev_hash: row.try_get("prev_hash").map_err(db_err)?,
                 hash: row.try_get("hash").map_err(db_err)?,
             })
+        }
+
+        fn evaluation_set_from_row(row: &$row) -> Result<EvaluationSet> {
+            Ok(EvaluationSet {
+                id: SetRef {
+                    name: row.try_get("name").map_err(db_err)?,
+                    version: row.try_get("version").map_err(db_err)?,
+                },
+                uri: row.try_get("uri").map_err(db_err)?,
+                digest: row.try_get("digest").map_err(db_err)?,
+                metrics: json_col(row, "metrics")?,
+                description: row.try_get("description").map_err(db_err)?,
+                created_by: row.try_get("created_by").map_err(db_err)?,
+                create_time: row.try_get("create_time").map_err(db_err)?,
+            })
+        }
+
+        fn evaluation_from_row(row: &$row) -> Result<Evaluation> {
+            Ok(Evaluation {
+                model: row.try_get("model").map_err(db_err)?,
+                version: row.try_get("version").map_err(db_err)?,
+                set: SetRef {
+                    name: row.try_get("set_name").map_err(db_err)?,
+                    version: row.try_get("set_version").map_err(db_err)?,
+                },
+                evaluator_version: row.try_get("evaluator_version").map_err(db_err)?,
+                metrics: json_col(row, "metrics")?,
+                report_uri: row.try_get("report_uri").map_err(db_err)?,
+                created_by: row.try_get("created_by").map_err(db_err)?,
+                create_time: row.try_get("create_time").map_err(db_err)?,
+            })
+        }
+
+        async fn fetch_evaluation_set_with<'c, E>(ex: E, set: &SetRef) -> Result<Option<EvaluationSet>>
+        where
+            E: sqlx::Executor<'c, Database = $db>,
+        {
+            let sql = format!(
+                "SELECT {EVALUATION_SET_COLUMNS} FROM evaluation_sets WHERE name = $1 AND version = $2"
+            );
+            let row = sqlx::query(&sql)
+                .bind(&set.name)
+                .bind(&set.version)
+                .fetch_optional(ex)
+                .await
+                .map_err(db_err)?;
+            row.as_ref().map(evaluation_set_from_row).transpose()
         }
 
         async fn fetch_model_with<'c, E>(ex: E, name: &str) -> Result<Option<Model>>
@@ -403,6 +463,77 @@ macro_rules! sql_backend {
                     .await
                     .map_err(db_err)?;
                 Ok(())
+            }
+
+            async fn fetch_evaluation_set(&self, set: &SetRef) -> Result<Option<EvaluationSet>> {
+                fetch_evaluation_set_with(self.readers(), set).await
+            }
+
+            async fn list_evaluation_sets(
+                &self,
+                name: Option<&str>,
+                after: Option<&SetRef>,
+                limit: usize,
+            ) -> Result<Vec<EvaluationSet>> {
+                let sql = format!(
+                    "SELECT {EVALUATION_SET_COLUMNS} FROM evaluation_sets
+                     WHERE (CAST($1 AS TEXT) IS NULL OR name = $1)
+                       AND (CAST($2 AS TEXT) IS NULL OR name > $2 OR (name = $2 AND version > $3))
+                     ORDER BY name, version LIMIT $4"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(name)
+                    .bind(after.map(|a| a.name.as_str()))
+                    .bind(after.map(|a| a.version.as_str()).unwrap_or(""))
+                    .bind(limit as i64)
+                    .fetch_all(self.readers())
+                    .await
+                    .map_err(db_err)?;
+                rows.iter().map(evaluation_set_from_row).collect()
+            }
+
+            async fn evaluations_of(&self, model: &str, versions: &[i64]) -> Result<Vec<Evaluation>> {
+                if versions.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let sql = format!(
+                    "SELECT {EVALUATION_COLUMNS} FROM evaluations WHERE model = $1 AND version IN ({})
+                     ORDER BY version, create_time, set_name, set_version, evaluator_version",
+                    placeholders(2, versions.len())
+                );
+                let mut query = sqlx::query(&sql).bind(model);
+                for v in versions {
+                    query = query.bind(*v);
+                }
+                let rows = query.fetch_all(self.readers()).await.map_err(db_err)?;
+                rows.iter().map(evaluation_from_row).collect()
+            }
+
+            async fn list_evaluations(
+                &self,
+                model: &str,
+                set: &SetRef,
+                after: Option<(i64, String)>,
+                limit: usize,
+            ) -> Result<Vec<Evaluation>> {
+                let (after_version, after_evaluator) = after.unwrap_or((0, String::new()));
+                let sql = format!(
+                    "SELECT {EVALUATION_COLUMNS} FROM evaluations
+                     WHERE model = $1 AND set_name = $2 AND set_version = $3
+                       AND (version > $4 OR (version = $4 AND evaluator_version > $5))
+                     ORDER BY version, evaluator_version LIMIT $6"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(model)
+                    .bind(&set.name)
+                    .bind(&set.version)
+                    .bind(after_version)
+                    .bind(after_evaluator)
+                    .bind(limit as i64)
+                    .fetch_all(self.readers())
+                    .await
+                    .map_err(db_err)?;
+                rows.iter().map(evaluation_from_row).collect()
             }
         }
 
@@ -702,6 +833,72 @@ macro_rules! sql_backend {
                         .await
                         .map_err(db_err)?;
                 }
+                Ok(())
+            }
+
+            async fn fetch_evaluation_set(&mut self, set: &SetRef) -> Result<Option<EvaluationSet>> {
+                fetch_evaluation_set_with(&mut *self.0, set).await
+            }
+
+            async fn insert_evaluation_set(&mut self, set: &EvaluationSet) -> Result<()> {
+                let sql = format!(
+                    "INSERT INTO evaluation_sets ({EVALUATION_SET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                );
+                sqlx::query(&sql)
+                    .bind(&set.id.name)
+                    .bind(&set.id.version)
+                    .bind(&set.uri)
+                    .bind(&set.digest)
+                    .bind(serde_json::to_string(&set.metrics).map_err(json_err)?)
+                    .bind(&set.description)
+                    .bind(&set.created_by)
+                    .bind(set.create_time)
+                    .execute(&mut *self.0)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn fetch_evaluation(
+                &mut self,
+                model: &str,
+                version: i64,
+                set: &SetRef,
+                evaluator_version: &str,
+            ) -> Result<Option<Evaluation>> {
+                let sql = format!(
+                    "SELECT {EVALUATION_COLUMNS} FROM evaluations
+                     WHERE model = $1 AND version = $2 AND set_name = $3 AND set_version = $4 AND evaluator_version = $5"
+                );
+                let row = sqlx::query(&sql)
+                    .bind(model)
+                    .bind(version)
+                    .bind(&set.name)
+                    .bind(&set.version)
+                    .bind(evaluator_version)
+                    .fetch_optional(&mut *self.0)
+                    .await
+                    .map_err(db_err)?;
+                row.as_ref().map(evaluation_from_row).transpose()
+            }
+
+            async fn insert_evaluation(&mut self, e: &Evaluation) -> Result<()> {
+                let sql = format!(
+                    "INSERT INTO evaluations ({EVALUATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                );
+                sqlx::query(&sql)
+                    .bind(&e.model)
+                    .bind(e.version)
+                    .bind(&e.set.name)
+                    .bind(&e.set.version)
+                    .bind(&e.evaluator_version)
+                    .bind(serde_json::to_string(&e.metrics).map_err(json_err)?)
+                    .bind(&e.report_uri)
+                    .bind(&e.created_by)
+                    .bind(e.create_time)
+                    .execute(&mut *self.0)
+                    .await
+                    .map_err(db_err)?;
                 Ok(())
             }
 

