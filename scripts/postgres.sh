@@ -4,8 +4,9 @@
 #
 # - A Debian cluster that exists but is stopped is started (pg_ctlcluster).
 # - Without PostgreSQL, and as root, it is installed from Debian's packages.
-# - Without a cluster, a throwaway one is initialised under
-#   ${MODELREG_PG_DIR:-/tmp/modelreg-pg} and started on port 5433.
+# - Without a cluster (or with MODELREG_PG_THROWAWAY=1), a throwaway one is
+#   initialised under ${MODELREG_PG_DIR:-/tmp/modelreg-pg} and started on
+#   port ${MODELREG_PG_PORT:-5433}.
 # Everything it changes is local to this machine and safe to repeat.
 set -euo pipefail
 
@@ -37,7 +38,8 @@ BIN=$(pg_bin)
 
 HOST=127.0.0.1
 PORT=""
-if command -v pg_lsclusters >/dev/null && [ -n "$(pg_lsclusters -h 2>/dev/null)" ]; then
+if [ "${MODELREG_PG_THROWAWAY:-0}" != 1 ] && command -v pg_lsclusters >/dev/null \
+    && [ -n "$(pg_lsclusters -h 2>/dev/null)" ]; then
     read -r VERSION CLUSTER PORT STATUS _ < <(pg_lsclusters -h | head -n1)
     if [ "$STATUS" != online ]; then
         log "starting cluster $VERSION/$CLUSTER on port $PORT"
@@ -45,7 +47,7 @@ if command -v pg_lsclusters >/dev/null && [ -n "$(pg_lsclusters -h 2>/dev/null)"
     fi
 else
     DIR=${MODELREG_PG_DIR:-/tmp/modelreg-pg}
-    PORT=5433
+    PORT=${MODELREG_PG_PORT:-5433}
     if [ ! -f "$DIR/PG_VERSION" ]; then
         log "initialising a throwaway cluster in $DIR"
         mkdir -p "$DIR"
@@ -65,10 +67,10 @@ for _ in $(seq 1 60); do
 done
 "$BIN/pg_isready" -q -h "$HOST" -p "$PORT" || { log "PostgreSQL did not become ready on $HOST:$PORT"; exit 1; }
 
-psql_admin() { as_postgres psql -q -v ON_ERROR_STOP=1 -h "$HOST" -p "$PORT" -U postgres -d postgres "$@"; }
+psql_admin() { as_postgres "$BIN/psql" -q -v ON_ERROR_STOP=1 -h "$HOST" -p "$PORT" -U postgres -d postgres "$@"; }
 # Debian clusters authenticate the postgres user by peer over the socket.
 if ! psql_admin -c 'SELECT 1' >/dev/null 2>&1; then
-    psql_admin() { as_postgres psql -q -v ON_ERROR_STOP=1 -p "$PORT" -d postgres "$@"; }
+    psql_admin() { as_postgres "$BIN/psql" -q -v ON_ERROR_STOP=1 -p "$PORT" -d postgres "$@"; }
 fi
 psql_admin <<SQL >/dev/null
 DO \$\$

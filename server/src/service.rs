@@ -181,6 +181,16 @@ fn parse_set_ref(field: &str, raw: Option<&pb::EvaluationSetRef>) -> Result<Opti
     }
 }
 
+/// Parses a required `EvaluationSetRef` field.
+fn required_set_ref(field: &str, raw: Option<&pb::EvaluationSetRef>) -> Result<SetRef, Error> {
+    parse_set_ref(field, raw)?.ok_or_else(|| {
+        Error::invalid(
+            field,
+            "is required: name the evaluation set and its version",
+        )
+    })
+}
+
 /// Splits a two-part page key `a\u{1e}b`.
 fn split_key(key: &str) -> Option<(&str, &str)> {
     key.split_once('\u{1e}')
@@ -699,16 +709,10 @@ impl ModelRegistryService for RegistryService {
         let mut v = Violations::default();
         let model = v.take(Name::parse("model", &r.model));
         let version = v.take(domain::parse_version_number("version", r.version));
-        let set = match v.take(parse_set_ref("evaluation_set", r.evaluation_set.as_ref())) {
-            Some(None) => {
-                v.add(
-                    "evaluation_set",
-                    "is required: name the evaluation set and its version",
-                );
-                None
-            }
-            other => other.flatten(),
-        };
+        let set = v.take(required_set_ref(
+            "evaluation_set",
+            r.evaluation_set.as_ref(),
+        ));
         let evaluator = v.take(domain::parse_evaluator_version(
             "evaluator_version",
             &r.evaluator_version,
@@ -744,16 +748,10 @@ impl ModelRegistryService for RegistryService {
         let r = req.into_inner();
         let mut v = Violations::default();
         let model = v.take(Name::parse("model", &r.model));
-        let set = match v.take(parse_set_ref("evaluation_set", r.evaluation_set.as_ref())) {
-            Some(None) => {
-                v.add(
-                    "evaluation_set",
-                    "is required: name the evaluation set and its version",
-                );
-                None
-            }
-            other => other.flatten(),
-        };
+        let set = v.take(required_set_ref(
+            "evaluation_set",
+            r.evaluation_set.as_ref(),
+        ));
         let size = v.take(domain::parse_page_size("page_size", r.page_size));
         let query = format!("{}|{:?}|{}", r.model, r.evaluation_set, r.metric);
         let after = v.take(page_token::decode(&r.page_token, "evaluations", &query));

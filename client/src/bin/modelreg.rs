@@ -578,29 +578,21 @@ async fn evalset_cmd(
                 .unwrap_or_default(),
         ],
         EvalsetCmd::List { name } => {
-            let mut sets = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let resp = client
-                    .list_evaluation_sets(pb::ListEvaluationSetsRequest {
-                        name: name.clone(),
-                        page_size: 1000,
-                        page_token,
-                    })
-                    .await?
-                    .into_inner();
-                sets.extend(resp.evaluation_sets);
-                if resp.next_page_token.is_empty() {
-                    break;
+            let sets = all_pages(|page_token| {
+                let mut client = client.clone();
+                let request = pb::ListEvaluationSetsRequest {
+                    name: name.clone(),
+                    page_size: 1000,
+                    page_token,
+                };
+                async move {
+                    let resp = client.list_evaluation_sets(request).await?.into_inner();
+                    Ok((resp.evaluation_sets, resp.next_page_token))
                 }
-                page_token = resp.next_page_token;
-            }
+            })
+            .await?;
             if json {
-                print_json(&serde_json::Value::Array(
-                    sets.iter()
-                        .map(|s| to_json(s, "modelreg.v1.EvaluationSet"))
-                        .collect(),
-                ));
+                print_json_list(&sets, "modelreg.v1.EvaluationSet");
             } else {
                 let rows = sets
                     .iter()
@@ -700,32 +692,23 @@ async fn eval_cmd(client: &mut RegistryClient, cmd: EvalCmd, json: bool) -> Resu
             }
         }
         EvalCmd::History { model, set, metric } => {
-            let mut evaluations = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let resp = client
-                    .list_evaluations(pb::ListEvaluationsRequest {
-                        model: model.clone(),
-                        evaluation_set: Some(set.clone()),
-                        metric: metric.clone(),
-                        page_size: 1000,
-                        page_token,
-                    })
-                    .await?
-                    .into_inner();
-                evaluations.extend(resp.evaluations);
-                if resp.next_page_token.is_empty() {
-                    break;
+            let evaluations = all_pages(|page_token| {
+                let mut client = client.clone();
+                let request = pb::ListEvaluationsRequest {
+                    model: model.clone(),
+                    evaluation_set: Some(set.clone()),
+                    metric: metric.clone(),
+                    page_size: 1000,
+                    page_token,
+                };
+                async move {
+                    let resp = client.list_evaluations(request).await?.into_inner();
+                    Ok((resp.evaluations, resp.next_page_token))
                 }
-                page_token = resp.next_page_token;
-            }
+            })
+            .await?;
             if json {
-                print_json(&serde_json::Value::Array(
-                    evaluations
-                        .iter()
-                        .map(|e| to_json(e, "modelreg.v1.Evaluation"))
-                        .collect(),
-                ));
+                print_json_list(&evaluations, "modelreg.v1.Evaluation");
                 return Ok(());
             }
             let mut names: Vec<String> = evaluations
@@ -878,30 +861,21 @@ async fn model_cmd(client: &mut RegistryClient, cmd: ModelCmd, json: bool) -> Re
             print_model(&m, json);
         }
         ModelCmd::List { filter, page_size } => {
-            let mut models = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let resp = client
-                    .list_models(pb::ListModelsRequest {
-                        page_size,
-                        page_token,
-                        filter: filter.clone(),
-                    })
-                    .await?
-                    .into_inner();
-                models.extend(resp.models);
-                if resp.next_page_token.is_empty() {
-                    break;
+            let models = all_pages(|page_token| {
+                let mut client = client.clone();
+                let request = pb::ListModelsRequest {
+                    page_size,
+                    page_token,
+                    filter: filter.clone(),
+                };
+                async move {
+                    let resp = client.list_models(request).await?.into_inner();
+                    Ok((resp.models, resp.next_page_token))
                 }
-                page_token = resp.next_page_token;
-            }
+            })
+            .await?;
             if json {
-                print_json(&serde_json::Value::Array(
-                    models
-                        .iter()
-                        .map(|m| to_json(m, "modelreg.v1.Model"))
-                        .collect(),
-                ));
+                print_json_list(&models, "modelreg.v1.Model");
             } else {
                 let rows = models
                     .iter()
@@ -1020,31 +994,22 @@ async fn version_cmd(
                 None => pb::Stage::Unspecified,
                 Some(s) => parse_stage(s).map_err(Failure::Local)?,
             };
-            let mut versions = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let resp = client
-                    .list_versions(pb::ListVersionsRequest {
-                        model: model.clone(),
-                        stage: stage as i32,
-                        page_size,
-                        page_token,
-                    })
-                    .await?
-                    .into_inner();
-                versions.extend(resp.versions);
-                if resp.next_page_token.is_empty() {
-                    break;
+            let versions = all_pages(|page_token| {
+                let mut client = client.clone();
+                let request = pb::ListVersionsRequest {
+                    model: model.clone(),
+                    stage: stage as i32,
+                    page_size,
+                    page_token,
+                };
+                async move {
+                    let resp = client.list_versions(request).await?.into_inner();
+                    Ok((resp.versions, resp.next_page_token))
                 }
-                page_token = resp.next_page_token;
-            }
+            })
+            .await?;
             if json {
-                print_json(&serde_json::Value::Array(
-                    versions
-                        .iter()
-                        .map(|v| to_json(v, "modelreg.v1.ModelVersion"))
-                        .collect(),
-                ));
+                print_json_list(&versions, "modelreg.v1.ModelVersion");
             } else {
                 let rows = versions
                     .iter()
@@ -1098,12 +1063,7 @@ async fn events_cmd(
         page_token = resp.next_page_token;
     }
     if json {
-        print_json(&serde_json::Value::Array(
-            events
-                .iter()
-                .map(|e| to_json(e, "modelreg.v1.RegistryEvent"))
-                .collect(),
-        ));
+        print_json_list(&events, "modelreg.v1.RegistryEvent");
     } else {
         let rows = events.iter().map(event_row).collect();
         print_table(
@@ -1151,6 +1111,25 @@ async fn watch_cmd(client: RegistryClient, args: WatchArgs) -> Result<(), Failur
     }
 }
 
+/// Follows `next_page_token` from the first page to the last and returns
+/// every item; `fetch` gets the page token and returns a page and the next token.
+async fn all_pages<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, Failure>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+{
+    let mut items = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (page, next) = fetch(token).await?;
+        items.extend(page);
+        if next.is_empty() {
+            return Ok(items);
+        }
+        token = next;
+    }
+}
+
 // ---- output ------------------------------------------------------------------
 
 fn print_json(v: &serde_json::Value) {
@@ -1158,6 +1137,13 @@ fn print_json(v: &serde_json::Value) {
         "{}",
         serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
     );
+}
+
+/// Prints messages of one type as a JSON array.
+fn print_json_list<M: prost::Message>(items: &[M], full_name: &str) {
+    print_json(&serde_json::Value::Array(
+        items.iter().map(|m| to_json(m, full_name)).collect(),
+    ));
 }
 
 fn print_model(m: &pb::Model, json: bool) {

@@ -107,6 +107,32 @@ async fn append_events<T: Tx>(tx: &mut T, actor: &Actor, events: Vec<NewEvent>) 
     Ok(sequence)
 }
 
+/// Appends the events of a model-level change, reads the model back as the
+/// transaction left it, and commits.
+async fn finish_with_model<D: Db>(
+    db: &D,
+    mut tx: D::Tx,
+    actor: &Actor,
+    events: Vec<NewEvent>,
+    name: &str,
+) -> Result<Model> {
+    let seq = append_events(&mut tx, actor, events).await?;
+    let model = tx
+        .fetch_model(name)
+        .await?
+        .ok_or_else(|| vanished("model"))?;
+    commit(db, tx, seq).await?;
+    Ok(model)
+}
+
+/// Splits one extra row off a page read with `limit + 1`: the page, and
+/// whether more rows follow.
+fn page<T>(mut rows: Vec<T>, limit: usize) -> (Vec<T>, bool) {
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    (rows, more)
+}
+
 /// Commits and wakes this process's watchers.
 async fn commit<D: Db>(db: &D, tx: D::Tx, last_sequence: u64) -> Result<()> {
     tx.commit().await?;
@@ -204,13 +230,7 @@ pub async fn create_model<D: Db>(db: &D, new: NewModel, actor: Actor) -> Result<
         0,
         json!({"description": new.description, "tags": new.tags}),
     );
-    let seq = append_events(&mut tx, &actor, vec![event]).await?;
-    let model = tx
-        .fetch_model(name)
-        .await?
-        .ok_or_else(|| vanished("model"))?;
-    commit(db, tx, seq).await?;
-    Ok(model)
+    finish_with_model(db, tx, &actor, vec![event], name).await
 }
 
 pub async fn get_model<D: Db>(db: &D, name: &str) -> Result<Model> {
@@ -225,10 +245,7 @@ pub async fn list_models<D: Db>(
     after: Option<&str>,
     limit: usize,
 ) -> Result<(Vec<Model>, bool)> {
-    let mut models = db.list_models(filter, after, limit + 1).await?;
-    let more = models.len() > limit;
-    models.truncate(limit);
-    Ok((models, more))
+    Ok(page(db.list_models(filter, after, limit + 1).await?, limit))
 }
 
 pub async fn update_model<D: Db>(db: &D, update: ModelUpdate, actor: Actor) -> Result<Model> {
@@ -268,13 +285,7 @@ pub async fn update_model<D: Db>(db: &D, update: ModelUpdate, actor: Actor) -> R
         0,
         json!({"before": before, "after": after}),
     );
-    let seq = append_events(&mut tx, &actor, vec![event]).await?;
-    let model = tx
-        .fetch_model(name)
-        .await?
-        .ok_or_else(|| vanished("model"))?;
-    commit(db, tx, seq).await?;
-    Ok(model)
+    finish_with_model(db, tx, &actor, vec![event], name).await
 }
 
 // ---- versions ---------------------------------------------------------------
@@ -387,9 +398,10 @@ pub async fn list_versions<D: Db>(
 ) -> Result<(Vec<Version>, bool)> {
     // Existence first so an unknown model is NOT_FOUND, not an empty page.
     get_model(db, model).await?;
-    let mut versions = db.list_versions(model, stage, after, limit + 1).await?;
-    let more = versions.len() > limit;
-    versions.truncate(limit);
+    let (mut versions, more) = page(
+        db.list_versions(model, stage, after, limit + 1).await?,
+        limit,
+    );
     with_evaluations(db, &mut versions).await?;
     Ok((versions, more))
 }
@@ -429,13 +441,7 @@ pub async fn set_alias<D: Db>(
         version,
         json!({"alias": alias.as_str(), "previous_version": previous.unwrap_or(0)}),
     );
-    let seq = append_events(&mut tx, &actor, vec![event]).await?;
-    let updated = tx
-        .fetch_model(name)
-        .await?
-        .ok_or_else(|| vanished("model"))?;
-    commit(db, tx, seq).await?;
-    Ok(updated)
+    finish_with_model(db, tx, &actor, vec![event], name).await
 }
 
 pub async fn delete_alias<D: Db>(
@@ -463,13 +469,7 @@ pub async fn delete_alias<D: Db>(
         version,
         json!({"alias": alias.as_str()}),
     );
-    let seq = append_events(&mut tx, &actor, vec![event]).await?;
-    let updated = tx
-        .fetch_model(name)
-        .await?
-        .ok_or_else(|| vanished("model"))?;
-    commit(db, tx, seq).await?;
-    Ok(updated)
+    finish_with_model(db, tx, &actor, vec![event], name).await
 }
 
 // ---- stages -----------------------------------------------------------------
@@ -583,10 +583,10 @@ pub async fn list_evaluation_sets<D: Db>(
     after: Option<&SetRef>,
     limit: usize,
 ) -> Result<(Vec<EvaluationSet>, bool)> {
-    let mut sets = db.list_evaluation_sets(name, after, limit + 1).await?;
-    let more = sets.len() > limit;
-    sets.truncate(limit);
-    Ok((sets, more))
+    Ok(page(
+        db.list_evaluation_sets(name, after, limit + 1).await?,
+        limit,
+    ))
 }
 
 pub async fn attach_evaluation<D: Db>(
@@ -684,10 +684,10 @@ pub async fn list_evaluations<D: Db>(
 ) -> Result<(Vec<Evaluation>, bool)> {
     get_model(db, model).await?;
     get_evaluation_set(db, set).await?;
-    let mut evaluations = db.list_evaluations(model, set, after, limit + 1).await?;
-    let more = evaluations.len() > limit;
-    evaluations.truncate(limit);
-    Ok((evaluations, more))
+    Ok(page(
+        db.list_evaluations(model, set, after, limit + 1).await?,
+        limit,
+    ))
 }
 
 pub async fn compare<D: Db>(db: &D, req: &CompareRequest) -> Result<Comparison> {
