@@ -82,17 +82,6 @@ CREATE TABLE events (
 CREATE INDEX events_by_model ON events(model, version, sequence);
 CREATE INDEX events_by_type ON events(type, sequence);
 
--- The end of the log: the last sequence and hash. Every write updates it
--- last, inside its transaction, so sequences are assigned in commit order.
-CREATE TABLE event_log_head (
-    id            INTEGER PRIMARY KEY CHECK (id = 1),
-    last_sequence INTEGER NOT NULL,
-    last_hash     TEXT NOT NULL
-) STRICT;
-INSERT INTO event_log_head (id, last_sequence, last_hash)
-VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');
-CREATE INDEX events_by_actor ON events(actor, sequence);
-
 CREATE TRIGGER events_are_append_only_update BEFORE UPDATE ON events
 BEGIN
     SELECT RAISE(ABORT, 'the event log is append-only');

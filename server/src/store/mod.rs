@@ -96,14 +96,23 @@ impl Default for StoreOptions {
     }
 }
 
-/// Reads, and the start of a write, on one backend.
+/// The future of one write: its result and the last sequence it appended
+/// (`None` when it changed nothing).
+pub type WriteFuture<'t, R> =
+    std::pin::Pin<Box<dyn Future<Output = Result<(R, Option<u64>)>> + Send + 't>>;
+
+/// Reads, and writes, on one backend.
 pub trait Db: Clone + Send + Sync + 'static {
     /// One write transaction.
     type Tx: Tx + 'static;
-    /// Starts a write transaction.
-    fn begin(&self) -> impl Future<Output = Result<Self::Tx>> + Send;
-    /// Tells this process's watchers that everything up to `sequence` is committed.
-    fn publish(&self, sequence: u64);
+    /// Runs `write` in a transaction and commits it (the SQLite backend may
+    /// commit several writes together, answering each only once all are
+    /// durable). Watchers are woken after the commit. The write runs to its
+    /// end even if the caller stops waiting.
+    fn write<R, F>(&self, write: F) -> impl Future<Output = Result<R>> + Send
+    where
+        R: Send + 'static,
+        F: for<'t> FnOnce(&'t mut Self::Tx) -> WriteFuture<'t, R> + Send + 'static;
     /// A model, if it exists.
     fn fetch_model(&self, name: &str) -> impl Future<Output = Result<Option<Model>>> + Send;
     /// A version, if it exists.
@@ -292,7 +301,7 @@ enum Backend {
 
 /// Runs a write on its own task so that dropping the caller's future (a
 /// client that hangs up) cannot interrupt the transaction.
-async fn detached<T, F>(fut: F) -> Result<T>
+pub(crate) async fn detached<T, F>(fut: F) -> Result<T>
 where
     F: Future<Output = Result<T>> + Send + 'static,
     T: Send + 'static,
@@ -304,18 +313,9 @@ where
 
 /// Calls `ops::$op(db, args…)` on whichever backend is in use, as a write.
 macro_rules! write_op {
-    ($self:ident, $op:ident ( $($arg:expr),* )) => {{
-        match &$self.backend {
-            Backend::Sqlite(db) => {
-                let db = db.clone();
-                detached(async move { ops::$op(&db, $($arg),*).await }).await
-            }
-            Backend::Postgres(db) => {
-                let db = db.clone();
-                detached(async move { ops::$op(&db, $($arg),*).await }).await
-            }
-        }
-    }};
+    ($self:ident, $op:ident ( $($arg:expr),* )) => {
+        read_op!($self, $op($($arg),*))
+    };
 }
 
 /// Calls `ops::$op(db, args…)` on whichever backend is in use, as a read.

@@ -107,22 +107,20 @@ async fn append_events<T: Tx>(tx: &mut T, actor: &Actor, events: Vec<NewEvent>) 
     Ok(sequence)
 }
 
-/// Appends the events of a model-level change, reads the model back as the
-/// transaction left it, and commits.
-async fn finish_with_model<D: Db>(
-    db: &D,
-    mut tx: D::Tx,
+/// Appends the events of a model-level change and reads the model back as
+/// the transaction left it.
+async fn finish_with_model<T: Tx>(
+    tx: &mut T,
     actor: &Actor,
     events: Vec<NewEvent>,
     name: &str,
-) -> Result<Model> {
-    let seq = append_events(&mut tx, actor, events).await?;
+) -> Result<(Model, Option<u64>)> {
+    let seq = append_events(tx, actor, events).await?;
     let model = tx
         .fetch_model(name)
         .await?
         .ok_or_else(|| vanished("model"))?;
-    commit(db, tx, seq).await?;
-    Ok(model)
+    Ok((model, Some(seq)))
 }
 
 /// Splits one extra row off a page read with `limit + 1`: the page, and
@@ -133,29 +131,13 @@ fn page<T>(mut rows: Vec<T>, limit: usize) -> (Vec<T>, bool) {
     (rows, more)
 }
 
-/// Commits and wakes this process's watchers.
-async fn commit<D: Db>(db: &D, tx: D::Tx, last_sequence: u64) -> Result<()> {
-    tx.commit().await?;
-    db.publish(last_sequence);
-    Ok(())
-}
-
-/// Fills in the evaluations of versions read without them.
-async fn with_evaluations<D: Db>(db: &D, versions: &mut [Version]) -> Result<()> {
-    let Some(first) = versions.first() else {
-        return Ok(());
-    };
-    let model = first.model.clone();
-    let numbers: Vec<i64> = versions.iter().map(|v| v.version).collect();
-    let mut evaluations = db.evaluations_of(&model, &numbers).await?;
-    for v in versions.iter_mut() {
-        let (mine, rest): (Vec<_>, Vec<_>) = evaluations
-            .into_iter()
-            .partition(|e| e.version == v.version);
-        v.evaluations = mine;
-        evaluations = rest;
-    }
-    Ok(())
+/// Types a write closure for [`Db::write`]: the closure gets the open
+/// transaction and returns its result with the last sequence it appended.
+fn job<T, R, F>(f: F) -> F
+where
+    F: for<'t> FnOnce(&'t mut T) -> super::WriteFuture<'t, R>,
+{
+    f
 }
 
 fn stage_event(
@@ -180,7 +162,15 @@ fn stage_event(
 // ---- models -----------------------------------------------------------------
 
 pub async fn create_model<D: Db>(db: &D, new: NewModel, actor: Actor) -> Result<Model> {
-    let mut tx = db.begin().await?;
+    db.write(job(move |tx| Box::pin(create_model_in(tx, new, actor))))
+        .await
+}
+
+async fn create_model_in<T: Tx>(
+    tx: &mut T,
+    new: NewModel,
+    actor: Actor,
+) -> Result<(Model, Option<u64>)> {
     let name = new.name.as_str();
     tx.lock_key(&format!("model:{name}")).await?;
     let fingerprint = sha256_hex(
@@ -189,12 +179,13 @@ pub async fn create_model<D: Db>(db: &D, new: NewModel, actor: Actor) -> Result<
             .as_bytes(),
     );
     if let Some(request_id) = &new.request_id
-        && let Some(stored) = find_retry(&mut tx, "CreateModel", request_id, &fingerprint).await?
+        && let Some(stored) = find_retry(tx, "CreateModel", request_id, &fingerprint).await?
     {
         return tx
             .fetch_model(&stored.model)
             .await?
-            .ok_or_else(|| model_not_found(&stored.model));
+            .ok_or_else(|| model_not_found(&stored.model))
+            .map(|v| (v, None));
     }
     let now = now_micros();
     let model = Model {
@@ -230,7 +221,7 @@ pub async fn create_model<D: Db>(db: &D, new: NewModel, actor: Actor) -> Result<
         0,
         json!({"description": new.description, "tags": new.tags}),
     );
-    finish_with_model(db, tx, &actor, vec![event], name).await
+    finish_with_model(tx, &actor, vec![event], name).await
 }
 
 pub async fn get_model<D: Db>(db: &D, name: &str) -> Result<Model> {
@@ -249,7 +240,15 @@ pub async fn list_models<D: Db>(
 }
 
 pub async fn update_model<D: Db>(db: &D, update: ModelUpdate, actor: Actor) -> Result<Model> {
-    let mut tx = db.begin().await?;
+    db.write(job(move |tx| Box::pin(update_model_in(tx, update, actor))))
+        .await
+}
+
+async fn update_model_in<T: Tx>(
+    tx: &mut T,
+    update: ModelUpdate,
+    actor: Actor,
+) -> Result<(Model, Option<u64>)> {
     let name = update.name.as_str();
     let current = tx
         .lock_model(name)
@@ -275,7 +274,7 @@ pub async fn update_model<D: Db>(db: &D, update: ModelUpdate, actor: Actor) -> R
     }
     if after.is_empty() {
         // Nothing changes: no write, no event, same etag.
-        return Ok(current);
+        return Ok((current, None));
     }
     next.update_time = now_micros();
     tx.update_model(&next).await?;
@@ -285,26 +284,34 @@ pub async fn update_model<D: Db>(db: &D, update: ModelUpdate, actor: Actor) -> R
         0,
         json!({"before": before, "after": after}),
     );
-    finish_with_model(db, tx, &actor, vec![event], name).await
+    finish_with_model(tx, &actor, vec![event], name).await
 }
 
 // ---- versions ---------------------------------------------------------------
 
 pub async fn register_version<D: Db>(db: &D, new: NewVersion, actor: Actor) -> Result<Version> {
-    let mut tx = db.begin().await?;
+    db.write(job(move |tx| Box::pin(register_version_in(tx, new, actor))))
+        .await
+}
+
+async fn register_version_in<T: Tx>(
+    tx: &mut T,
+    new: NewVersion,
+    actor: Actor,
+) -> Result<(Version, Option<u64>)> {
     let model = new.model.as_str();
     // The model lock serializes registrations of one model, so version numbers
     // and request-id checks never race.
     let current = tx.lock_model(model).await?;
     let fingerprint = format!("{model}:{}", new.fingerprint());
     if let Some(request_id) = &new.request_id
-        && let Some(stored) =
-            find_retry(&mut tx, "RegisterVersion", request_id, &fingerprint).await?
+        && let Some(stored) = find_retry(tx, "RegisterVersion", request_id, &fingerprint).await?
     {
         return tx
             .fetch_version(&stored.model, stored.version)
             .await?
-            .ok_or_else(|| version_not_found(&stored.model, &stored.version.to_string()));
+            .ok_or_else(|| version_not_found(&stored.model, &stored.version.to_string()))
+            .map(|v| (v, None));
     }
     let current = current.ok_or_else(|| model_not_found(model))?;
     let number = current.latest_version + 1;
@@ -355,13 +362,9 @@ pub async fn register_version<D: Db>(db: &D, new: NewVersion, actor: Actor) -> R
             events.push(stage_event(model, &mv, String::new(), json!({})));
         }
     }
-    let seq = append_events(&mut tx, &actor, events).await?;
-    let version = tx
-        .fetch_version(model, number)
-        .await?
-        .ok_or_else(|| vanished("version"))?;
-    commit(db, tx, seq).await?;
-    Ok(version)
+    let seq = append_events(tx, &actor, events).await?;
+    // Just inserted: no aliases, no evaluations; nothing to read back.
+    Ok((version, Some(seq)))
 }
 
 pub async fn get_version<D: Db>(db: &D, model: &str, which: &VersionRef) -> Result<Version> {
@@ -376,12 +379,7 @@ pub async fn get_version<D: Db>(db: &D, model: &str, which: &VersionRef) -> Resu
         },
     };
     match db.fetch_version(model, number).await? {
-        Some(v) => {
-            let mut one = [v];
-            with_evaluations(db, &mut one).await?;
-            let [v] = one;
-            Ok(v)
-        }
+        Some(v) => Ok(v),
         None => {
             get_model(db, model).await?;
             Err(version_not_found(model, &number.to_string()))
@@ -396,14 +394,12 @@ pub async fn list_versions<D: Db>(
     after: i64,
     limit: usize,
 ) -> Result<(Vec<Version>, bool)> {
-    // Existence first so an unknown model is NOT_FOUND, not an empty page.
-    get_model(db, model).await?;
-    let (mut versions, more) = page(
-        db.list_versions(model, stage, after, limit + 1).await?,
-        limit,
-    );
-    with_evaluations(db, &mut versions).await?;
-    Ok((versions, more))
+    let versions = db.list_versions(model, stage, after, limit + 1).await?;
+    if versions.is_empty() {
+        // An unknown model is NOT_FOUND, not an empty page.
+        get_model(db, model).await?;
+    }
+    Ok(page(versions, limit))
 }
 
 // ---- aliases ----------------------------------------------------------------
@@ -415,7 +411,19 @@ pub async fn set_alias<D: Db>(
     version: i64,
     actor: Actor,
 ) -> Result<Model> {
-    let mut tx = db.begin().await?;
+    db.write(job(move |tx| {
+        Box::pin(set_alias_in(tx, model, alias, version, actor))
+    }))
+    .await
+}
+
+async fn set_alias_in<T: Tx>(
+    tx: &mut T,
+    model: Name,
+    alias: AliasName,
+    version: i64,
+    actor: Actor,
+) -> Result<(Model, Option<u64>)> {
     let name = model.as_str();
     let current = tx
         .lock_model(name)
@@ -426,7 +434,7 @@ pub async fn set_alias<D: Db>(
     }
     let previous = current.aliases.get(alias.as_str()).copied();
     if previous == Some(version) {
-        return Ok(current);
+        return Ok((current, None));
     }
     let now = now_micros();
     tx.upsert_alias(name, alias.as_str(), version).await?;
@@ -441,7 +449,7 @@ pub async fn set_alias<D: Db>(
         version,
         json!({"alias": alias.as_str(), "previous_version": previous.unwrap_or(0)}),
     );
-    finish_with_model(db, tx, &actor, vec![event], name).await
+    finish_with_model(tx, &actor, vec![event], name).await
 }
 
 pub async fn delete_alias<D: Db>(
@@ -450,7 +458,18 @@ pub async fn delete_alias<D: Db>(
     alias: AliasName,
     actor: Actor,
 ) -> Result<Model> {
-    let mut tx = db.begin().await?;
+    db.write(job(move |tx| {
+        Box::pin(delete_alias_in(tx, model, alias, actor))
+    }))
+    .await
+}
+
+async fn delete_alias_in<T: Tx>(
+    tx: &mut T,
+    model: Name,
+    alias: AliasName,
+    actor: Actor,
+) -> Result<(Model, Option<u64>)> {
     let name = model.as_str();
     let current = tx
         .lock_model(name)
@@ -469,13 +488,21 @@ pub async fn delete_alias<D: Db>(
         version,
         json!({"alias": alias.as_str()}),
     );
-    finish_with_model(db, tx, &actor, vec![event], name).await
+    finish_with_model(tx, &actor, vec![event], name).await
 }
 
 // ---- stages -----------------------------------------------------------------
 
 pub async fn transition<D: Db>(db: &D, change: StageChange, actor: Actor) -> Result<Version> {
-    let mut tx = db.begin().await?;
+    db.write(job(move |tx| Box::pin(transition_in(tx, change, actor))))
+        .await
+}
+
+async fn transition_in<T: Tx>(
+    tx: &mut T,
+    change: StageChange,
+    actor: Actor,
+) -> Result<(Version, Option<u64>)> {
     let model = change.model.as_str();
     // The model lock makes "read production version, then move" one step, so
     // racing promotions of one model serialize and exactly one production remains.
@@ -513,16 +540,12 @@ pub async fn transition<D: Db>(db: &D, change: StageChange, actor: Actor) -> Res
         events.push(stage_event(model, mv, comment, details));
     }
     tx.touch_model(model, now).await?;
-    let seq = append_events(&mut tx, &actor, events).await?;
+    let seq = append_events(tx, &actor, events).await?;
     let version = tx
         .fetch_version(model, change.version)
         .await?
         .ok_or_else(|| vanished("version"))?;
-    commit(db, tx, seq).await?;
-    let mut one = [version];
-    with_evaluations(db, &mut one).await?;
-    let [version] = one;
-    Ok(version)
+    Ok((version, Some(seq)))
 }
 
 // ---- evaluations ------------------------------------------------------------
@@ -536,15 +559,25 @@ fn set_not_found(set: &SetRef) -> Error {
 
 pub async fn create_evaluation_set<D: Db>(
     db: &D,
-    mut set: EvaluationSet,
+    set: EvaluationSet,
     actor: Actor,
 ) -> Result<EvaluationSet> {
-    let mut tx = db.begin().await?;
+    db.write(job(move |tx| {
+        Box::pin(create_evaluation_set_in(tx, set, actor))
+    }))
+    .await
+}
+
+async fn create_evaluation_set_in<T: Tx>(
+    tx: &mut T,
+    mut set: EvaluationSet,
+    actor: Actor,
+) -> Result<(EvaluationSet, Option<u64>)> {
     tx.lock_key(&format!("evaluation-set:{}", set.id)).await?;
     if let Some(existing) = tx.fetch_evaluation_set(&set.id).await? {
         // Immutable: the same content again is a retry, anything else a conflict.
         return if existing.same_content(&set) {
-            Ok(existing)
+            Ok((existing, None))
         } else {
             Err(Error::AlreadyExists {
                 kind: "modelreg.v1.EvaluationSet",
@@ -566,9 +599,8 @@ pub async fn create_evaluation_set<D: Db>(
             "metrics": set.metrics,
         }),
     );
-    let seq = append_events(&mut tx, &actor, vec![event]).await?;
-    commit(db, tx, seq).await?;
-    Ok(set)
+    let seq = append_events(tx, &actor, vec![event]).await?;
+    Ok((set, Some(seq)))
 }
 
 pub async fn get_evaluation_set<D: Db>(db: &D, set: &SetRef) -> Result<EvaluationSet> {
@@ -594,8 +626,18 @@ pub async fn attach_evaluation<D: Db>(
     new: NewEvaluation,
     actor: Actor,
 ) -> Result<Evaluation> {
+    db.write(job(move |tx| {
+        Box::pin(attach_evaluation_in(tx, new, actor))
+    }))
+    .await
+}
+
+async fn attach_evaluation_in<T: Tx>(
+    tx: &mut T,
+    new: NewEvaluation,
+    actor: Actor,
+) -> Result<(Evaluation, Option<u64>)> {
     let mut e = new.evaluation;
-    let mut tx = db.begin().await?;
     if tx.lock_model(&e.model).await?.is_none() {
         return Err(model_not_found(&e.model));
     }
@@ -613,13 +655,13 @@ pub async fn attach_evaluation<D: Db>(
         .as_bytes(),
     );
     if let Some(request_id) = &new.request_id
-        && let Some(stored) =
-            find_retry(&mut tx, "AttachEvaluation", request_id, &fingerprint).await?
+        && let Some(stored) = find_retry(tx, "AttachEvaluation", request_id, &fingerprint).await?
     {
         return tx
             .fetch_evaluation(&stored.model, stored.version, &e.set, &e.evaluator_version)
             .await?
-            .ok_or_else(|| vanished("evaluation"));
+            .ok_or_else(|| vanished("evaluation"))
+            .map(|v| (v, None));
     }
     if tx.fetch_version(&e.model, e.version).await?.is_none() {
         return Err(version_not_found(&e.model, &e.version.to_string()));
@@ -635,7 +677,7 @@ pub async fn attach_evaluation<D: Db>(
     {
         // Immutable: one result per version, set version and evaluator version.
         return if existing.same_content(&e) {
-            Ok(existing)
+            Ok((existing, None))
         } else {
             Err(Error::AlreadyExists {
                 kind: "modelreg.v1.Evaluation",
@@ -670,9 +712,8 @@ pub async fn attach_evaluation<D: Db>(
             "report_uri": e.report_uri,
         }),
     );
-    let seq = append_events(&mut tx, &actor, vec![event]).await?;
-    commit(db, tx, seq).await?;
-    Ok(e)
+    let seq = append_events(tx, &actor, vec![event]).await?;
+    Ok((e, Some(seq)))
 }
 
 pub async fn list_evaluations<D: Db>(

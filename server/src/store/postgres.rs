@@ -100,12 +100,25 @@ impl PgStore {
         &self.pool
     }
 
-    async fn begin_tx(&self) -> Result<PgTx> {
-        self.pool.begin().await.map(PgTx).map_err(db_err)
-    }
-
-    fn publish_sequence(&self, sequence: u64) {
-        publish(&self.latest, sequence);
+    /// One transaction per write, on a task of its own; replicas serialize
+    /// where they must through row locks (see the module documentation).
+    async fn run_write<R, F>(&self, write: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: for<'t> FnOnce(&'t mut PgTx) -> crate::store::WriteFuture<'t, R> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let latest = self.latest.clone();
+        crate::store::detached(async move {
+            let mut tx = PgTx(pool.begin().await.map_err(db_err)?);
+            let (result, sequence) = write(&mut tx).await?;
+            tx.commit().await?;
+            if let Some(sequence) = sequence {
+                publish(&latest, sequence);
+            }
+            Ok(result)
+        })
+        .await
     }
 }
 
@@ -200,8 +213,43 @@ sql_backend! {
     model_aliases: "COALESCE((SELECT json_object_agg(a.alias, a.version)::text FROM aliases a WHERE a.model = m.name), '{}')",
     version_aliases: "COALESCE((SELECT json_agg(a.alias ORDER BY a.alias)::text FROM aliases a \
         WHERE a.model = v.model AND a.version = v.version), '[]')",
+    version_evaluations: "COALESCE((SELECT json_agg(json_build_object('set_name', e.set_name, \
+        'set_version', e.set_version, 'evaluator_version', e.evaluator_version, 'metrics', e.metrics::json, \
+        'report_uri', e.report_uri, 'created_by', e.created_by, 'create_time', e.create_time) \
+        ORDER BY e.create_time, e.set_name, e.set_version, e.evaluator_version)::text \
+        FROM evaluations e WHERE e.model = v.model AND e.version = v.version), '[]')",
     lock_model: Some("SELECT name FROM models WHERE name = $1 FOR UPDATE"),
     lock_key: Some("SELECT pg_advisory_xact_lock(hashtext($1))"),
-    lock_head: "SELECT last_sequence, last_hash FROM event_log_head WHERE id = 1 FOR UPDATE",
-    notify: Some("SELECT pg_notify('modelreg_events', $1)"),
+}
+
+impl PgTx {
+    /// The end of the log, locked until commit: no other transaction can
+    /// assign a sequence until this one has committed.
+    async fn head(&mut self) -> Result<(u64, String)> {
+        let (last, hash): (i64, String) = sqlx::query_as(
+            "SELECT last_sequence, last_hash FROM event_log_head WHERE id = 1 FOR UPDATE",
+        )
+        .fetch_one(&mut *self.0)
+        .await
+        .map_err(db_err)?;
+        Ok((last as u64, hash))
+    }
+
+    /// Moves the end of the log and queues the notification other replicas
+    /// receive when this transaction commits.
+    async fn set_head(&mut self, sequence: u64, hash: &str) -> Result<()> {
+        sqlx::query("UPDATE event_log_head SET last_sequence = $1, last_hash = $2 WHERE id = 1")
+            .bind(sequence as i64)
+            .bind(hash)
+            .execute(&mut *self.0)
+            .await
+            .map_err(db_err)?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(sequence.to_string())
+            .execute(&mut *self.0)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
 }

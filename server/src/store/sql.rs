@@ -73,8 +73,11 @@ pub const EVALUATION_COLUMNS: &str = "model, version, set_name, set_version, eva
 /// Implements [`super::Db`] for `$store` and [`super::Tx`] for `$tx` (a
 /// newtype over `sqlx::Transaction<'static, $db>`).
 ///
-/// `$store` must have `fn readers(&self) -> &sqlx::Pool<$db>`,
-/// `async fn begin_tx(&self) -> Result<$tx>` and `fn publish_sequence(&self, u64)`.
+/// `$store` must have `fn readers(&self) -> &sqlx::Pool<$db>` and
+/// `async fn run_write(&self, write) -> Result<R>` (see [`super::Db::write`]);
+/// `$tx` must have `async fn head(&mut self)` and `async fn set_head(&mut self,
+/// sequence, hash)`, which read and move the end of the log in the way the
+/// backend keeps it.
 macro_rules! sql_backend {
     (
         store: $store:ty,
@@ -83,10 +86,9 @@ macro_rules! sql_backend {
         row: $row:ty,
         model_aliases: $model_aliases:expr,
         version_aliases: $version_aliases:expr,
+        version_evaluations: $version_evaluations:expr,
         lock_model: $lock_model:expr,
-        lock_key: $lock_key:expr,
-        lock_head: $lock_head:expr,
-        notify: $notify:expr $(,)?
+        lock_key: $lock_key:expr $(,)?
     ) => {
         use std::collections::BTreeMap;
 
@@ -109,9 +111,21 @@ macro_rules! sql_backend {
 
         fn version_select() -> String {
             format!(
-                "{VERSION_COLUMNS} {} AS aliases FROM versions v",
-                $version_aliases
+                "{VERSION_COLUMNS} {} AS aliases, {} AS evaluations FROM versions v",
+                $version_aliases, $version_evaluations
             )
+        }
+
+        /// One evaluation as the version select aggregates it.
+        #[derive(serde::Deserialize)]
+        struct EvaluationJson {
+            set_name: String,
+            set_version: String,
+            evaluator_version: String,
+            metrics: BTreeMap<String, f64>,
+            report_uri: String,
+            created_by: String,
+            create_time: i64,
         }
 
         fn json_col<T: serde::de::DeserializeOwned>(row: &$row, col: &str) -> Result<T> {
@@ -137,9 +151,11 @@ macro_rules! sql_backend {
 
         fn version_from_row(row: &$row) -> Result<Version> {
             let stage: String = row.try_get("stage").map_err(db_err)?;
+            let model: String = row.try_get("model").map_err(db_err)?;
+            let version: i64 = row.try_get("version").map_err(db_err)?;
             Ok(Version {
-                model: row.try_get("model").map_err(db_err)?,
-                version: row.try_get("version").map_err(db_err)?,
+                model: model.clone(),
+                version,
                 artifact_uri: row.try_get("artifact_uri").map_err(db_err)?,
                 artifact_digest: row.try_get("artifact_digest").map_err(db_err)?,
                 source: json_col(row, "source")?,
@@ -155,7 +171,22 @@ macro_rules! sql_backend {
                 create_time: row.try_get("create_time").map_err(db_err)?,
                 update_time: row.try_get("update_time").map_err(db_err)?,
                 stage_update_time: row.try_get("stage_update_time").map_err(db_err)?,
-                evaluations: Vec::new(),
+                evaluations: json_col::<Vec<EvaluationJson>>(row, "evaluations")?
+                    .into_iter()
+                    .map(|e| Evaluation {
+                        model: model.clone(),
+                        version,
+                        set: SetRef {
+                            name: e.set_name,
+                            version: e.set_version,
+                        },
+                        evaluator_version: e.evaluator_version,
+                        metrics: e.metrics,
+                        report_uri: e.report_uri,
+                        created_by: e.created_by,
+                        create_time: e.create_time,
+                    })
+                    .collect(),
             })
         }
 
@@ -289,12 +320,12 @@ macro_rules! sql_backend {
         impl Db for $store {
             type Tx = $tx;
 
-            async fn begin(&self) -> Result<$tx> {
-                self.begin_tx().await
-            }
-
-            fn publish(&self, sequence: u64) {
-                self.publish_sequence(sequence);
+            async fn write<R, F>(&self, write: F) -> Result<R>
+            where
+                R: Send + 'static,
+                F: for<'t> FnOnce(&'t mut $tx) -> $crate::store::WriteFuture<'t, R> + Send + 'static,
+            {
+                self.run_write(write).await
             }
 
             async fn fetch_model(&self, name: &str) -> Result<Option<Model>> {
@@ -783,14 +814,7 @@ macro_rules! sql_backend {
             }
 
             async fn log_head(&mut self) -> Result<(u64, String)> {
-                let row = sqlx::query($lock_head)
-                    .fetch_one(&mut *self.0)
-                    .await
-                    .map_err(db_err)?;
-                Ok((
-                    row.try_get::<i64, _>("last_sequence").map_err(db_err)? as u64,
-                    row.try_get("last_hash").map_err(db_err)?,
-                ))
+                self.head().await
             }
 
             async fn insert_event(&mut self, e: &Event) -> Result<()> {
@@ -819,21 +843,7 @@ macro_rules! sql_backend {
             }
 
             async fn set_log_head(&mut self, sequence: u64, hash: &str) -> Result<()> {
-                sqlx::query("UPDATE event_log_head SET last_sequence = $1, last_hash = $2 WHERE id = 1")
-                    .bind(sequence as i64)
-                    .bind(hash)
-                    .execute(&mut *self.0)
-                    .await
-                    .map_err(db_err)?;
-                let notify: Option<&str> = $notify;
-                if let Some(sql) = notify {
-                    sqlx::query(sql)
-                        .bind(sequence.to_string())
-                        .execute(&mut *self.0)
-                        .await
-                        .map_err(db_err)?;
-                }
-                Ok(())
+                self.set_head(sequence, hash).await
             }
 
             async fn fetch_evaluation_set(&mut self, set: &SetRef) -> Result<Option<EvaluationSet>> {

@@ -6,31 +6,82 @@
 //! Sequence numbers are gap-free by construction: the single writer assigns
 //! them inside its transaction and commits in that order, and watchers are
 //! woken only after the commit.
+//!
+//! **Group commit.** Writes queue for the writer task, which runs every write
+//! waiting at that moment inside one `BEGIN IMMEDIATE` transaction, each in a
+//! savepoint of its own, and commits them with one fsync. A write that fails
+//! rolls back to its savepoint and is answered at once; the others are
+//! answered only after the commit is durable, so an acknowledged write is
+//! never lost, and a failed commit fails every write of the batch.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::store::WriteFuture;
 
 /// Readers in the pool: enough for concurrent RPCs and watchers on 2 cores.
 const READERS: u32 = 8;
+/// Most writes committed together.
+const MAX_BATCH: usize = 256;
+/// Writes queued for the writer before callers wait to enqueue.
+const QUEUE: usize = 4096;
+
+/// A queued write: run it in the given transaction (or learn that none could
+/// be opened) and say how it went.
+type Job = Box<
+    dyn for<'t> FnOnce(
+            Result<&'t mut SqliteTx>,
+        ) -> Pin<Box<dyn Future<Output = Staged> + Send + 't>>
+        + Send,
+>;
+
+/// Answers a staged write's caller, given the commit's failure if there was one.
+type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
+
+/// A write that has run inside the batch's transaction.
+struct Staged {
+    /// Whether it succeeded (its savepoint is released) or failed (rolled back).
+    ok: bool,
+    /// The last sequence it appended, if any.
+    last_sequence: Option<u64>,
+    /// Answers the caller.
+    answer: Answer,
+}
 
 /// The SQLite store.
 #[derive(Clone)]
 pub struct SqliteStore {
-    /// The one connection that writes; its pool size of 1 queues writers.
+    /// The one connection that writes, owned by the writer task.
     writer: SqlitePool,
     /// Read-only connections for every query outside a write.
     readers: SqlitePool,
-    /// Publishes the highest committed sequence after each commit.
-    latest: Arc<watch::Sender<u64>>,
+    /// The writer task's queue.
+    jobs: mpsc::Sender<Job>,
 }
 
-/// One write transaction on the writer connection.
-pub struct SqliteTx(sqlx::Transaction<'static, sqlx::Sqlite>);
+/// One write transaction on the writer connection, with the end of the log
+/// (last sequence and hash) as this transaction sees it. The one writer keeps
+/// the end of the log in memory instead of in a table: no other process
+/// writes, so it saves two statements per write.
+pub struct SqliteTx(sqlx::Transaction<'static, sqlx::Sqlite>, (u64, String));
+
+impl SqliteTx {
+    async fn head(&mut self) -> Result<(u64, String)> {
+        Ok(self.1.clone())
+    }
+
+    async fn set_head(&mut self, sequence: u64, hash: &str) -> Result<()> {
+        self.1 = (sequence, hash.to_owned());
+        Ok(())
+    }
+}
 
 impl SqliteStore {
     /// Opens the database, creating its file and folder, and migrates it.
@@ -76,17 +127,22 @@ impl SqliteStore {
             .await
             .map_err(db_err)?;
 
-        let latest: i64 =
-            sqlx::query_scalar("SELECT last_sequence FROM event_log_head WHERE id = 1")
-                .fetch_one(&readers)
+        let head: Option<(i64, String)> =
+            sqlx::query_as("SELECT sequence, hash FROM events ORDER BY sequence DESC LIMIT 1")
+                .fetch_optional(&readers)
                 .await
                 .map_err(db_err)?;
-        let (tx, rx) = watch::channel(latest as u64);
+        let head = head
+            .map(|(seq, hash)| (seq as u64, hash))
+            .unwrap_or((0, crate::audit::GENESIS_HASH.to_owned()));
+        let (tx, rx) = watch::channel(head.0);
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        tokio::spawn(write_batches(writer.clone(), queue, Arc::new(tx), head));
         Ok((
             SqliteStore {
                 writer,
                 readers,
-                latest: Arc::new(tx),
+                jobs,
             },
             rx,
         ))
@@ -102,22 +158,142 @@ impl SqliteStore {
         &self.readers
     }
 
-    async fn begin_tx(&self) -> Result<SqliteTx> {
-        self.writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map(SqliteTx)
-            .map_err(db_err)
-    }
-
-    fn publish_sequence(&self, sequence: u64) {
-        self.latest.send_if_modified(|cur| {
-            let newer = sequence > *cur;
-            if newer {
-                *cur = sequence;
-            }
-            newer
+    /// Queues `write` for the writer task and waits for its durable answer.
+    async fn run_write<R, F>(&self, write: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: for<'t> FnOnce(&'t mut SqliteTx) -> WriteFuture<'t, R> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel::<Result<R>>();
+        let job: Job = Box::new(move |tx: Result<&mut SqliteTx>| {
+            Box::pin(async move {
+                let outcome = match tx {
+                    Ok(tx) => write(tx).await,
+                    Err(e) => Err(e),
+                };
+                match outcome {
+                    Ok((result, last_sequence)) => Staged {
+                        ok: true,
+                        last_sequence,
+                        answer: Box::new(move |commit_failure: Option<&str>| {
+                            let _ = reply.send(match commit_failure {
+                                None => Ok(result),
+                                Some(e) => Err(Error::Unavailable(format!("commit failed: {e}"))),
+                            });
+                        }),
+                    },
+                    Err(e) => Staged {
+                        ok: false,
+                        last_sequence: None,
+                        answer: Box::new(move |_| {
+                            let _ = reply.send(Err(e));
+                        }),
+                    },
+                }
+            }) as Pin<Box<dyn Future<Output = Staged> + Send + '_>>
         });
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| Error::Unavailable("the database writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::Internal("the database writer dropped a write".into()))?
+    }
+}
+
+/// Runs one savepoint statement, turning failure into the batch's poison.
+async fn savepoint(tx: &mut SqliteTx, sql: &str) -> std::result::Result<(), String> {
+    sqlx::query(sql)
+        .execute(&mut *tx.0)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The writer task: commits queued writes in batches (see the module docs).
+async fn write_batches(
+    pool: SqlitePool,
+    mut queue: mpsc::Receiver<Job>,
+    latest: Arc<watch::Sender<u64>>,
+    mut head: (u64, String),
+) {
+    while let Some(first) = queue.recv().await {
+        let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
+            Ok(tx) => SqliteTx(tx, head.clone()),
+            Err(e) => {
+                let message = e.to_string();
+                let mut failed = vec![first];
+                while let Ok(job) = queue.try_recv() {
+                    failed.push(job);
+                }
+                for job in failed {
+                    let staged = job(Err(Error::Unavailable(message.clone()))).await;
+                    (staged.answer)(None);
+                }
+                continue;
+            }
+        };
+        let mut staged: Vec<Staged> = Vec::new();
+        let mut last_sequence = None;
+        let mut poison: Option<String> = None;
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            if let Err(e) = savepoint(&mut tx, "SAVEPOINT write").await {
+                poison = Some(e);
+                let done = job(Err(Error::Unavailable("the batch failed".into()))).await;
+                (done.answer)(None);
+                break;
+            }
+            let head_before = tx.1.clone();
+            let done = job(Ok(&mut tx)).await;
+            if done.ok {
+                if let Err(e) = savepoint(&mut tx, "RELEASE SAVEPOINT write").await {
+                    poison = Some(e);
+                }
+                last_sequence = done.last_sequence.or(last_sequence);
+                staged.push(done);
+            } else {
+                tx.1 = head_before;
+                let undone = match savepoint(&mut tx, "ROLLBACK TO SAVEPOINT write").await {
+                    Ok(()) => savepoint(&mut tx, "RELEASE SAVEPOINT write").await,
+                    Err(e) => Err(e),
+                };
+                (done.answer)(None);
+                if let Err(e) = undone {
+                    poison = Some(e);
+                }
+            }
+            if poison.is_some() || staged.len() >= MAX_BATCH {
+                break;
+            }
+            next = queue.try_recv().ok();
+        }
+        let batch_head = tx.1.clone();
+        let failure = match poison {
+            Some(e) => {
+                let _ = tx.0.rollback().await;
+                Some(e)
+            }
+            None => tx.0.commit().await.err().map(|e| e.to_string()),
+        };
+        if failure.is_none() {
+            head = batch_head;
+        }
+        if let Some(e) = &failure {
+            tracing::error!(error = %e, writes = staged.len(), "a batch of writes failed to commit");
+        } else if let Some(seq) = last_sequence {
+            latest.send_if_modified(|cur| {
+                let newer = seq > *cur;
+                if newer {
+                    *cur = seq;
+                }
+                newer
+            });
+        }
+        for done in staged {
+            (done.answer)(failure.as_deref());
+        }
     }
 }
 
@@ -129,9 +305,12 @@ sql_backend! {
     model_aliases: "COALESCE((SELECT json_group_object(a.alias, a.version) FROM aliases a WHERE a.model = m.name), '{}')",
     version_aliases: "COALESCE((SELECT json_group_array(a.alias) FROM \
         (SELECT alias FROM aliases a WHERE a.model = v.model AND a.version = v.version ORDER BY alias) a), '[]')",
+    version_evaluations: "COALESCE((SELECT json_group_array(json_object('set_name', e.set_name, \
+        'set_version', e.set_version, 'evaluator_version', e.evaluator_version, 'metrics', json(e.metrics), \
+        'report_uri', e.report_uri, 'created_by', e.created_by, 'create_time', e.create_time)) FROM \
+        (SELECT * FROM evaluations e WHERE e.model = v.model AND e.version = v.version \
+         ORDER BY e.create_time, e.set_name, e.set_version, e.evaluator_version) e), '[]')",
     // BEGIN IMMEDIATE already holds the database's one write lock.
     lock_model: None,
     lock_key: None,
-    lock_head: "SELECT last_sequence, last_hash FROM event_log_head WHERE id = 1",
-    notify: None,
 }
