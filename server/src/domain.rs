@@ -698,6 +698,21 @@ pub struct EventFilter {
     pub end_time: Option<i64>,
 }
 
+impl EventFilter {
+    /// Whether `e` passes every part of the filter (the same test the SQL
+    /// of [`crate::store::Db::events`] applies).
+    pub fn matches(&self, e: &Event) -> bool {
+        (self.models.is_empty() || self.models.contains(&e.model))
+            && (self.version == 0 || self.version == e.version)
+            && self.actor.as_ref().is_none_or(|a| *a == e.actor)
+            && (self.kinds.is_empty() || self.kinds.contains(&e.kind))
+            && (self.to_stages.is_empty()
+                || e.to_stage.is_some_and(|s| self.to_stages.contains(&s)))
+            && self.start_time.is_none_or(|t| e.occur_time >= t)
+            && self.end_time.is_none_or(|t| e.occur_time < t)
+    }
+}
+
 /// An event about to be appended.
 #[derive(Debug, Clone)]
 pub struct NewEvent {

@@ -26,7 +26,7 @@ use crate::domain::{
 use crate::error::Error;
 use crate::evaluation;
 use crate::store::{ModelFilter, Store, VersionRef};
-use crate::watch::{self as watcher, Subscription, WatchItem};
+use crate::watch::{self as watcher, Subscription, Tail, WatchItem};
 
 /// The metadata key naming the caller until bearer tokens arrive.
 pub const ACTOR_HEADER: &str = "x-modelreg-actor";
@@ -40,15 +40,19 @@ pub struct RegistryService {
     shutdown: watch::Receiver<bool>,
     /// How often idle watch streams get a heartbeat.
     heartbeat: Duration,
+    /// Recent events shared by every watch stream.
+    tail: std::sync::Arc<Tail>,
 }
 
 impl RegistryService {
     /// A service over `store`.
     pub fn new(store: Store, shutdown: watch::Receiver<bool>, heartbeat: Duration) -> Self {
+        let tail = Tail::spawn(store.clone(), shutdown.clone());
         RegistryService {
             store,
             shutdown,
             heartbeat,
+            tail,
         }
     }
 }
@@ -961,6 +965,7 @@ impl ModelRegistryService for RegistryService {
         v.finish()?;
         let stream = watcher::spawn(
             self.store.clone(),
+            self.tail.clone(),
             Subscription {
                 filter,
                 after,
@@ -969,9 +974,9 @@ impl ModelRegistryService for RegistryService {
             self.shutdown.clone(),
             |item| pb::WatchTransitionsResponse {
                 kind: Some(match item {
-                    WatchItem::Event(e) => {
-                        pb::watch_transitions_response::Kind::Event(event_to_pb(e))
-                    }
+                    WatchItem::Event(e) => pb::watch_transitions_response::Kind::Event(
+                        event_to_pb(std::sync::Arc::unwrap_or_clone(e)),
+                    ),
                     WatchItem::Heartbeat(sequence) => {
                         pb::watch_transitions_response::Kind::Heartbeat(pb::Heartbeat {
                             sequence,

@@ -1,15 +1,22 @@
-//! WatchTransitions: from the event log to one subscriber.
+//! WatchTransitions: from the event log to each subscriber.
 //!
-//! Each subscriber has its own task and its own cursor (the last sequence it
-//! has considered). The task reads the log by sequence, sends what matches,
-//! and waits for the store's "new commit" signal when it has caught up. There
-//! is no separate live path, so replay and live tail cannot overlap or leave a
-//! gap: the six guarantees follow from reading one ordered log.
+//! Every subscriber has its own task and its own cursor (the last sequence it
+//! has considered), and reads the one ordered log by sequence. There is no
+//! separate live path, so replay and live tail cannot overlap or leave a gap:
+//! the six guarantees follow from reading one ordered log.
+//!
+//! One [`Tail`] per server reads each newly committed event from the database
+//! once and keeps the most recent ones in memory; subscribers that are caught
+//! up are served from it, so a thousand watchers cost one query per commit,
+//! not a thousand. A subscriber that has fallen further behind than the tail
+//! holds reads the log in pages until it catches up, then rejoins the tail.
 //!
 //! A subscriber that stops reading fills its small channel and its task waits
 //! on the send; writers never wait for it and the server keeps at most one
 //! page of events for it. It must not hold events in memory beyond that.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -23,12 +30,14 @@ use crate::store::Store;
 const PAGE: usize = 256;
 /// Messages buffered per subscriber before its task waits.
 const CHANNEL: usize = 64;
+/// Most recent events the tail keeps in memory.
+const TAIL_CAPACITY: usize = 8192;
 
 /// What a subscriber receives, before conversion to the wire type.
 #[derive(Debug, Clone)]
 pub enum WatchItem {
     /// A matching event.
-    Event(Event),
+    Event(Arc<Event>),
     /// Every matching event up to this sequence has been sent.
     Heartbeat(u64),
 }
@@ -44,10 +53,121 @@ pub struct Subscription {
     pub heartbeat: Duration,
 }
 
+/// The most recent committed events, shared by every subscriber of this server.
+pub struct Tail {
+    /// The events with sequences `(start, start + events.len()]`, all of them.
+    state: RwLock<TailState>,
+    /// The highest sequence held; changes wake subscribers.
+    end: watch::Sender<u64>,
+}
+
+struct TailState {
+    /// The sequence just before the first event held.
+    start: u64,
+    /// The events, in sequence order, without gaps.
+    events: VecDeque<Arc<Event>>,
+}
+
+/// What the tail can give a subscriber at some cursor.
+enum FromTail {
+    /// The tail holds nothing after the cursor (it is older than what the
+    /// tail holds, or newer than what it has read yet): read the log instead.
+    Elsewhere,
+    /// Matching events after the cursor, and the last sequence considered.
+    Page(Vec<Arc<Event>>, u64),
+}
+
+impl Tail {
+    /// Starts following `store` from its current end until `shutdown`.
+    pub fn spawn(store: Store, shutdown: watch::Receiver<bool>) -> Arc<Tail> {
+        let start = store.latest_sequence();
+        let tail = Arc::new(Tail {
+            state: RwLock::new(TailState {
+                start,
+                events: VecDeque::new(),
+            }),
+            end: watch::channel(start).0,
+        });
+        tokio::spawn(follow(tail.clone(), store, shutdown));
+        tail
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.end.subscribe()
+    }
+
+    fn page_after(&self, cursor: u64, filter: &EventFilter, limit: usize) -> FromTail {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        if cursor < state.start || cursor >= state.start + state.events.len() as u64 {
+            return FromTail::Elsewhere;
+        }
+        let skip = (cursor - state.start) as usize;
+        let mut matched = Vec::new();
+        let mut scanned = cursor;
+        for e in state.events.iter().skip(skip) {
+            scanned = e.sequence;
+            if filter.matches(e) {
+                matched.push(e.clone());
+                if matched.len() >= limit {
+                    break;
+                }
+            }
+        }
+        FromTail::Page(matched, scanned)
+    }
+
+    fn push(&self, page: Vec<Event>) -> u64 {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        for e in page {
+            state.events.push_back(Arc::new(e));
+        }
+        while state.events.len() > TAIL_CAPACITY {
+            state.events.pop_front();
+            state.start += 1;
+        }
+        state.start + state.events.len() as u64
+    }
+}
+
+/// Reads each committed event once, in order, into the tail.
+async fn follow(tail: Arc<Tail>, store: Store, mut shutdown: watch::Receiver<bool>) {
+    let mut latest = store.subscribe();
+    let all = EventFilter::default();
+    let mut end = *tail.end.borrow();
+    loop {
+        let target = *latest.borrow_and_update();
+        while end < target {
+            match store.events(&all, end, Some(target), 1024).await {
+                // The log has no gaps, so an unfiltered page continues exactly at end + 1.
+                Ok(page) if page.first().is_some_and(|e| e.sequence == end + 1) => {
+                    end = tail.push(page);
+                    tail.end.send_replace(end);
+                }
+                Ok(_) => {
+                    tracing::error!(end, target, "the event log did not continue where expected");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read new events; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            changed = latest.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 /// Starts a subscriber task and returns its stream. `convert` turns items into
 /// the wire message; the stream ends with `UNAVAILABLE` when `shutdown` fires.
 pub fn spawn<T, F>(
     store: Store,
+    tail: Arc<Tail>,
     sub: Subscription,
     mut shutdown: watch::Receiver<bool>,
     convert: F,
@@ -58,7 +178,10 @@ where
 {
     let (tx, rx) = mpsc::channel(CHANNEL);
     tokio::spawn(async move {
-        let mut latest = store.subscribe();
+        let mut tail_end = tail.subscribe();
+        // The first catch-up reaches at least what was committed when the
+        // stream opened, even if the tail has not read it yet.
+        let floor = store.latest_sequence();
         let mut cursor = sub.after;
         let mut ticker = tokio::time::interval(sub.heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -69,21 +192,28 @@ where
                 end_with_unavailable(&tx).await;
                 return;
             }
-            // Everything committed up to `end` is visible: the signal is sent after commit.
-            let end = *latest.borrow_and_update();
+            // Everything up to `end` is committed: the tail holds only committed events.
+            let end = (*tail_end.borrow_and_update()).max(floor);
             while cursor < end {
-                let page = match store.events(&sub.filter, cursor, Some(end), PAGE).await {
-                    Ok(page) => page,
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::from(e))).await;
-                        return;
+                let (page, next) = match tail.page_after(cursor, &sub.filter, PAGE) {
+                    FromTail::Page(page, scanned) => (page, scanned),
+                    FromTail::Elsewhere => {
+                        match store.events(&sub.filter, cursor, Some(end), PAGE).await {
+                            // A short page means nothing else matches up to `end`.
+                            Ok(page) => {
+                                let next = if page.len() < PAGE {
+                                    end
+                                } else {
+                                    page.last().map(|e| e.sequence).unwrap_or(end)
+                                };
+                                (page.into_iter().map(Arc::new).collect(), next)
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(Status::from(e))).await;
+                                return;
+                            }
+                        }
                     }
-                };
-                // A short page means nothing else matches up to `end`.
-                let next = if page.len() < PAGE {
-                    end
-                } else {
-                    page.last().map(|e| e.sequence).unwrap_or(end)
                 };
                 for event in page {
                     tokio::select! {
@@ -110,8 +240,11 @@ where
                 }
             }
             tokio::select! {
-                changed = latest.changed() => {
-                    if changed.is_err() { return; }
+                changed = tail_end.changed() => {
+                    if changed.is_err() {
+                        end_with_unavailable(&tx).await;
+                        return;
+                    }
                 }
                 _ = ticker.tick() => {
                     if tx.send(Ok(convert(WatchItem::Heartbeat(cursor)))).await.is_err() {
