@@ -18,6 +18,7 @@ conformance!(
     the_audit_chain_detects_tampering,
     health_and_reflection_are_served,
     refused_writes_among_concurrent_ones_change_nothing,
+    reads_reflect_every_committed_write,
 );
 use tonic::Code;
 
@@ -615,4 +616,96 @@ async fn refused_writes_among_concurrent_ones_change_nothing(db: TestDb) {
         .into_inner()
         .models;
     assert_eq!(models.len(), 1, "no model was created by a refused write");
+}
+
+/// A version read before a write is never served stale after it: stage
+/// moves (its own and a superseding one), alias moves and evaluations all
+/// show in the next read (the SQLite server caches versions).
+async fn reads_reflect_every_committed_write(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let mut c = app.client.clone();
+    create_model(&mut c, "fresh").await;
+    register(&mut c, "fresh", Stage::None).await;
+    register(&mut c, "fresh", Stage::Staging).await;
+    let get = |c: &mut modelreg_client::RegistryClient, version: i64| {
+        let mut c = c.clone();
+        async move {
+            c.get_version(pb::GetVersionRequest {
+                model: "fresh".into(),
+                version,
+                alias: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .version
+            .unwrap()
+        }
+    };
+    assert_eq!(get(&mut c, 1).await.stage, Stage::None as i32);
+
+    modelreg_tests::transition(&mut c, "fresh", 1, Stage::Staging)
+        .await
+        .unwrap();
+    assert_eq!(get(&mut c, 1).await.stage, Stage::Staging as i32);
+
+    c.set_alias(pb::SetAliasRequest {
+        model: "fresh".into(),
+        alias: "champion".into(),
+        version: 1,
+    })
+    .await
+    .unwrap();
+    assert_eq!(get(&mut c, 1).await.aliases, vec!["champion".to_string()]);
+
+    c.create_evaluation_set(pb::CreateEvaluationSetRequest {
+        name: "hold".into(),
+        version: "v1".into(),
+        uri: "s3://d/h".into(),
+        digest: format!("sha256:{}", "a".repeat(64)),
+        metrics: vec![pb::MetricDefinition {
+            name: "auc".into(),
+            higher_is_better: true,
+        }],
+        description: String::new(),
+    })
+    .await
+    .unwrap();
+    c.attach_evaluation(pb::AttachEvaluationRequest {
+        model: "fresh".into(),
+        version: 1,
+        evaluation_set: Some(pb::EvaluationSetRef {
+            name: "hold".into(),
+            version: "v1".into(),
+        }),
+        evaluator_version: "1".into(),
+        metrics: HashMap::from([("auc".to_string(), 0.8)]),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(get(&mut c, 1).await.evaluations.len(), 1);
+
+    modelreg_tests::transition(&mut c, "fresh", 1, Stage::Production)
+        .await
+        .unwrap();
+    assert_eq!(get(&mut c, 1).await.stage, Stage::Production as i32);
+    modelreg_tests::transition(&mut c, "fresh", 2, Stage::Production)
+        .await
+        .unwrap();
+    assert_eq!(
+        get(&mut c, 1).await.stage,
+        Stage::Archived as i32,
+        "superseded"
+    );
+
+    c.set_alias(pb::SetAliasRequest {
+        model: "fresh".into(),
+        alias: "champion".into(),
+        version: 2,
+    })
+    .await
+    .unwrap();
+    assert!(get(&mut c, 1).await.aliases.is_empty());
+    assert_eq!(get(&mut c, 2).await.aliases, vec!["champion".to_string()]);
 }

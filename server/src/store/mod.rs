@@ -15,6 +15,7 @@
 
 #[macro_use]
 mod sql;
+mod cache;
 mod ops;
 mod postgres;
 mod sqlite;

@@ -100,6 +100,11 @@ impl PgStore {
         &self.pool
     }
 
+    /// No cache: another replica's writes would not invalidate it.
+    fn version_cache(&self) -> Option<&super::cache::VersionCache> {
+        None
+    }
+
     /// One transaction per write, on a task of its own; replicas serialize
     /// where they must through row locks (see the module documentation).
     async fn run_write<R, F>(&self, write: F) -> Result<R>
@@ -223,6 +228,9 @@ sql_backend! {
 }
 
 impl PgTx {
+    /// Events need no bookkeeping here: replicas learn of them from the log.
+    fn note_event(&mut self, _event: &crate::domain::Event) {}
+
     /// The end of the log, locked until commit: no other transaction can
     /// assign a sequence until this one has committed.
     async fn head(&mut self) -> Result<(u64, String)> {

@@ -73,9 +73,12 @@ pub const EVALUATION_COLUMNS: &str = "model, version, set_name, set_version, eva
 /// Implements [`super::Db`] for `$store` and [`super::Tx`] for `$tx` (a
 /// newtype over `sqlx::Transaction<'static, $db>`).
 ///
-/// `$store` must have `fn readers(&self) -> &sqlx::Pool<$db>` and
+/// `$store` must have `fn readers(&self) -> &sqlx::Pool<$db>`,
+/// `fn version_cache(&self) -> Option<&VersionCache>` and
 /// `async fn run_write(&self, write) -> Result<R>` (see [`super::Db::write`]);
-/// `$tx` must have `async fn head(&mut self)` and `async fn set_head(&mut self,
+/// `$tx` must have `fn note_event(&mut self, &Event)` (called for each event
+/// appended) and
+/// `async fn head(&mut self)` and `async fn set_head(&mut self,
 /// sequence, hash)`, which read and move the end of the log in the way the
 /// backend keeps it.
 macro_rules! sql_backend {
@@ -333,7 +336,16 @@ macro_rules! sql_backend {
             }
 
             async fn fetch_version(&self, model: &str, version: i64) -> Result<Option<Version>> {
-                fetch_version_with(self.readers(), model, version).await
+                let cache = self.version_cache();
+                if let Some(v) = cache.and_then(|c| c.get(model, version)) {
+                    return Ok(Some(v));
+                }
+                let generation = cache.map(|c| c.generation(model));
+                let found = fetch_version_with(self.readers(), model, version).await?;
+                if let (Some(cache), Some(generation), Some(v)) = (cache, generation, &found) {
+                    cache.insert(generation, v.clone());
+                }
+                Ok(found)
             }
 
             async fn alias_target(&self, model: &str, alias: &str) -> Result<Option<i64>> {
@@ -818,6 +830,7 @@ macro_rules! sql_backend {
             }
 
             async fn insert_event(&mut self, e: &Event) -> Result<()> {
+                self.note_event(e);
                 let sql = format!(
                     "INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
                 );

@@ -25,6 +25,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::store::WriteFuture;
+use crate::store::cache::VersionCache;
 
 /// Readers in the pool: enough for concurrent RPCs and watchers on 2 cores.
 const READERS: u32 = 8;
@@ -64,15 +65,28 @@ pub struct SqliteStore {
     readers: SqlitePool,
     /// The writer task's queue.
     jobs: mpsc::Sender<Job>,
+    /// Versions read recently; the writer invalidates what it changes.
+    cache: Arc<VersionCache>,
 }
 
 /// One write transaction on the writer connection, with the end of the log
 /// (last sequence and hash) as this transaction sees it. The one writer keeps
 /// the end of the log in memory instead of in a table: no other process
 /// writes, so it saves two statements per write.
-pub struct SqliteTx(sqlx::Transaction<'static, sqlx::Sqlite>, (u64, String));
+pub struct SqliteTx(
+    sqlx::Transaction<'static, sqlx::Sqlite>,
+    (u64, String),
+    /// The models this transaction's events name, to invalidate on commit.
+    Vec<String>,
+);
 
 impl SqliteTx {
+    fn note_event(&mut self, event: &crate::domain::Event) {
+        if !self.2.contains(&event.model) {
+            self.2.push(event.model.clone());
+        }
+    }
+
     async fn head(&mut self) -> Result<(u64, String)> {
         Ok(self.1.clone())
     }
@@ -137,12 +151,20 @@ impl SqliteStore {
             .unwrap_or((0, crate::audit::GENESIS_HASH.to_owned()));
         let (tx, rx) = watch::channel(head.0);
         let (jobs, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(write_batches(writer.clone(), queue, Arc::new(tx), head));
+        let cache = Arc::new(VersionCache::default());
+        tokio::spawn(write_batches(
+            writer.clone(),
+            queue,
+            Arc::new(tx),
+            head,
+            cache.clone(),
+        ));
         Ok((
             SqliteStore {
                 writer,
                 readers,
                 jobs,
+                cache,
             },
             rx,
         ))
@@ -156,6 +178,10 @@ impl SqliteStore {
 
     fn readers(&self) -> &SqlitePool {
         &self.readers
+    }
+
+    fn version_cache(&self) -> Option<&VersionCache> {
+        Some(&self.cache)
     }
 
     /// Queues `write` for the writer task and waits for its durable answer.
@@ -217,10 +243,11 @@ async fn write_batches(
     mut queue: mpsc::Receiver<Job>,
     latest: Arc<watch::Sender<u64>>,
     mut head: (u64, String),
+    cache: Arc<VersionCache>,
 ) {
     while let Some(first) = queue.recv().await {
         let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
-            Ok(tx) => SqliteTx(tx, head.clone()),
+            Ok(tx) => SqliteTx(tx, head.clone(), Vec::new()),
             Err(e) => {
                 let message = e.to_string();
                 let mut failed = vec![first];
@@ -270,6 +297,7 @@ async fn write_batches(
             next = queue.try_recv().ok();
         }
         let batch_head = tx.1.clone();
+        let touched = std::mem::take(&mut tx.2);
         let failure = match poison {
             Some(e) => {
                 let _ = tx.0.rollback().await;
@@ -279,6 +307,8 @@ async fn write_batches(
         };
         if failure.is_none() {
             head = batch_head;
+            // Before anyone learns of the commit, so no one can read it stale.
+            cache.invalidate(touched.iter().map(String::as_str));
         }
         if let Some(e) = &failure {
             tracing::error!(error = %e, writes = staged.len(), "a batch of writes failed to commit");
