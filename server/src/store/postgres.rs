@@ -223,6 +223,8 @@ sql_backend! {
         'report_uri', e.report_uri, 'created_by', e.created_by, 'create_time', e.create_time) \
         ORDER BY e.create_time, e.set_name, e.set_version, e.evaluator_version)::text \
         FROM evaluations e WHERE e.model = v.model AND e.version = v.version), '[]')",
+    // PostgreSQL streams rows in batches already.
+    events_as_one_row: None,
     lock_model: Some("SELECT name FROM models WHERE name = $1 FOR UPDATE"),
     lock_key: Some("SELECT pg_advisory_xact_lock(hashtext($1))"),
 }

@@ -90,6 +90,7 @@ macro_rules! sql_backend {
         model_aliases: $model_aliases:expr,
         version_aliases: $version_aliases:expr,
         version_evaluations: $version_evaluations:expr,
+        events_as_one_row: $events_as_one_row:expr,
         lock_model: $lock_model:expr,
         lock_key: $lock_key:expr $(,)?
     ) => {
@@ -191,6 +192,63 @@ macro_rules! sql_backend {
                     })
                     .collect(),
             })
+        }
+
+        /// One event as the one-row page aggregates it.
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)] // unused by backends that read rows
+        struct EventJson {
+            sequence: i64,
+            r#type: String,
+            model: String,
+            version: i64,
+            from_stage: Option<String>,
+            to_stage: Option<String>,
+            cause: Option<String>,
+            actor: String,
+            comment: String,
+            occur_time: i64,
+            details: serde_json::Value,
+            transition_request_id: String,
+            prev_hash: String,
+            hash: String,
+        }
+
+        impl EventJson {
+            #[allow(dead_code)]
+            fn into_event(self) -> Result<Event> {
+                let stage = |s: Option<String>| -> Result<Option<Stage>> {
+                    s.map(|s| {
+                        Stage::from_db(&s)
+                            .ok_or_else(|| Error::Internal(format!("unknown stage {s:?}")))
+                    })
+                    .transpose()
+                };
+                Ok(Event {
+                    sequence: self.sequence as u64,
+                    kind: EventKind::from_db(&self.r#type).ok_or_else(|| {
+                        Error::Internal(format!("unknown event type {:?}", self.r#type))
+                    })?,
+                    model: self.model,
+                    version: self.version,
+                    from_stage: stage(self.from_stage)?,
+                    to_stage: stage(self.to_stage)?,
+                    cause: self
+                        .cause
+                        .map(|c| {
+                            Cause::from_db(&c)
+                                .ok_or_else(|| Error::Internal(format!("unknown cause {c:?}")))
+                        })
+                        .transpose()?,
+                    actor: self.actor,
+                    comment: self.comment,
+                    occur_time: self.occur_time,
+                    details: self.details,
+                    transition_request_id: self.transition_request_id,
+                    prev_hash: self.prev_hash,
+                    hash: self.hash,
+                })
+            }
         }
 
         fn event_from_row(row: &$row) -> Result<Event> {
@@ -493,6 +551,28 @@ macro_rules! sql_backend {
                 }
                 binds.push(Bind::Int(limit as i64));
                 sql.push_str(&format!(" ORDER BY sequence LIMIT ${}", binds.len()));
+                let one_row: Option<&str> = $events_as_one_row;
+                if let Some(wrapper) = one_row {
+                    // The whole page as one JSON row: one hand-off from the
+                    // driver's thread instead of one per event.
+                    let sql = wrapper.replace("{page}", &sql);
+                    let page: Option<String> = bind_all(sqlx::query(&sql), binds)
+                        .fetch_one(self.readers())
+                        .await
+                        .map_err(db_err)?
+                        .try_get(0)
+                        .map_err(db_err)?;
+                    let Some(page) = page else {
+                        return Ok(Vec::new());
+                    };
+                    let mut events = serde_json::from_str::<Vec<EventJson>>(&page)
+                        .map_err(json_err)?
+                        .into_iter()
+                        .map(EventJson::into_event)
+                        .collect::<Result<Vec<_>>>()?;
+                    events.sort_by_key(|e| e.sequence);
+                    return Ok(events);
+                }
                 let rows = bind_all(sqlx::query(&sql), binds)
                     .fetch_all(self.readers())
                     .await

@@ -340,6 +340,10 @@ sql_backend! {
         'report_uri', e.report_uri, 'created_by', e.created_by, 'create_time', e.create_time)) FROM \
         (SELECT * FROM evaluations e WHERE e.model = v.model AND e.version = v.version \
          ORDER BY e.create_time, e.set_name, e.set_version, e.evaluator_version) e), '[]')",
+    events_as_one_row: Some("SELECT json_group_array(json_object('sequence', sequence, 'type', type, \
+        'model', model, 'version', version, 'from_stage', from_stage, 'to_stage', to_stage, 'cause', cause, \
+        'actor', actor, 'comment', comment, 'occur_time', occur_time, 'details', json(details), \
+        'transition_request_id', transition_request_id, 'prev_hash', prev_hash, 'hash', hash)) FROM ({page})"),
     // BEGIN IMMEDIATE already holds the database's one write lock.
     lock_model: None,
     lock_key: None,
