@@ -242,9 +242,21 @@ async fn a_stalled_watcher_loses_nothing_and_blocks_no_writer(db: TestDb) {
     }
     assert_exact_log("stalled watcher", &got, &log);
 
-    // A late watcher replays the whole long log from any cursor.
+    // A late watcher replays the whole long log from any cursor: first from
+    // the server's in-memory tail, then, after a restart (which starts the
+    // tail at the end), from the database in pages.
+    replay_matches_log(&app.client, &log).await;
+    let db = app.stop().await;
+    let app = spawn_app(&db).await;
+    replay_matches_log(&app.client, &log).await;
+}
+
+/// Watches from sequence 0 and from 1,234 and checks each stream replays
+/// exactly the rest of `log` before its first heartbeat.
+async fn replay_matches_log(client: &RegistryClient, log: &[pb::RegistryEvent]) {
     for start in [0u64, 1234] {
-        let mut late = c
+        let mut late = client
+            .clone()
             .watch_transitions(pb::WatchTransitionsRequest {
                 after_sequence: Some(start),
                 ..Default::default()
