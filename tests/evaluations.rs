@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use modelreg_client::errors::violated_fields;
 use modelreg_client::{RegistryClient, pb};
 use modelreg_tests::{
-    TestDb, all_events, conformance, create_model, list_events, register, spawn_app, transition,
+    TestDb, all_events, all_pages, conformance, create_model, list_events, register, spawn_app,
+    transition,
 };
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -163,27 +164,26 @@ async fn evaluation_sets_are_immutable_and_idempotent(db: TestDb) {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
-    let mut names = Vec::new();
-    let mut req = pb::ListEvaluationSetsRequest {
-        page_size: 1,
-        ..Default::default()
-    };
-    loop {
-        let resp = c
-            .list_evaluation_sets(req.clone())
-            .await
-            .unwrap()
-            .into_inner();
-        names.extend(
-            resp.evaluation_sets
+    let names: Vec<String> = all_pages(|page_token| {
+        let mut c = c.clone();
+        async move {
+            let resp = c
+                .list_evaluation_sets(pb::ListEvaluationSetsRequest {
+                    page_size: 1,
+                    page_token,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let names = resp
+                .evaluation_sets
                 .into_iter()
-                .map(|s| format!("{}@{}", s.name, s.version)),
-        );
-        if resp.next_page_token.is_empty() {
-            break;
+                .map(|s| format!("{}@{}", s.name, s.version));
+            (names.collect(), resp.next_page_token)
         }
-        req.page_token = resp.next_page_token;
-    }
+    })
+    .await;
     assert_eq!(names, ["canary@v1", "holdout@v1", "holdout@v2"]);
     let only = c
         .list_evaluation_sets(pb::ListEvaluationSetsRequest {
@@ -610,22 +610,24 @@ async fn metric_history_is_ordered_by_version(db: TestDb) {
     attach(c, 4, "v2", "1.0", 0.99, 10.0).await;
     attach(c, 2, "v1", "1.0", 0.91, 45.0).await;
 
-    let mut history = Vec::new();
-    let mut req = pb::ListEvaluationsRequest {
-        model: "fraud".into(),
-        evaluation_set: set_ref("v1"),
-        metric: "accuracy".into(),
-        page_size: 2,
-        page_token: String::new(),
-    };
-    loop {
-        let resp = c.list_evaluations(req.clone()).await.unwrap().into_inner();
-        history.extend(resp.evaluations);
-        if resp.next_page_token.is_empty() {
-            break;
+    let history = all_pages(|page_token| {
+        let mut c = c.clone();
+        async move {
+            let resp = c
+                .list_evaluations(pb::ListEvaluationsRequest {
+                    model: "fraud".into(),
+                    evaluation_set: set_ref("v1"),
+                    metric: "accuracy".into(),
+                    page_size: 2,
+                    page_token,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            (resp.evaluations, resp.next_page_token)
         }
-        req.page_token = resp.next_page_token;
-    }
+    })
+    .await;
     let points: Vec<(i64, f64)> = history
         .iter()
         .map(|e| (e.version, e.metrics["accuracy"]))

@@ -5,7 +5,8 @@ use std::collections::{HashMap, HashSet};
 
 use modelreg_client::pb::{self, Stage};
 use modelreg_tests::{
-    Engine, TestDb, all_events, conformance, create_model, list_events, register, spawn_app,
+    Engine, TestDb, all_events, all_pages, conformance, create_model, list_events, register,
+    spawn_app,
 };
 
 conformance!(
@@ -170,21 +171,21 @@ async fn list_models_paginates_and_filters(db: TestDb) {
     expected.push("other".into());
     assert_eq!(names, expected);
 
-    let mut fraud = Vec::new();
-    let mut req = page("tags.team=fraud AND name:model-*");
-    loop {
-        let resp = app
-            .client
-            .list_models(req.clone())
-            .await
-            .unwrap()
-            .into_inner();
-        fraud.extend(resp.models.into_iter().map(|m| m.name));
-        if resp.next_page_token.is_empty() {
-            break;
+    let fraud: Vec<String> = all_pages(|page_token| {
+        let mut c = app.client.clone();
+        let req = pb::ListModelsRequest {
+            page_token,
+            ..page("tags.team=fraud AND name:model-*")
+        };
+        async move {
+            let resp = c.list_models(req).await.unwrap().into_inner();
+            (
+                resp.models.into_iter().map(|m| m.name).collect(),
+                resp.next_page_token,
+            )
         }
-        req.page_token = resp.next_page_token;
-    }
+    })
+    .await;
     let expected: Vec<String> = (0..23)
         .filter(|i| i % 3 == 0)
         .map(|i| format!("model-{i:02}"))
@@ -386,19 +387,19 @@ async fn list_versions_and_events_filter_and_page(db: TestDb) {
         .collect();
     assert_eq!(staged, vec![1, 4, 7, 10]);
 
-    let mut paged = Vec::new();
-    let mut req = pb::ListEventsRequest {
-        page_size: 4,
-        ..Default::default()
-    };
-    loop {
-        let resp = alice.list_events(req.clone()).await.unwrap().into_inner();
-        paged.extend(resp.events);
-        if resp.next_page_token.is_empty() {
-            break;
+    let paged = all_pages(|page_token| {
+        let mut c = alice.clone();
+        async move {
+            let req = pb::ListEventsRequest {
+                page_size: 4,
+                page_token,
+                ..Default::default()
+            };
+            let resp = c.list_events(req).await.unwrap().into_inner();
+            (resp.events, resp.next_page_token)
         }
-        req.page_token = resp.next_page_token;
-    }
+    })
+    .await;
     assert_eq!(paged, all_events(&mut alice).await);
 
     let bobs = list_events(

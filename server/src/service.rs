@@ -308,18 +308,13 @@ impl ModelRegistryService for RegistryService {
                 implied
             }
         };
-        let mut update = ModelUpdate {
-            name: Name::parse("name", "placeholder").expect("valid"),
-            description: None,
-            tags: None,
-            etag: None,
-        };
+        let (mut description, mut tags) = (None, None);
         for path in &paths {
             match path.as_str() {
                 "description" => {
-                    update.description = v.take(domain::parse_text("description", &r.description))
+                    description = v.take(domain::parse_text("description", &r.description))
                 }
-                "tags" => update.tags = v.take(domain::parse_tags("tags", &to_btree(&r.tags))),
+                "tags" => tags = v.take(domain::parse_tags("tags", &to_btree(&r.tags))),
                 "policy" => {}
                 other => v.add(
                     "update_mask",
@@ -340,8 +335,12 @@ impl ModelRegistryService for RegistryService {
         if paths.iter().any(|p| p == "policy") {
             return Err(Error::Unimplemented("setting a model policy").into());
         }
-        update.name = name.expect("checked");
-        update.etag = etag.expect("checked");
+        let update = ModelUpdate {
+            name: name.expect("checked"),
+            description,
+            tags,
+            etag: etag.expect("checked"),
+        };
         let model = self.store.update_model(update, actor).await?;
         Ok(Response::new(pb::UpdateModelResponse {
             model: Some(model_to_pb(model)),
@@ -769,22 +768,10 @@ impl ModelRegistryService for RegistryService {
             }
         };
         let (model, set) = (model.expect("checked"), set.expect("checked"));
-        if !r.metric.is_empty() {
-            let defined = self.store.get_evaluation_set(&set).await?;
-            if !defined.metrics.iter().any(|m| m.name == r.metric) {
-                return Err(Error::invalid(
-                    "metric",
-                    format!(
-                        "{:?} is not a metric of evaluation set {set}",
-                        domain::truncate(&r.metric, 64)
-                    ),
-                )
-                .into());
-            }
-        }
-        let (mut evaluations, more) = self
+        let metric = (!r.metric.is_empty()).then_some(r.metric.as_str());
+        let (evaluations, more) = self
             .store
-            .list_evaluations(&model, &set, after, size.expect("checked"))
+            .list_evaluations(&model, &set, metric, after, size.expect("checked"))
             .await?;
         let next_page_token = match (more, evaluations.last()) {
             (true, Some(last)) => page_token::encode(
@@ -794,11 +781,6 @@ impl ModelRegistryService for RegistryService {
             ),
             _ => String::new(),
         };
-        if !r.metric.is_empty() {
-            for e in &mut evaluations {
-                e.metrics.retain(|k, _| *k == r.metric);
-            }
-        }
         Ok(Response::new(pb::ListEvaluationsResponse {
             evaluations: evaluations.into_iter().map(evaluation_to_pb).collect(),
             next_page_token,

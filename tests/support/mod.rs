@@ -314,19 +314,41 @@ pub async fn list_events(
     client: &mut RegistryClient,
     mut req: pb::ListEventsRequest,
 ) -> Vec<pb::RegistryEvent> {
-    let mut out = Vec::new();
     req.page_size = 1000;
-    loop {
-        let resp = client
-            .list_events(req.clone())
-            .await
-            .expect("list events")
-            .into_inner();
-        out.extend(resp.events);
-        if resp.next_page_token.is_empty() {
-            return out;
+    all_pages(|page_token| {
+        let mut client = client.clone();
+        let req = pb::ListEventsRequest {
+            page_token,
+            ..req.clone()
+        };
+        async move {
+            let resp = client
+                .list_events(req)
+                .await
+                .expect("list events")
+                .into_inner();
+            (resp.events, resp.next_page_token)
         }
-        req.page_token = resp.next_page_token;
+    })
+    .await
+}
+
+/// Every item of a paged list, first page to last: `fetch(page_token)`
+/// returns one page and the next page token (empty on the last page).
+pub async fn all_pages<T, F, Fut>(mut fetch: F) -> Vec<T>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = (Vec<T>, String)>,
+{
+    let mut items = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (page, next) = fetch(token).await;
+        items.extend(page);
+        if next.is_empty() {
+            return items;
+        }
+        token = next;
     }
 }
 

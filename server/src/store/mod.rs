@@ -312,15 +312,9 @@ where
         .map_err(|e| Error::Internal(format!("write task failed: {e}")))?
 }
 
-/// Calls `ops::$op(db, args…)` on whichever backend is in use, as a write.
-macro_rules! write_op {
-    ($self:ident, $op:ident ( $($arg:expr),* )) => {
-        read_op!($self, $op($($arg),*))
-    };
-}
-
-/// Calls `ops::$op(db, args…)` on whichever backend is in use, as a read.
-macro_rules! read_op {
+/// Calls `ops::$op(db, args…)` on whichever backend is in use. Writes are
+/// detached from the caller inside `Db::write`, so reads and writes dispatch alike.
+macro_rules! op {
     ($self:ident, $op:ident ( $($arg:expr),* )) => {{
         match &$self.backend {
             Backend::Sqlite(db) => ops::$op(db, $($arg),*).await,
@@ -383,12 +377,12 @@ impl Store {
 
     /// Creates a model.
     pub async fn create_model(&self, new: NewModel, actor: Actor) -> Result<Model> {
-        write_op!(self, create_model(new, actor))
+        op!(self, create_model(new, actor))
     }
 
     /// Reads a model.
     pub async fn get_model(&self, name: &Name) -> Result<Model> {
-        read_op!(self, get_model(name.as_str()))
+        op!(self, get_model(name.as_str()))
     }
 
     /// One page of models in name order after `after`; `true` if more follow.
@@ -398,22 +392,22 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<Model>, bool)> {
-        read_op!(self, list_models(filter, after, limit))
+        op!(self, list_models(filter, after, limit))
     }
 
     /// Changes a model's description or tags.
     pub async fn update_model(&self, update: ModelUpdate, actor: Actor) -> Result<Model> {
-        write_op!(self, update_model(update, actor))
+        op!(self, update_model(update, actor))
     }
 
     /// Registers a version (or returns the original on a request-id retry).
     pub async fn register_version(&self, new: NewVersion, actor: Actor) -> Result<Version> {
-        write_op!(self, register_version(new, actor))
+        op!(self, register_version(new, actor))
     }
 
     /// Reads a version.
     pub async fn get_version(&self, model: &Name, which: &VersionRef) -> Result<Version> {
-        read_op!(self, get_version(model.as_str(), which))
+        op!(self, get_version(model.as_str(), which))
     }
 
     /// One page of versions in ascending order after `after`; `true` if more follow.
@@ -424,7 +418,7 @@ impl Store {
         after: i64,
         limit: usize,
     ) -> Result<(Vec<Version>, bool)> {
-        read_op!(self, list_versions(model.as_str(), stage, after, limit))
+        op!(self, list_versions(model.as_str(), stage, after, limit))
     }
 
     /// Points an alias at a version.
@@ -435,17 +429,17 @@ impl Store {
         version: i64,
         actor: Actor,
     ) -> Result<Model> {
-        write_op!(self, set_alias(model, alias, version, actor))
+        op!(self, set_alias(model, alias, version, actor))
     }
 
     /// Removes an alias.
     pub async fn delete_alias(&self, model: Name, alias: AliasName, actor: Actor) -> Result<Model> {
-        write_op!(self, delete_alias(model, alias, actor))
+        op!(self, delete_alias(model, alias, actor))
     }
 
     /// Applies a stage move under the lifecycle rules.
     pub async fn transition(&self, change: StageChange, actor: Actor) -> Result<Version> {
-        write_op!(self, transition(change, actor))
+        op!(self, transition(change, actor))
     }
 
     /// Events matching `filter` with sequence in `(after, upto]`, at most
@@ -469,12 +463,12 @@ impl Store {
         set: EvaluationSet,
         actor: Actor,
     ) -> Result<EvaluationSet> {
-        write_op!(self, create_evaluation_set(set, actor))
+        op!(self, create_evaluation_set(set, actor))
     }
 
     /// Reads an evaluation set version.
     pub async fn get_evaluation_set(&self, set: &SetRef) -> Result<EvaluationSet> {
-        read_op!(self, get_evaluation_set(set))
+        op!(self, get_evaluation_set(set))
     }
 
     /// One page of evaluation sets; `true` if more follow.
@@ -484,32 +478,37 @@ impl Store {
         after: Option<&SetRef>,
         limit: usize,
     ) -> Result<(Vec<EvaluationSet>, bool)> {
-        read_op!(self, list_evaluation_sets(name, after, limit))
+        op!(self, list_evaluation_sets(name, after, limit))
     }
 
     /// Attaches an evaluation (or returns the identical existing one).
     pub async fn attach_evaluation(&self, new: NewEvaluation, actor: Actor) -> Result<Evaluation> {
-        write_op!(self, attach_evaluation(new, actor))
+        op!(self, attach_evaluation(new, actor))
     }
 
-    /// One page of a model's evaluations on one set; `true` if more follow.
+    /// One page of a model's evaluations on one set, narrowed to one metric
+    /// if asked; `true` if more follow.
     pub async fn list_evaluations(
         &self,
         model: &Name,
         set: &SetRef,
+        metric: Option<&str>,
         after: Option<(i64, String)>,
         limit: usize,
     ) -> Result<(Vec<Evaluation>, bool)> {
-        read_op!(self, list_evaluations(model.as_str(), set, after, limit))
+        op!(
+            self,
+            list_evaluations(model.as_str(), set, metric, after, limit)
+        )
     }
 
     /// Compares two versions on one set version and evaluator version.
     pub async fn compare(&self, request: &CompareRequest) -> Result<Comparison> {
-        read_op!(self, compare(request))
+        op!(self, compare(request))
     }
 
     /// Re-computes the whole hash chain.
     pub async fn verify_chain(&self) -> Result<ChainReport> {
-        read_op!(self, verify_chain())
+        op!(self, verify_chain())
     }
 }

@@ -720,15 +720,33 @@ pub async fn list_evaluations<D: Db>(
     db: &D,
     model: &str,
     set: &SetRef,
+    metric: Option<&str>,
     after: Option<(i64, String)>,
     limit: usize,
 ) -> Result<(Vec<Evaluation>, bool)> {
     get_model(db, model).await?;
-    get_evaluation_set(db, set).await?;
-    Ok(page(
+    let defined = get_evaluation_set(db, set).await?;
+    if let Some(metric) = metric
+        && !defined.metrics.iter().any(|m| m.name == metric)
+    {
+        return Err(Error::invalid(
+            "metric",
+            format!(
+                "{:?} is not a metric of evaluation set {set}",
+                crate::domain::truncate(metric, 64)
+            ),
+        ));
+    }
+    let (mut evaluations, more) = page(
         db.list_evaluations(model, set, after, limit + 1).await?,
         limit,
-    ))
+    );
+    if let Some(metric) = metric {
+        for e in &mut evaluations {
+            e.metrics.retain(|k, _| k == metric);
+        }
+    }
+    Ok((evaluations, more))
 }
 
 pub async fn compare<D: Db>(db: &D, req: &CompareRequest) -> Result<Comparison> {

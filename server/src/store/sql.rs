@@ -5,6 +5,7 @@
 //! the commit notification are taken. Errors map to domain errors here and
 //! nowhere else: database text never reaches a caller.
 
+use crate::domain::{Cause, Event, EventKind, Stage};
 use crate::error::Error;
 
 /// Maps a database error: connection-level failures may be retried, anything
@@ -62,6 +63,72 @@ SELECT v.model, v.version, v.artifact_uri, v.artifact_digest, v.source, v.traini
 pub const EVENT_COLUMNS: &str = "sequence, type, model, version, from_stage, to_stage, cause, actor, comment, \
      occur_time, details, transition_request_id, prev_hash, hash";
 
+/// One evaluation as a version select aggregates it into JSON.
+#[derive(serde::Deserialize)]
+pub struct EvaluationJson {
+    pub set_name: String,
+    pub set_version: String,
+    pub evaluator_version: String,
+    pub metrics: std::collections::BTreeMap<String, f64>,
+    pub report_uri: String,
+    pub created_by: String,
+    pub create_time: i64,
+}
+
+/// One event as a page read in one row aggregates it into JSON.
+#[derive(serde::Deserialize)]
+pub struct EventJson {
+    sequence: i64,
+    r#type: String,
+    model: String,
+    version: i64,
+    from_stage: Option<String>,
+    to_stage: Option<String>,
+    cause: Option<String>,
+    actor: String,
+    comment: String,
+    occur_time: i64,
+    details: serde_json::Value,
+    transition_request_id: String,
+    prev_hash: String,
+    hash: String,
+}
+
+impl EventJson {
+    /// The domain event, refusing values the schema does not allow.
+    pub fn into_event(self) -> Result<Event, Error> {
+        let stage = |s: Option<String>| -> Result<Option<Stage>, Error> {
+            s.map(|s| {
+                Stage::from_db(&s).ok_or_else(|| Error::Internal(format!("unknown stage {s:?}")))
+            })
+            .transpose()
+        };
+        Ok(Event {
+            sequence: self.sequence as u64,
+            kind: EventKind::from_db(&self.r#type)
+                .ok_or_else(|| Error::Internal(format!("unknown event type {:?}", self.r#type)))?,
+            model: self.model,
+            version: self.version,
+            from_stage: stage(self.from_stage)?,
+            to_stage: stage(self.to_stage)?,
+            cause: self
+                .cause
+                .map(|c| {
+                    Cause::from_db(&c)
+                        .ok_or_else(|| Error::Internal(format!("unknown cause {c:?}")))
+                })
+                .transpose()?,
+            actor: self.actor,
+            comment: self.comment,
+            occur_time: self.occur_time,
+            details: self.details,
+            transition_request_id: self.transition_request_id,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        })
+    }
+}
+
 /// The columns of an evaluation set, in insert order.
 pub const EVALUATION_SET_COLUMNS: &str =
     "name, version, uri, digest, metrics, description, created_by, create_time";
@@ -104,8 +171,8 @@ macro_rules! sql_backend {
         };
         use $crate::error::{Error, Result};
         use $crate::store::sql::{
-            Bind, EVALUATION_COLUMNS, EVALUATION_SET_COLUMNS, EVENT_COLUMNS, MODEL_COLUMNS,
-            VERSION_COLUMNS, db_err, json_err, placeholders,
+            Bind, EVALUATION_COLUMNS, EVALUATION_SET_COLUMNS, EVENT_COLUMNS, EvaluationJson,
+            EventJson, MODEL_COLUMNS, VERSION_COLUMNS, db_err, json_err, placeholders,
         };
         use $crate::store::{Db, ModelFilter, StoredRequest, Tx};
 
@@ -120,17 +187,6 @@ macro_rules! sql_backend {
             )
         }
 
-        /// One evaluation as the version select aggregates it.
-        #[derive(serde::Deserialize)]
-        struct EvaluationJson {
-            set_name: String,
-            set_version: String,
-            evaluator_version: String,
-            metrics: BTreeMap<String, f64>,
-            report_uri: String,
-            created_by: String,
-            create_time: i64,
-        }
 
         fn json_col<T: serde::de::DeserializeOwned>(row: &$row, col: &str) -> Result<T> {
             let text: String = row.try_get(col).map_err(db_err)?;
@@ -192,63 +248,6 @@ macro_rules! sql_backend {
                     })
                     .collect(),
             })
-        }
-
-        /// One event as the one-row page aggregates it.
-        #[derive(serde::Deserialize)]
-        #[allow(dead_code)] // unused by backends that read rows
-        struct EventJson {
-            sequence: i64,
-            r#type: String,
-            model: String,
-            version: i64,
-            from_stage: Option<String>,
-            to_stage: Option<String>,
-            cause: Option<String>,
-            actor: String,
-            comment: String,
-            occur_time: i64,
-            details: serde_json::Value,
-            transition_request_id: String,
-            prev_hash: String,
-            hash: String,
-        }
-
-        impl EventJson {
-            #[allow(dead_code)]
-            fn into_event(self) -> Result<Event> {
-                let stage = |s: Option<String>| -> Result<Option<Stage>> {
-                    s.map(|s| {
-                        Stage::from_db(&s)
-                            .ok_or_else(|| Error::Internal(format!("unknown stage {s:?}")))
-                    })
-                    .transpose()
-                };
-                Ok(Event {
-                    sequence: self.sequence as u64,
-                    kind: EventKind::from_db(&self.r#type).ok_or_else(|| {
-                        Error::Internal(format!("unknown event type {:?}", self.r#type))
-                    })?,
-                    model: self.model,
-                    version: self.version,
-                    from_stage: stage(self.from_stage)?,
-                    to_stage: stage(self.to_stage)?,
-                    cause: self
-                        .cause
-                        .map(|c| {
-                            Cause::from_db(&c)
-                                .ok_or_else(|| Error::Internal(format!("unknown cause {c:?}")))
-                        })
-                        .transpose()?,
-                    actor: self.actor,
-                    comment: self.comment,
-                    occur_time: self.occur_time,
-                    details: self.details,
-                    transition_request_id: self.transition_request_id,
-                    prev_hash: self.prev_hash,
-                    hash: self.hash,
-                })
-            }
         }
 
         fn event_from_row(row: &$row) -> Result<Event> {
