@@ -15,6 +15,10 @@ PASSWORD=modelreg
 DATABASE=modelreg
 log() { echo "postgres.sh: $*" >&2; }
 
+# Only the URL goes to stdout (callers capture it): everything the tools print
+# (pg_ctlcluster says "Removed stale pid file.", for one) goes to stderr, and
+# no server started here keeps the caller's pipe open.
+{
 as_postgres() {
     if [ "$(id -un)" = postgres ]; then "$@"; else runuser -u postgres -- "$@"; fi
 }
@@ -43,6 +47,13 @@ if [ "${MODELREG_PG_THROWAWAY:-0}" != 1 ] && command -v pg_lsclusters >/dev/null
     read -r VERSION CLUSTER PORT STATUS _ < <(pg_lsclusters -h | head -n1)
     if [ "$STATUS" != online ]; then
         log "starting cluster $VERSION/$CLUSTER on port $PORT"
+        # A machine stopped without shutting PostgreSQL down leaves a socket
+        # lock naming a process that no longer exists: it would refuse to start.
+        lock=/var/run/postgresql/.s.PGSQL.$PORT.lock
+        if [ -f "$lock" ] && ! kill -0 "$(head -n1 "$lock")" 2>/dev/null; then
+            log "removing stale $lock"
+            rm -f "$lock"
+        fi
         pg_ctlcluster "$VERSION" "$CLUSTER" start
     fi
 else
@@ -84,4 +95,5 @@ SQL
 if [ -z "$(psql_admin -tAc "SELECT 1 FROM pg_database WHERE datname = '$DATABASE'")" ]; then
     psql_admin -c "CREATE DATABASE $DATABASE OWNER $ROLE" >/dev/null
 fi
+} >&2
 echo "postgres://$ROLE:$PASSWORD@$HOST:$PORT/$DATABASE"

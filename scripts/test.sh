@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ -z "${MODELREG_TEST_POSTGRES_URL:-}" ]; then
-    if url=$(bash scripts/postgres.sh); then
+    if url=$(bash scripts/postgres.sh) && [[ "$url" == postgres://* ]]; then
         export MODELREG_TEST_POSTGRES_URL="$url"
     elif [ "${MODELREG_REQUIRE_POSTGRES:-0}" = 1 ]; then
         echo "test.sh: PostgreSQL is required but could not be started" >&2
