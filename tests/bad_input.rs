@@ -447,7 +447,17 @@ async fn missing_and_duplicate_resources(db: TestDb) {
         })
         .await
         .unwrap_err();
-    assert_eq!(s.code(), Code::Unimplemented);
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    assert!(s.message().contains("no production version"), "{s:?}");
+
+    let s = c
+        .approve_transition(pb::ApproveTransitionRequest {
+            request_id: "known:7".into(),
+            comment: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::NotFound, "{s:?}");
 
     assert_eq!(snapshot(c).await, before);
 }

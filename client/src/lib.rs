@@ -3,11 +3,14 @@
 //!
 //! # Layout
 //!
-//! - [`connect`] / [`ConnectOptions`]: a channel to the server with the
-//!   caller's identity attached to every call.
+//! - [`connect`] / [`ConnectOptions`]: a channel to the server (TLS for
+//!   `https://` URLs, trusting the CA certificate given) with the caller's
+//!   bearer token or local-mode name attached to every call.
 //! - [`names`]: parsing of stage and event-type names as people type them.
 //! - [`json`]: any modelreg message as canonical proto3 JSON, the same shape
 //!   grpcurl and every generated client print.
+//! - [`audit`]: the audit trail read as people ask about it: what each event
+//!   did, and the production timeline of a model.
 //! - [`errors`]: a status with its `BadRequest` / `PreconditionFailure`
 //!   details, written for people.
 //! - [`watch`]: a WatchTransitions stream that reconnects and resumes from the
@@ -17,21 +20,24 @@
 //! set of types on top of them.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod errors;
 pub mod json;
 pub mod names;
 pub mod watch;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 pub use modelreg_api::v1 as pb;
 
-/// The metadata key that names the caller (until bearer tokens are required).
+/// The metadata key that names the caller in local mode (a server with a
+/// token file takes the name from the bearer token instead).
 pub const ACTOR_HEADER: &str = "x-modelreg-actor";
 
 /// The default server address.
@@ -72,6 +78,9 @@ pub struct ConnectOptions {
     pub actor: Option<String>,
     /// A bearer token, sent as `authorization: Bearer …`.
     pub token: Option<String>,
+    /// The PEM certificate of the CA that signed the server's certificate;
+    /// needed for `https://` URLs, and the only root trusted.
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl ConnectOptions {
@@ -81,12 +90,25 @@ impl ConnectOptions {
             server: server.into(),
             actor: None,
             token: None,
+            ca_cert: None,
         }
     }
 
     /// Sets the actor.
     pub fn actor(mut self, actor: impl Into<String>) -> Self {
         self.actor = Some(actor.into());
+        self
+    }
+
+    /// Sets the bearer token.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Sets the CA certificate (PEM file) trusted for `https://` URLs.
+    pub fn ca_cert(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_cert = Some(path.into());
         self
     }
 }
@@ -103,20 +125,48 @@ impl std::fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
-fn endpoint(server: &str) -> Result<Endpoint, ConnectError> {
+fn endpoint(opts: &ConnectOptions) -> Result<Endpoint, ConnectError> {
+    let server = &opts.server;
     let url = if server.contains("://") {
         server.to_owned()
     } else {
         format!("http://{server}")
     };
-    Endpoint::from_shared(url.clone())
+    let endpoint = Endpoint::from_shared(url.clone())
         .map(|e| {
             e.tcp_nodelay(true)
                 .connect_timeout(Duration::from_secs(5))
                 .http2_keep_alive_interval(Duration::from_secs(30))
                 .keep_alive_timeout(Duration::from_secs(10))
         })
-        .map_err(|e| ConnectError(format!("invalid server URL {url:?}: {e}")))
+        .map_err(|e| ConnectError(format!("invalid server URL {url:?}: {e}")))?;
+    let https = url.starts_with("https://");
+    match (&opts.ca_cert, https) {
+        (Some(path), true) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                ConnectError(format!(
+                    "cannot read the CA certificate {}: {e}",
+                    path.display()
+                ))
+            })?;
+            // Only this CA is trusted; no system or bundled roots are built in.
+            let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+            endpoint.tls_config(tls).map_err(|e| {
+                ConnectError(format!(
+                    "TLS with the CA certificate {}: {e}",
+                    path.display()
+                ))
+            })
+        }
+        (None, true) => Err(ConnectError(format!(
+            "{url} uses TLS: pass --ca-cert FILE (MODELREG_CA_CERT), the PEM certificate of the CA that signed the server's certificate"
+        ))),
+        (Some(path), false) => Err(ConnectError(format!(
+            "a CA certificate ({}) was given but {url} is not an https:// URL: use https://HOST:PORT for a TLS server",
+            path.display()
+        ))),
+        (None, false) => Ok(endpoint),
+    }
 }
 
 fn metadata(opts: &ConnectOptions) -> Result<CallMetadata, ConnectError> {
@@ -145,7 +195,7 @@ fn metadata(opts: &ConnectOptions) -> Result<CallMetadata, ConnectError> {
 
 /// Connects to the server now, failing if it cannot be reached.
 pub async fn connect(opts: &ConnectOptions) -> Result<RegistryClient, ConnectError> {
-    let channel = endpoint(&opts.server)?
+    let channel = endpoint(opts)?
         .connect()
         .await
         .map_err(|e| ConnectError(format!("cannot connect to {}: {e}", opts.server)))?;
@@ -154,7 +204,7 @@ pub async fn connect(opts: &ConnectOptions) -> Result<RegistryClient, ConnectErr
 
 /// A client that connects on first use and reconnects by itself.
 pub fn connect_lazy(opts: &ConnectOptions) -> Result<RegistryClient, ConnectError> {
-    let channel = endpoint(&opts.server)?.connect_lazy();
+    let channel = endpoint(opts)?.connect_lazy();
     with_channel(channel, opts)
 }
 

@@ -33,14 +33,27 @@ async fn start_server() -> Server {
 }
 
 async fn modelreg(server: &Server, args: &[&str]) -> Output {
+    modelreg_as(server, "cli-user", args).await
+}
+
+async fn modelreg_as(server: &Server, actor: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_modelreg"))
         .arg("--server")
         .arg(&server.url)
-        .args(["--actor", "cli-user"])
+        .args(["--actor", actor])
         .args(args)
         .output()
         .await
         .expect("run modelreg")
+}
+
+fn ok_text(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "modelreg failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
 }
 
 fn ok_json(out: &Output) -> serde_json::Value {
@@ -53,8 +66,9 @@ fn ok_json(out: &Output) -> serde_json::Value {
 }
 
 /// The README walk-through through the binary: create, register straight into
-/// staging, promote, alias, read back by alias, list events, and watch from
-/// the beginning as JSON lines.
+/// staging, ask for production (a pending request under the default policy),
+/// the requester's own approval refused, a second person's approval, alias,
+/// read back by alias, list events, and watch from the beginning as JSON lines.
 #[tokio::test]
 async fn the_cli_walks_a_model_to_production() {
     let server = start_server().await;
@@ -105,7 +119,7 @@ async fn the_cli_walks_a_model_to_production() {
     assert_eq!(v["created_by"], "cli-user");
     assert_eq!(v["training_metrics"]["auc"], 0.93);
 
-    let moved = ok_json(
+    let asked = ok_json(
         &modelreg(
             &server,
             &[
@@ -120,7 +134,33 @@ async fn the_cli_walks_a_model_to_production() {
         )
         .await,
     );
-    assert_eq!(moved["stage"], "STAGE_PRODUCTION");
+    assert_eq!(asked["id"], "fraud-detector:1");
+    assert_eq!(asked["status"], "TRANSITION_REQUEST_STATUS_PENDING");
+
+    let own = modelreg(&server, &["approve", "fraud-detector:1"]).await;
+    assert!(!own.status.success());
+    let stderr = String::from_utf8_lossy(&own.stderr);
+    assert!(stderr.contains("SELF_APPROVAL"), "{stderr}");
+
+    let approved = ok_json(
+        &modelreg_as(
+            &server,
+            "bob",
+            &[
+                "--json",
+                "approve",
+                "fraud-detector:1",
+                "--comment",
+                "checked",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(
+        approved["request"]["status"],
+        "TRANSITION_REQUEST_STATUS_APPROVED"
+    );
+    assert_eq!(approved["version"]["stage"], "STAGE_PRODUCTION");
 
     ok_json(
         &modelreg(
@@ -152,12 +192,14 @@ async fn the_cli_walks_a_model_to_production() {
             "EVENT_TYPE_MODEL_CREATED",
             "EVENT_TYPE_VERSION_REGISTERED",
             "EVENT_TYPE_STAGE_CHANGED",
+            "EVENT_TYPE_TRANSITION_REQUESTED",
+            "EVENT_TYPE_TRANSITION_APPROVED",
             "EVENT_TYPE_STAGE_CHANGED",
             "EVENT_TYPE_ALIAS_SET",
         ]
     );
 
-    let watched = modelreg(&server, &["watch", "--after", "0", "--count", "5"]).await;
+    let watched = modelreg(&server, &["watch", "--after", "0", "--count", "7"]).await;
     assert!(watched.status.success());
     let lines: Vec<serde_json::Value> = String::from_utf8(watched.stdout)
         .unwrap()
@@ -168,7 +210,7 @@ async fn the_cli_walks_a_model_to_production() {
         .iter()
         .map(|e| e["sequence"].as_u64().unwrap())
         .collect();
-    assert_eq!(sequences, [1, 2, 3, 4, 5]);
+    assert_eq!(sequences, [1, 2, 3, 4, 5, 6, 7]);
 
     let table = modelreg(&server, &["version", "list", "fraud-detector"]).await;
     let text = String::from_utf8(table.stdout).unwrap();
@@ -221,6 +263,14 @@ async fn the_cli_compares_versions_on_an_evaluation_set() {
         }
     };
     run(vec!["model", "create", "fraud"]).await;
+    run(vec![
+        "model",
+        "policy",
+        "fraud",
+        "--approval-stages",
+        "none",
+    ])
+    .await;
     run(vec![
         "evalset",
         "create",
@@ -322,5 +372,189 @@ async fn the_cli_compares_versions_on_an_evaluation_set() {
         &["compare", "fraud", "2", "--set", "holdout@2026-07"],
     )
     .await;
+    assert!(!out.status.success());
+}
+
+/// Governance through the binary: a policy set with flags and shown as a
+/// table, a gate that refuses, the approval inbox, reject and cancel, a
+/// rollback, and the audit trail and production timeline that tell it all.
+#[tokio::test]
+async fn the_cli_governs_policies_requests_rollbacks_and_the_audit_trail() {
+    let server = start_server().await;
+    let alice = |args: Vec<&'static str>| {
+        let server = &server;
+        async move { ok_text(&modelreg_as(server, "alice", &args).await) }
+    };
+    let bob = |args: Vec<&'static str>| {
+        let server = &server;
+        async move { ok_text(&modelreg_as(server, "bob", &args).await) }
+    };
+    alice(vec!["model", "create", "churn"]).await;
+    alice(vec![
+        "evalset",
+        "create",
+        "holdout",
+        "v1",
+        "--uri",
+        "s3://d/holdout/v1",
+        "--digest",
+        "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+        "--metric",
+        "auc:higher",
+    ])
+    .await;
+    let shown = alice(vec![
+        "model",
+        "policy",
+        "churn",
+        "--standard-set",
+        "holdout@v1",
+        "--gate",
+        "auc:min_value=0.8,max_regression=0.01",
+    ])
+    .await;
+    assert!(shown.contains("holdout@v1"), "{shown}");
+    assert!(
+        shown.contains("auc >= 0.8, auc regresses at most 0.01 vs production"),
+        "{shown}"
+    );
+    let approval = shown
+        .lines()
+        .find(|l| l.starts_with("approval required for"));
+    assert!(approval.unwrap().ends_with(" PRODUCTION"), "{shown}");
+
+    for (v, auc) in [("1", "auc=0.9"), ("2", "auc=0.95"), ("3", "auc=0.5")] {
+        alice(vec![
+            "version",
+            "register",
+            "churn",
+            "--artifact-uri",
+            "s3://m/churn",
+            "--stage",
+            "staging",
+        ])
+        .await;
+        alice(vec![
+            "eval",
+            "attach",
+            "churn",
+            v,
+            "--set",
+            "holdout@v1",
+            "--evaluator-version",
+            "1",
+            "--metric",
+            auc,
+        ])
+        .await;
+    }
+    // Version 3 fails its gate: the CLI shows why and exits non-zero.
+    let refused = modelreg_as(
+        &server,
+        "alice",
+        &["transition", "churn", "3", "production"],
+    )
+    .await;
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("GATE_FAILED") && stderr.contains("auc >= 0.8"),
+        "{stderr}"
+    );
+
+    let asked = alice(vec![
+        "transition",
+        "churn",
+        "1",
+        "production",
+        "--comment",
+        "first",
+    ])
+    .await;
+    assert!(asked.contains("request churn:1 waits"), "{asked}");
+    assert!(asked.contains("pass  auc >= 0.8"), "{asked}");
+    assert!(asked.contains("modelreg approve churn:1"), "{asked}");
+    let inbox = bob(vec!["requests", "list", "--status", "pending"]).await;
+    assert_eq!(inbox.lines().count(), 2, "{inbox}");
+    assert!(
+        inbox.lines().nth(1).unwrap().starts_with("churn:1"),
+        "{inbox}"
+    );
+    bob(vec!["approve", "churn:1"]).await;
+
+    alice(vec!["transition", "churn", "2", "production"]).await;
+    let out = modelreg_as(&server, "bob", &["reject", "churn:2"]).await;
+    assert!(!out.status.success(), "reject needs --comment");
+    bob(vec!["reject", "churn:2", "--comment", "not this week"]).await;
+    alice(vec!["transition", "churn", "2", "production"]).await;
+    alice(vec!["cancel", "churn:3"]).await;
+    alice(vec!["transition", "churn", "2", "production"]).await;
+    bob(vec!["approve", "churn:4", "--comment", "ok now"]).await;
+    let back = bob(vec!["rollback", "churn", "--reason", "latency spike"]).await;
+    assert!(back.contains("PRODUCTION"), "{back}");
+
+    let requests = bob(vec!["--json", "requests", "list", "--model", "churn"]).await;
+    let requests: serde_json::Value = serde_json::from_str(&requests).unwrap();
+    let statuses: Vec<&str> = requests
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "TRANSITION_REQUEST_STATUS_APPROVED",
+            "TRANSITION_REQUEST_STATUS_REJECTED",
+            "TRANSITION_REQUEST_STATUS_CANCELLED",
+            "TRANSITION_REQUEST_STATUS_APPROVED",
+        ]
+    );
+
+    let audit = alice(vec!["audit", "churn", "--version", "2"]).await;
+    assert!(audit.lines().next().unwrap().starts_with("SEQ"), "{audit}");
+    for expected in [
+        "alice  requested PRODUCTION as churn:2",
+        "bob    rejected churn:2: \"not this week\"",
+        "bob    approved churn:4 (1 of 1)",
+        "bob    STAGING → PRODUCTION (APPROVAL, request churn:4)",
+        "bob    PRODUCTION → ARCHIVED (ROLLBACK): \"latency spike\"",
+    ] {
+        assert!(
+            audit.contains(expected),
+            "{expected:?} missing from\n{audit}"
+        );
+    }
+
+    let history = alice(vec!["history", "churn"]).await;
+    let rows: Vec<Vec<&str>> = history
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{history}");
+    assert_eq!(rows[0][0], "1");
+    assert!(history.contains("APPROVAL by bob (churn:1)"), "{history}");
+    assert!(history.contains("SUPERSEDED by bob"), "{history}");
+    assert!(history.contains("ROLLBACK by bob"), "{history}");
+    assert_eq!(rows[2][0], "1");
+    assert!(rows[2].contains(&"now"), "{history}");
+
+    let json = alice(vec!["--json", "history", "churn"]).await;
+    let periods: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let since = periods[1]["since"].as_str().unwrap().to_owned();
+    let at = modelreg_as(&server, "alice", &["history", "churn", "--at", &since]).await;
+    assert!(ok_text(&at).starts_with("churn/2 was in production at "));
+    let early = modelreg_as(
+        &server,
+        "alice",
+        &["history", "churn", "--at", "2000-01-01T00:00:00Z"],
+    )
+    .await;
+    assert!(ok_text(&early).starts_with("no version of churn"));
+
+    let verify = alice(vec!["audit", "verify"]).await;
+    assert!(verify.contains("audit log intact"), "{verify}");
+    let out = modelreg(&server, &["audit"]).await;
     assert!(!out.status.success());
 }

@@ -89,3 +89,44 @@ impl ChainVerifier {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::EventKind;
+
+    /// Stored details are parsed back before their hash is checked, so every
+    /// number must parse to exactly the value that was hashed.
+    #[test]
+    fn hashes_survive_a_round_trip_of_awkward_floats_through_json() {
+        let awkward = [
+            0.1 + 0.2,
+            0.0010000000000000009,
+            1e-300,
+            123456.78901234567,
+            -0.0,
+        ];
+        let e = Event {
+            sequence: 7,
+            kind: EventKind::EvaluationAttached,
+            model: "m".into(),
+            version: 1,
+            from_stage: None,
+            to_stage: None,
+            cause: None,
+            actor: "a".into(),
+            comment: String::new(),
+            occur_time: 1,
+            details: serde_json::json!({ "metrics": awkward }),
+            transition_request_id: String::new(),
+            prev_hash: GENESIS_HASH.into(),
+            hash: String::new(),
+        };
+        let stored = e.details.to_string();
+        let reread = Event {
+            details: serde_json::from_str(&stored).unwrap(),
+            ..e.clone()
+        };
+        assert_eq!(event_hash(&reread), event_hash(&e));
+    }
+}

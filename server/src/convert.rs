@@ -9,6 +9,10 @@ use crate::domain::{
     Outcome, SetRef, Source, Stage, Version, Violations, etag,
 };
 use crate::error::{Error, Result};
+use crate::governance::{
+    Approval, Gate, GateResult, MAX_GATES, MAX_MIN_APPROVALS, Policy, RequestStatus,
+    TransitionRequest,
+};
 
 /// µs since the epoch → `Timestamp`.
 pub fn micros_to_pb(micros: i64) -> Timestamp {
@@ -73,6 +77,7 @@ fn event_kind_to_pb(kind: EventKind) -> pb::EventType {
         EventKind::AliasDeleted => pb::EventType::AliasDeleted,
         EventKind::EvaluationSetCreated => pb::EventType::EvaluationSetCreated,
         EventKind::WorkerFailed => pb::EventType::WorkerFailed,
+        EventKind::TransitionSuperseded => pb::EventType::TransitionSuperseded,
     }
 }
 
@@ -110,7 +115,7 @@ pub fn model_to_pb(m: Model) -> pb::Model {
         name: m.name,
         description: m.description,
         tags: m.tags.into_iter().collect(),
-        policy: None,
+        policy: Some(policy_to_pb(&m.policy.effective())),
         etag: etag(m.revision),
         latest_version: m.latest_version,
         production_version: m.production_version,
@@ -279,6 +284,225 @@ pub fn json_to_pb(v: serde_json::Value) -> Value {
         }),
     };
     Value { kind: Some(kind) }
+}
+
+/// A policy on the wire, with presence kept as stored.
+pub fn policy_to_pb(p: &Policy) -> pb::Policy {
+    pb::Policy {
+        approval_required_for: p
+            .approval_required_for
+            .as_ref()
+            .map(|stages| pb::StageList {
+                stages: stages.iter().map(|s| stage_to_pb(*s) as i32).collect(),
+            }),
+        min_approvals: p.min_approvals.map(|n| n as i32),
+        allow_self_approval: p.allow_self_approval,
+        standard_evaluation_set: p.standard_evaluation_set.clone().map(set_ref_to_pb),
+        gates: p.gates.as_ref().map(|gates| pb::MetricGateList {
+            gates: gates
+                .iter()
+                .map(|g| pb::MetricGate {
+                    metric: g.metric.clone(),
+                    min_value: g.min_value,
+                    max_value: g.max_value,
+                    max_regression: g.max_regression,
+                    min_improvement: g.min_improvement,
+                })
+                .collect(),
+        }),
+        rollback_requires_approval: p.rollback_requires_approval,
+        archival: None,
+    }
+}
+
+/// Checks a wire policy (request field `field`), collecting every violation.
+/// Whether the standard set exists and defines the gated metrics is checked
+/// by the store, which can read it.
+pub fn policy_from_pb(field: &str, raw: pb::Policy) -> Result<Policy> {
+    let mut v = Violations::default();
+    let approval_required_for = raw.approval_required_for.map(|list| {
+        let mut stages = Vec::new();
+        for (i, s) in list.stages.iter().enumerate() {
+            match stage_from_pb(*s) {
+                Some(stage) if !stages.contains(&stage) => stages.push(stage),
+                Some(stage) => v.add(
+                    format!("{field}.approval_required_for.stages[{i}]"),
+                    format!("{stage} is listed twice"),
+                ),
+                None => v.add(
+                    format!("{field}.approval_required_for.stages[{i}]"),
+                    format!("{s} is not a valid stage"),
+                ),
+            }
+        }
+        stages
+    });
+    let min_approvals = raw.min_approvals.and_then(|n| {
+        if (1..=MAX_MIN_APPROVALS as i32).contains(&n) {
+            Some(n as u32)
+        } else {
+            v.add(
+                format!("{field}.min_approvals"),
+                format!(
+                    "must be between 1 and {MAX_MIN_APPROVALS}; to need no approval, leave the stage out of approval_required_for"
+                ),
+            );
+            None
+        }
+    });
+    let standard_evaluation_set = raw.standard_evaluation_set.and_then(|s| {
+        v.take(SetRef::parse(
+            &format!("{field}.standard_evaluation_set"),
+            &s.name,
+            &s.version,
+        ))
+    });
+    let gates = raw.gates.map(|list| {
+        if list.gates.len() > MAX_GATES {
+            v.add(
+                format!("{field}.gates.gates"),
+                format!("at most {MAX_GATES} gates are allowed"),
+            );
+        }
+        let mut gates = Vec::new();
+        for (i, g) in list.gates.into_iter().enumerate() {
+            let at = format!("{field}.gates.gates[{i}]");
+            if g.metric.is_empty() {
+                v.add(format!("{at}.metric"), "is required");
+            } else if g.metric.len() > 128 || g.metric.chars().any(char::is_control) {
+                v.add(
+                    format!("{at}.metric"),
+                    "must be at most 128 printable characters",
+                );
+            }
+            let bounds = [
+                ("min_value", g.min_value),
+                ("max_value", g.max_value),
+                ("max_regression", g.max_regression),
+                ("min_improvement", g.min_improvement),
+            ];
+            if bounds.iter().all(|(_, b)| b.is_none()) {
+                v.add(
+                    at.clone(),
+                    "a gate needs at least one of min_value, max_value, max_regression, min_improvement",
+                );
+            }
+            for (name, bound) in bounds {
+                match bound {
+                    Some(b) if !b.is_finite() => {
+                        v.add(format!("{at}.{name}"), "must be a finite number")
+                    }
+                    Some(b) if b < 0.0 && (name == "max_regression" || name == "min_improvement") => {
+                        v.add(
+                            format!("{at}.{name}"),
+                            "is a distance in the metric's better direction and must not be negative",
+                        )
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(lo), Some(hi)) = (g.min_value, g.max_value)
+                && lo > hi
+            {
+                v.add(
+                    format!("{at}.min_value"),
+                    format!("{lo} is above max_value {hi}: no value could pass"),
+                );
+            }
+            gates.push(Gate {
+                metric: g.metric,
+                min_value: g.min_value,
+                max_value: g.max_value,
+                max_regression: g.max_regression,
+                min_improvement: g.min_improvement,
+            });
+        }
+        gates
+    });
+    if raw
+        .archival
+        .is_some_and(|a| a != pb::ArchivalPolicy::default())
+    {
+        v.add(
+            format!("{field}.archival"),
+            "archival policies are not supported by this server yet; leave archival unset",
+        );
+    }
+    v.finish()?;
+    Ok(Policy {
+        approval_required_for,
+        min_approvals,
+        allow_self_approval: raw.allow_self_approval,
+        standard_evaluation_set,
+        gates,
+        rollback_requires_approval: raw.rollback_requires_approval,
+    })
+}
+
+/// A gate result on the wire.
+pub fn gate_result_to_pb(r: GateResult) -> pb::GateResult {
+    pb::GateResult {
+        metric: r.metric,
+        check: r.check,
+        passed: r.passed,
+        candidate_value: r.candidate_value,
+        baseline_value: r.baseline_value,
+        message: r.message,
+    }
+}
+
+/// A request status on the wire.
+pub fn request_status_to_pb(s: RequestStatus) -> pb::TransitionRequestStatus {
+    match s {
+        RequestStatus::Pending => pb::TransitionRequestStatus::Pending,
+        RequestStatus::Approved => pb::TransitionRequestStatus::Approved,
+        RequestStatus::Rejected => pb::TransitionRequestStatus::Rejected,
+        RequestStatus::Cancelled => pb::TransitionRequestStatus::Cancelled,
+        RequestStatus::Superseded => pb::TransitionRequestStatus::Superseded,
+    }
+}
+
+/// A wire request status, `None` for UNSPECIFIED (all); an error for unknown numbers.
+pub fn request_status_from_pb(field: &str, raw: i32) -> Result<Option<RequestStatus>> {
+    match pb::TransitionRequestStatus::try_from(raw) {
+        Ok(pb::TransitionRequestStatus::Unspecified) => Ok(None),
+        Ok(s) => Ok(RequestStatus::ALL
+            .into_iter()
+            .find(|r| request_status_to_pb(*r) == s)),
+        Err(_) => Err(Error::invalid(
+            field,
+            format!("{raw} is not a valid transition request status"),
+        )),
+    }
+}
+
+fn approval_to_pb(a: Approval) -> pb::Approval {
+    pb::Approval {
+        approver: a.approver,
+        comment: a.comment,
+        approve_time: Some(micros_to_pb(a.approve_time)),
+    }
+}
+
+/// A transition request on the wire.
+pub fn request_to_pb(r: TransitionRequest) -> pb::TransitionRequest {
+    pb::TransitionRequest {
+        id: r.id(),
+        model: r.model,
+        version: r.version,
+        from_stage: stage_to_pb(r.from_stage) as i32,
+        to_stage: stage_to_pb(r.to_stage) as i32,
+        requester: r.requester,
+        comment: r.comment,
+        gate_results: r.gate_results.into_iter().map(gate_result_to_pb).collect(),
+        approvals: r.approvals.into_iter().map(approval_to_pb).collect(),
+        status: request_status_to_pb(r.status) as i32,
+        create_time: Some(micros_to_pb(r.create_time)),
+        update_time: Some(micros_to_pb(r.update_time)),
+        resolved_by: r.resolved_by,
+        resolution_comment: r.resolution_comment,
+        rollback: r.rollback,
+    }
 }
 
 #[cfg(test)]

@@ -382,6 +382,19 @@ impl Stage {
     }
 }
 
+impl serde::Serialize for Stage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Stage {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Stage, D::Error> {
+        let s = String::deserialize(d)?;
+        Stage::from_db(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown stage {s:?}")))
+    }
+}
+
 impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -460,11 +473,13 @@ pub enum EventKind {
     EvaluationSetCreated,
     /// A worker gave up on an event.
     WorkerFailed,
+    /// A pending transition request was closed because its version moved.
+    TransitionSuperseded,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::ModelCreated,
         EventKind::ModelUpdated,
         EventKind::VersionRegistered,
@@ -479,6 +494,7 @@ impl EventKind {
         EventKind::AliasDeleted,
         EventKind::EvaluationSetCreated,
         EventKind::WorkerFailed,
+        EventKind::TransitionSuperseded,
     ];
 
     /// The stored name (the proto enum value without its prefix).
@@ -498,6 +514,7 @@ impl EventKind {
             EventKind::AliasDeleted => "ALIAS_DELETED",
             EventKind::EvaluationSetCreated => "EVALUATION_SET_CREATED",
             EventKind::WorkerFailed => "WORKER_FAILED",
+            EventKind::TransitionSuperseded => "TRANSITION_SUPERSEDED",
         }
     }
 
@@ -553,6 +570,8 @@ pub struct Model {
     pub production_version: i64,
     /// Alias → version.
     pub aliases: BTreeMap<String, i64>,
+    /// The policy as set (defaults not filled in).
+    pub policy: crate::governance::Policy,
     /// Who created it.
     pub created_by: String,
     /// Microseconds since the Unix epoch.
@@ -607,6 +626,8 @@ pub struct NewModel {
     pub description: String,
     /// Labels.
     pub tags: BTreeMap<String, String>,
+    /// The policy, if one is set.
+    pub policy: Option<crate::governance::Policy>,
     /// AIP-155 request id.
     pub request_id: Option<String>,
 }
@@ -620,6 +641,8 @@ pub struct ModelUpdate {
     pub description: Option<String>,
     /// New tags (replacing all).
     pub tags: Option<BTreeMap<String, String>>,
+    /// New policy (replacing the whole policy).
+    pub policy: Option<crate::governance::Policy>,
     /// Expected revision.
     pub etag: Option<i64>,
 }
@@ -851,7 +874,9 @@ mod tests {
 }
 
 /// A standard evaluation set version's identity: `name@version`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct SetRef {
     /// The set name, like a model name.
     pub name: String,

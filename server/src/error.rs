@@ -51,6 +51,9 @@ pub enum Error {
     FailedPrecondition(Vec<PreconditionViolation>),
     /// A feature that a later release provides.
     Unimplemented(&'static str),
+    /// The caller is known but may not do this (beyond the role checks of
+    /// the auth layer: cancelling someone else's request, setting a policy).
+    PermissionDenied(String),
     /// The database cannot be reached; the call may be retried.
     Unavailable(String),
     /// A bug or an unexpected database failure. Logged, never shown.
@@ -97,6 +100,7 @@ impl std::fmt::Display for Error {
                 f.write_str(&parts.join("; "))
             }
             Error::Unimplemented(what) => write!(f, "{what} is not implemented yet"),
+            Error::PermissionDenied(msg) => write!(f, "permission denied: {msg}"),
             Error::Unavailable(msg) => write!(f, "unavailable: {msg}"),
             Error::Internal(msg) => write!(f, "internal error: {msg}"),
         }
@@ -154,6 +158,7 @@ impl From<Error> for Status {
             Error::Unimplemented(what) => Status::unimplemented(format!(
                 "{what} is not implemented in this release of modelreg"
             )),
+            Error::PermissionDenied(msg) => Status::permission_denied(msg),
             Error::Unavailable(msg) => {
                 tracing::warn!(error = %msg, "database unavailable");
                 Status::unavailable("the registry database is unavailable; retry later")

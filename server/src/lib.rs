@@ -16,6 +16,8 @@
 //!   transaction, on SQLite or PostgreSQL; the "new commit" signal for watchers.
 //! - [`watch`]: event log → one subscriber, by sequence.
 //! - [`audit`]: the hash chain over the event log.
+//! - [`auth`]: bearer tokens, roles, and the layer that checks them before
+//!   any handler runs (local mode without a token file, loopback only).
 //! - [`error`]: the one mapping from failures to gRPC status codes.
 //! - [`settings`]: flags and their `MODELREG_*` environment variables.
 //!
@@ -24,10 +26,12 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod auth;
 pub mod convert;
 pub mod domain;
 pub mod error;
 pub mod evaluation;
+pub mod governance;
 pub mod lifecycle;
 pub mod service;
 pub mod settings;
@@ -39,13 +43,14 @@ use std::time::Duration;
 
 use modelreg_api::v1::model_registry_service_server::ModelRegistryServiceServer;
 use tokio::net::TcpListener;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 pub use settings::Settings;
 
+use crate::auth::{AuthLayer, TokenStore};
 use crate::service::RegistryService;
 use crate::store::Store;
 
@@ -73,11 +78,22 @@ pub struct Application {
     store: Store,
     /// The configuration it was built with.
     settings: Settings,
+    /// The bearer tokens from `--auth-tokens`; `None` is local mode.
+    tokens: Option<TokenStore>,
+    /// TLS from `--tls-cert`/`--tls-key`, already checked to load.
+    tls: Option<ServerTlsConfig>,
 }
 
 impl Application {
-    /// Opens (creating and migrating) the database named by `settings`.
+    /// Loads the token file and TLS files named by `settings`, then opens
+    /// (creating and migrating) the database. A bad token file or unreadable
+    /// certificate is an error before the database is touched.
     pub async fn build(settings: Settings) -> Result<Application, StartError> {
+        let tokens = match &settings.auth_tokens {
+            Some(path) => Some(TokenStore::open(path).map_err(|e| StartError(e.to_string()))?),
+            None => None,
+        };
+        let tls = load_tls(&settings)?;
         let options = store::StoreOptions {
             max_connections: settings.database_max_connections,
             ..Default::default()
@@ -85,19 +101,63 @@ impl Application {
         let store = Store::open(&settings.database_url, &options)
             .await
             .map_err(|e| StartError(format!("cannot open the database: {e}")))?;
-        Ok(Application { store, settings })
+        Ok(Application {
+            store,
+            settings,
+            tokens,
+            tls,
+        })
     }
 
     /// Serves on `listener` until `shutdown` completes, then ends watch
     /// streams with `UNAVAILABLE`, finishes in-flight calls and closes the
     /// database.
+    ///
+    /// Without a token file it refuses a listener on any address but
+    /// loopback: local mode trusts whatever name a caller declares.
     pub async fn run_until_stopped(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
-        let Application { store, settings } = self;
+        let Application {
+            store,
+            settings,
+            tokens,
+            tls,
+        } = self;
+        let local = listener
+            .local_addr()
+            .map_err(|e| StartError(e.to_string()))?;
+        if tokens.is_none() && !local.ip().to_canonical().is_loopback() {
+            store.close().await;
+            return Err(StartError(format!(
+                "refusing to serve on {local} without authentication: pass --auth-tokens FILE \
+                 (MODELREG_AUTH_TOKENS) with the callers' bearer tokens, or listen on a loopback \
+                 address such as 127.0.0.1:50051 for local mode"
+            )));
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let auth = match &tokens {
+            Some(tokens) => {
+                #[cfg(unix)]
+                auth::reload_on_sighup(tokens.clone(), stop_rx.clone())
+                    .map_err(|e| StartError(format!("cannot watch for SIGHUP: {e}")))?;
+                tracing::info!(
+                    file = %tokens.path().display(),
+                    tokens = tokens.current().len(),
+                    "bearer tokens required; SIGHUP reloads the token file"
+                );
+                AuthLayer::tokens(tokens.clone())
+            }
+            None => {
+                tracing::warn!(
+                    "local mode (no --auth-tokens): anyone on this machine can act as anyone, \
+                     with every role; only loopback addresses are served"
+                );
+                AuthLayer::local()
+            }
+        };
 
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::Serving).await;
@@ -130,9 +190,6 @@ impl Application {
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
-        let local = listener
-            .local_addr()
-            .map_err(|e| StartError(e.to_string()))?;
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let signal_health = health.clone();
         let signal = async move {
@@ -143,11 +200,20 @@ impl Application {
             // Keep the sender alive so streams see `true`, not a closed channel.
             std::mem::forget(stop_tx);
         };
-        tracing::info!(address = %local, database = %redact(&settings.database_url), "modelreg-server serving");
-        let served = Server::builder()
+        tracing::info!(address = %local, tls = tls.is_some(), database = %redact(&settings.database_url), "modelreg-server serving");
+        let mut builder = Server::builder();
+        if let Some(tls) = tls {
+            builder = builder
+                .tls_config(tls)
+                .map_err(|e| StartError(format!("TLS: {e}")))?;
+        }
+        let served = builder
             // Reap connections of watchers that vanished without closing.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // Only ModelRegistryService paths are checked; health and
+            // reflection stay open.
+            .layer(auth)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -171,6 +237,46 @@ pub async fn run(
         .await?
         .run_until_stopped(listener, shutdown)
         .await
+}
+
+/// The TLS configuration named by `--tls-cert` and `--tls-key`: both or
+/// neither, readable, and accepted by rustls.
+fn load_tls(settings: &Settings) -> Result<Option<ServerTlsConfig>, StartError> {
+    let (cert, key) = match (&settings.tls_cert, &settings.tls_key) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (cert, key),
+        (Some(_), None) => {
+            return Err(StartError(
+                "--tls-cert needs --tls-key (MODELREG_TLS_KEY): the certificate's private key in PEM".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(StartError(
+                "--tls-key needs --tls-cert (MODELREG_TLS_CERT): the certificate chain in PEM"
+                    .into(),
+            ));
+        }
+    };
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            StartError(format!(
+                "cannot read the TLS {what} {}: {e}",
+                path.display()
+            ))
+        })
+    };
+    let identity =
+        tonic::transport::Identity::from_pem(read("certificate", cert)?, read("key", key)?);
+    let config = ServerTlsConfig::new().identity(identity);
+    // Build once now so a bad PEM stops the start with its file names.
+    Server::builder().tls_config(config.clone()).map_err(|e| {
+        StartError(format!(
+            "TLS certificate {} or key {} is not usable: {e}",
+            cert.display(),
+            key.display()
+        ))
+    })?;
+    Ok(Some(config))
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {

@@ -15,9 +15,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
+use crate::auth::{Identity, Role};
 use crate::convert::{
     self, comparison_to_pb, evaluation_set_to_pb, evaluation_to_pb, event_to_pb, model_to_pb,
-    version_to_pb,
+    request_to_pb, version_to_pb,
 };
 use crate::domain::{
     self, Actor, AliasName, CompareRequest, Evaluation, EvaluationSet, EventFilter, ModelUpdate,
@@ -25,10 +26,13 @@ use crate::domain::{
 };
 use crate::error::Error;
 use crate::evaluation;
-use crate::store::{ModelFilter, Store, VersionRef};
+use crate::governance::{self, RequestStatus};
+use crate::store::{
+    Caller, Decision, ModelFilter, RollbackOrder, Store, TransitionOutcome, VersionRef,
+};
 use crate::watch::{self as watcher, Subscription, Tail, WatchItem};
 
-/// The metadata key naming the caller until bearer tokens arrive.
+/// The metadata key naming the caller in local mode (no token file).
 pub const ACTOR_HEADER: &str = "x-modelreg-actor";
 
 /// The registry service; cheap to clone, shared by every connection.
@@ -57,19 +61,76 @@ impl RegistryService {
     }
 }
 
-/// The caller's identity from request metadata, `anonymous` when absent.
-fn actor<T>(req: &Request<T>) -> Result<Actor, Status> {
+/// The caller, as the auth layer identified them. Without the layer (a
+/// service used directly, in local mode) the `x-modelreg-actor` header names
+/// the caller, who then holds every role.
+fn identity<T>(req: &Request<T>) -> Result<Identity, Status> {
+    if let Some(id) = req.extensions().get::<Identity>()
+        && !id.local
+    {
+        return Ok(id.clone());
+    }
     match req.metadata().get(ACTOR_HEADER) {
-        None => Ok(Actor::anonymous()),
+        None => Ok(Identity::local(Actor::anonymous().0)),
         Some(v) => {
             let s = v.to_str().unwrap_or("");
             if s.is_empty() || s.len() > 256 || s.chars().any(|c| c.is_control()) {
                 Err(Error::invalid(ACTOR_HEADER, "must be 1 to 256 printable characters").into())
             } else {
-                Ok(Actor(s.to_owned()))
+                Ok(Identity::local(s))
             }
         }
     }
+}
+
+/// The actor recorded for the caller's events.
+fn actor<T>(req: &Request<T>) -> Result<Actor, Status> {
+    identity(req).map(|id| Actor(id.name))
+}
+
+/// The caller as the store needs to know them.
+fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
+    identity(req).map(|id| Caller {
+        admin: id.has(Role::Admin),
+        actor: Actor(id.name),
+    })
+}
+
+/// Refuses a policy change by anyone but an admin.
+fn require_admin_for_policy(id: &Identity) -> Result<(), Status> {
+    if id.has(Role::Admin) {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied(format!(
+            "{} lacks the role \"admin\" needed to set a model policy",
+            id.name
+        ))
+        .into())
+    }
+}
+
+/// Parses the request id and comment of an approve/reject/cancel call.
+fn decision<T>(
+    req: &Request<T>,
+    request_id: &str,
+    comment: &str,
+    comment_required: bool,
+) -> Result<Decision, Status> {
+    let caller = caller(req)?;
+    let mut v = Violations::default();
+    let id = v.take(governance::parse_request_id("request_id", request_id));
+    let comment = v.take(domain::parse_text("comment", comment));
+    if comment_required && comment.as_deref().is_some_and(|c| c.trim().is_empty()) {
+        v.add("comment", "is required: say why the request is rejected");
+    }
+    v.finish()?;
+    let (model, number) = id.expect("checked");
+    Ok(Decision {
+        model,
+        number,
+        comment: comment.expect("checked"),
+        caller,
+    })
 }
 
 fn parse_stage_field(field: &str, raw: i32) -> Result<Stage, Error> {
@@ -211,16 +272,21 @@ impl ModelRegistryService for RegistryService {
         &self,
         req: Request<pb::CreateModelRequest>,
     ) -> Result<Response<pb::CreateModelResponse>, Status> {
-        let actor = actor(&req)?;
+        let id = identity(&req)?;
+        let actor = Actor(id.name.clone());
         let r = req.into_inner();
         let mut v = Violations::default();
         let name = v.take(Name::parse("name", &r.name));
         let description = v.take(domain::parse_text("description", &r.description));
         let tags = v.take(domain::parse_tags("tags", &to_btree(&r.tags)));
         let request_id = v.take(domain::parse_request_id("request_id", &r.request_id));
+        let policy = match r.policy {
+            Some(p) if p != pb::Policy::default() => v.take(convert::policy_from_pb("policy", p)),
+            _ => None,
+        };
         v.finish()?;
-        if r.policy.is_some_and(|p| p != pb::Policy::default()) {
-            return Err(Error::Unimplemented("setting a model policy").into());
+        if policy.is_some() {
+            require_admin_for_policy(&id)?;
         }
         let model = self
             .store
@@ -229,6 +295,7 @@ impl ModelRegistryService for RegistryService {
                     name: name.expect("checked"),
                     description: description.expect("checked"),
                     tags: tags.expect("checked"),
+                    policy,
                     request_id: request_id.expect("checked"),
                 },
                 actor,
@@ -286,7 +353,8 @@ impl ModelRegistryService for RegistryService {
         &self,
         req: Request<pb::UpdateModelRequest>,
     ) -> Result<Response<pb::UpdateModelResponse>, Status> {
-        let actor = actor(&req)?;
+        let id = identity(&req)?;
+        let actor = Actor(id.name.clone());
         let r = req.into_inner();
         let mut v = Violations::default();
         let name = v.take(Name::parse("name", &r.name));
@@ -308,14 +376,20 @@ impl ModelRegistryService for RegistryService {
                 implied
             }
         };
-        let (mut description, mut tags) = (None, None);
+        let (mut description, mut tags, mut policy) = (None, None, None);
         for path in &paths {
             match path.as_str() {
                 "description" => {
                     description = v.take(domain::parse_text("description", &r.description))
                 }
                 "tags" => tags = v.take(domain::parse_tags("tags", &to_btree(&r.tags))),
-                "policy" => {}
+                "policy" => {
+                    // In the mask but unset: back to the defaults (AIP-134).
+                    policy = v.take(convert::policy_from_pb(
+                        "policy",
+                        r.policy.clone().unwrap_or_default(),
+                    ))
+                }
                 other => v.add(
                     "update_mask",
                     format!(
@@ -332,13 +406,14 @@ impl ModelRegistryService for RegistryService {
             );
         }
         v.finish()?;
-        if paths.iter().any(|p| p == "policy") {
-            return Err(Error::Unimplemented("setting a model policy").into());
+        if policy.is_some() {
+            require_admin_for_policy(&id)?;
         }
         let update = ModelUpdate {
             name: name.expect("checked"),
             description,
             tags,
+            policy,
             etag: etag.expect("checked"),
         };
         let model = self.store.update_model(update, actor).await?;
@@ -524,7 +599,7 @@ impl ModelRegistryService for RegistryService {
         &self,
         req: Request<pb::TransitionStageRequest>,
     ) -> Result<Response<pb::TransitionStageResponse>, Status> {
-        let actor = actor(&req)?;
+        let caller = caller(&req)?;
         let r = req.into_inner();
         let mut v = Violations::default();
         let model = v.take(Name::parse("model", &r.model));
@@ -533,9 +608,9 @@ impl ModelRegistryService for RegistryService {
         let comment = v.take(domain::parse_text("comment", &r.comment));
         let etag = v.take(domain::parse_etag("etag", &r.etag));
         v.finish()?;
-        let version = self
+        let outcome = self
             .store
-            .transition(
+            .request_transition(
                 StageChange {
                     model: model.expect("checked"),
                     version: version.expect("checked"),
@@ -543,48 +618,172 @@ impl ModelRegistryService for RegistryService {
                     comment: comment.expect("checked"),
                     etag: etag.expect("checked"),
                 },
-                actor,
+                caller,
             )
             .await?;
-        Ok(Response::new(pb::TransitionStageResponse {
-            version: Some(version_to_pb(version)),
-            request: None,
+        Ok(Response::new(match outcome {
+            TransitionOutcome::Applied(v) => pb::TransitionStageResponse {
+                version: Some(version_to_pb(v)),
+                request: None,
+            },
+            TransitionOutcome::Pending(r) => pb::TransitionStageResponse {
+                version: None,
+                request: Some(request_to_pb(r)),
+            },
         }))
     }
 
+    #[instrument(skip_all, fields(request = %req.get_ref().request_id))]
     async fn approve_transition(
         &self,
-        _req: Request<pb::ApproveTransitionRequest>,
+        req: Request<pb::ApproveTransitionRequest>,
     ) -> Result<Response<pb::ApproveTransitionResponse>, Status> {
-        Err(Error::Unimplemented("ApproveTransition").into())
+        let decision = decision(
+            &req,
+            &req.get_ref().request_id,
+            &req.get_ref().comment,
+            false,
+        )?;
+        let (request, version) = self.store.approve(decision).await?;
+        Ok(Response::new(pb::ApproveTransitionResponse {
+            request: Some(request_to_pb(request)),
+            version: Some(version_to_pb(version)),
+        }))
     }
 
+    #[instrument(skip_all, fields(request = %req.get_ref().request_id))]
     async fn reject_transition(
         &self,
-        _req: Request<pb::RejectTransitionRequest>,
+        req: Request<pb::RejectTransitionRequest>,
     ) -> Result<Response<pb::RejectTransitionResponse>, Status> {
-        Err(Error::Unimplemented("RejectTransition").into())
+        let decision = decision(
+            &req,
+            &req.get_ref().request_id,
+            &req.get_ref().comment,
+            true,
+        )?;
+        let (request, version) = self
+            .store
+            .close_request(decision, RequestStatus::Rejected)
+            .await?;
+        Ok(Response::new(pb::RejectTransitionResponse {
+            request: Some(request_to_pb(request)),
+            version: Some(version_to_pb(version)),
+        }))
     }
 
+    #[instrument(skip_all, fields(request = %req.get_ref().request_id))]
     async fn cancel_transition(
         &self,
-        _req: Request<pb::CancelTransitionRequest>,
+        req: Request<pb::CancelTransitionRequest>,
     ) -> Result<Response<pb::CancelTransitionResponse>, Status> {
-        Err(Error::Unimplemented("CancelTransition").into())
+        let decision = decision(
+            &req,
+            &req.get_ref().request_id,
+            &req.get_ref().comment,
+            false,
+        )?;
+        let (request, version) = self
+            .store
+            .close_request(decision, RequestStatus::Cancelled)
+            .await?;
+        Ok(Response::new(pb::CancelTransitionResponse {
+            request: Some(request_to_pb(request)),
+            version: Some(version_to_pb(version)),
+        }))
     }
 
+    #[instrument(skip_all)]
     async fn list_transition_requests(
         &self,
-        _req: Request<pb::ListTransitionRequestsRequest>,
+        req: Request<pb::ListTransitionRequestsRequest>,
     ) -> Result<Response<pb::ListTransitionRequestsResponse>, Status> {
-        Err(Error::Unimplemented("ListTransitionRequests").into())
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let model = if r.model.is_empty() {
+            None
+        } else {
+            v.take(Name::parse("model", &r.model))
+        };
+        let status = v
+            .take(convert::request_status_from_pb("status", r.status))
+            .flatten();
+        let size = v.take(domain::parse_page_size("page_size", r.page_size));
+        let query = format!("{}\u{1e}{}", r.model, r.status);
+        let after =
+            v.take(page_token::decode(&r.page_token, "requests", &query))
+                .flatten()
+                .map(|key| match key.rsplit_once(':') {
+                    Some((m, n)) => n.parse::<i64>().map(|n| (m.to_owned(), n)).map_err(|_| {
+                        Error::invalid("page_token", "is not a page token of this query")
+                    }),
+                    None => Err(Error::invalid(
+                        "page_token",
+                        "is not a page token of this query",
+                    )),
+                });
+        let after = match after {
+            Some(Ok(a)) => Some(a),
+            Some(Err(e)) => {
+                v.take::<()>(Err(e));
+                None
+            }
+            None => None,
+        };
+        v.finish()?;
+        let (requests, more) = self
+            .store
+            .list_requests(model.as_ref(), status, after, size.expect("checked"))
+            .await?;
+        let next_page_token = match (more, requests.last()) {
+            (true, Some(last)) => page_token::encode("requests", &last.id(), &query),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListTransitionRequestsResponse {
+            requests: requests.into_iter().map(request_to_pb).collect(),
+            next_page_token,
+        }))
     }
 
+    #[instrument(skip_all, fields(model = %req.get_ref().model))]
     async fn rollback(
         &self,
-        _req: Request<pb::RollbackRequest>,
+        req: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::RollbackResponse>, Status> {
-        Err(Error::Unimplemented("Rollback").into())
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let model = v.take(Name::parse("model", &r.model));
+        if r.version < 0 {
+            v.add(
+                "version",
+                "must be a version number, or 0 for the previous production version",
+            );
+        }
+        let reason = v.take(domain::parse_text("reason", &r.reason));
+        if r.reason.trim().is_empty() {
+            v.add("reason", "is required: say why production is rolled back");
+        }
+        v.finish()?;
+        let outcome = self
+            .store
+            .rollback(RollbackOrder {
+                model: model.expect("checked"),
+                version: r.version,
+                reason: reason.expect("checked"),
+                caller,
+            })
+            .await?;
+        Ok(Response::new(match outcome {
+            TransitionOutcome::Applied(v) => pb::RollbackResponse {
+                version: Some(version_to_pb(v)),
+                request: None,
+            },
+            TransitionOutcome::Pending(r) => pb::RollbackResponse {
+                version: None,
+                request: Some(request_to_pb(r)),
+            },
+        }))
     }
 
     #[instrument(skip_all, fields(set = %req.get_ref().name, version = %req.get_ref().version))]

@@ -2,6 +2,7 @@
 //! `MODELREG_*` environment variable.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -46,6 +47,31 @@ pub struct Settings {
     /// `10s`, `500ms`.
     #[arg(long, env = "MODELREG_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
+
+    /// The token file (TOML, `[[tokens]]` entries with identity, roles and
+    /// token_sha256): callers must send `authorization: Bearer <token>`.
+    /// Re-read on SIGHUP. Without it the server runs in local mode, and only
+    /// on a loopback address.
+    #[arg(long, env = "MODELREG_AUTH_TOKENS", value_name = "FILE")]
+    pub auth_tokens: Option<PathBuf>,
+
+    /// The server's TLS certificate chain (PEM); needs --tls-key.
+    #[arg(
+        long,
+        env = "MODELREG_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM); needs --tls-cert.
+    #[arg(
+        long,
+        env = "MODELREG_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Settings {
@@ -53,6 +79,11 @@ impl Settings {
     pub fn for_database(database_url: impl Into<String>) -> Settings {
         let mut s = Settings::parse_from(["modelreg-server"]);
         s.database_url = database_url.into();
+        // Whatever the environment says, tests and embedders start without
+        // authentication or TLS unless they ask for them.
+        s.auth_tokens = None;
+        s.tls_cert = None;
+        s.tls_key = None;
         s
     }
 }

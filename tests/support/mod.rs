@@ -187,8 +187,16 @@ pub const TEST_HEARTBEAT: Duration = Duration::from_millis(200);
 
 /// Starts a server on `db` on 127.0.0.1:0.
 pub async fn spawn_app(db: &TestDb) -> TestApp {
+    spawn_app_with(db, |_| {}).await
+}
+
+/// Starts a server on `db` on 127.0.0.1:0 with the settings changed by
+/// `configure` (a token file, say). Its `client` acts as `tester` with no
+/// token, so with a token file tests make clients of their own.
+pub async fn spawn_app_with(db: &TestDb, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = Settings::for_database(db.url.clone());
     settings.heartbeat_interval = TEST_HEARTBEAT;
+    configure(&mut settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1:0");
@@ -247,11 +255,23 @@ impl Drop for TestApp {
 }
 
 /// Creates a model named `name`.
+/// The policy of models whose tests are about the lifecycle itself: no
+/// stage needs approval, so every allowed move applies at once. Governance
+/// tests create models with the default policy (or their own).
+pub fn ungoverned() -> pb::Policy {
+    pb::Policy {
+        approval_required_for: Some(pb::StageList { stages: vec![] }),
+        ..Default::default()
+    }
+}
+
+/// Creates a model with the [`ungoverned`] policy.
 pub async fn create_model(client: &mut RegistryClient, name: &str) -> pb::Model {
     client
         .create_model(pb::CreateModelRequest {
             name: name.into(),
             description: format!("{name} for tests"),
+            policy: Some(ungoverned()),
             ..Default::default()
         })
         .await

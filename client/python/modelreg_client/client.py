@@ -291,6 +291,37 @@ class RegistryClient:
         )
         return self.call("TransitionStage", req)
 
+    def list_transition_requests(
+        self, *, model: str = "", status: int = pb.TRANSITION_REQUEST_STATUS_UNSPECIFIED, page_size: int = 0
+    ) -> Iterator[pb.TransitionRequest]:
+        """Every transition request (of ``model``, with ``status``, if given), by model and number."""
+        token = ""
+        while True:
+            page = self.call(
+                "ListTransitionRequests",
+                pb.ListTransitionRequestsRequest(model=model, status=status, page_size=page_size, page_token=token),
+            )
+            yield from page.requests
+            token = page.next_page_token
+            if not token:
+                return
+
+    def approve_transition(self, request_id: str, *, comment: str = "") -> pb.ApproveTransitionResponse:
+        """Approves a pending request; the move applies once enough approvers agree."""
+        return self.call("ApproveTransition", pb.ApproveTransitionRequest(request_id=request_id, comment=comment))
+
+    def reject_transition(self, request_id: str, *, comment: str) -> pb.RejectTransitionResponse:
+        """Rejects a pending request; the comment (why) is required."""
+        return self.call("RejectTransition", pb.RejectTransitionRequest(request_id=request_id, comment=comment))
+
+    def cancel_transition(self, request_id: str, *, comment: str = "") -> pb.CancelTransitionResponse:
+        """Withdraws a pending request (its requester, or an admin)."""
+        return self.call("CancelTransition", pb.CancelTransitionRequest(request_id=request_id, comment=comment))
+
+    def rollback(self, model: str, *, reason: str, version: int = 0) -> pb.RollbackResponse:
+        """Returns the previous good production version (or ``version``) to production."""
+        return self.call("Rollback", pb.RollbackRequest(model=model, version=version, reason=reason))
+
     def attach_evaluation(
         self,
         model: str,

@@ -153,6 +153,16 @@ def check_output(argv: list[str], rc: int, out: str) -> None:
         assert first == {"status": "SERVING"}
     elif method == "CreateModel":
         assert first["model"]["name"] == body["name"]
+    elif method == "TransitionStage" and "request" in first:
+        # A governed move waits for approval: the response is the pending request.
+        request = first["request"]
+        assert request["model"] == body["model"] and int(request["version"]) == int(body["version"])
+        assert request["toStage"] == body["target_stage"]
+        assert request["status"] == "TRANSITION_REQUEST_STATUS_PENDING"
+    elif method == "ApproveTransition":
+        assert first["request"]["id"] == body["request_id"]
+        assert first["request"]["status"] == "TRANSITION_REQUEST_STATUS_APPROVED"
+        assert first["version"]["stage"] == "STAGE_PRODUCTION"
     elif method in ("RegisterVersion", "GetVersion", "TransitionStage"):
         version = first["version"]
         assert version["model"] == body["model"]

@@ -21,6 +21,9 @@ import modelreg_client
 from modelreg_client import pb
 
 MODEL = "fraud-detector"
+# Lifecycle tests use a model whose policy needs no approval; the governed
+# path has a test of its own.
+UNGOVERNED = pb.Policy(approval_required_for=pb.StageList())
 
 
 def unique_id() -> str:
@@ -48,7 +51,7 @@ def test_create_model_then_read_it_back(registry):
 def test_register_version_retry_with_same_request_id_returns_the_same_version(registry):
     """A retried RegisterVersion with the same request_id returns the original version and creates no second one."""
     # Arrange
-    registry.create_model(MODEL)
+    registry.create_model(MODEL, policy=UNGOVERNED)
     request_id = unique_id()
 
     # Act
@@ -74,7 +77,7 @@ def test_register_version_retry_with_same_request_id_returns_the_same_version(re
 def test_stage_transitions_and_a_second_production_version_archives_the_first(registry):
     """NONE→STAGING→PRODUCTION works, and promoting version 2 archives version 1 with cause SUPERSEDED."""
     # Arrange
-    registry.create_model(MODEL)
+    registry.create_model(MODEL, policy=UNGOVERNED)
     v1 = registry.register_version(MODEL, "s3://models/fraud/1/")
     assert v1.stage == pb.STAGE_NONE
 
@@ -109,7 +112,7 @@ def test_stage_transitions_and_a_second_production_version_archives_the_first(re
 def test_illegal_move_is_failed_precondition_and_changes_nothing(registry):
     """A move the lifecycle forbids (NONE→PRODUCTION) is FAILED_PRECONDITION with a PreconditionFailure
     naming the version, and leaves the version alone."""
-    registry.create_model(MODEL)
+    registry.create_model(MODEL, policy=UNGOVERNED)
     v1 = registry.register_version(MODEL, "s3://models/fraud/1/")
     before = len(list(registry.list_events()))
 
@@ -142,7 +145,7 @@ def test_invalid_model_name_is_invalid_argument_with_a_bad_request_violation_on_
 
 def test_every_bad_field_of_a_request_is_reported_at_once(registry):
     """A RegisterVersion with a missing artifact URI and a NaN metric reports both fields in one BadRequest."""
-    registry.create_model(MODEL)
+    registry.create_model(MODEL, policy=UNGOVERNED)
 
     with pytest.raises(grpc.RpcError) as caught:
         registry.register_version(MODEL, "", training_metrics={"accuracy": math.nan})
@@ -240,7 +243,7 @@ def test_watch_resumes_after_server_restart_without_gap_or_duplicate(server, reg
     by itself from its last sequence and delivers exactly the events of ListEvents: no gap, no duplicate,
     including events committed while it was disconnected."""
     # Arrange: history before the watch starts, and a watch replaying from the beginning.
-    registry.create_model(MODEL)
+    registry.create_model(MODEL, policy=UNGOVERNED)
     registry.register_version(MODEL, "s3://models/fraud/1/", target_stage=pb.STAGE_STAGING)
     collector = Collector(registry.watch(models=[MODEL], after_sequence=0, initial_backoff=0.05, max_backoff=0.5))
     collector.wait_caught_up(last_sequence(registry))
@@ -270,7 +273,7 @@ def test_cancelled_watch_resumed_with_after_sequence_has_no_gap_or_duplicate(reg
     """Cancelling a watch and opening a new one with after_sequence = the old cursor yields, together,
     exactly the events of ListEvents, even with events committed between the two."""
     # Arrange
-    registry.create_model(MODEL)
+    registry.create_model(MODEL, policy=UNGOVERNED)
     registry.register_version(MODEL, "s3://models/fraud/1/")
     first = Collector(registry.watch(models=[MODEL], after_sequence=0))
     first.wait_caught_up(last_sequence(registry))
@@ -295,7 +298,7 @@ def test_cancelled_watch_resumed_with_after_sequence_has_no_gap_or_duplicate(reg
 def test_watch_without_after_sequence_starts_at_the_end_of_the_log(registry):
     """With after_sequence absent the stream skips history: its first message is a heartbeat at the
     current end, and only events committed afterwards arrive."""
-    registry.create_model(MODEL)
+    registry.create_model(MODEL, policy=UNGOVERNED)
     registry.register_version(MODEL, "s3://models/fraud/1/")
     end = last_sequence(registry)
 
@@ -312,7 +315,7 @@ def test_watch_without_after_sequence_starts_at_the_end_of_the_log(registry):
 
 def test_watch_filters_by_type_and_target_stage(registry):
     """types and to_stages narrow the stream to STAGE_CHANGED into STAGING, and heartbeats still advance the cursor."""
-    registry.create_model(MODEL)
+    registry.create_model(MODEL, policy=UNGOVERNED)
     registry.register_version(MODEL, "s3://models/fraud/1/", target_stage=pb.STAGE_STAGING)
     registry.transition_stage(MODEL, 1, pb.STAGE_PRODUCTION)
     registry.register_version(MODEL, "s3://models/fraud/2/", target_stage=pb.STAGE_STAGING)
@@ -329,3 +332,33 @@ def test_watch_filters_by_type_and_target_stage(registry):
     assert [(e.version, e.to_stage) for e in events] == [(1, pb.STAGE_STAGING), (2, pb.STAGE_STAGING)]
     assert all(e.type == pb.EVENT_TYPE_STAGE_CHANGED for e in events)
     assert watch.cursor == end  # past the last matching event, thanks to the heartbeat
+
+
+# -- governance ------------------------------------------------------------
+
+
+def test_production_needs_a_second_person_by_default(server, registry):
+    """With the default policy a promotion waits as a pending request; its requester cannot approve it
+    (FAILED_PRECONDITION with a PreconditionFailure naming SELF_APPROVAL); another person's approval
+    applies it."""
+    # Arrange
+    registry.create_model(MODEL)
+    v = registry.register_version(MODEL, "s3://models/fraud/1/", target_stage=pb.STAGE_STAGING)
+
+    # Act
+    asked = registry.transition_stage(MODEL, v.version, pb.STAGE_PRODUCTION, comment="ship it")
+    with pytest.raises(grpc.RpcError) as refused:
+        registry.approve_transition(asked.request.id)
+    with modelreg_client.connect(server.address, actor="bob") as bob:
+        approved = bob.approve_transition(asked.request.id, comment="checked the metrics")
+
+    # Assert
+    assert not asked.HasField("version") and asked.request.status == pb.TRANSITION_REQUEST_STATUS_PENDING
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    failure = modelreg_client.detail(refused.value, error_details_pb2.PreconditionFailure)
+    assert [x.type for x in failure.violations] == ["SELF_APPROVAL"]
+    assert approved.request.status == pb.TRANSITION_REQUEST_STATUS_APPROVED
+    assert approved.version.stage == pb.STAGE_PRODUCTION
+    assert [r.id for r in registry.list_transition_requests(model=MODEL)] == [asked.request.id]
+    last = list(registry.list_events(model=MODEL))[-1]
+    assert (last.actor, last.cause) == ("bob", pb.STAGE_CHANGE_CAUSE_APPROVAL)

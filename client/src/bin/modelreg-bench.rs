@@ -25,6 +25,10 @@ struct Args {
     /// The server to load.
     #[arg(long, env = "MODELREG_SERVER", default_value = modelreg_client::DEFAULT_SERVER)]
     server: String,
+    /// A bearer token, for a server started with --auth-tokens (an admin
+    /// token covers every scenario).
+    #[arg(long, env = "MODELREG_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Requests in flight.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -166,7 +170,8 @@ impl Load {
                 .connect()
                 .await
                 .map_err(|e| format!("cannot connect to {}: {e}", args.server))?;
-            let opts = ConnectOptions::new(args.server.clone()).actor("bench");
+            let mut opts = ConnectOptions::new(args.server.clone()).actor("bench");
+            opts.token = args.token.clone();
             clients.push(
                 modelreg_client::with_channel(channel.clone(), &opts).map_err(|e| e.to_string())?,
             );
@@ -272,6 +277,12 @@ async fn create_model(
         .create_model(pb::CreateModelRequest {
             name: name.to_owned(),
             tags,
+            // The scenarios measure the registry's own work: promotions apply
+            // at once instead of waiting for a second person's approval.
+            policy: Some(pb::Policy {
+                approval_required_for: Some(pb::StageList { stages: vec![] }),
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .await

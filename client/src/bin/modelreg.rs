@@ -17,6 +17,9 @@ use modelreg_client::names::{
 use modelreg_client::watch::{ResumingWatch, WatchItem};
 use modelreg_client::{ConnectOptions, RegistryClient, connect, errors, pb};
 
+#[path = "modelreg/governance.rs"]
+mod governance;
+
 /// The modelreg command-line tool.
 #[derive(Parser)]
 #[command(name = "modelreg", version, about)]
@@ -27,9 +30,17 @@ struct Cli {
     /// Print JSON for scripts instead of tables.
     #[arg(long, global = true)]
     json: bool,
-    /// Who you are, recorded as the actor of the events you cause.
+    /// Who you are, recorded as the actor of the events you cause (local
+    /// mode only: a server with tokens takes your name from --token).
     #[arg(long, global = true, env = "MODELREG_ACTOR")]
     actor: Option<String>,
+    /// Your bearer token, for a server started with --auth-tokens.
+    #[arg(long, global = true, env = "MODELREG_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The PEM certificate of the CA that signed the server's certificate,
+    /// for https:// servers.
+    #[arg(long, global = true, env = "MODELREG_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,9 +75,57 @@ enum Command {
     Events(EventsArgs),
     /// Stream events as JSON lines until interrupted; resumes after disconnects.
     Watch(WatchArgs),
-    /// Check the audit log's hash chain.
+    /// Who did what to a model, and when (`audit MODEL`); or check the
+    /// whole log's hash chain (`audit verify`).
+    Audit(AuditArgs),
+    /// The production timeline of a model: which version was in production
+    /// from when to when, and why it changed.
+    History {
+        /// The model.
+        model: String,
+        /// Only say which version was in production at this time (RFC 3339,
+        /// e.g. 2026-11-27T10:00:00Z).
+        #[arg(long)]
+        at: Option<prost_types::Timestamp>,
+    },
+    /// The approval inbox: list transition requests.
     #[command(subcommand)]
-    Audit(AuditCmd),
+    Requests(governance::RequestsCmd),
+    /// Approve a pending transition request (MODEL:NUMBER).
+    Approve {
+        /// The request id, e.g. fraud-detector:3.
+        request_id: String,
+        /// Why, recorded in the event log.
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Reject a pending transition request.
+    Reject {
+        /// The request id.
+        request_id: String,
+        /// Why (required), recorded in the event log.
+        #[arg(long)]
+        comment: String,
+    },
+    /// Withdraw a pending transition request (its requester, or an admin).
+    Cancel {
+        /// The request id.
+        request_id: String,
+        /// Why, recorded in the event log.
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Return the previous good production version (or --to N) to production.
+    Rollback {
+        /// The model.
+        model: String,
+        /// Why (required), recorded in the event log.
+        #[arg(long)]
+        reason: String,
+        /// The version to restore; default: the previous good production version.
+        #[arg(long, default_value_t = 0)]
+        to: i64,
+    },
     /// Create, show and list standard evaluation sets.
     #[command(subcommand)]
     Evalset(EvalsetCmd),
@@ -166,6 +225,8 @@ enum EvalCmd {
 
 #[derive(Subcommand)]
 enum ModelCmd {
+    /// Show a model's policy, or change parts of it (admins only).
+    Policy(governance::PolicyArgs),
     /// Create a model.
     Create {
         /// The model name: [a-z0-9][a-z0-9._-]{0,127}.
@@ -340,6 +401,18 @@ struct WatchArgs {
     count: Option<u64>,
 }
 
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct AuditArgs {
+    #[command(subcommand)]
+    cmd: Option<AuditCmd>,
+    /// The model whose trail to show.
+    model: Option<String>,
+    /// Only this version's events.
+    #[arg(long, default_value_t = 0)]
+    version: i64,
+}
+
 #[derive(Subcommand)]
 enum AuditCmd {
     /// Re-compute the event log's hash chain.
@@ -405,7 +478,8 @@ async fn main() -> ExitCode {
     let opts = ConnectOptions {
         server: cli.server.clone(),
         actor: cli.actor.clone(),
-        token: None,
+        token: cli.token.clone(),
+        ca_cert: cli.ca_cert.clone(),
     };
     let client = match connect(&opts).await {
         Ok(c) => c,
@@ -453,17 +527,10 @@ async fn run(cli: Cli, mut client: RegistryClient) -> Result<(), Failure> {
             if let Some(v) = resp.version {
                 print_version(&v, json);
             } else if let Some(r) = resp.request {
-                if json {
-                    print_json(&to_json(&r, "modelreg.v1.TransitionRequest"));
-                } else {
-                    println!(
-                        "transition request {} is {} and waits for approval",
-                        r.id,
-                        pb::TransitionRequestStatus::try_from(r.status)
-                            .map(|s| s.as_str_name())
-                            .unwrap_or("?")
-                    );
+                if !json {
+                    println!("the policy needs approval: request {} waits", r.id);
                 }
+                governance::print_request(&r, json);
             }
             Ok(())
         }
@@ -515,7 +582,46 @@ async fn run(cli: Cli, mut client: RegistryClient) -> Result<(), Failure> {
             compare_cmd(&mut client, request, json).await
         }
         Command::Watch(args) => watch_cmd(client, args).await,
-        Command::Audit(AuditCmd::Verify) => {
+        Command::Audit(AuditArgs {
+            cmd: None,
+            model: Some(model),
+            version,
+        }) => governance::audit_model_cmd(&mut client, model, version, json).await,
+        Command::Audit(AuditArgs { cmd: None, .. }) => Err(Failure::Local(
+            "name a model (modelreg audit MODEL) or check the chain (modelreg audit verify)".into(),
+        )),
+        Command::History { model, at } => {
+            governance::history_cmd(&mut client, model, at, json).await
+        }
+        Command::Requests(cmd) => governance::requests_cmd(&mut client, cmd, json).await,
+        Command::Approve {
+            request_id,
+            comment,
+        } => {
+            let verdict = governance::Verdict::Approve;
+            governance::decide_cmd(&mut client, verdict, request_id, comment, json).await
+        }
+        Command::Reject {
+            request_id,
+            comment,
+        } => {
+            let verdict = governance::Verdict::Reject;
+            governance::decide_cmd(&mut client, verdict, request_id, comment, json).await
+        }
+        Command::Cancel {
+            request_id,
+            comment,
+        } => {
+            let verdict = governance::Verdict::Cancel;
+            governance::decide_cmd(&mut client, verdict, request_id, comment, json).await
+        }
+        Command::Rollback { model, reason, to } => {
+            governance::rollback_cmd(&mut client, model, reason, to, json).await
+        }
+        Command::Audit(AuditArgs {
+            cmd: Some(AuditCmd::Verify),
+            ..
+        }) => {
             let r = client
                 .verify_audit_log(pb::VerifyAuditLogRequest {})
                 .await?
@@ -831,6 +937,7 @@ fn fmt_num(x: f64) -> String {
 
 async fn model_cmd(client: &mut RegistryClient, cmd: ModelCmd, json: bool) -> Result<(), Failure> {
     match cmd {
+        ModelCmd::Policy(args) => return governance::policy_cmd(client, args, json).await,
         ModelCmd::Create {
             name,
             description,

@@ -1,4 +1,5 @@
-//! The `modelreg-server` binary: parse flags, bind, serve until SIGINT/SIGTERM.
+//! The `modelreg-server` binary: parse flags, bind, serve until SIGINT/SIGTERM
+//! (SIGHUP re-reads the token file).
 #![forbid(unsafe_code)]
 
 use clap::Parser;
@@ -8,12 +9,7 @@ use modelreg_server::{Application, Settings, init_logging};
 async fn main() -> std::process::ExitCode {
     let settings = Settings::parse();
     init_logging(settings.log_format);
-    if !settings.listen.ip().is_loopback() {
-        tracing::warn!(
-            listen = %settings.listen,
-            "listening on a non-loopback address without authentication; bearer tokens arrive with the governance release"
-        );
-    }
+    // Local mode on a non-loopback address is refused by `run_until_stopped`.
     let listener = match tokio::net::TcpListener::bind(settings.listen).await {
         Ok(l) => l,
         Err(e) => {

@@ -30,7 +30,9 @@ use crate::domain::{
     Version,
 };
 use crate::error::{Error, Result};
+use crate::governance::{RequestStatus, StageStep, TransitionRequest};
 
+pub use ops::{Caller, Decision, RollbackOrder, TransitionOutcome};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -153,6 +155,21 @@ pub trait Db: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Event>>> + Send;
     /// Checks that the database answers.
     fn ping(&self) -> impl Future<Output = Result<()>> + Send;
+    /// A transition request, if it exists.
+    fn fetch_request(
+        &self,
+        model: &str,
+        number: i64,
+    ) -> impl Future<Output = Result<Option<TransitionRequest>>> + Send;
+    /// Up to `limit` transition requests (of one model, with one status, if
+    /// given) ordered by model and number, after `after`.
+    fn list_requests(
+        &self,
+        model: Option<&str>,
+        status: Option<RequestStatus>,
+        after: Option<(String, i64)>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<TransitionRequest>>> + Send;
     /// An evaluation set version, if it exists.
     fn fetch_evaluation_set(
         &self,
@@ -280,6 +297,33 @@ pub trait Tx: Send {
     ) -> impl Future<Output = Result<Option<Evaluation>>> + Send;
     /// Inserts an evaluation.
     fn insert_evaluation(&mut self, e: &Evaluation) -> impl Future<Output = Result<()>> + Send;
+    /// The number the model's next transition request gets.
+    fn next_request_number(&mut self, model: &str) -> impl Future<Output = Result<i64>> + Send;
+    /// Inserts a transition request.
+    fn insert_request(
+        &mut self,
+        request: &TransitionRequest,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Stores a request's approvals, status and resolution.
+    fn update_request(
+        &mut self,
+        request: &TransitionRequest,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// A transition request as this transaction sees it.
+    fn fetch_request(
+        &mut self,
+        model: &str,
+        number: i64,
+    ) -> impl Future<Output = Result<Option<TransitionRequest>>> + Send;
+    /// The pending requests of one version, oldest first.
+    fn pending_requests_of(
+        &mut self,
+        model: &str,
+        version: i64,
+    ) -> impl Future<Output = Result<Vec<TransitionRequest>>> + Send;
+    /// Every stage change of a model, in sequence order.
+    fn stage_history(&mut self, model: &str)
+    -> impl Future<Output = Result<Vec<StageStep>>> + Send;
     /// Commits.
     fn commit(self) -> impl Future<Output = Result<()>> + Send;
 }
@@ -437,11 +481,6 @@ impl Store {
         op!(self, delete_alias(model, alias, actor))
     }
 
-    /// Applies a stage move under the lifecycle rules.
-    pub async fn transition(&self, change: StageChange, actor: Actor) -> Result<Version> {
-        op!(self, transition(change, actor))
-    }
-
     /// Events matching `filter` with sequence in `(after, upto]`, at most
     /// `limit`, in sequence order. `upto = None` means the end of the log.
     pub async fn events(
@@ -505,6 +544,49 @@ impl Store {
     /// Compares two versions on one set version and evaluator version.
     pub async fn compare(&self, request: &CompareRequest) -> Result<Comparison> {
         op!(self, compare(request))
+    }
+
+    /// Asks for a stage move: applied at once, or a pending request when the
+    /// policy needs approval.
+    pub async fn request_transition(
+        &self,
+        change: StageChange,
+        caller: Caller,
+    ) -> Result<TransitionOutcome> {
+        op!(self, request_transition(change, caller))
+    }
+
+    /// Approves a pending request; applies it once enough approvers agree.
+    pub async fn approve(&self, decision: Decision) -> Result<(TransitionRequest, Version)> {
+        op!(self, approve(decision))
+    }
+
+    /// Rejects or cancels a pending request.
+    pub async fn close_request(
+        &self,
+        decision: Decision,
+        status: RequestStatus,
+    ) -> Result<(TransitionRequest, Version)> {
+        op!(self, close_request(decision, status))
+    }
+
+    /// One page of transition requests; `true` if more follow.
+    pub async fn list_requests(
+        &self,
+        model: Option<&Name>,
+        status: Option<RequestStatus>,
+        after: Option<(String, i64)>,
+        limit: usize,
+    ) -> Result<(Vec<TransitionRequest>, bool)> {
+        op!(
+            self,
+            list_requests(model.map(Name::as_str), status, after, limit)
+        )
+    }
+
+    /// Returns an earlier production version to production.
+    pub async fn rollback(&self, rollback: RollbackOrder) -> Result<TransitionOutcome> {
+        op!(self, rollback(rollback))
     }
 
     /// Re-computes the whole hash chain.

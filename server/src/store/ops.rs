@@ -14,6 +14,7 @@ use crate::domain::{
 };
 use crate::error::{Error, Result};
 use crate::evaluation;
+use crate::governance::{self, GateInputs, GateResult, Policy, RequestStatus, TransitionRequest};
 use crate::lifecycle;
 
 fn model_not_found(name: &str) -> Error {
@@ -174,7 +175,7 @@ async fn create_model_in<T: Tx>(
     let name = new.name.as_str();
     tx.lock_key(&format!("model:{name}")).await?;
     let fingerprint = sha256_hex(
-        json!({"name": name, "description": new.description, "tags": new.tags})
+        json!({"name": name, "description": new.description, "tags": new.tags, "policy": new.policy})
             .to_string()
             .as_bytes(),
     );
@@ -187,11 +188,14 @@ async fn create_model_in<T: Tx>(
             .ok_or_else(|| model_not_found(&stored.model))
             .map(|v| (v, None));
     }
+    let policy = new.policy.clone().unwrap_or_default();
+    check_policy(tx, &policy).await?;
     let now = now_micros();
     let model = Model {
         name: name.to_owned(),
         description: new.description.clone(),
         tags: new.tags.clone(),
+        policy: policy.clone(),
         revision: 1,
         latest_version: 0,
         production_version: 0,
@@ -219,7 +223,7 @@ async fn create_model_in<T: Tx>(
         EventKind::ModelCreated,
         name,
         0,
-        json!({"description": new.description, "tags": new.tags}),
+        json!({"description": new.description, "tags": new.tags, "policy": policy.effective()}),
     );
     finish_with_model(tx, &actor, vec![event], name).await
 }
@@ -271,6 +275,14 @@ async fn update_model_in<T: Tx>(
         before.insert("tags".into(), json!(current.tags));
         after.insert("tags".into(), json!(t));
         next.tags = t;
+    }
+    if let Some(p) = update.policy
+        && p != current.policy
+    {
+        check_policy(tx, &p).await?;
+        before.insert("policy".into(), json!(current.policy.effective()));
+        after.insert("policy".into(), json!(p.effective()));
+        next.policy = p;
     }
     if after.is_empty() {
         // Nothing changes: no write, no event, same etag.
@@ -493,59 +505,731 @@ async fn delete_alias_in<T: Tx>(
 
 // ---- stages -----------------------------------------------------------------
 
-pub async fn transition<D: Db>(db: &D, change: StageChange, actor: Actor) -> Result<Version> {
-    db.write(job(move |tx| Box::pin(transition_in(tx, change, actor))))
-        .await
+/// Who asks for a change, with the one role the store itself must know.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Recorded as the actor of every event.
+    pub actor: Actor,
+    /// Admins may cancel anyone's request.
+    pub admin: bool,
 }
 
-async fn transition_in<T: Tx>(
+/// What TransitionStage or Rollback did.
+#[derive(Debug, Clone)]
+pub enum TransitionOutcome {
+    /// The move was applied.
+    Applied(Version),
+    /// A request waits for approval.
+    Pending(TransitionRequest),
+}
+
+/// An approver's or requester's decision on one request.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// The request's model.
+    pub model: Name,
+    /// The request's number.
+    pub number: i64,
+    /// Why.
+    pub comment: String,
+    /// Who decides.
+    pub caller: Caller,
+}
+
+/// A checked Rollback.
+#[derive(Debug, Clone)]
+pub struct RollbackOrder {
+    /// The model.
+    pub model: Name,
+    /// The version to restore; 0 for the previous good production version.
+    pub version: i64,
+    /// Why; required.
+    pub reason: String,
+    /// Who asks.
+    pub caller: Caller,
+}
+
+fn request_not_found(model: &str, number: i64) -> Error {
+    Error::NotFound {
+        kind: "modelreg.v1.TransitionRequest",
+        name: format!("{model}:{number}"),
+    }
+}
+
+/// Checks a policy against the evaluation set it names.
+async fn check_policy<T: Tx>(tx: &mut T, policy: &Policy) -> Result<()> {
+    let set = match &policy.standard_evaluation_set {
+        Some(r) => Some(tx.fetch_evaluation_set(r).await?.ok_or_else(|| {
+            Error::invalid(
+                "policy.standard_evaluation_set",
+                format!("evaluation set {r} does not exist; create it first"),
+            )
+        })?),
+        None => None,
+    };
+    governance::check_policy_against_set("policy", policy, set.as_ref())
+}
+
+/// What the gates and a notification need to know about a candidate.
+struct Judgement {
+    /// One result per check.
+    results: Vec<GateResult>,
+    /// The comparison with production on the standard set, if one was possible.
+    comparison: Option<Comparison>,
+}
+
+/// Compares two versions on `set` with the evaluator version both share.
+fn compare_on(
+    model: &str,
+    set: &EvaluationSet,
+    candidate: &Version,
+    baseline: &Version,
+) -> Result<Comparison> {
+    let on_set = |v: &Version| -> Vec<Evaluation> {
+        v.evaluations
+            .iter()
+            .filter(|e| e.set == set.id)
+            .cloned()
+            .collect()
+    };
+    let (cand, base) = (on_set(candidate), on_set(baseline));
+    let evaluator = evaluation::choose_evaluator(
+        model,
+        (candidate.version, &cand),
+        (baseline.version, &base),
+        &set.id.to_string(),
+        None,
+    )?;
+    let pick = |evals: &[Evaluation]| {
+        evals
+            .iter()
+            .rev()
+            .find(|e| e.evaluator_version == evaluator)
+            .cloned()
+            .ok_or_else(|| vanished("evaluation"))
+    };
+    evaluation::compare(set, &pick(&cand)?, &pick(&base)?)
+}
+
+/// Runs the model's gates on `candidate` against today's production version.
+async fn judge<T: Tx>(tx: &mut T, model: &Model, candidate: &Version) -> Result<Judgement> {
+    let name = model.name.as_str();
+    let set = match &model.policy.standard_evaluation_set {
+        Some(r) => tx.fetch_evaluation_set(r).await?,
+        None => None,
+    };
+    let production = tx.production_version(name).await?.unwrap_or(0);
+    let comparison = match &set {
+        Some(set) if production != 0 && production != candidate.version => {
+            let prod = tx
+                .fetch_version(name, production)
+                .await?
+                .ok_or_else(|| vanished("production version"))?;
+            match compare_on(name, set, candidate, &prod) {
+                Ok(c) => Ok(c),
+                Err(Error::FailedPrecondition(v)) => Err(v
+                    .into_iter()
+                    .map(|v| v.description)
+                    .collect::<Vec<_>>()
+                    .join("; ")),
+                Err(other) => return Err(other),
+            }
+        }
+        _ => Err("no other version is in production".to_owned()),
+    };
+    let candidate_evaluation = set
+        .as_ref()
+        .and_then(|s| governance::latest_on(&candidate.evaluations, &s.id));
+    let results = governance::run_gates(
+        &model.policy,
+        &GateInputs {
+            set: set.as_ref(),
+            candidate: candidate.version,
+            candidate_evaluation,
+            production,
+            comparison: comparison.as_ref().map_err(Clone::clone),
+        },
+    );
+    Ok(Judgement {
+        results,
+        comparison: comparison.ok(),
+    })
+}
+
+/// Refuses with every failed check, if any failed.
+fn require_gates(model: &str, version: i64, results: &[GateResult]) -> Result<()> {
+    let failed = governance::failures(&format!("{model}/{version}"), results);
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::FailedPrecondition(failed))
+    }
+}
+
+/// Applies planned moves and closes the pending requests of every moved
+/// version (except `keep`, the request being approved); returns the events.
+async fn apply_moves<T: Tx>(
+    tx: &mut T,
+    model: &str,
+    moves: &[lifecycle::Move],
+    comment: &str,
+    details: serde_json::Value,
+    request_id: &str,
+    keep: Option<i64>,
+) -> Result<Vec<NewEvent>> {
+    let now = now_micros();
+    let mut events = Vec::with_capacity(moves.len());
+    for mv in moves {
+        tx.move_stage(model, mv.version, mv.from, mv.to, now)
+            .await?;
+        let (comment, details, request) = if mv.cause == Cause::Superseded {
+            let by = moves.last().map(|m| m.version).unwrap_or(0);
+            (String::new(), json!({"superseded_by": by}), String::new())
+        } else {
+            (comment.to_owned(), details.clone(), request_id.to_owned())
+        };
+        let mut event = stage_event(model, mv, comment, details);
+        event.transition_request_id = request;
+        events.push(event);
+        for mut pending in tx.pending_requests_of(model, mv.version).await? {
+            if Some(pending.number) == keep {
+                continue;
+            }
+            pending.status = RequestStatus::Superseded;
+            pending.update_time = now;
+            pending.resolution_comment = format!("version {} moved to {} first", mv.version, mv.to);
+            tx.update_request(&pending).await?;
+            let mut closed = NewEvent::new(
+                EventKind::TransitionSuperseded,
+                model,
+                mv.version,
+                json!({"request_id": pending.id(), "moved_to": mv.to.as_str(), "requested_stage": pending.to_stage.as_str()}),
+            );
+            closed.transition_request_id = pending.id();
+            events.push(closed);
+        }
+    }
+    tx.touch_model(model, now).await?;
+    Ok(events)
+}
+
+/// The TRANSITION_REQUESTED event: everything a notifier needs without
+/// calling back.
+fn requested_event(
+    request: &TransitionRequest,
+    version: &Version,
+    judgement: &Judgement,
+    policy: &Policy,
+) -> NewEvent {
+    let mut e = NewEvent::new(
+        EventKind::TransitionRequested,
+        &request.model,
+        request.version,
+        json!({
+            "request_id": request.id(),
+            "from_stage": request.from_stage.as_str(),
+            "to_stage": request.to_stage.as_str(),
+            "rollback": request.rollback,
+            "requester": request.requester,
+            "artifact_uri": version.artifact_uri,
+            "artifact_digest": version.artifact_digest,
+            "source": version.source,
+            "metrics": governance::metrics_json(&version.evaluations),
+            "comparison": judgement.comparison.as_ref().map(comparison_json),
+            "gate_results": request.gate_results,
+            "gates_passed": request.gate_results.iter().all(|r| r.passed),
+            "approvals_needed": policy.min_approvals(),
+        }),
+    );
+    e.comment = request.comment.clone();
+    e.transition_request_id = request.id();
+    e
+}
+
+fn comparison_json(c: &Comparison) -> serde_json::Value {
+    json!({
+        "candidate_version": c.candidate,
+        "baseline_version": c.baseline,
+        "evaluation_set": {"name": c.set.name, "version": c.set.version},
+        "evaluator_version": c.evaluator_version,
+        "metrics": c.metrics.iter().map(|m| json!({
+            "metric": m.metric,
+            "higher_is_better": m.higher_is_better,
+            "candidate": m.candidate,
+            "baseline": m.baseline,
+            "delta": m.delta,
+            "relative_delta": m.relative_delta,
+            "outcome": format!("{:?}", m.outcome).to_uppercase(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// What a new request asks for.
+struct Ask<'a> {
+    /// The stage the version should enter.
+    to: Stage,
+    /// Whether it is a rollback.
+    rollback: bool,
+    /// The requester's comment (the reason, for a rollback).
+    comment: &'a str,
+    /// The gates' verdict at request time.
+    judgement: Judgement,
+}
+
+/// Creates a pending request (or returns the identical pending one).
+async fn open_request<T: Tx>(
+    tx: &mut T,
+    model: &Model,
+    version: &Version,
+    caller: &Caller,
+    ask: Ask<'_>,
+) -> Result<(TransitionOutcome, Option<u64>)> {
+    let name = model.name.as_str();
+    let Ask {
+        to,
+        rollback,
+        comment,
+        judgement,
+    } = ask;
+    // At most one request per version is pending: the server never opens a second.
+    if let Some(pending) = tx
+        .pending_requests_of(name, version.version)
+        .await?
+        .into_iter()
+        .next()
+    {
+        if pending.to_stage == to && pending.rollback == rollback {
+            // A retry (or a second ask): the open request stands.
+            return Ok((TransitionOutcome::Pending(pending), None));
+        }
+        return Err(Error::precondition(
+            "REQUEST_PENDING",
+            pending.id(),
+            format!(
+                "version {} already has pending request {} to {}; cancel it before asking for {to}",
+                version.version,
+                pending.id(),
+                pending.to_stage
+            ),
+        ));
+    }
+    let now = now_micros();
+    let request = TransitionRequest {
+        model: name.to_owned(),
+        number: tx.next_request_number(name).await?,
+        version: version.version,
+        from_stage: version.stage,
+        to_stage: to,
+        rollback,
+        requester: caller.actor.0.clone(),
+        comment: comment.to_owned(),
+        gate_results: judgement.results.clone(),
+        approvals: Vec::new(),
+        status: RequestStatus::Pending,
+        create_time: now,
+        update_time: now,
+        resolved_by: String::new(),
+        resolution_comment: String::new(),
+    };
+    tx.insert_request(&request).await?;
+    tx.touch_version(name, version.version, now).await?;
+    let event = requested_event(&request, version, &judgement, &model.policy);
+    let seq = append_events(tx, &caller.actor, vec![event]).await?;
+    Ok((TransitionOutcome::Pending(request), Some(seq)))
+}
+
+pub async fn request_transition<D: Db>(
+    db: &D,
+    change: StageChange,
+    caller: Caller,
+) -> Result<TransitionOutcome> {
+    db.write(job(move |tx| {
+        Box::pin(request_transition_in(tx, change, caller))
+    }))
+    .await
+}
+
+async fn request_transition_in<T: Tx>(
     tx: &mut T,
     change: StageChange,
-    actor: Actor,
-) -> Result<(Version, Option<u64>)> {
-    let model = change.model.as_str();
+    caller: Caller,
+) -> Result<(TransitionOutcome, Option<u64>)> {
+    let name = change.model.as_str();
     // The model lock makes "read production version, then move" one step, so
     // racing promotions of one model serialize and exactly one production remains.
-    if tx.lock_model(model).await?.is_none() {
-        return Err(model_not_found(model));
-    }
-    let current = tx
-        .fetch_version(model, change.version)
+    let model = tx
+        .lock_model(name)
         .await?
-        .ok_or_else(|| version_not_found(model, &change.version.to_string()))?;
+        .ok_or_else(|| model_not_found(name))?;
+    let current = tx
+        .fetch_version(name, change.version)
+        .await?
+        .ok_or_else(|| version_not_found(name, &change.version.to_string()))?;
     check_etag(
         change.etag,
         current.revision,
         "version",
-        &format!("{model}/{}", change.version),
+        &format!("{name}/{}", change.version),
     )?;
-    let production = tx.production_version(model).await?;
+    let production = tx.production_version(name).await?;
     let moves = lifecycle::plan_transition(
-        model,
+        name,
         change.version,
         current.stage,
         change.target,
         production.unwrap_or(0),
     )?;
-    let now = now_micros();
-    let mut events = Vec::with_capacity(moves.len());
-    for mv in &moves {
-        tx.move_stage(model, mv.version, mv.from, mv.to, now)
-            .await?;
-        let (comment, details) = if mv.cause == Cause::Superseded {
-            (String::new(), json!({"superseded_by": change.version}))
-        } else {
-            (change.comment.clone(), json!({}))
-        };
-        events.push(stage_event(model, mv, comment, details));
+    let needs_approval = model.policy.needs_approval(change.target);
+    if needs_approval || change.target == Stage::Production {
+        // Gates guard every way into production and every governed stage.
+        let judgement = judge(tx, &model, &current).await?;
+        require_gates(name, change.version, &judgement.results)?;
+        if needs_approval {
+            let ask = Ask {
+                to: change.target,
+                rollback: false,
+                comment: &change.comment,
+                judgement,
+            };
+            return open_request(tx, &model, &current, &caller, ask).await;
+        }
     }
-    tx.touch_model(model, now).await?;
-    let seq = append_events(tx, &actor, events).await?;
+    let events = apply_moves(tx, name, &moves, &change.comment, json!({}), "", None).await?;
+    let seq = append_events(tx, &caller.actor, events).await?;
     let version = tx
-        .fetch_version(model, change.version)
+        .fetch_version(name, change.version)
         .await?
         .ok_or_else(|| vanished("version"))?;
-    Ok((version, Some(seq)))
+    Ok((TransitionOutcome::Applied(version), Some(seq)))
+}
+
+/// Locks the model and reads a request that must still be pending.
+async fn pending_request<T: Tx>(
+    tx: &mut T,
+    model: &str,
+    number: i64,
+    action: &str,
+) -> Result<(Model, TransitionRequest)> {
+    let current = tx
+        .lock_model(model)
+        .await?
+        .ok_or_else(|| request_not_found(model, number))?;
+    let request = tx
+        .fetch_request(model, number)
+        .await?
+        .ok_or_else(|| request_not_found(model, number))?;
+    if request.status != RequestStatus::Pending {
+        return Err(Error::precondition(
+            "REQUEST_CLOSED",
+            request.id(),
+            format!(
+                "request {} is {}; only a PENDING request can be {action}",
+                request.id(),
+                request.status.as_str()
+            ),
+        ));
+    }
+    Ok((current, request))
+}
+
+/// The moves of a rollback to `target`: the current production version (if
+/// another) is archived, the target returns, both with cause ROLLBACK.
+fn rollback_moves(target: &Version, production: i64) -> Vec<lifecycle::Move> {
+    let mut moves = Vec::with_capacity(2);
+    if production != 0 && production != target.version {
+        moves.push(lifecycle::Move {
+            version: production,
+            from: Stage::Production,
+            to: Stage::Archived,
+            cause: Cause::Rollback,
+        });
+    }
+    moves.push(lifecycle::Move {
+        version: target.version,
+        from: target.stage,
+        to: Stage::Production,
+        cause: Cause::Rollback,
+    });
+    moves
+}
+
+pub async fn approve<D: Db>(db: &D, decision: Decision) -> Result<(TransitionRequest, Version)> {
+    db.write(job(move |tx| Box::pin(approve_in(tx, decision))))
+        .await
+}
+
+async fn approve_in<T: Tx>(
+    tx: &mut T,
+    decision: Decision,
+) -> Result<((TransitionRequest, Version), Option<u64>)> {
+    let name = decision.model.as_str();
+    let (model, mut request) = pending_request(tx, name, decision.number, "approved").await?;
+    let approver = decision.caller.actor.0.clone();
+    let id = request.id();
+    if request.requester == approver && !model.policy.allow_self_approval() {
+        return Err(Error::precondition(
+            "SELF_APPROVAL",
+            id.clone(),
+            format!(
+                "{approver} requested {id} and the policy of model {name:?} forbids approving one's own request; another approver must approve it"
+            ),
+        ));
+    }
+    if request.approvals.iter().any(|a| a.approver == approver) {
+        return Err(Error::precondition(
+            "DUPLICATE_APPROVAL",
+            id.clone(),
+            format!(
+                "{approver} has already approved {id}; it needs {} distinct approvers",
+                model.policy.min_approvals()
+            ),
+        ));
+    }
+    let version = tx
+        .fetch_version(name, request.version)
+        .await?
+        .ok_or_else(|| vanished("version"))?;
+    if version.stage != request.from_stage {
+        return Err(Error::Internal(format!(
+            "pending request {id} for a version no longer in {}",
+            request.from_stage
+        )));
+    }
+    if !request.rollback {
+        // Production may have changed since the request: judge again, today.
+        let judgement = judge(tx, &model, &version).await?;
+        require_gates(name, version.version, &judgement.results)?;
+    }
+    let now = now_micros();
+    request.approvals.push(governance::Approval {
+        approver: approver.clone(),
+        comment: decision.comment.clone(),
+        approve_time: now,
+    });
+    request.update_time = now;
+    let needed = model.policy.min_approvals() as usize;
+    let complete = request.approvals.len() >= needed;
+    let mut approved = NewEvent::new(
+        EventKind::TransitionApproved,
+        name,
+        request.version,
+        json!({
+            "request_id": id,
+            "approvals": request.approvals.len(),
+            "approvals_needed": needed,
+            "complete": complete,
+            "to_stage": request.to_stage.as_str(),
+        }),
+    );
+    approved.comment = decision.comment.clone();
+    approved.transition_request_id = id.clone();
+    let mut events = vec![approved];
+    if complete {
+        request.status = RequestStatus::Approved;
+        request.resolved_by = approver;
+        request.resolution_comment = decision.comment.clone();
+        let production = tx.production_version(name).await?.unwrap_or(0);
+        let moves = if request.rollback {
+            rollback_moves(&version, production)
+        } else {
+            let mut moves = lifecycle::plan_transition(
+                name,
+                version.version,
+                version.stage,
+                request.to_stage,
+                production,
+            )?;
+            if let Some(last) = moves.last_mut() {
+                last.cause = Cause::Approval;
+            }
+            moves
+        };
+        let details = json!({"request_id": id, "requester": request.requester});
+        let comment = request.comment.clone();
+        events.extend(
+            apply_moves(
+                tx,
+                name,
+                &moves,
+                &comment,
+                details,
+                &id,
+                Some(request.number),
+            )
+            .await?,
+        );
+    } else {
+        tx.touch_version(name, version.version, now).await?;
+    }
+    tx.update_request(&request).await?;
+    let seq = append_events(tx, &decision.caller.actor, events).await?;
+    let version = tx
+        .fetch_version(name, request.version)
+        .await?
+        .ok_or_else(|| vanished("version"))?;
+    Ok(((request, version), Some(seq)))
+}
+
+pub async fn close_request<D: Db>(
+    db: &D,
+    decision: Decision,
+    status: RequestStatus,
+) -> Result<(TransitionRequest, Version)> {
+    db.write(job(move |tx| {
+        Box::pin(close_request_in(tx, decision, status))
+    }))
+    .await
+}
+
+async fn close_request_in<T: Tx>(
+    tx: &mut T,
+    decision: Decision,
+    status: RequestStatus,
+) -> Result<((TransitionRequest, Version), Option<u64>)> {
+    let name = decision.model.as_str();
+    let (kind, action) = match status {
+        RequestStatus::Rejected => (EventKind::TransitionRejected, "rejected"),
+        RequestStatus::Cancelled => (EventKind::TransitionCancelled, "cancelled"),
+        other => {
+            return Err(Error::Internal(format!(
+                "cannot close a request as {other:?}"
+            )));
+        }
+    };
+    let (_, mut request) = pending_request(tx, name, decision.number, action).await?;
+    let who = decision.caller.actor.0.clone();
+    if status == RequestStatus::Cancelled && who != request.requester && !decision.caller.admin {
+        return Err(Error::PermissionDenied(format!(
+            "only the requester ({}) or an admin may cancel {}; {who} is neither",
+            request.requester,
+            request.id()
+        )));
+    }
+    let now = now_micros();
+    request.status = status;
+    request.resolved_by = who;
+    request.resolution_comment = decision.comment.clone();
+    request.update_time = now;
+    tx.update_request(&request).await?;
+    tx.touch_version(name, request.version, now).await?;
+    let mut event = NewEvent::new(
+        kind,
+        name,
+        request.version,
+        json!({"request_id": request.id(), "requester": request.requester, "to_stage": request.to_stage.as_str()}),
+    );
+    event.comment = decision.comment;
+    event.transition_request_id = request.id();
+    let seq = append_events(tx, &decision.caller.actor, vec![event]).await?;
+    let version = tx
+        .fetch_version(name, request.version)
+        .await?
+        .ok_or_else(|| vanished("version"))?;
+    Ok(((request, version), Some(seq)))
+}
+
+pub async fn list_requests<D: Db>(
+    db: &D,
+    model: Option<&str>,
+    status: Option<RequestStatus>,
+    after: Option<(String, i64)>,
+    limit: usize,
+) -> Result<(Vec<TransitionRequest>, bool)> {
+    if let Some(m) = model {
+        get_model(db, m).await?;
+    }
+    Ok(page(
+        db.list_requests(model, status, after, limit + 1).await?,
+        limit,
+    ))
+}
+
+pub async fn rollback<D: Db>(db: &D, order: RollbackOrder) -> Result<TransitionOutcome> {
+    db.write(job(move |tx| Box::pin(rollback_in(tx, order))))
+        .await
+}
+
+async fn rollback_in<T: Tx>(
+    tx: &mut T,
+    order: RollbackOrder,
+) -> Result<(TransitionOutcome, Option<u64>)> {
+    let name = order.model.as_str();
+    let model = tx
+        .lock_model(name)
+        .await?
+        .ok_or_else(|| model_not_found(name))?;
+    let Some(production) = tx.production_version(name).await? else {
+        return Err(Error::precondition(
+            "NO_PRODUCTION_VERSION",
+            name,
+            format!("model {name:?} has no production version to roll back"),
+        ));
+    };
+    let history = tx.stage_history(name).await?;
+    let target = if order.version != 0 {
+        let v = order.version;
+        if tx.fetch_version(name, v).await?.is_none() {
+            return Err(version_not_found(name, &v.to_string()));
+        }
+        if v == production {
+            return Err(Error::precondition(
+                "ROLLBACK_TARGET",
+                format!("{name}/{v}"),
+                format!("version {v} is already in production"),
+            ));
+        }
+        if !governance::was_in_production(&history, v) {
+            return Err(Error::precondition(
+                "ROLLBACK_TARGET",
+                format!("{name}/{v}"),
+                format!(
+                    "version {v} of model {name:?} has never been in production; rollback returns to a version that was (promote new versions with TransitionStage)"
+                ),
+            ));
+        }
+        v
+    } else {
+        governance::rollback_target(&history, production).ok_or_else(|| {
+            Error::precondition(
+                "NO_ROLLBACK_TARGET",
+                name,
+                format!(
+                    "model {name:?} has no earlier production version to roll back to (versions already rolled back from are skipped); name one with version"
+                ),
+            )
+        })?
+    };
+    let version = tx
+        .fetch_version(name, target)
+        .await?
+        .ok_or_else(|| vanished("version"))?;
+    if version.stage == Stage::None {
+        return Err(Error::Internal(format!(
+            "version {target} was in production but is in stage NONE"
+        )));
+    }
+    if model.policy.rollback_requires_approval() {
+        let ask = Ask {
+            to: Stage::Production,
+            rollback: true,
+            comment: &order.reason,
+            // Rollback is the way back from a bad release: no gates.
+            judgement: Judgement {
+                results: Vec::new(),
+                comparison: None,
+            },
+        };
+        return open_request(tx, &model, &version, &order.caller, ask).await;
+    }
+    let moves = rollback_moves(&version, production);
+    let details = json!({"rolled_back_from": production, "rolled_back_to": target});
+    let events = apply_moves(tx, name, &moves, &order.reason, details, "", None).await?;
+    let seq = append_events(tx, &order.caller.actor, events).await?;
+    let version = tx
+        .fetch_version(name, target)
+        .await?
+        .ok_or_else(|| vanished("version"))?;
+    Ok((TransitionOutcome::Applied(version), Some(seq)))
 }
 
 // ---- evaluations ------------------------------------------------------------
@@ -765,11 +1449,17 @@ pub async fn compare<D: Db>(db: &D, req: &CompareRequest) -> Result<Comparison> 
         0 => current.production_version,
         n => n,
     };
-    let Some(set_ref) = req.set.clone() else {
+    let Some(set_ref) = req
+        .set
+        .clone()
+        .or_else(|| current.policy.standard_evaluation_set.clone())
+    else {
         return Err(Error::precondition(
             "NO_STANDARD_EVALUATION_SET",
             model,
-            format!("model {model:?} has no standard evaluation set; name one with evaluation_set"),
+            format!(
+                "model {model:?} has no standard evaluation set in its policy; name one with evaluation_set"
+            ),
         ));
     };
     let set = get_evaluation_set(db, &set_ref).await?;

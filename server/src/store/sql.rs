@@ -50,7 +50,7 @@ pub enum Bind {
 
 /// The SELECT list of a model, before the backend's alias aggregate.
 pub const MODEL_COLUMNS: &str = r#"
-SELECT m.name, m.description, m.tags, m.revision, m.latest_version, m.created_by, m.create_time, m.update_time,
+SELECT m.name, m.description, m.tags, m.policy, m.revision, m.latest_version, m.created_by, m.create_time, m.update_time,
        COALESCE((SELECT v.version FROM versions v WHERE v.model = m.name AND v.stage = 'PRODUCTION'), 0)
            AS production_version,"#;
 
@@ -129,6 +129,10 @@ impl EventJson {
     }
 }
 
+/// The columns of a transition request, in insert order.
+pub const REQUEST_COLUMNS: &str = "model, number, version, from_stage, to_stage, rollback, requester, comment, \
+     gate_results, approvals, status, create_time, update_time, resolved_by, resolution_comment";
+
 /// The columns of an evaluation set, in insert order.
 pub const EVALUATION_SET_COLUMNS: &str =
     "name, version, uri, digest, metrics, description, created_by, create_time";
@@ -175,6 +179,8 @@ macro_rules! sql_backend {
             EventJson, MODEL_COLUMNS, VERSION_COLUMNS, db_err, json_err, placeholders,
         };
         use $crate::store::{Db, ModelFilter, StoredRequest, Tx};
+        use $crate::store::sql::REQUEST_COLUMNS;
+        use $crate::governance::{RequestStatus, StageStep, TransitionRequest};
 
         fn model_select() -> String {
             format!("{MODEL_COLUMNS} {} AS aliases FROM models m", $model_aliases)
@@ -203,6 +209,10 @@ macro_rules! sql_backend {
                 production_version: row.try_get("production_version").map_err(db_err)?,
                 aliases: json_col::<Option<BTreeMap<String, i64>>>(row, "aliases")?
                     .unwrap_or_default(),
+                policy: match row.try_get::<Option<Vec<u8>>, _>("policy").map_err(db_err)? {
+                    Some(bytes) => serde_json::from_slice(&bytes).map_err(json_err)?,
+                    None => Default::default(),
+                },
                 created_by: row.try_get("created_by").map_err(db_err)?,
                 create_time: row.try_get("create_time").map_err(db_err)?,
                 update_time: row.try_get("update_time").map_err(db_err)?,
@@ -362,6 +372,47 @@ macro_rules! sql_backend {
                 .await
                 .map_err(db_err)?;
             row.as_ref().map(version_from_row).transpose()
+        }
+
+        fn request_from_row(row: &$row) -> Result<TransitionRequest> {
+            let stage = |col: &str| -> Result<Stage> {
+                let s: String = row.try_get(col).map_err(db_err)?;
+                Stage::from_db(&s).ok_or_else(|| Error::Internal(format!("unknown stage {s:?}")))
+            };
+            let status: String = row.try_get("status").map_err(db_err)?;
+            Ok(TransitionRequest {
+                model: row.try_get("model").map_err(db_err)?,
+                number: row.try_get("number").map_err(db_err)?,
+                version: row.try_get("version").map_err(db_err)?,
+                from_stage: stage("from_stage")?,
+                to_stage: stage("to_stage")?,
+                rollback: row.try_get("rollback").map_err(db_err)?,
+                requester: row.try_get("requester").map_err(db_err)?,
+                comment: row.try_get("comment").map_err(db_err)?,
+                gate_results: json_col(row, "gate_results")?,
+                approvals: json_col(row, "approvals")?,
+                status: RequestStatus::from_db(&status).ok_or_else(|| {
+                    Error::Internal(format!("unknown request status {status:?}"))
+                })?,
+                create_time: row.try_get("create_time").map_err(db_err)?,
+                update_time: row.try_get("update_time").map_err(db_err)?,
+                resolved_by: row.try_get("resolved_by").map_err(db_err)?,
+                resolution_comment: row.try_get("resolution_comment").map_err(db_err)?,
+            })
+        }
+
+        async fn fetch_request_with<'c, E>(ex: E, model: &str, number: i64) -> Result<Option<TransitionRequest>>
+        where
+            E: sqlx::Executor<'c, Database = $db>,
+        {
+            let sql = format!("SELECT {REQUEST_COLUMNS} FROM transition_requests WHERE model = $1 AND number = $2");
+            let row = sqlx::query(&sql)
+                .bind(model)
+                .bind(number)
+                .fetch_optional(ex)
+                .await
+                .map_err(db_err)?;
+            row.as_ref().map(request_from_row).transpose()
         }
 
         fn bind_all<'q>(
@@ -579,6 +630,42 @@ macro_rules! sql_backend {
                 rows.iter().map(event_from_row).collect()
             }
 
+            async fn fetch_request(&self, model: &str, number: i64) -> Result<Option<TransitionRequest>> {
+                fetch_request_with(self.readers(), model, number).await
+            }
+
+            async fn list_requests(
+                &self,
+                model: Option<&str>,
+                status: Option<RequestStatus>,
+                after: Option<(String, i64)>,
+                limit: usize,
+            ) -> Result<Vec<TransitionRequest>> {
+                let mut sql = format!("SELECT {REQUEST_COLUMNS} FROM transition_requests WHERE 1 = 1");
+                let mut binds = Vec::new();
+                if let Some(m) = model {
+                    binds.push(Bind::Text(m.to_owned()));
+                    sql.push_str(&format!(" AND model = ${}", binds.len()));
+                }
+                if let Some(s) = status {
+                    binds.push(Bind::Text(s.as_str().to_owned()));
+                    sql.push_str(&format!(" AND status = ${}", binds.len()));
+                }
+                if let Some((m, n)) = after {
+                    binds.push(Bind::Text(m));
+                    binds.push(Bind::Int(n));
+                    let (a, b) = (binds.len() - 1, binds.len());
+                    sql.push_str(&format!(" AND (model > ${a} OR (model = ${a} AND number > ${b}))"));
+                }
+                binds.push(Bind::Int(limit as i64));
+                sql.push_str(&format!(" ORDER BY model, number LIMIT ${}", binds.len()));
+                let rows = bind_all(sqlx::query(&sql), binds)
+                    .fetch_all(self.readers())
+                    .await
+                    .map_err(db_err)?;
+                rows.iter().map(request_from_row).collect()
+            }
+
             async fn ping(&self) -> Result<()> {
                 sqlx::query("SELECT 1")
                     .execute(self.readers())
@@ -754,8 +841,8 @@ macro_rules! sql_backend {
 
             async fn insert_model(&mut self, model: &Model) -> Result<bool> {
                 let inserted = sqlx::query(
-                    "INSERT INTO models (name, description, tags, revision, latest_version, created_by, create_time, update_time)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    "INSERT INTO models (name, description, tags, revision, latest_version, created_by, create_time, update_time, policy)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 )
                 .bind(&model.name)
                 .bind(&model.description)
@@ -765,6 +852,7 @@ macro_rules! sql_backend {
                 .bind(&model.created_by)
                 .bind(model.create_time)
                 .bind(model.update_time)
+                .bind(serde_json::to_vec(&model.policy).map_err(json_err)?)
                 .execute(&mut *self.0)
                 .await;
                 match inserted {
@@ -779,11 +867,12 @@ macro_rules! sql_backend {
 
             async fn update_model(&mut self, model: &Model) -> Result<()> {
                 sqlx::query(
-                    "UPDATE models SET description = $1, tags = $2, revision = revision + 1, update_time = $3
-                     WHERE name = $4",
+                    "UPDATE models SET description = $1, tags = $2, policy = $3, revision = revision + 1, update_time = $4
+                     WHERE name = $5",
                 )
                 .bind(&model.description)
                 .bind(serde_json::to_string(&model.tags).map_err(json_err)?)
+                .bind(serde_json::to_vec(&model.policy).map_err(json_err)?)
                 .bind(model.update_time)
                 .bind(&model.name)
                 .execute(&mut *self.0)
@@ -1002,6 +1091,106 @@ macro_rules! sql_backend {
                     .await
                     .map_err(db_err)?;
                 Ok(())
+            }
+
+            async fn next_request_number(&mut self, model: &str) -> Result<i64> {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COALESCE(MAX(number), 0) + 1 FROM transition_requests WHERE model = $1",
+                )
+                .bind(model)
+                .fetch_one(&mut *self.0)
+                .await
+                .map_err(db_err)?;
+                Ok(n)
+            }
+
+            async fn insert_request(&mut self, r: &TransitionRequest) -> Result<()> {
+                let sql = format!(
+                    "INSERT INTO transition_requests ({REQUEST_COLUMNS}) VALUES ({})",
+                    placeholders(1, 15)
+                );
+                sqlx::query(&sql)
+                    .bind(&r.model)
+                    .bind(r.number)
+                    .bind(r.version)
+                    .bind(r.from_stage.as_str())
+                    .bind(r.to_stage.as_str())
+                    .bind(r.rollback)
+                    .bind(&r.requester)
+                    .bind(&r.comment)
+                    .bind(serde_json::to_string(&r.gate_results).map_err(json_err)?)
+                    .bind(serde_json::to_string(&r.approvals).map_err(json_err)?)
+                    .bind(r.status.as_str())
+                    .bind(r.create_time)
+                    .bind(r.update_time)
+                    .bind(&r.resolved_by)
+                    .bind(&r.resolution_comment)
+                    .execute(&mut *self.0)
+                    .await
+                    .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn update_request(&mut self, r: &TransitionRequest) -> Result<()> {
+                sqlx::query(
+                    "UPDATE transition_requests SET approvals = $1, status = $2, update_time = $3,
+                         resolved_by = $4, resolution_comment = $5
+                     WHERE model = $6 AND number = $7",
+                )
+                .bind(serde_json::to_string(&r.approvals).map_err(json_err)?)
+                .bind(r.status.as_str())
+                .bind(r.update_time)
+                .bind(&r.resolved_by)
+                .bind(&r.resolution_comment)
+                .bind(&r.model)
+                .bind(r.number)
+                .execute(&mut *self.0)
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn fetch_request(&mut self, model: &str, number: i64) -> Result<Option<TransitionRequest>> {
+                fetch_request_with(&mut *self.0, model, number).await
+            }
+
+            async fn pending_requests_of(&mut self, model: &str, version: i64) -> Result<Vec<TransitionRequest>> {
+                let sql = format!(
+                    "SELECT {REQUEST_COLUMNS} FROM transition_requests
+                     WHERE model = $1 AND version = $2 AND status = 'PENDING' ORDER BY number"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(model)
+                    .bind(version)
+                    .fetch_all(&mut *self.0)
+                    .await
+                    .map_err(db_err)?;
+                rows.iter().map(request_from_row).collect()
+            }
+
+            async fn stage_history(&mut self, model: &str) -> Result<Vec<StageStep>> {
+                let rows = sqlx::query(
+                    "SELECT version, to_stage, cause FROM events
+                     WHERE model = $1 AND type = 'STAGE_CHANGED' ORDER BY sequence",
+                )
+                .bind(model)
+                .fetch_all(&mut *self.0)
+                .await
+                .map_err(db_err)?;
+                rows.iter()
+                    .map(|row| {
+                        let to: Option<String> = row.try_get("to_stage").map_err(db_err)?;
+                        let cause: Option<String> = row.try_get("cause").map_err(db_err)?;
+                        Ok(StageStep {
+                            version: row.try_get("version").map_err(db_err)?,
+                            to: to
+                                .as_deref()
+                                .and_then(Stage::from_db)
+                                .ok_or_else(|| Error::Internal("stage change without a stage".into()))?,
+                            cause: cause.as_deref().and_then(Cause::from_db),
+                        })
+                    })
+                    .collect()
             }
 
             async fn commit(self) -> Result<()> {

@@ -1,0 +1,640 @@
+//! The governance commands of `modelreg`: model policies, transition
+//! requests and their approval, rollback, and the audit trail read per model.
+
+use clap::{Args, Subcommand};
+use modelreg_client::audit::{describe, in_production_at, production_timeline};
+use modelreg_client::json::{from_json, to_json};
+use modelreg_client::names::{parse_stage, stage_label};
+use modelreg_client::{RegistryClient, pb};
+
+use super::{
+    Failure, all_pages, dash_if_zero, fmt_num, parse_set_ref, print_fields, print_json,
+    print_json_list, print_table, print_version, time_label,
+};
+
+/// `model policy`: show a model's policy, or change parts of it.
+#[derive(Args)]
+pub struct PolicyArgs {
+    /// The model.
+    model: String,
+    /// Stages whose entry needs approval, comma-separated (e.g.
+    /// `production` or `staging,production`), or `none`.
+    #[arg(long, value_parser = parse_stage_list)]
+    approval_stages: Option<StageList>,
+    /// Distinct approvers needed (1 to 10).
+    #[arg(long)]
+    min_approvals: Option<i32>,
+    /// Whether a requester may approve their own request.
+    #[arg(long)]
+    allow_self_approval: Option<bool>,
+    /// The standard evaluation set, NAME@VERSION, that gates and comparisons use.
+    #[arg(long, value_parser = parse_set_ref)]
+    standard_set: Option<pb::EvaluationSetRef>,
+    /// A metric gate (repeatable; replaces every gate), e.g.
+    /// `auc:min_value=0.9,max_regression=0.01` or `latency_ms:max_value=50`.
+    #[arg(long = "gate", value_parser = parse_gate)]
+    gates: Vec<pb::MetricGate>,
+    /// Remove every gate.
+    #[arg(long, conflicts_with = "gates")]
+    no_gates: bool,
+    /// Whether a rollback waits for approval.
+    #[arg(long)]
+    rollback_requires_approval: Option<bool>,
+    /// Replace the whole policy with this proto3 JSON file (a modelreg.v1.Policy).
+    #[arg(long, conflicts_with_all = [
+        "approval_stages", "min_approvals", "allow_self_approval", "standard_set",
+        "gates", "no_gates", "rollback_requires_approval",
+    ])]
+    file: Option<std::path::PathBuf>,
+    /// Refuse the change if the model changed since this etag was read.
+    #[arg(long, default_value = "")]
+    etag: String,
+}
+
+impl PolicyArgs {
+    fn changes_anything(&self) -> bool {
+        self.approval_stages.is_some()
+            || self.min_approvals.is_some()
+            || self.allow_self_approval.is_some()
+            || self.standard_set.is_some()
+            || !self.gates.is_empty()
+            || self.no_gates
+            || self.rollback_requires_approval.is_some()
+            || self.file.is_some()
+    }
+}
+
+/// Stages given as one comma-separated flag value.
+#[derive(Clone)]
+struct StageList(Vec<pb::Stage>);
+
+fn parse_stage_list(raw: &str) -> Result<StageList, String> {
+    if raw.trim().eq_ignore_ascii_case("none") || raw.trim().is_empty() {
+        return Ok(StageList(Vec::new()));
+    }
+    raw.split(',')
+        .map(parse_stage)
+        .collect::<Result<_, _>>()
+        .map(StageList)
+}
+
+fn parse_gate(raw: &str) -> Result<pb::MetricGate, String> {
+    let (metric, bounds) = raw.split_once(':').ok_or_else(|| {
+        format!("{raw:?} is not METRIC:BOUND=VALUE[,BOUND=VALUE…], e.g. auc:min_value=0.9")
+    })?;
+    let mut gate = pb::MetricGate {
+        metric: metric.trim().to_owned(),
+        ..Default::default()
+    };
+    for part in bounds.split(',') {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?} in {raw:?} is not BOUND=VALUE"))?;
+        let value: f64 = value
+            .trim()
+            .parse()
+            .map_err(|_| format!("{value:?} in {raw:?} is not a number"))?;
+        let slot = match key.trim() {
+            "min_value" | "min" => &mut gate.min_value,
+            "max_value" | "max" => &mut gate.max_value,
+            "max_regression" => &mut gate.max_regression,
+            "min_improvement" => &mut gate.min_improvement,
+            other => {
+                return Err(format!(
+                    "{other:?} in {raw:?}: use min_value, max_value, max_regression or min_improvement"
+                ));
+            }
+        };
+        *slot = Some(value);
+    }
+    Ok(gate)
+}
+
+fn gate_label(g: &pb::MetricGate) -> String {
+    let m = &g.metric;
+    let mut parts = Vec::new();
+    if let Some(v) = g.min_value {
+        parts.push(format!("{m} >= {}", fmt_num(v)));
+    }
+    if let Some(v) = g.max_value {
+        parts.push(format!("{m} <= {}", fmt_num(v)));
+    }
+    if let Some(v) = g.max_regression {
+        parts.push(format!(
+            "{m} regresses at most {} vs production",
+            fmt_num(v)
+        ));
+    }
+    if let Some(v) = g.min_improvement {
+        parts.push(format!(
+            "{m} improves at least {} vs production",
+            fmt_num(v)
+        ));
+    }
+    parts.join(", ")
+}
+
+fn print_policy(model: &pb::Model, json: bool) {
+    let p = model.policy.clone().unwrap_or_default();
+    if json {
+        print_json(&to_json(&p, "modelreg.v1.Policy"));
+        return;
+    }
+    let stages = p
+        .approval_required_for
+        .map(|l| {
+            l.stages
+                .iter()
+                .map(|s| stage_label(*s))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "none".to_owned());
+    let set = p
+        .standard_evaluation_set
+        .map(|s| format!("{}@{}", s.name, s.version))
+        .unwrap_or_else(|| "-".to_owned());
+    let gates: Vec<String> = p
+        .gates
+        .map(|g| g.gates.iter().map(gate_label).collect())
+        .unwrap_or_default();
+    let yes_no = |b: Option<bool>| if b == Some(true) { "yes" } else { "no" }.to_owned();
+    print_fields(&[
+        ("model", model.name.clone()),
+        ("approval required for", stages),
+        ("approvals needed", p.min_approvals.unwrap_or(1).to_string()),
+        ("self-approval", yes_no(p.allow_self_approval)),
+        ("standard evaluation set", set),
+        (
+            "gates",
+            if gates.is_empty() {
+                "none".to_owned()
+            } else {
+                gates.join("; ")
+            },
+        ),
+        (
+            "rollback needs approval",
+            yes_no(p.rollback_requires_approval),
+        ),
+        ("etag", model.etag.clone()),
+    ]);
+}
+
+/// `model policy`.
+pub async fn policy_cmd(
+    client: &mut RegistryClient,
+    args: PolicyArgs,
+    json: bool,
+) -> Result<(), Failure> {
+    let current = client
+        .get_model(pb::GetModelRequest {
+            name: args.model.clone(),
+        })
+        .await?
+        .into_inner()
+        .model
+        .unwrap_or_default();
+    if !args.changes_anything() {
+        print_policy(&current, json);
+        return Ok(());
+    }
+    let policy = match &args.file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Failure::Local(format!("cannot read {}: {e}", path.display())))?;
+            from_json::<pb::Policy>(&text, "modelreg.v1.Policy").map_err(|e| {
+                Failure::Local(format!(
+                    "{} is not a modelreg.v1.Policy: {e}",
+                    path.display()
+                ))
+            })?
+        }
+        None => {
+            let mut p = current.policy.clone().unwrap_or_default();
+            if let Some(StageList(stages)) = args.approval_stages {
+                p.approval_required_for = Some(pb::StageList {
+                    stages: stages.into_iter().map(|s| s as i32).collect(),
+                });
+            }
+            if args.min_approvals.is_some() {
+                p.min_approvals = args.min_approvals;
+            }
+            if args.allow_self_approval.is_some() {
+                p.allow_self_approval = args.allow_self_approval;
+            }
+            if args.standard_set.is_some() {
+                p.standard_evaluation_set = args.standard_set;
+            }
+            if args.no_gates || !args.gates.is_empty() {
+                p.gates = Some(pb::MetricGateList { gates: args.gates });
+            }
+            if args.rollback_requires_approval.is_some() {
+                p.rollback_requires_approval = args.rollback_requires_approval;
+            }
+            p
+        }
+    };
+    let updated = client
+        .update_model(pb::UpdateModelRequest {
+            name: args.model,
+            policy: Some(policy),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["policy".into()],
+            }),
+            etag: args.etag,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .model
+        .unwrap_or_default();
+    print_policy(&updated, json);
+    Ok(())
+}
+
+/// `requests`: the approval inbox.
+#[derive(Subcommand)]
+pub enum RequestsCmd {
+    /// List transition requests, oldest first per model.
+    List {
+        /// Only this model's requests.
+        #[arg(long, default_value = "")]
+        model: String,
+        /// Only requests with this status: pending, approved, rejected,
+        /// cancelled or superseded.
+        #[arg(long, value_parser = parse_status)]
+        status: Option<pb::TransitionRequestStatus>,
+    },
+}
+
+fn parse_status(raw: &str) -> Result<pb::TransitionRequestStatus, String> {
+    let name = format!(
+        "TRANSITION_REQUEST_STATUS_{}",
+        raw.trim()
+            .to_ascii_uppercase()
+            .trim_start_matches("TRANSITION_REQUEST_STATUS_")
+    );
+    match pb::TransitionRequestStatus::from_str_name(&name) {
+        Some(pb::TransitionRequestStatus::Unspecified) | None => Err(format!(
+            "{raw:?} is not a status: use pending, approved, rejected, cancelled or superseded"
+        )),
+        Some(s) => Ok(s),
+    }
+}
+
+fn status_label(raw: i32) -> String {
+    pb::TransitionRequestStatus::try_from(raw)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("TRANSITION_REQUEST_STATUS_")
+                .to_owned()
+        })
+        .unwrap_or_else(|_| raw.to_string())
+}
+
+fn request_row(r: &pb::TransitionRequest) -> Vec<String> {
+    let passed = r.gate_results.iter().filter(|g| g.passed).count();
+    let approvers: Vec<&str> = r.approvals.iter().map(|a| a.approver.as_str()).collect();
+    let what = if r.rollback {
+        format!("rollback to {}", stage_label(r.to_stage))
+    } else {
+        format!(
+            "{} → {}",
+            stage_label(r.from_stage),
+            stage_label(r.to_stage)
+        )
+    };
+    vec![
+        r.id.clone(),
+        r.version.to_string(),
+        what,
+        status_label(r.status),
+        r.requester.clone(),
+        if approvers.is_empty() {
+            "-".to_owned()
+        } else {
+            approvers.join(", ")
+        },
+        if r.gate_results.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{passed}/{} passed", r.gate_results.len())
+        },
+        time_label(r.create_time.as_ref()),
+        r.comment.clone(),
+    ]
+}
+
+const REQUEST_HEADERS: [&str; 9] = [
+    "ID",
+    "VERSION",
+    "MOVE",
+    "STATUS",
+    "REQUESTER",
+    "APPROVED BY",
+    "GATES",
+    "CREATED",
+    "COMMENT",
+];
+
+/// Prints a request, with each gate's result.
+pub fn print_request(r: &pb::TransitionRequest, json: bool) {
+    if json {
+        print_json(&to_json(r, "modelreg.v1.TransitionRequest"));
+        return;
+    }
+    print_table(&REQUEST_HEADERS, vec![request_row(r)]);
+    if !r.gate_results.is_empty() {
+        println!();
+        let rows = r
+            .gate_results
+            .iter()
+            .map(|g| {
+                vec![
+                    if g.passed { "pass" } else { "FAIL" }.to_owned(),
+                    g.check.clone(),
+                    g.message.clone(),
+                ]
+            })
+            .collect();
+        print_table(&["GATE", "CHECK", "RESULT"], rows);
+    }
+    if r.status == pb::TransitionRequestStatus::Pending as i32 {
+        println!();
+        println!(
+            "approve: modelreg approve {id}    reject: modelreg reject {id} --comment WHY",
+            id = r.id
+        );
+    }
+}
+
+/// `requests list`.
+pub async fn requests_cmd(
+    client: &mut RegistryClient,
+    cmd: RequestsCmd,
+    json: bool,
+) -> Result<(), Failure> {
+    let RequestsCmd::List { model, status } = cmd;
+    let status = status.map(|s| s as i32).unwrap_or_default();
+    let requests = all_pages(|page_token| {
+        let mut client = client.clone();
+        let request = pb::ListTransitionRequestsRequest {
+            model: model.clone(),
+            status,
+            page_size: 500,
+            page_token,
+        };
+        async move {
+            let r = client.list_transition_requests(request).await?.into_inner();
+            Ok((r.requests, r.next_page_token))
+        }
+    })
+    .await?;
+    if json {
+        print_json_list(&requests, "modelreg.v1.TransitionRequest");
+    } else {
+        print_table(&REQUEST_HEADERS, requests.iter().map(request_row).collect());
+    }
+    Ok(())
+}
+
+/// What to do with a pending request.
+pub enum Verdict {
+    /// Approve it.
+    Approve,
+    /// Reject it.
+    Reject,
+    /// Withdraw it.
+    Cancel,
+}
+
+/// `approve`, `reject`, `cancel`.
+pub async fn decide_cmd(
+    client: &mut RegistryClient,
+    verdict: Verdict,
+    request_id: String,
+    comment: String,
+    json: bool,
+) -> Result<(), Failure> {
+    let (request, version) = match verdict {
+        Verdict::Approve => {
+            let r = client
+                .approve_transition(pb::ApproveTransitionRequest {
+                    request_id,
+                    comment,
+                })
+                .await?
+                .into_inner();
+            (r.request, r.version)
+        }
+        Verdict::Reject => {
+            let r = client
+                .reject_transition(pb::RejectTransitionRequest {
+                    request_id,
+                    comment,
+                })
+                .await?
+                .into_inner();
+            (r.request, r.version)
+        }
+        Verdict::Cancel => {
+            let r = client
+                .cancel_transition(pb::CancelTransitionRequest {
+                    request_id,
+                    comment,
+                })
+                .await?
+                .into_inner();
+            (r.request, r.version)
+        }
+    };
+    let request = request.unwrap_or_default();
+    let version = version.unwrap_or_default();
+    if json {
+        print_json(&serde_json::json!({
+            "request": to_json(&request, "modelreg.v1.TransitionRequest"),
+            "version": to_json(&version, "modelreg.v1.ModelVersion"),
+        }));
+        return Ok(());
+    }
+    print_request(&request, false);
+    println!();
+    println!(
+        "{}/{} is in {}",
+        version.model,
+        version.version,
+        stage_label(version.stage)
+    );
+    Ok(())
+}
+
+/// `rollback`.
+pub async fn rollback_cmd(
+    client: &mut RegistryClient,
+    model: String,
+    reason: String,
+    to: i64,
+    json: bool,
+) -> Result<(), Failure> {
+    let r = client
+        .rollback(pb::RollbackRequest {
+            model,
+            version: to,
+            reason,
+        })
+        .await?
+        .into_inner();
+    match (r.version, r.request) {
+        (Some(v), _) => print_version(&v, json),
+        (None, Some(req)) => {
+            if !json {
+                println!(
+                    "the policy needs approval for rollbacks: request {} waits",
+                    req.id
+                );
+            }
+            print_request(&req, json);
+        }
+        (None, None) => return Err(Failure::Local("the server answered nothing".into())),
+    }
+    Ok(())
+}
+
+/// `audit MODEL`: who did what to a model (or one version), and when.
+pub async fn audit_model_cmd(
+    client: &mut RegistryClient,
+    model: String,
+    version: i64,
+    json: bool,
+) -> Result<(), Failure> {
+    let events = model_events(client, &model, version).await?;
+    if json {
+        print_json_list(&events, "modelreg.v1.RegistryEvent");
+        return Ok(());
+    }
+    let rows = events
+        .iter()
+        .map(|e| {
+            vec![
+                e.sequence.to_string(),
+                time_label(e.occur_time.as_ref()),
+                dash_if_zero(e.version),
+                e.actor.clone(),
+                describe(e),
+            ]
+        })
+        .collect();
+    print_table(&["SEQ", "TIME", "VERSION", "WHO", "WHAT"], rows);
+    Ok(())
+}
+
+/// `history MODEL`: which version was in production from when to when, and why.
+pub async fn history_cmd(
+    client: &mut RegistryClient,
+    model: String,
+    at: Option<prost_types::Timestamp>,
+    json: bool,
+) -> Result<(), Failure> {
+    let events = model_events(client, &model, 0).await?;
+    let periods = production_timeline(&events);
+    if let Some(at) = at {
+        let version = in_production_at(&periods, &at);
+        if json {
+            print_json(&serde_json::json!({
+                "model": model,
+                "time": at.to_string(),
+                "production_version": version.unwrap_or(0),
+            }));
+        } else {
+            match version {
+                Some(v) => println!("{model}/{v} was in production at {}", time_label(Some(&at))),
+                None => println!(
+                    "no version of {model} was in production at {}",
+                    time_label(Some(&at))
+                ),
+            }
+        }
+        return Ok(());
+    }
+    if json {
+        let list: Vec<serde_json::Value> = periods
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "version": p.version,
+                    // Exact RFC 3339 times, so `--at` can be given one back.
+                    "since": p.since.as_ref().map(ToString::to_string),
+                    "until": p.until.as_ref().map(ToString::to_string),
+                    "entered_by": p.entered_by,
+                    "entered_cause": p.entered_by_cause,
+                    "request_id": p.request_id,
+                    "comment": p.comment,
+                    "left_by": p.left_by,
+                    "left_cause": p.left_by_cause,
+                })
+            })
+            .collect();
+        print_json(&serde_json::Value::Array(list));
+        return Ok(());
+    }
+    let rows = periods
+        .iter()
+        .map(|p| {
+            let entered = match p.request_id.as_str() {
+                "" => format!("{} by {}", p.entered_by_cause, p.entered_by),
+                id => format!("{} by {} ({id})", p.entered_by_cause, p.entered_by),
+            };
+            vec![
+                p.version.to_string(),
+                time_label(p.since.as_ref()),
+                p.until
+                    .as_ref()
+                    .map(|t| time_label(Some(t)))
+                    .unwrap_or_else(|| "now".to_owned()),
+                entered,
+                if p.left_by.is_empty() {
+                    "-".to_owned()
+                } else {
+                    format!("{} by {}", p.left_by_cause, p.left_by)
+                },
+                p.comment.clone(),
+            ]
+        })
+        .collect();
+    print_table(
+        &["VERSION", "FROM", "UNTIL", "ENTERED", "LEFT", "COMMENT"],
+        rows,
+    );
+    Ok(())
+}
+
+/// Every event of one model (or one version), oldest first.
+async fn model_events(
+    client: &mut RegistryClient,
+    model: &str,
+    version: i64,
+) -> Result<Vec<pb::RegistryEvent>, Failure> {
+    // An unknown model is an error, not an empty trail.
+    client
+        .get_model(pb::GetModelRequest {
+            name: model.to_owned(),
+        })
+        .await?;
+    all_pages(|page_token| {
+        let mut client = client.clone();
+        let request = pb::ListEventsRequest {
+            model: model.to_owned(),
+            version,
+            page_size: 1000,
+            page_token,
+            ..Default::default()
+        };
+        async move {
+            let r = client.list_events(request).await?.into_inner();
+            Ok((r.events, r.next_page_token))
+        }
+    })
+    .await
+}

@@ -1,0 +1,707 @@
+//! Who is calling, and what they may do (SPEC §7).
+//!
+//! Every call reaching the service carries an [`Identity`] in its request
+//! extensions. With a token file the identity comes from the bearer token;
+//! in local mode (no token file, loopback only) it is the `x-modelreg-actor`
+//! header (or `anonymous`) holding every role.
+//!
+//! This module owns the token file ([`TokenTable`], reloaded through
+//! [`TokenStore`]), the method → role table ([`required_role`]) and the tower
+//! layer ([`AuthLayer`]) that refuses unauthenticated or under-privileged
+//! `ModelRegistryService` calls before any handler runs. Health and reflection
+//! stay open. Checks that depend on the resource (no self-approval, cancel by
+//! the requester) belong to the service, not here.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tonic::Status;
+use tonic::codegen::Service;
+use tonic::codegen::http;
+use tower_layer::Layer;
+
+/// The self-declared caller name of local mode (the service reads the same key).
+const ACTOR_HEADER: &str = "x-modelreg-actor";
+
+/// A role from the token file. `Admin` implies every other role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Reads everything.
+    Reader,
+    /// Registers versions and requests transitions.
+    Publisher,
+    /// Attaches evaluations.
+    Evaluator,
+    /// Reports deployments and live metrics.
+    Deployer,
+    /// Approves, rejects and rolls back.
+    Approver,
+    /// Changes policies and evaluation sets; implies every role.
+    Admin,
+}
+
+impl Role {
+    /// Every role, in declaration order.
+    pub const ALL: [Role; 6] = [
+        Role::Reader,
+        Role::Publisher,
+        Role::Evaluator,
+        Role::Deployer,
+        Role::Approver,
+        Role::Admin,
+    ];
+
+    /// The name used in token files and error messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Reader => "reader",
+            Role::Publisher => "publisher",
+            Role::Evaluator => "evaluator",
+            Role::Deployer => "deployer",
+            Role::Approver => "approver",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Parses a role name.
+    pub fn parse(raw: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == raw)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The authenticated caller of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The name recorded as the actor of every event the call causes.
+    pub name: String,
+    /// The roles granted.
+    pub roles: BTreeSet<Role>,
+    /// True in local mode (no token file): the name is self-declared.
+    pub local: bool,
+}
+
+impl Identity {
+    /// A local-mode caller: self-declared name, every role.
+    pub fn local(name: impl Into<String>) -> Identity {
+        Identity {
+            name: name.into(),
+            roles: Role::ALL.into_iter().collect(),
+            local: true,
+        }
+    }
+
+    /// Whether the caller holds `role`: admins hold every role, and every
+    /// role includes reading.
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+            || self.roles.contains(&Role::Admin)
+            || (role == Role::Reader && !self.roles.is_empty())
+    }
+}
+
+/// The gRPC path prefix of the calls this module guards. Health checks and
+/// reflection stay open so load balancers and `grpcurl list` need no token.
+pub const GUARDED_PREFIX: &str = "/modelreg.v1.ModelRegistryService/";
+
+/// The role a `ModelRegistryService` method needs, by its name (the last
+/// segment of the gRPC path). Methods not listed need [`Role::Admin`], so a
+/// method added to the proto is closed until someone decides who may call it.
+pub fn required_role(method: &str) -> Role {
+    match method {
+        "GetModel"
+        | "ListModels"
+        | "GetVersion"
+        | "ListVersions"
+        | "ListTransitionRequests"
+        | "GetEvaluationSet"
+        | "ListEvaluationSets"
+        | "ListEvaluations"
+        | "CompareVersions"
+        | "ListEvents"
+        | "VerifyAuditLog"
+        | "WatchTransitions" => Role::Reader,
+        "CreateModel" | "UpdateModel" | "RegisterVersion" | "SetAlias" | "DeleteAlias"
+        | "TransitionStage" | "CancelTransition" => Role::Publisher,
+        "AttachEvaluation" => Role::Evaluator,
+        "ReportDeployment" | "ReportLiveMetric" => Role::Deployer,
+        "ApproveTransition" | "RejectTransition" | "Rollback" => Role::Approver,
+        _ => Role::Admin,
+    }
+}
+
+/// The token file as written, before validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenFileRaw {
+    /// The `[[tokens]]` entries.
+    #[serde(default)]
+    tokens: Vec<TokenEntryRaw>,
+}
+
+/// One `[[tokens]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenEntryRaw {
+    /// The name recorded as the actor of the holder's events.
+    identity: String,
+    /// Role names.
+    roles: Vec<String>,
+    /// Hex SHA-256 of the bearer token; the file never holds the token itself.
+    token_sha256: String,
+}
+
+/// Why a token file was refused. The message names the file and the entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenFileError(pub String);
+
+impl fmt::Display for TokenFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TokenFileError {}
+
+/// What one token grants.
+#[derive(Debug, Clone)]
+struct Grant {
+    /// The identity name.
+    name: String,
+    /// Its roles.
+    roles: BTreeSet<Role>,
+}
+
+/// A validated token file: SHA-256 of a token → who holds it.
+#[derive(Debug, Default)]
+pub struct TokenTable {
+    /// Keyed by the digest, so a lookup hashes the presented token and never
+    /// compares secrets byte by byte.
+    by_digest: HashMap<[u8; 32], Grant>,
+}
+
+impl TokenTable {
+    /// Parses and validates the text of a token file; `origin` names the file
+    /// in error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<TokenTable, TokenFileError> {
+        let fail = |msg: String| TokenFileError(format!("token file {origin}: {msg}"));
+        let raw: TokenFileRaw = toml::from_str(text).map_err(|e| fail(e.to_string()))?;
+        if raw.tokens.is_empty() {
+            return Err(fail(
+                "no [[tokens]] entries: add at least one with identity, roles and token_sha256"
+                    .into(),
+            ));
+        }
+        let mut by_digest = HashMap::with_capacity(raw.tokens.len());
+        for (i, entry) in raw.tokens.into_iter().enumerate() {
+            let at = format!("entry {} (identity {:?})", i + 1, entry.identity);
+            let name = entry.identity;
+            if name.is_empty() || name.chars().count() > 256 || name.chars().any(char::is_control) {
+                return Err(fail(format!(
+                    "{at}: identity must be 1 to 256 printable characters"
+                )));
+            }
+            if entry.roles.is_empty() {
+                return Err(fail(format!(
+                    "{at}: roles is empty; give at least one of {}",
+                    role_names()
+                )));
+            }
+            let mut roles = BTreeSet::new();
+            for r in &entry.roles {
+                let role = Role::parse(r).ok_or_else(|| {
+                    fail(format!(
+                        "{at}: unknown role {r:?}; the roles are {}",
+                        role_names()
+                    ))
+                })?;
+                roles.insert(role);
+            }
+            let digest = parse_digest(&entry.token_sha256).ok_or_else(|| {
+                fail(format!(
+                    "{at}: token_sha256 must be 64 hexadecimal digits (the SHA-256 of the token, e.g. from `printf %s \"$TOKEN\" | sha256sum`)"
+                ))
+            })?;
+            if let Some(other) = by_digest.insert(digest, Grant { name, roles }) {
+                return Err(fail(format!(
+                    "{at}: token_sha256 is already used by identity {:?}; every token must be unique",
+                    other.name
+                )));
+            }
+        }
+        Ok(TokenTable { by_digest })
+    }
+
+    /// Reads and validates the token file at `path`.
+    pub fn load(path: &Path) -> Result<TokenTable, TokenFileError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            TokenFileError(format!("token file {}: cannot read: {e}", path.display()))
+        })?;
+        TokenTable::parse(&text, &path.display().to_string())
+    }
+
+    /// How many tokens the table holds.
+    pub fn len(&self) -> usize {
+        self.by_digest.len()
+    }
+
+    /// Whether the table holds no token.
+    pub fn is_empty(&self) -> bool {
+        self.by_digest.is_empty()
+    }
+
+    /// The identity holding `token`, if any.
+    pub fn identify(&self, token: &str) -> Option<Identity> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.by_digest.get(&digest).map(|g| Identity {
+            name: g.name.clone(),
+            roles: g.roles.clone(),
+            local: false,
+        })
+    }
+}
+
+fn role_names() -> String {
+    Role::ALL.map(Role::as_str).join(", ")
+}
+
+/// 64 hex digits (either case) → 32 bytes.
+fn parse_digest(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+/// The live token table of a server and the file it comes from; cheap to
+/// clone. [`TokenStore::reload`] swaps in a new table atomically: a call sees
+/// either the old tokens or the new ones, never a mix.
+#[derive(Clone)]
+pub struct TokenStore {
+    /// The token file, re-read by `reload`.
+    path: PathBuf,
+    /// The current table; replaced whole, never edited in place.
+    table: Arc<RwLock<Arc<TokenTable>>>,
+}
+
+impl fmt::Debug for TokenStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenStore")
+            .field("path", &self.path)
+            .field("tokens", &self.current().len())
+            .finish()
+    }
+}
+
+impl TokenStore {
+    /// Loads the token file at `path`; a bad file is an error.
+    pub fn open(path: impl Into<PathBuf>) -> Result<TokenStore, TokenFileError> {
+        let path = path.into();
+        let table = TokenTable::load(&path)?;
+        Ok(TokenStore {
+            path,
+            table: Arc::new(RwLock::new(Arc::new(table))),
+        })
+    }
+
+    /// The token file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Re-reads the token file. A good file replaces every token at once and
+    /// returns how many it holds; a bad one is an error and the old tokens stay.
+    pub fn reload(&self) -> Result<usize, TokenFileError> {
+        let table = TokenTable::load(&self.path)?;
+        let n = table.len();
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        Ok(n)
+    }
+
+    /// The table in force now.
+    pub fn current(&self) -> Arc<TokenTable> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The identity holding `token` under the current table.
+    pub fn identify(&self, token: &str) -> Option<Identity> {
+        self.current().identify(token)
+    }
+}
+
+/// Re-reads `store`'s file on every SIGHUP until `stop` turns true; a bad
+/// file is logged and the old tokens stay in force. The handler is in place
+/// when this returns (so a SIGHUP no longer ends the process); call it inside
+/// a tokio runtime.
+#[cfg(unix)]
+pub fn reload_on_sighup(
+    store: TokenStore,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                got = hangups.recv() => if got.is_none() { return },
+                _ = stop.changed() => return,
+            }
+            match store.reload() {
+                Ok(n) => {
+                    tracing::info!(file = %store.path().display(), tokens = n, "SIGHUP: token file reloaded")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: token file refused; the previous tokens stay in force")
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Tower layer that authenticates every `ModelRegistryService` call and
+/// checks its role, before the service sees it. See [`AuthService`].
+#[derive(Clone, Debug)]
+pub struct AuthLayer {
+    /// The tokens; `None` is local mode.
+    tokens: Option<TokenStore>,
+}
+
+impl AuthLayer {
+    /// Bearer-token authentication against `tokens`.
+    pub fn tokens(tokens: TokenStore) -> AuthLayer {
+        AuthLayer {
+            tokens: Some(tokens),
+        }
+    }
+
+    /// Local mode: every caller is who its `x-modelreg-actor` header says,
+    /// with every role.
+    pub fn local() -> AuthLayer {
+        AuthLayer { tokens: None }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> AuthService<S> {
+        AuthService {
+            inner,
+            tokens: self.tokens.clone(),
+        }
+    }
+}
+
+/// Puts the caller's [`Identity`] into the extensions of each
+/// `ModelRegistryService` call (where handlers read it from
+/// `tonic::Request::extensions()`), or answers UNAUTHENTICATED /
+/// PERMISSION_DENIED without calling the service. Other paths pass untouched.
+#[derive(Clone, Debug)]
+pub struct AuthService<S> {
+    /// The routes behind this layer.
+    inner: S,
+    /// The tokens; `None` is local mode.
+    tokens: Option<TokenStore>,
+}
+
+/// What the layer decided for one call.
+enum Verdict {
+    /// Not a guarded path.
+    Pass,
+    /// Forward with this identity.
+    Allow(Identity),
+    /// Answer with this status.
+    Refuse(Status),
+}
+
+impl<S> AuthService<S> {
+    fn judge<B>(&self, req: &http::Request<B>) -> Verdict {
+        let Some(method) = req.uri().path().strip_prefix(GUARDED_PREFIX) else {
+            return Verdict::Pass;
+        };
+        let Some(tokens) = &self.tokens else {
+            // Lenient: the service validates the header and answers
+            // INVALID_ARGUMENT for a bad one.
+            let name = req
+                .headers()
+                .get(ACTOR_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .filter(|s| !s.is_empty())
+                .unwrap_or("anonymous");
+            return Verdict::Allow(Identity::local(name));
+        };
+        let token = match bearer_token(req.headers()) {
+            Ok(t) => t,
+            Err(problem) => {
+                tracing::info!(method, problem, "call refused: not authenticated");
+                return Verdict::Refuse(unauthenticated(problem));
+            }
+        };
+        let Some(identity) = tokens.identify(token) else {
+            tracing::info!(method, "call refused: unknown bearer token");
+            return Verdict::Refuse(unauthenticated("unknown bearer token"));
+        };
+        let role = required_role(method);
+        if !identity.has(role) {
+            tracing::info!(method, identity = %identity.name, role = %role, "call refused: missing role");
+            return Verdict::Refuse(Status::permission_denied(format!(
+                "{} lacks the role \"{role}\" needed by {method}",
+                identity.name
+            )));
+        }
+        Verdict::Allow(identity)
+    }
+}
+
+/// UNAUTHENTICATED saying what is wrong and how to authenticate; never
+/// echoes what the caller sent.
+fn unauthenticated(problem: &str) -> Status {
+    Status::unauthenticated(format!(
+        "{problem}: send the metadata `authorization: Bearer <token>` with a token whose SHA-256 is in the server's token file (modelreg CLI: --token or MODELREG_TOKEN)"
+    ))
+}
+
+/// The token of an `authorization: Bearer <token>` header, or what is wrong.
+fn bearer_token(headers: &http::HeaderMap) -> Result<&str, &'static str> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let value = values.next().ok_or("missing bearer token")?;
+    if values.next().is_some() {
+        return Err("more than one authorization header");
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| "the authorization header is not text")?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or("the authorization header is not `Bearer <token>`")?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err("the authorization header is not `Bearer <token>`");
+    }
+    Ok(token)
+}
+
+impl<S, B, ResBody> Service<http::Request<B>> for AuthService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        match self.judge(&req) {
+            Verdict::Pass => {}
+            Verdict::Refuse(status) => {
+                // A complete gRPC answer (HTTP 200, grpc-status), so unary
+                // and streaming clients alike see the code at call time.
+                return Box::pin(std::future::ready(Ok(status.into_http())));
+            }
+            Verdict::Allow(identity) => {
+                if !identity.local {
+                    // Nothing downstream may read a self-declared name when
+                    // the caller proved who it is.
+                    match http::HeaderValue::from_str(&identity.name) {
+                        Ok(v) => req.headers_mut().insert(ACTOR_HEADER, v),
+                        Err(_) => req.headers_mut().remove(ACTOR_HEADER),
+                    };
+                }
+                req.extensions_mut().insert(identity);
+            }
+        }
+        // The clone is not the instance `poll_ready` readied; swap them.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(inner.call(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH_A: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+    const HASH_B: &str = "486ea46224d1bb4fb680f34f7c9ad96a8f24ec88be73ea8e5a6c65260e9cb8a7";
+
+    fn entry(identity: &str, roles: &str, hash: &str) -> String {
+        format!(
+            "[[tokens]]\nidentity = \"{identity}\"\nroles = {roles}\ntoken_sha256 = \"{hash}\"\n"
+        )
+    }
+
+    fn parse_err(text: &str) -> String {
+        TokenTable::parse(text, "tokens.toml")
+            .expect_err("the file must be refused")
+            .0
+    }
+
+    /// A good file maps each token (by its SHA-256, either hex case) to its identity and roles.
+    #[test]
+    fn good_file_identifies_tokens() {
+        let text = entry("alice", r#"["publisher", "approver"]"#, HASH_A)
+            + &entry("bob", r#"["reader"]"#, &HASH_B.to_uppercase());
+        let table = TokenTable::parse(&text, "tokens.toml").unwrap();
+        assert_eq!(table.len(), 2);
+        // HASH_A is sha256("hello"), HASH_B is sha256("world").
+        let alice = table.identify("hello").expect("alice's token");
+        assert_eq!(alice.name, "alice");
+        assert!(!alice.local);
+        assert!(alice.has(Role::Approver) && alice.has(Role::Reader));
+        assert!(!alice.has(Role::Admin) && !alice.has(Role::Deployer));
+        assert_eq!(table.identify("world").unwrap().name, "bob");
+        assert!(table.identify("hello ").is_none());
+        assert!(table.identify(HASH_A).is_none());
+    }
+
+    /// Bad hex, short or long digests are refused, naming the file and the entry.
+    #[test]
+    fn bad_hex_is_refused() {
+        let bad = HASH_A.replace('2', "g");
+        let msg = parse_err(&entry("alice", r#"["reader"]"#, &bad));
+        assert!(msg.contains("tokens.toml"), "{msg}");
+        assert!(msg.contains("entry 1") && msg.contains("alice"), "{msg}");
+        assert!(msg.contains("token_sha256"), "{msg}");
+        parse_err(&entry("alice", r#"["reader"]"#, &HASH_A[..63]));
+        parse_err(&entry("alice", r#"["reader"]"#, &format!("{HASH_A}0")));
+        parse_err(&entry("alice", r#"["reader"]"#, ""));
+    }
+
+    /// A role that does not exist is refused, and the message lists the real ones.
+    #[test]
+    fn unknown_role_is_refused() {
+        let text = entry("alice", r#"["reader"]"#, HASH_A) + &entry("bob", r#"["root"]"#, HASH_B);
+        let msg = parse_err(&text);
+        assert!(msg.contains("entry 2") && msg.contains("bob"), "{msg}");
+        assert!(
+            msg.contains("\"root\"") && msg.contains("approver"),
+            "{msg}"
+        );
+        parse_err(&entry("alice", r#"["Reader"]"#, HASH_A));
+    }
+
+    /// Two entries with the same token hash (in any hex case) are refused.
+    #[test]
+    fn duplicate_hash_is_refused() {
+        let text = entry("alice", r#"["reader"]"#, HASH_A)
+            + &entry("bob", r#"["admin"]"#, &HASH_A.to_uppercase());
+        let msg = parse_err(&text);
+        assert!(
+            msg.contains("entry 2") && msg.contains("already used"),
+            "{msg}"
+        );
+        assert!(msg.contains("alice"), "{msg}");
+    }
+
+    /// An entry without roles is refused.
+    #[test]
+    fn empty_roles_are_refused() {
+        let msg = parse_err(&entry("alice", "[]", HASH_A));
+        assert!(msg.contains("roles is empty"), "{msg}");
+    }
+
+    /// Unknown keys (typos) are refused at the top level and in entries.
+    #[test]
+    fn unknown_keys_are_refused() {
+        let text = entry("alice", r#"["reader"]"#, HASH_A) + "expires = \"tomorrow\"\n";
+        let msg = parse_err(&text);
+        assert!(msg.contains("expires"), "{msg}");
+        let msg = parse_err(&entry("alice", r#"["reader"]"#, HASH_A).replace("tokens", "token"));
+        assert!(msg.contains("token"), "{msg}");
+        // A missing key is refused too.
+        let msg = parse_err("[[tokens]]\nidentity = \"alice\"\nroles = [\"reader\"]\n");
+        assert!(msg.contains("token_sha256"), "{msg}");
+    }
+
+    /// Bad identities, an empty file and broken TOML are refused.
+    #[test]
+    fn other_bad_files_are_refused() {
+        parse_err(&entry("", r#"["reader"]"#, HASH_A));
+        parse_err(&entry("al\\u0007ice", r#"["reader"]"#, HASH_A));
+        parse_err(&entry(&"x".repeat(257), r#"["reader"]"#, HASH_A));
+        TokenTable::parse(&entry(&"é".repeat(256), r#"["reader"]"#, HASH_A), "t").unwrap();
+        assert!(parse_err("").contains("no [[tokens]]"));
+        parse_err("[[tokens]\n");
+    }
+
+    /// `reload` swaps in a good file whole and keeps the old tokens when the new file is bad.
+    #[test]
+    fn reload_replaces_tokens_or_keeps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.toml");
+        std::fs::write(&path, entry("alice", r#"["reader"]"#, HASH_A)).unwrap();
+        let store = TokenStore::open(&path).unwrap();
+        assert_eq!(store.identify("hello").unwrap().name, "alice");
+
+        std::fs::write(&path, entry("bob", r#"["admin"]"#, HASH_B)).unwrap();
+        assert_eq!(store.reload().unwrap(), 1);
+        assert!(store.identify("hello").is_none());
+        assert_eq!(store.identify("world").unwrap().name, "bob");
+
+        std::fs::write(&path, entry("carol", r#"["wizard"]"#, HASH_A)).unwrap();
+        let err = store.reload().unwrap_err();
+        assert!(err.0.contains("wizard"), "{err}");
+        assert_eq!(store.identify("world").unwrap().name, "bob");
+        assert!(store.identify("hello").is_none());
+
+        std::fs::remove_file(&path).unwrap();
+        assert!(store.reload().unwrap_err().0.contains("cannot read"));
+        assert_eq!(store.identify("world").unwrap().name, "bob");
+    }
+
+    /// Every method named in the role table maps to its role; others need admin.
+    #[test]
+    fn role_table() {
+        assert_eq!(required_role("GetModel"), Role::Reader);
+        assert_eq!(required_role("WatchTransitions"), Role::Reader);
+        assert_eq!(required_role("TransitionStage"), Role::Publisher);
+        assert_eq!(required_role("AttachEvaluation"), Role::Evaluator);
+        assert_eq!(required_role("ReportLiveMetric"), Role::Deployer);
+        assert_eq!(required_role("Rollback"), Role::Approver);
+        assert_eq!(required_role("CreateEvaluationSet"), Role::Admin);
+        assert_eq!(required_role("DropEverything"), Role::Admin);
+    }
+
+    /// Only `Bearer <token>` (scheme in any case) is accepted.
+    #[test]
+    fn bearer_header_parsing() {
+        let with = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::AUTHORIZATION, v.parse().unwrap());
+            h
+        };
+        assert_eq!(bearer_token(&with("Bearer abc")), Ok("abc"));
+        assert_eq!(bearer_token(&with("bearer abc")), Ok("abc"));
+        assert!(bearer_token(&with("Basic abc")).is_err());
+        assert!(bearer_token(&with("Bearer ")).is_err());
+        assert!(bearer_token(&with("abc")).is_err());
+        assert!(bearer_token(&http::HeaderMap::new()).is_err());
+    }
+}
