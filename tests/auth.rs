@@ -23,7 +23,7 @@ use tonic::{Code, Status};
 /// out from the documented table (not read from the server's), so the matrix
 /// catches a wrong entry; `the_method_list_is_complete` checks the names
 /// against the proto, so a new RPC cannot skip the matrix.
-const METHODS: [(&str, Role); 26] = [
+const METHODS: [(&str, Role); 27] = [
     ("CreateModel", Role::Publisher),
     ("GetModel", Role::Reader),
     ("ListModels", Role::Reader),
@@ -47,6 +47,7 @@ const METHODS: [(&str, Role); 26] = [
     ("CompareVersions", Role::Reader),
     ("ReportDeployment", Role::Deployer),
     ("ReportLiveMetric", Role::Deployer),
+    ("ReportWorkerFailure", Role::Evaluator),
     ("ListEvents", Role::Reader),
     ("VerifyAuditLog", Role::Reader),
     ("WatchTransitions", Role::Reader),
@@ -208,6 +209,7 @@ async fn call(
         "CompareVersions" => unary!(compare_versions, CompareVersionsRequest),
         "ReportDeployment" => unary!(report_deployment, ReportDeploymentRequest),
         "ReportLiveMetric" => unary!(report_live_metric, ReportLiveMetricRequest),
+        "ReportWorkerFailure" => unary!(report_worker_failure, ReportWorkerFailureRequest),
         "ListEvents" => unary!(list_events, ListEventsRequest),
         "VerifyAuditLog" => unary!(verify_audit_log, VerifyAuditLogRequest),
         "WatchTransitions" => {

@@ -310,12 +310,12 @@ async fn policies_are_shown_validated_and_audited(db: TestDb) {
         (
             pb::Policy {
                 archival: Some(pb::ArchivalPolicy {
-                    archive_superseded_after_days: Some(3),
+                    archive_superseded_after_days: Some(-3),
                     live_metric: None,
                 }),
                 ..Default::default()
             },
-            vec!["policy.archival"],
+            vec!["policy.archival.archive_superseded_after_days"],
         ),
     ];
     for (policy, fields) in bad {

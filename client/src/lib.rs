@@ -15,6 +15,9 @@
 //!   details, written for people.
 //! - [`watch`]: a WatchTransitions stream that reconnects and resumes from the
 //!   last sequence it saw.
+//! - [`subscription`]: the workers' subscription: a durable cursor file,
+//!   idempotency keys per event, graceful stop on SIGINT/SIGTERM.
+//! - [`webhook`]: one signed HTTP POST to a webhook, and its retry policy.
 //!
 //! The generated stubs are re-exported as [`pb`]; this crate adds no second
 //! set of types on top of them.
@@ -24,7 +27,9 @@ pub mod audit;
 pub mod errors;
 pub mod json;
 pub mod names;
+pub mod subscription;
 pub mod watch;
+pub mod webhook;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -418,6 +418,28 @@ async fn the_cli_governs_policies_requests_rollbacks_and_the_audit_trail() {
         shown.contains("auc >= 0.8, auc regresses at most 0.01 vs production"),
         "{shown}"
     );
+    assert!(
+        shown.contains("archive passed-over candidates after 30 days"),
+        "{shown}"
+    );
+    let archival = alice(vec![
+        "model",
+        "policy",
+        "churn",
+        "--archive-after-days",
+        "14",
+        "--live-metric",
+        "error_rate:lower:0.05:15m:rollback",
+    ])
+    .await;
+    assert!(
+        archival.contains("after 14 days; roll back when error_rate stays above 0.05 for 900s"),
+        "{archival}"
+    );
+    assert!(
+        archival.contains("holdout@v1"),
+        "flags change only what they name: {archival}"
+    );
     let approval = shown
         .lines()
         .find(|l| l.starts_with("approval required for"));

@@ -135,7 +135,8 @@ pub fn required_role(method: &str) -> Role {
         | "WatchTransitions" => Role::Reader,
         "CreateModel" | "UpdateModel" | "RegisterVersion" | "SetAlias" | "DeleteAlias"
         | "TransitionStage" | "CancelTransition" => Role::Publisher,
-        "AttachEvaluation" => Role::Evaluator,
+        // Deployment workers report their failures with ReportDeployment FAILED.
+        "AttachEvaluation" | "ReportWorkerFailure" => Role::Evaluator,
         "ReportDeployment" | "ReportLiveMetric" => Role::Deployer,
         "ApproveTransition" | "RejectTransition" | "Rollback" => Role::Approver,
         _ => Role::Admin,
@@ -684,6 +685,7 @@ mod tests {
         assert_eq!(required_role("TransitionStage"), Role::Publisher);
         assert_eq!(required_role("AttachEvaluation"), Role::Evaluator);
         assert_eq!(required_role("ReportLiveMetric"), Role::Deployer);
+        assert_eq!(required_role("ReportWorkerFailure"), Role::Evaluator);
         assert_eq!(required_role("Rollback"), Role::Approver);
         assert_eq!(required_role("CreateEvaluationSet"), Role::Admin);
         assert_eq!(required_role("DropEverything"), Role::Admin);

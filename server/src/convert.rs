@@ -5,13 +5,14 @@ use modelreg_api::v1 as pb;
 use prost_types::{ListValue, Struct, Timestamp, Value, value::Kind};
 
 use crate::domain::{
-    Cause, Comparison, Evaluation, EvaluationSet, Event, EventKind, MetricDefinition, Model,
-    Outcome, SetRef, Source, Stage, Version, Violations, etag,
+    Cause, Comparison, Deployment, DeploymentStatus, Evaluation, EvaluationSet, Event, EventKind,
+    MetricDefinition, Model, Outcome, SetRef, Source, Stage, Version, Violations, etag,
 };
 use crate::error::{Error, Result};
 use crate::governance::{
-    Approval, Gate, GateResult, MAX_GATES, MAX_MIN_APPROVALS, Policy, RequestStatus,
-    TransitionRequest,
+    Approval, ArchivalPolicy, Gate, GateResult, LiveMetricAction, LiveMetricRule,
+    MAX_ARCHIVE_AFTER_DAYS, MAX_GATES, MAX_LIVE_WINDOW_MICROS, MAX_MIN_APPROVALS,
+    MIN_LIVE_WINDOW_MICROS, Policy, RequestStatus, TransitionRequest,
 };
 
 /// µs since the epoch → `Timestamp`.
@@ -78,6 +79,7 @@ fn event_kind_to_pb(kind: EventKind) -> pb::EventType {
         EventKind::EvaluationSetCreated => pb::EventType::EvaluationSetCreated,
         EventKind::WorkerFailed => pb::EventType::WorkerFailed,
         EventKind::TransitionSuperseded => pb::EventType::TransitionSuperseded,
+        EventKind::LiveMetricBreach => pb::EventType::LiveMetricBreach,
     }
 }
 
@@ -123,6 +125,49 @@ pub fn model_to_pb(m: Model) -> pb::Model {
         created_by: m.created_by,
         create_time: Some(micros_to_pb(m.create_time)),
         update_time: Some(micros_to_pb(m.update_time)),
+        deployments: m.deployments.into_iter().map(deployment_to_pb).collect(),
+    }
+}
+
+/// A deployment status on the wire.
+pub fn deployment_status_to_pb(s: DeploymentStatus) -> pb::DeploymentStatus {
+    match s {
+        DeploymentStatus::Deploying => pb::DeploymentStatus::Deploying,
+        DeploymentStatus::Succeeded => pb::DeploymentStatus::Succeeded,
+        DeploymentStatus::Failed => pb::DeploymentStatus::Failed,
+        DeploymentStatus::Undeployed => pb::DeploymentStatus::Undeployed,
+    }
+}
+
+/// A wire deployment status; UNSPECIFIED and unknown numbers are refused.
+pub fn deployment_status_from_pb(field: &str, raw: i32) -> Result<DeploymentStatus> {
+    match pb::DeploymentStatus::try_from(raw) {
+        Ok(pb::DeploymentStatus::Unspecified) => Err(Error::invalid(
+            field,
+            "is required: DEPLOYMENT_STATUS_DEPLOYING, DEPLOYMENT_STATUS_SUCCEEDED, DEPLOYMENT_STATUS_FAILED or DEPLOYMENT_STATUS_UNDEPLOYED",
+        )),
+        Ok(s) => Ok(DeploymentStatus::ALL
+            .into_iter()
+            .find(|d| deployment_status_to_pb(*d) == s)
+            .expect("every wire status but UNSPECIFIED has a domain one")),
+        Err(_) => Err(Error::invalid(
+            field,
+            format!("{raw} is not a valid deployment status"),
+        )),
+    }
+}
+
+/// A domain deployment on the wire.
+pub fn deployment_to_pb(d: Deployment) -> pb::Deployment {
+    pb::Deployment {
+        model: d.model,
+        version: d.version,
+        environment: d.environment,
+        status: deployment_status_to_pb(d.status) as i32,
+        endpoint: d.endpoint,
+        message: d.message,
+        reported_by: d.reported_by,
+        report_time: Some(micros_to_pb(d.report_time)),
     }
 }
 
@@ -149,7 +194,7 @@ pub fn version_to_pb(v: Version) -> pb::ModelVersion {
         stage_update_time: Some(micros_to_pb(v.stage_update_time)),
         etag: etag(v.revision),
         evaluations: v.evaluations.into_iter().map(evaluation_to_pb).collect(),
-        deployments: Vec::new(),
+        deployments: v.deployments.into_iter().map(deployment_to_pb).collect(),
         description: v.description,
     }
 }
@@ -311,8 +356,107 @@ pub fn policy_to_pb(p: &Policy) -> pb::Policy {
                 .collect(),
         }),
         rollback_requires_approval: p.rollback_requires_approval,
-        archival: None,
+        archival: p.archival.as_ref().map(|a| pb::ArchivalPolicy {
+            archive_superseded_after_days: a.archive_superseded_after_days.map(|d| d as i32),
+            live_metric: a.live_metric.as_ref().map(|r| pb::LiveMetricRule {
+                metric: r.metric.clone(),
+                threshold: r.threshold,
+                higher_is_better: r.higher_is_better,
+                window: Some(prost_types::Duration {
+                    seconds: r.window_micros / 1_000_000,
+                    nanos: (r.window_micros % 1_000_000 * 1000) as i32,
+                }),
+                action: match r.action {
+                    LiveMetricAction::Alert => pb::LiveMetricAction::Alert,
+                    LiveMetricAction::Rollback => pb::LiveMetricAction::Rollback,
+                } as i32,
+            }),
+        }),
     }
+}
+
+/// Checks the `archival` part of a wire policy (at `field`, e.g.
+/// `policy.archival`). An empty message is the same as an unset one.
+fn archival_from_pb(
+    field: &str,
+    raw: pb::ArchivalPolicy,
+    v: &mut Violations,
+) -> Option<ArchivalPolicy> {
+    let days = raw.archive_superseded_after_days.and_then(|d| {
+        if (0..=MAX_ARCHIVE_AFTER_DAYS as i32).contains(&d) {
+            Some(d as u32)
+        } else {
+            v.add(
+                format!("{field}.archive_superseded_after_days"),
+                format!(
+                    "must be between 0 (never archive) and {MAX_ARCHIVE_AFTER_DAYS} days; got {d}"
+                ),
+            );
+            None
+        }
+    });
+    let live_metric = raw.live_metric.and_then(|r| {
+        let at = format!("{field}.live_metric");
+        let metric = v.take(crate::domain::parse_live_metric_name(
+            &format!("{at}.metric"),
+            &r.metric,
+        ));
+        if !r.threshold.is_finite() {
+            v.add(format!("{at}.threshold"), "must be a finite number");
+        }
+        let window = match r.window {
+            None => {
+                v.add(
+                    format!("{at}.window"),
+                    "is required: how long the metric must stay bad, from 1s to 30 days",
+                );
+                None
+            }
+            Some(w) => {
+                let micros = i128::from(w.seconds) * 1_000_000 + i128::from(w.nanos) / 1000;
+                let valid = (0..1_000_000_000).contains(&w.nanos)
+                    && (i128::from(MIN_LIVE_WINDOW_MICROS)..=i128::from(MAX_LIVE_WINDOW_MICROS))
+                        .contains(&micros);
+                if valid {
+                    Some(micros as i64)
+                } else {
+                    v.add(
+                        format!("{at}.window"),
+                        "must be from 1 second to 30 days",
+                    );
+                    None
+                }
+            }
+        };
+        let action = match pb::LiveMetricAction::try_from(r.action) {
+            Ok(pb::LiveMetricAction::Unspecified | pb::LiveMetricAction::Alert) => {
+                Some(LiveMetricAction::Alert)
+            }
+            Ok(pb::LiveMetricAction::Rollback) => Some(LiveMetricAction::Rollback),
+            Err(_) => {
+                v.add(
+                    format!("{at}.action"),
+                    format!(
+                        "{} is not a valid action: use LIVE_METRIC_ACTION_ALERT or LIVE_METRIC_ACTION_ROLLBACK",
+                        r.action
+                    ),
+                );
+                None
+            }
+        };
+        Some(LiveMetricRule {
+            metric: metric?,
+            threshold: r.threshold,
+            higher_is_better: r.higher_is_better,
+            window_micros: window?,
+            action: action?,
+        })
+    });
+    let policy = ArchivalPolicy {
+        archive_superseded_after_days: days,
+        live_metric,
+    };
+    (policy != ArchivalPolicy::default()).then_some(policy)
 }
 
 /// Checks a wire policy (request field `field`), collecting every violation.
@@ -419,15 +563,9 @@ pub fn policy_from_pb(field: &str, raw: pb::Policy) -> Result<Policy> {
         }
         gates
     });
-    if raw
+    let archival = raw
         .archival
-        .is_some_and(|a| a != pb::ArchivalPolicy::default())
-    {
-        v.add(
-            format!("{field}.archival"),
-            "archival policies are not supported by this server yet; leave archival unset",
-        );
-    }
+        .and_then(|a| archival_from_pb(&format!("{field}.archival"), a, &mut v));
     v.finish()?;
     Ok(Policy {
         approval_required_for,
@@ -436,6 +574,7 @@ pub fn policy_from_pb(field: &str, raw: pb::Policy) -> Result<Policy> {
         standard_evaluation_set,
         gates,
         rollback_requires_approval: raw.rollback_requires_approval,
+        archival,
     })
 }
 
@@ -514,6 +653,69 @@ mod tests {
         for micros in [0, 1, 1_700_000_000_123_456, -1] {
             assert_eq!(micros_from_pb("t", &micros_to_pb(micros)).unwrap(), micros);
         }
+    }
+
+    #[test]
+    fn archival_policies_round_trip_and_name_their_bad_fields() {
+        let raw = pb::Policy {
+            archival: Some(pb::ArchivalPolicy {
+                archive_superseded_after_days: Some(7),
+                live_metric: Some(pb::LiveMetricRule {
+                    metric: "p99_latency_ms".into(),
+                    threshold: 250.0,
+                    higher_is_better: false,
+                    window: Some(prost_types::Duration {
+                        seconds: 600,
+                        nanos: 0,
+                    }),
+                    action: pb::LiveMetricAction::Rollback as i32,
+                }),
+            }),
+            ..Default::default()
+        };
+        let policy = policy_from_pb("policy", raw.clone()).unwrap();
+        assert_eq!(policy_to_pb(&policy).archival, raw.archival);
+        // Empty means unset; the defaults show on the effective policy.
+        let empty = pb::Policy {
+            archival: Some(pb::ArchivalPolicy::default()),
+            ..Default::default()
+        };
+        let policy = policy_from_pb("policy", empty).unwrap();
+        assert_eq!(policy.archival, None);
+        let shown = policy_to_pb(&policy.effective()).archival.unwrap();
+        assert_eq!(shown.archive_superseded_after_days, Some(30));
+
+        let bad = pb::Policy {
+            archival: Some(pb::ArchivalPolicy {
+                archive_superseded_after_days: Some(3651),
+                live_metric: Some(pb::LiveMetricRule {
+                    metric: String::new(),
+                    threshold: f64::INFINITY,
+                    higher_is_better: true,
+                    window: Some(prost_types::Duration {
+                        seconds: 0,
+                        nanos: 999_999_999,
+                    }),
+                    action: 9,
+                }),
+            }),
+            ..Default::default()
+        };
+        let Err(Error::InvalidArgument(v)) = policy_from_pb("policy", bad) else {
+            panic!("refused")
+        };
+        let mut fields: Vec<&str> = v.iter().map(|v| v.field.as_str()).collect();
+        fields.sort();
+        assert_eq!(
+            fields,
+            [
+                "policy.archival.archive_superseded_after_days",
+                "policy.archival.live_metric.action",
+                "policy.archival.live_metric.metric",
+                "policy.archival.live_metric.threshold",
+                "policy.archival.live_metric.window",
+            ]
+        );
     }
 
     #[test]

@@ -475,11 +475,13 @@ pub enum EventKind {
     WorkerFailed,
     /// A pending transition request was closed because its version moved.
     TransitionSuperseded,
+    /// A live-metric rule was breached by the production version.
+    LiveMetricBreach,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 16] = [
         EventKind::ModelCreated,
         EventKind::ModelUpdated,
         EventKind::VersionRegistered,
@@ -495,6 +497,7 @@ impl EventKind {
         EventKind::EvaluationSetCreated,
         EventKind::WorkerFailed,
         EventKind::TransitionSuperseded,
+        EventKind::LiveMetricBreach,
     ];
 
     /// The stored name (the proto enum value without its prefix).
@@ -515,6 +518,7 @@ impl EventKind {
             EventKind::EvaluationSetCreated => "EVALUATION_SET_CREATED",
             EventKind::WorkerFailed => "WORKER_FAILED",
             EventKind::TransitionSuperseded => "TRANSITION_SUPERSEDED",
+            EventKind::LiveMetricBreach => "LIVE_METRIC_BREACH",
         }
     }
 
@@ -578,6 +582,9 @@ pub struct Model {
     pub create_time: i64,
     /// Microseconds since the Unix epoch.
     pub update_time: i64,
+    /// The production version's deployments, one per environment, so
+    /// GetModel answers "where does production run?" in one call.
+    pub deployments: Vec<Deployment>,
 }
 
 /// A model version as stored.
@@ -615,6 +622,8 @@ pub struct Version {
     pub stage_update_time: i64,
     /// Its evaluations, oldest first (filled in by reads that show them).
     pub evaluations: Vec<Evaluation>,
+    /// The latest deployment report per environment, in environment order.
+    pub deployments: Vec<Deployment>,
 }
 
 /// A checked CreateModel.
@@ -820,6 +829,47 @@ impl Actor {
     }
 }
 
+/// µs since the epoch as RFC 3339 in UTC (`2026-06-01T12:00:00.250Z`), for
+/// the sentences of event details and comments people read.
+pub fn rfc3339(micros: i64) -> String {
+    let secs = micros.div_euclid(1_000_000);
+    let frac = micros.rem_euclid(1_000_000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    let frac = if frac == 0 {
+        String::new()
+    } else {
+        format!(".{frac:06}").trim_end_matches('0').to_owned()
+    };
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}{frac}Z")
+}
+
+/// A duration in µs as people write it: `90s`, `2h`, `30d`, `1h30m`.
+pub fn human_duration(micros: i64) -> String {
+    let mut secs = micros / 1_000_000;
+    if secs == 0 {
+        return format!("{micros}µs");
+    }
+    let mut out = String::new();
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if secs >= size {
+            out.push_str(&format!("{}{unit}", secs / size));
+            secs %= size;
+        }
+    }
+    out
+}
+
 /// Current time in microseconds since the Unix epoch.
 pub fn now_micros() -> i64 {
     std::time::SystemTime::now()
@@ -863,6 +913,15 @@ mod tests {
         assert_eq!(parse_page_size("p", 0).unwrap(), DEFAULT_PAGE_SIZE);
         assert_eq!(parse_page_size("p", 5000).unwrap(), MAX_PAGE_SIZE);
         assert!(parse_page_size("p", -1).is_err());
+    }
+
+    #[test]
+    fn times_read_as_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400_250_000), "2000-02-29T00:00:00.25Z");
+        assert_eq!(rfc3339(1_780_315_200_000_000), "2026-06-01T12:00:00Z");
+        assert_eq!(human_duration(90 * 1_000_000), "1m30s");
+        assert_eq!(human_duration(30 * 86_400 * 1_000_000), "30d");
     }
 
     #[test]
@@ -1103,4 +1162,147 @@ pub struct Comparison {
     pub evaluator_version: String,
     /// One entry per metric of the set, in the set's order.
     pub metrics: Vec<MetricComparison>,
+}
+
+/// Checks a live metric name: 1 to 128 printable characters.
+pub fn parse_live_metric_name(field: &str, raw: &str) -> Result<String> {
+    if raw.is_empty() {
+        Err(Error::invalid(field, "is required"))
+    } else if raw.len() > 128 || raw.chars().any(char::is_control) {
+        Err(Error::invalid(
+            field,
+            "must be at most 128 printable characters",
+        ))
+    } else {
+        Ok(raw.to_owned())
+    }
+}
+
+/// The state a deployment worker reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeploymentStatus {
+    /// Rollout under way.
+    Deploying,
+    /// Serving.
+    Succeeded,
+    /// The rollout failed.
+    Failed,
+    /// Taken down.
+    Undeployed,
+}
+
+impl DeploymentStatus {
+    /// Every status.
+    pub const ALL: [DeploymentStatus; 4] = [
+        DeploymentStatus::Deploying,
+        DeploymentStatus::Succeeded,
+        DeploymentStatus::Failed,
+        DeploymentStatus::Undeployed,
+    ];
+
+    /// The stored name (the proto enum value without its prefix).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentStatus::Deploying => "DEPLOYING",
+            DeploymentStatus::Succeeded => "SUCCEEDED",
+            DeploymentStatus::Failed => "FAILED",
+            DeploymentStatus::Undeployed => "UNDEPLOYED",
+        }
+    }
+
+    /// The inverse of [`DeploymentStatus::as_str`].
+    pub fn from_db(s: &str) -> Option<DeploymentStatus> {
+        DeploymentStatus::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+}
+
+impl serde::Serialize for DeploymentStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeploymentStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> std::result::Result<DeploymentStatus, D::Error> {
+        let s = String::deserialize(d)?;
+        DeploymentStatus::from_db(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown deployment status {s:?}")))
+    }
+}
+
+/// The latest report of one version in one environment. Serializable because
+/// an idempotent retry answers with the deployment as first recorded.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Deployment {
+    /// The model.
+    pub model: String,
+    /// The version number.
+    pub version: i64,
+    /// The environment, named like a model.
+    pub environment: String,
+    /// The reported state.
+    pub status: DeploymentStatus,
+    /// Where the version serves, if known.
+    pub endpoint: String,
+    /// Detail from the worker (an error tail, say).
+    pub message: String,
+    /// Who reported.
+    pub reported_by: String,
+    /// µs since the epoch.
+    pub report_time: i64,
+}
+
+/// A checked ReportDeployment.
+#[derive(Debug, Clone)]
+pub struct NewDeployment {
+    /// The model.
+    pub model: Name,
+    /// The version number.
+    pub version: i64,
+    /// The environment.
+    pub environment: Name,
+    /// The state reached.
+    pub status: DeploymentStatus,
+    /// Where it serves.
+    pub endpoint: String,
+    /// Detail.
+    pub message: String,
+    /// AIP-155 request id.
+    pub request_id: Option<String>,
+}
+
+/// A checked ReportWorkerFailure.
+#[derive(Debug, Clone)]
+pub struct WorkerFailure {
+    /// The model.
+    pub model: Name,
+    /// The version the failed event concerns.
+    pub version: i64,
+    /// Which worker gave up (`evaluate`, say).
+    pub worker: String,
+    /// The event it was handling.
+    pub event_sequence: u64,
+    /// What went wrong.
+    pub error: String,
+    /// How many times it tried.
+    pub attempts: u32,
+    /// AIP-155 request id.
+    pub request_id: Option<String>,
+}
+
+/// A checked ReportLiveMetric.
+#[derive(Debug, Clone)]
+pub struct LiveObservation {
+    /// The model.
+    pub model: Name,
+    /// The version observed.
+    pub version: i64,
+    /// The metric.
+    pub metric: String,
+    /// The value; finite.
+    pub value: f64,
+    /// When it was observed, µs since the epoch.
+    pub observe_time: i64,
 }

@@ -1,6 +1,8 @@
-//! Governance rules: model policies, metric gates, transition requests and
-//! the choice of a rollback target. Pure functions over domain values; the
-//! store applies their outcome in one transaction.
+//! Governance rules: model policies, metric gates, transition requests, the
+//! choice of a rollback target, and the archival rules the policy engine
+//! applies by itself (passed-over candidates, live-metric breaches). Pure
+//! functions over domain values; the store applies their outcome in one
+//! transaction, and [`crate::policy`] decides when to ask.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +15,20 @@ use crate::error::{Error, PreconditionViolation, Result};
 pub const MAX_MIN_APPROVALS: u32 = 10;
 /// Most gates one policy may hold.
 pub const MAX_GATES: usize = 64;
+/// `archive_superseded_after_days` when the policy leaves it unset.
+pub const DEFAULT_ARCHIVE_AFTER_DAYS: u32 = 30;
+/// The largest `archive_superseded_after_days` (ten years).
+pub const MAX_ARCHIVE_AFTER_DAYS: u32 = 3650;
+/// One day in µs.
+pub const DAY_MICROS: i64 = 86_400 * 1_000_000;
+/// The shortest live-metric window, in µs (one second).
+pub const MIN_LIVE_WINDOW_MICROS: i64 = 1_000_000;
+/// The longest live-metric window, in µs (30 days).
+pub const MAX_LIVE_WINDOW_MICROS: i64 = 30 * DAY_MICROS;
+/// The actor of the archival rule's stage changes.
+pub const ARCHIVAL_ACTOR: &str = "policy:archival";
+/// The actor of the live monitor's breach events and rollbacks.
+pub const LIVE_MONITOR_ACTOR: &str = "policy:live-monitor";
 
 /// A model's policy as set by an admin. `None` means "not set: use the
 /// default", which differs from an empty list (SPEC §3).
@@ -36,6 +52,10 @@ pub struct Policy {
     /// Whether a rollback waits for approval [false].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_requires_approval: Option<bool>,
+    /// What the policy engine does by itself [archive passed-over candidates
+    /// after 30 days; no live monitoring].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archival: Option<ArchivalPolicy>,
 }
 
 impl Policy {
@@ -71,6 +91,15 @@ impl Policy {
         self.rollback_requires_approval.unwrap_or(false)
     }
 
+    /// The archival rules, defaults applied.
+    pub fn archival(&self) -> ArchivalPolicy {
+        let set = self.archival.clone().unwrap_or_default();
+        ArchivalPolicy {
+            archive_superseded_after_days: Some(set.archive_after_days()),
+            live_metric: set.live_metric,
+        }
+    }
+
     /// Every field with its default filled in, as GetModel shows it.
     pub fn effective(&self) -> Policy {
         Policy {
@@ -80,6 +109,7 @@ impl Policy {
             standard_evaluation_set: self.standard_evaluation_set.clone(),
             gates: Some(self.gates().to_vec()),
             rollback_requires_approval: Some(self.rollback_requires_approval()),
+            archival: Some(self.archival()),
         }
     }
 
@@ -150,6 +180,170 @@ pub fn check_policy_against_set(
         }
     }
     violations.finish()
+}
+
+/// What the policy engine does by itself. `None` fields take their defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ArchivalPolicy {
+    /// Days after which a passed-over candidate is archived (see
+    /// [`due_for_archival`]) [30]; 0 disables the rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_superseded_after_days: Option<u32>,
+    /// The live monitor's rule [none].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_metric: Option<LiveMetricRule>,
+}
+
+impl ArchivalPolicy {
+    /// Days after which passed-over candidates are archived; 0 means never.
+    pub fn archive_after_days(&self) -> u32 {
+        self.archive_superseded_after_days
+            .unwrap_or(DEFAULT_ARCHIVE_AFTER_DAYS)
+    }
+}
+
+/// What the live monitor does on a breach.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum LiveMetricAction {
+    /// Record the breach event only.
+    #[default]
+    Alert,
+    /// Record it and roll back to the previous good production version.
+    Rollback,
+}
+
+impl LiveMetricAction {
+    /// The name in event details.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LiveMetricAction::Alert => "ALERT",
+            LiveMetricAction::Rollback => "ROLLBACK",
+        }
+    }
+}
+
+/// A live metric of the production version that must stay on the good side
+/// of a threshold. See [`LiveMetricRule::breach`] for when it fires.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveMetricRule {
+    /// The metric, as reported with ReportLiveMetric.
+    pub metric: String,
+    /// The boundary; a value equal to it is good.
+    pub threshold: f64,
+    /// Whether higher values are good.
+    pub higher_is_better: bool,
+    /// How long the metric must stay bad, in µs.
+    pub window_micros: i64,
+    /// What to do on a breach.
+    #[serde(default)]
+    pub action: LiveMetricAction,
+}
+
+/// One observation of a live metric.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Observation {
+    /// When it was observed, µs since the epoch.
+    pub time: i64,
+    /// The value.
+    pub value: f64,
+}
+
+/// What the live monitor reads about one metric of the production version at
+/// time `now`, counting only observations made since the version entered
+/// production and not after `now`. The store computes it in the database so
+/// a long history is never loaded.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Readings {
+    /// The latest observation at or before `now - window`.
+    pub anchor: Option<Observation>,
+    /// How many observations are later than `now - window`.
+    pub in_window: u64,
+    /// How many of those are good.
+    pub good_in_window: u64,
+    /// The latest observation.
+    pub latest: Option<Observation>,
+    /// The first bad observation after the last good one: when the current
+    /// bad run began (`None` when the latest observation is good).
+    pub bad_since: Option<i64>,
+}
+
+/// A breached live-metric rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Breach {
+    /// When the bad run began; it names the breach episode, so one episode
+    /// is reported once.
+    pub bad_since: i64,
+    /// The latest (bad) observation.
+    pub last: Observation,
+    /// How many (bad) observations lie within the window.
+    pub in_window: u64,
+}
+
+impl LiveMetricRule {
+    /// Whether `value` is on the wrong side of the threshold.
+    pub fn is_bad(&self, value: f64) -> bool {
+        if self.higher_is_better {
+            value < self.threshold
+        } else {
+            value > self.threshold
+        }
+    }
+
+    /// The rule is breached when the latest observation at or before
+    /// `now - window` is bad, at least one observation is later than
+    /// `now - window`, and all of those are bad: the metric has been bad for
+    /// at least a whole window with no good value since, and is still
+    /// reported. Only observations since the version entered production
+    /// count, so it has been in production for at least the window too.
+    pub fn breach(&self, r: &Readings) -> Option<Breach> {
+        let anchor = r.anchor?;
+        if !self.is_bad(anchor.value) || r.in_window == 0 || r.good_in_window > 0 {
+            return None;
+        }
+        Some(Breach {
+            bad_since: r.bad_since?,
+            last: r.latest?,
+            in_window: r.in_window,
+        })
+    }
+}
+
+/// A version's stage and when it entered it (µs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageSince {
+    /// The version.
+    pub version: i64,
+    /// Its stage.
+    pub stage: Stage,
+    /// When it entered that stage.
+    pub since: i64,
+}
+
+/// The passed-over candidates to archive at `now`: versions still in STAGING
+/// or NONE whose number is lower than the production version's, once both
+/// the production version has been in production and the candidate has been
+/// in its stage for `days` days. (A candidate re-staged recently gets its
+/// full `days` again.) `days = 0` archives nothing.
+pub fn due_for_archival(
+    days: u32,
+    production: &StageSince,
+    candidates: &[StageSince],
+    now: i64,
+) -> Vec<StageSince> {
+    if days == 0 {
+        return Vec::new();
+    }
+    let age = i64::from(days) * DAY_MICROS;
+    candidates
+        .iter()
+        .filter(|c| {
+            c.version < production.version
+                && matches!(c.stage, Stage::Staging | Stage::None)
+                && now >= production.since.max(c.since).saturating_add(age)
+        })
+        .copied()
+        .collect()
 }
 
 /// The outcome of one check of one gate.
@@ -662,6 +856,89 @@ mod tests {
         h.push(step(2, Stage::Archived, Cause::Rollback));
         h.push(step(1, Stage::Production, Cause::Rollback));
         assert_eq!(rollback_target(&h, 1), None);
+    }
+
+    #[test]
+    fn passed_over_candidates_wait_their_days_after_the_later_of_both_entries() {
+        let at = |version, stage, since| StageSince {
+            version,
+            stage,
+            since,
+        };
+        let production = at(5, Stage::Production, 10 * DAY_MICROS);
+        let candidates = [
+            at(1, Stage::Staging, 0),
+            at(2, Stage::None, 0),
+            at(3, Stage::Archived, 0),
+            // Re-staged two days after 5 entered production.
+            at(4, Stage::Staging, 12 * DAY_MICROS),
+            // Newer than production: a candidate still in the running.
+            at(6, Stage::Staging, 0),
+        ];
+        let due = |now| -> Vec<i64> {
+            due_for_archival(30, &production, &candidates, now)
+                .iter()
+                .map(|c| c.version)
+                .collect()
+        };
+        assert!(due(40 * DAY_MICROS - 1).is_empty());
+        assert_eq!(due(40 * DAY_MICROS), vec![1, 2]);
+        assert_eq!(due(42 * DAY_MICROS), vec![1, 2, 4]);
+        assert!(due_for_archival(0, &production, &candidates, i64::MAX).is_empty());
+    }
+
+    #[test]
+    fn a_breach_needs_a_bad_anchor_and_only_bad_values_in_the_window() {
+        let rule = LiveMetricRule {
+            metric: "error_rate".into(),
+            threshold: 0.05,
+            higher_is_better: false,
+            window_micros: 3_600_000_000,
+            action: LiveMetricAction::Alert,
+        };
+        let obs = |time, value| Some(Observation { time, value });
+        let breached = Readings {
+            anchor: obs(10, 0.2),
+            in_window: 3,
+            good_in_window: 0,
+            latest: obs(30, 0.3),
+            bad_since: Some(5),
+        };
+        assert_eq!(
+            rule.breach(&breached),
+            Some(Breach {
+                bad_since: 5,
+                last: Observation {
+                    time: 30,
+                    value: 0.3
+                },
+                in_window: 3
+            })
+        );
+        // Equal to the threshold is good.
+        assert!(!rule.is_bad(0.05));
+        let cases = [
+            Readings {
+                anchor: None,
+                ..breached.clone()
+            },
+            Readings {
+                anchor: obs(10, 0.05),
+                ..breached.clone()
+            },
+            Readings {
+                in_window: 0,
+                good_in_window: 0,
+                ..breached.clone()
+            },
+            Readings {
+                good_in_window: 1,
+                ..breached.clone()
+            },
+        ];
+        for r in cases {
+            assert_eq!(rule.breach(&r), None, "{r:?}");
+        }
     }
 
     #[test]

@@ -12,6 +12,10 @@
 //!   store, converts back ([`convert`] holds the mappings).
 //! - [`domain`]: names, stages, versions, events and the input limits.
 //! - [`lifecycle`]: which stage moves are allowed and what they imply.
+//! - [`governance`]: policies, gates, transition requests, rollback targets
+//!   and the archival rules.
+//! - [`policy`]: the policy engine, a background task that applies each
+//!   model's archival policy every `--policy-interval`, on an injectable clock.
 //! - [`store`]: one transaction per change, its events appended in the same
 //!   transaction, on SQLite or PostgreSQL; the "new commit" signal for watchers.
 //! - [`watch`]: event log → one subscriber, by sequence.
@@ -33,6 +37,7 @@ pub mod error;
 pub mod evaluation;
 pub mod governance;
 pub mod lifecycle;
+pub mod policy;
 pub mod service;
 pub mod settings;
 pub mod store;
@@ -51,6 +56,7 @@ use tonic_health::server::HealthReporter;
 pub use settings::Settings;
 
 use crate::auth::{AuthLayer, TokenStore};
+use crate::policy::PolicyEngine;
 use crate::service::RegistryService;
 use crate::store::Store;
 
@@ -107,6 +113,13 @@ impl Application {
             tokens,
             tls,
         })
+    }
+
+    /// A handle that runs policy ticks on this application's database at a
+    /// chosen time, so tests move days ahead without waiting. The server
+    /// runs its own ticks every `--policy-interval` as well.
+    pub fn policy_engine(&self) -> PolicyEngine {
+        PolicyEngine::new(self.store.clone(), self.settings.clock.clone())
     }
 
     /// Serves on `listener` until `shutdown` completes, then ends watch
@@ -167,6 +180,11 @@ impl Application {
             stop_rx.clone(),
         ));
 
+        let policy = tokio::spawn(
+            PolicyEngine::new(store.clone(), settings.clock.clone())
+                .run(settings.policy_interval, stop_rx.clone()),
+        );
+
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(modelreg_api::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -186,6 +204,7 @@ impl Application {
             store.clone(),
             stop_rx,
             settings.heartbeat_interval,
+            settings.clock.clone(),
         ))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -221,6 +240,9 @@ impl Application {
             .serve_with_incoming_shutdown(incoming, signal)
             .await;
         monitor.abort();
+        // A tick in flight is cut short between transactions: each write is
+        // detached and commits whole or not at all.
+        policy.abort();
         store.close().await;
         tracing::info!("modelreg-server stopped");
         served.map_err(|e| StartError(format!("server failed: {e}")))

@@ -17,16 +17,18 @@ use tracing::instrument;
 
 use crate::auth::{Identity, Role};
 use crate::convert::{
-    self, comparison_to_pb, evaluation_set_to_pb, evaluation_to_pb, event_to_pb, model_to_pb,
-    request_to_pb, version_to_pb,
+    self, comparison_to_pb, deployment_to_pb, evaluation_set_to_pb, evaluation_to_pb, event_to_pb,
+    model_to_pb, request_to_pb, version_to_pb,
 };
 use crate::domain::{
-    self, Actor, AliasName, CompareRequest, Evaluation, EvaluationSet, EventFilter, ModelUpdate,
-    Name, NewEvaluation, NewModel, NewVersion, SetRef, Source, Stage, StageChange, Violations,
+    self, Actor, AliasName, CompareRequest, Evaluation, EvaluationSet, EventFilter,
+    LiveObservation, ModelUpdate, Name, NewDeployment, NewEvaluation, NewModel, NewVersion, SetRef,
+    Source, Stage, StageChange, Violations, WorkerFailure,
 };
 use crate::error::Error;
 use crate::evaluation;
 use crate::governance::{self, RequestStatus};
+use crate::policy::Clock;
 use crate::store::{
     Caller, Decision, ModelFilter, RollbackOrder, Store, TransitionOutcome, VersionRef,
 };
@@ -46,18 +48,45 @@ pub struct RegistryService {
     heartbeat: Duration,
     /// Recent events shared by every watch stream.
     tail: std::sync::Arc<Tail>,
+    /// "Now" for live metrics (their default time and the limit on future
+    /// ones), the same clock the policy engine judges them by.
+    clock: Clock,
 }
 
 impl RegistryService {
     /// A service over `store`.
-    pub fn new(store: Store, shutdown: watch::Receiver<bool>, heartbeat: Duration) -> Self {
+    pub fn new(
+        store: Store,
+        shutdown: watch::Receiver<bool>,
+        heartbeat: Duration,
+        clock: Clock,
+    ) -> Self {
         let tail = Tail::spawn(store.clone(), shutdown.clone());
         RegistryService {
             store,
             shutdown,
             heartbeat,
             tail,
+            clock,
         }
+    }
+}
+
+/// How far in the future a live metric's observe_time may lie (clock skew).
+const MAX_OBSERVATION_LEAD_MICROS: i64 = 5 * 60 * 1_000_000;
+
+/// Checks a free-text identifier such as a worker name: 1 to 128 printable
+/// characters.
+fn parse_label_text(field: &str, raw: &str) -> Result<String, Error> {
+    if raw.is_empty() {
+        Err(Error::invalid(field, "is required"))
+    } else if raw.len() > 128 || raw.chars().any(char::is_control) {
+        Err(Error::invalid(
+            field,
+            "must be at most 128 printable characters",
+        ))
+    } else {
+        Ok(raw.to_owned())
     }
 }
 
@@ -1028,18 +1057,126 @@ impl ModelRegistryService for RegistryService {
         }))
     }
 
+    #[instrument(skip_all, fields(model = %req.get_ref().model, version = req.get_ref().version, environment = %req.get_ref().environment))]
     async fn report_deployment(
         &self,
-        _req: Request<pb::ReportDeploymentRequest>,
+        req: Request<pb::ReportDeploymentRequest>,
     ) -> Result<Response<pb::ReportDeploymentResponse>, Status> {
-        Err(Error::Unimplemented("ReportDeployment").into())
+        let actor = actor(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let model = v.take(Name::parse("model", &r.model));
+        let version = v.take(domain::parse_version_number("version", r.version));
+        let environment = v.take(Name::parse("environment", &r.environment));
+        let status = v.take(convert::deployment_status_from_pb("status", r.status));
+        let endpoint = v.take(domain::parse_text("endpoint", &r.endpoint));
+        let message = v.take(domain::parse_text("message", &r.message));
+        let request_id = v.take(domain::parse_request_id("request_id", &r.request_id));
+        v.finish()?;
+        let new = NewDeployment {
+            model: model.expect("checked"),
+            version: version.expect("checked"),
+            environment: environment.expect("checked"),
+            status: status.expect("checked"),
+            endpoint: endpoint.expect("checked"),
+            message: message.expect("checked"),
+            request_id: request_id.expect("checked"),
+        };
+        let deployment = self.store.report_deployment(new, actor).await?;
+        Ok(Response::new(pb::ReportDeploymentResponse {
+            deployment: Some(deployment_to_pb(deployment)),
+        }))
     }
 
+    #[instrument(skip_all, fields(model = %req.get_ref().model, version = req.get_ref().version, metric = %req.get_ref().metric))]
     async fn report_live_metric(
         &self,
-        _req: Request<pb::ReportLiveMetricRequest>,
+        req: Request<pb::ReportLiveMetricRequest>,
     ) -> Result<Response<pb::ReportLiveMetricResponse>, Status> {
-        Err(Error::Unimplemented("ReportLiveMetric").into())
+        let r = req.into_inner();
+        let now = self.clock.now_micros();
+        let mut v = Violations::default();
+        let model = v.take(Name::parse("model", &r.model));
+        let version = v.take(domain::parse_version_number("version", r.version));
+        let metric = v.take(domain::parse_live_metric_name("metric", &r.metric));
+        if !r.value.is_finite() {
+            v.add("value", format!("must be a finite number; got {}", r.value));
+        }
+        let observe_time = match &r.observe_time {
+            None => Some(now),
+            Some(t) => v
+                .take(convert::micros_from_pb("observe_time", t))
+                .and_then(|t| {
+                    if t > now + MAX_OBSERVATION_LEAD_MICROS {
+                        v.add(
+                            "observe_time",
+                            format!(
+                                "{} is more than 5 minutes in the future (the server's time is {})",
+                                domain::rfc3339(t),
+                                domain::rfc3339(now)
+                            ),
+                        );
+                        None
+                    } else {
+                        Some(t)
+                    }
+                }),
+        };
+        v.finish()?;
+        self.store
+            .report_live_metric(LiveObservation {
+                model: model.expect("checked"),
+                version: version.expect("checked"),
+                metric: metric.expect("checked"),
+                value: r.value,
+                observe_time: observe_time.expect("checked"),
+            })
+            .await?;
+        Ok(Response::new(pb::ReportLiveMetricResponse {}))
+    }
+
+    #[instrument(skip_all, fields(model = %req.get_ref().model, version = req.get_ref().version, worker = %req.get_ref().worker))]
+    async fn report_worker_failure(
+        &self,
+        req: Request<pb::ReportWorkerFailureRequest>,
+    ) -> Result<Response<pb::ReportWorkerFailureResponse>, Status> {
+        let actor = actor(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let model = v.take(Name::parse("model", &r.model));
+        let version = v.take(domain::parse_version_number("version", r.version));
+        let worker = v.take(parse_label_text("worker", &r.worker));
+        if r.event_sequence == 0 {
+            v.add(
+                "event_sequence",
+                "is required: the sequence of the event the worker was handling",
+            );
+        }
+        let error = v.take(domain::parse_text("error", &r.error));
+        if r.error.trim().is_empty() {
+            v.add("error", "is required: say what went wrong");
+        }
+        if r.attempts < 1 {
+            v.add(
+                "attempts",
+                format!("must be at least 1; got {}", r.attempts),
+            );
+        }
+        let request_id = v.take(domain::parse_request_id("request_id", &r.request_id));
+        v.finish()?;
+        let failure = WorkerFailure {
+            model: model.expect("checked"),
+            version: version.expect("checked"),
+            worker: worker.expect("checked"),
+            event_sequence: r.event_sequence,
+            error: error.expect("checked"),
+            attempts: r.attempts as u32,
+            request_id: request_id.expect("checked"),
+        };
+        let event = self.store.report_worker_failure(failure, actor).await?;
+        Ok(Response::new(pb::ReportWorkerFailureResponse {
+            event: Some(event_to_pb(event)),
+        }))
     }
 
     #[instrument(skip_all)]

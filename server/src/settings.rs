@@ -72,6 +72,17 @@ pub struct Settings {
         requires = "tls_cert"
     )]
     pub tls_key: Option<PathBuf>,
+
+    /// How often the policy engine applies the models' archival policies
+    /// (archiving passed-over candidates, watching live metrics), e.g. `60s`,
+    /// `5m`. Every replica may run it: each action is taken once.
+    #[arg(long, env = "MODELREG_POLICY_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub policy_interval: Duration,
+
+    /// What "now" is for policy decisions and unstamped live metrics; the
+    /// system clock unless an embedder (a test) sets another.
+    #[arg(skip)]
+    pub clock: crate::policy::Clock,
 }
 
 impl Settings {
@@ -120,6 +131,10 @@ mod tests {
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(
+            Settings::for_database("sqlite://x.db").policy_interval,
+            Duration::from_secs(60)
+        );
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("ten").is_err());
     }

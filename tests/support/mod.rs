@@ -9,6 +9,7 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use modelreg_client::{ConnectOptions, RegistryClient, pb};
+use modelreg_server::policy::PolicyEngine;
 use modelreg_server::{Application, Settings, StartError};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -176,6 +177,8 @@ pub struct TestApp {
     pub db: TestDb,
     /// A client acting as `tester`.
     pub client: RegistryClient,
+    /// Runs the server's policy rules at a time the test chooses.
+    pub policy: PolicyEngine,
     /// Fires the server's shutdown.
     shutdown: Option<oneshot::Sender<()>>,
     /// The server task.
@@ -184,6 +187,10 @@ pub struct TestApp {
 
 /// Heartbeats come fast in tests so bookmark checks do not wait long.
 pub const TEST_HEARTBEAT: Duration = Duration::from_millis(200);
+
+/// The policy loop's interval in tests: never within a test, which runs
+/// ticks itself through [`TestApp::policy`] (a test of the loop sets its own).
+pub const TEST_POLICY_INTERVAL: Duration = Duration::from_secs(86_400);
 
 /// Starts a server on `db` on 127.0.0.1:0.
 pub async fn spawn_app(db: &TestDb) -> TestApp {
@@ -196,12 +203,14 @@ pub async fn spawn_app(db: &TestDb) -> TestApp {
 pub async fn spawn_app_with(db: &TestDb, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = Settings::for_database(db.url.clone());
     settings.heartbeat_interval = TEST_HEARTBEAT;
+    settings.policy_interval = TEST_POLICY_INTERVAL;
     configure(&mut settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("local addr");
     let app = Application::build(settings).await.expect("server builds");
+    let policy = app.policy_engine();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(app.run_until_stopped(listener, async {
         let _ = rx.await;
@@ -213,6 +222,7 @@ pub async fn spawn_app_with(db: &TestDb, configure: impl FnOnce(&mut Settings)) 
         url,
         db: db.clone(),
         client,
+        policy,
         shutdown: Some(tx),
         handle: Some(handle),
     }

@@ -19,6 +19,8 @@ use modelreg_client::{ConnectOptions, RegistryClient, connect, errors, pb};
 
 #[path = "modelreg/governance.rs"]
 mod governance;
+#[path = "modelreg/workers.rs"]
+mod workers;
 
 /// The modelreg command-line tool.
 #[derive(Parser)]
@@ -115,6 +117,12 @@ enum Command {
         #[arg(long, default_value = "")]
         comment: String,
     },
+    /// Run a worker that turns lifecycle events into actions.
+    #[command(subcommand)]
+    Worker(workers::WorkerCmd),
+    /// Post notifications (requests, approvals, production changes,
+    /// failures) to a webhook.
+    Notify(Box<workers::NotifyArgs>),
     /// Return the previous good production version (or --to N) to production.
     Rollback {
         /// The model.
@@ -458,6 +466,21 @@ fn parse_metric(raw: &str) -> Result<(String, f64), String> {
     Ok((k, n))
 }
 
+/// The exit status for a refused call, so a pipeline can tell "fix the
+/// request" from "retry later" (documented in the README).
+fn exit_code(code: tonic::Code) -> u8 {
+    use tonic::Code as C;
+    match code {
+        C::InvalidArgument | C::OutOfRange => 3,
+        C::NotFound => 4,
+        C::AlreadyExists => 5,
+        C::FailedPrecondition | C::Aborted => 6,
+        C::Unauthenticated | C::PermissionDenied => 7,
+        C::Unavailable | C::DeadlineExceeded | C::ResourceExhausted => 8,
+        _ => 1,
+    }
+}
+
 /// What went wrong in a command.
 enum Failure {
     /// The server refused or failed the call.
@@ -481,7 +504,14 @@ async fn main() -> ExitCode {
         token: cli.token.clone(),
         ca_cert: cli.ca_cert.clone(),
     };
-    let client = match connect(&opts).await {
+    // Workers wait for the server (and ride out its restarts) instead of failing.
+    let long_running = matches!(cli.command, Command::Worker(_) | Command::Notify(_));
+    let connected = if long_running {
+        modelreg_client::connect_lazy(&opts)
+    } else {
+        connect(&opts).await
+    };
+    let client = match connected {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -492,7 +522,7 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Status(s)) => {
             eprintln!("error: {}", errors::describe(&s));
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(s.code()))
         }
         Err(Failure::Local(msg)) => {
             eprintln!("error: {msg}");
@@ -582,6 +612,8 @@ async fn run(cli: Cli, mut client: RegistryClient) -> Result<(), Failure> {
             compare_cmd(&mut client, request, json).await
         }
         Command::Watch(args) => watch_cmd(client, args).await,
+        Command::Worker(cmd) => workers::worker_cmd(client, cmd).await,
+        Command::Notify(args) => workers::notify(client, *args).await,
         Command::Audit(AuditArgs {
             cmd: None,
             model: Some(model),

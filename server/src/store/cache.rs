@@ -107,6 +107,7 @@ mod tests {
             update_time: 0,
             stage_update_time: 0,
             evaluations: Vec::new(),
+            deployments: Vec::new(),
         }
     }
 

@@ -25,14 +25,16 @@ use std::future::Future;
 use tokio::sync::watch;
 
 use crate::domain::{
-    Actor, AliasName, CompareRequest, Comparison, Evaluation, EvaluationSet, Event, EventFilter,
-    Model, ModelUpdate, Name, NewEvaluation, NewModel, NewVersion, SetRef, Stage, StageChange,
-    Version,
+    Actor, AliasName, CompareRequest, Comparison, Deployment, Evaluation, EvaluationSet, Event,
+    EventFilter, LiveObservation, Model, ModelUpdate, Name, NewDeployment, NewEvaluation, NewModel,
+    NewVersion, SetRef, Stage, StageChange, Version, WorkerFailure,
 };
 use crate::error::{Error, Result};
-use crate::governance::{RequestStatus, StageStep, TransitionRequest};
+use crate::governance::{
+    LiveMetricRule, Readings, RequestStatus, StageSince, StageStep, TransitionRequest,
+};
 
-pub use ops::{Caller, Decision, RollbackOrder, TransitionOutcome};
+pub use ops::{Caller, Decision, RollbackOrder, TickReport, TransitionOutcome};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -78,6 +80,9 @@ pub struct StoredRequest {
     pub model: String,
     /// The version it created (0 for model-level requests).
     pub version: i64,
+    /// The first answer as JSON, for calls whose answer cannot be read back
+    /// from the resource (a deployment reported again since, an event).
+    pub response: Option<String>,
 }
 
 /// Connection sizing and other knobs that are not part of the URL.
@@ -198,6 +203,35 @@ pub trait Db: Clone + Send + Sync + 'static {
         after: Option<(i64, String)>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Evaluation>>> + Send;
+    /// The model's production version and when it entered production.
+    fn production_since(
+        &self,
+        model: &str,
+    ) -> impl Future<Output = Result<Option<StageSince>>> + Send;
+    /// The versions below `below` still in NONE or STAGING, in order.
+    fn passed_over(
+        &self,
+        model: &str,
+        below: i64,
+    ) -> impl Future<Output = Result<Vec<StageSince>>> + Send;
+    /// What the live monitor needs to judge `rule` on `version` at `now`,
+    /// counting observations made since `since`.
+    fn live_readings(
+        &self,
+        model: &str,
+        version: i64,
+        rule: &LiveMetricRule,
+        since: i64,
+        now: i64,
+    ) -> impl Future<Output = Result<Readings>> + Send;
+    /// Whether the breach episode that began at `bad_since` was reported.
+    fn breach_recorded(
+        &self,
+        model: &str,
+        version: i64,
+        metric: &str,
+        bad_since: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
 }
 
 /// The statements of one write transaction. Dropping it uncommitted rolls back.
@@ -324,6 +358,52 @@ pub trait Tx: Send {
     /// Every stage change of a model, in sequence order.
     fn stage_history(&mut self, model: &str)
     -> impl Future<Output = Result<Vec<StageStep>>> + Send;
+    /// [`Db::production_since`], as this transaction sees it.
+    fn production_since(
+        &mut self,
+        model: &str,
+    ) -> impl Future<Output = Result<Option<StageSince>>> + Send;
+    /// [`Db::passed_over`], as this transaction sees it.
+    fn passed_over(
+        &mut self,
+        model: &str,
+        below: i64,
+    ) -> impl Future<Output = Result<Vec<StageSince>>> + Send;
+    /// [`Db::live_readings`], as this transaction sees it.
+    fn live_readings(
+        &mut self,
+        model: &str,
+        version: i64,
+        rule: &LiveMetricRule,
+        since: i64,
+        now: i64,
+    ) -> impl Future<Output = Result<Readings>> + Send;
+    /// [`Db::breach_recorded`], as this transaction sees it.
+    fn breach_recorded(
+        &mut self,
+        model: &str,
+        version: i64,
+        metric: &str,
+        bad_since: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Records that the breach episode that began at `bad_since` was reported.
+    fn record_breach(
+        &mut self,
+        model: &str,
+        version: i64,
+        metric: &str,
+        bad_since: i64,
+        now: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Stores a deployment as the latest of its version and environment.
+    fn upsert_deployment(&mut self, d: &Deployment) -> impl Future<Output = Result<()>> + Send;
+    /// Stores an observation (replacing one of the same metric and time).
+    fn upsert_observation(
+        &mut self,
+        o: &LiveObservation,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// One event of the log, as this transaction sees it.
+    fn fetch_event(&mut self, sequence: u64) -> impl Future<Output = Result<Option<Event>>> + Send;
     /// Commits.
     fn commit(self) -> impl Future<Output = Result<()>> + Send;
 }
@@ -592,5 +672,30 @@ impl Store {
     /// Re-computes the whole hash chain.
     pub async fn verify_chain(&self) -> Result<ChainReport> {
         op!(self, verify_chain())
+    }
+
+    /// Records a deployment report (or answers a retry as the first time).
+    pub async fn report_deployment(&self, new: NewDeployment, actor: Actor) -> Result<Deployment> {
+        op!(self, report_deployment(new, actor))
+    }
+
+    /// Records a worker's failure as an event; returns it.
+    pub async fn report_worker_failure(
+        &self,
+        failure: WorkerFailure,
+        actor: Actor,
+    ) -> Result<Event> {
+        op!(self, report_worker_failure(failure, actor))
+    }
+
+    /// Stores one observation of a live metric.
+    pub async fn report_live_metric(&self, observation: LiveObservation) -> Result<()> {
+        op!(self, report_live_metric(observation))
+    }
+
+    /// Runs the policy engine's rules once over every model, as at time
+    /// `now` (µs): see [`crate::policy`].
+    pub async fn policy_tick(&self, now: i64) -> Result<TickReport> {
+        op!(self, policy_tick(now))
     }
 }

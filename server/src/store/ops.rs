@@ -8,13 +8,16 @@ use serde_json::json;
 use super::{ChainReport, Db, ModelFilter, StoredRequest, Tx, VersionRef};
 use crate::audit::{ChainVerifier, event_hash, sha256_hex};
 use crate::domain::{
-    Actor, AliasName, Cause, CompareRequest, Comparison, Evaluation, EvaluationSet, Event,
-    EventFilter, EventKind, Model, ModelUpdate, Name, NewEvaluation, NewEvent, NewModel,
-    NewVersion, SetRef, Stage, StageChange, Version, etag, now_micros,
+    Actor, AliasName, Cause, CompareRequest, Comparison, Deployment, Evaluation, EvaluationSet,
+    Event, EventFilter, EventKind, LiveObservation, Model, ModelUpdate, Name, NewDeployment,
+    NewEvaluation, NewEvent, NewModel, NewVersion, SetRef, Stage, StageChange, Version,
+    WorkerFailure, etag, human_duration, now_micros, rfc3339,
 };
 use crate::error::{Error, Result};
 use crate::evaluation;
-use crate::governance::{self, GateInputs, GateResult, Policy, RequestStatus, TransitionRequest};
+use crate::governance::{
+    self, GateInputs, GateResult, LiveMetricAction, Policy, RequestStatus, TransitionRequest,
+};
 use crate::lifecycle;
 
 fn model_not_found(name: &str) -> Error {
@@ -203,6 +206,7 @@ async fn create_model_in<T: Tx>(
         created_by: actor.0.clone(),
         create_time: now,
         update_time: now,
+        deployments: Vec::new(),
     };
     if !tx.insert_model(&model).await? {
         return Err(Error::AlreadyExists {
@@ -215,6 +219,7 @@ async fn create_model_in<T: Tx>(
             fingerprint,
             model: name.to_owned(),
             version: 0,
+            response: None,
         };
         tx.remember_request("CreateModel", request_id, &stored)
             .await?;
@@ -345,6 +350,7 @@ async fn register_version_in<T: Tx>(
         update_time: now,
         stage_update_time: now,
         evaluations: Vec::new(),
+        deployments: Vec::new(),
     };
     tx.insert_version(&version).await?;
     if let Some(request_id) = &new.request_id {
@@ -352,6 +358,7 @@ async fn register_version_in<T: Tx>(
             fingerprint,
             model: model.to_owned(),
             version: number,
+            response: None,
         };
         tx.remember_request("RegisterVersion", request_id, &stored)
             .await?;
@@ -1380,6 +1387,7 @@ async fn attach_evaluation_in<T: Tx>(
             fingerprint,
             model: e.model.clone(),
             version: e.version,
+            response: None,
         };
         tx.remember_request("AttachEvaluation", request_id, &stored)
             .await?;
@@ -1519,4 +1527,486 @@ pub async fn verify_chain<D: Db>(db: &D) -> Result<ChainReport> {
         checked: verifier.checked,
         first_bad: 0,
     })
+}
+
+// ---- deployments, worker failures, live metrics -------------------------------
+
+/// The first answer of an idempotent call, stored as JSON with its request id.
+fn stored_response<T: serde::de::DeserializeOwned>(stored: &StoredRequest) -> Result<T> {
+    let text = stored
+        .response
+        .as_deref()
+        .ok_or_else(|| Error::Internal("a stored request without its response".into()))?;
+    serde_json::from_str(text).map_err(|e| Error::Internal(format!("stored response: {e}")))
+}
+
+pub async fn report_deployment<D: Db>(
+    db: &D,
+    new: NewDeployment,
+    actor: Actor,
+) -> Result<Deployment> {
+    db.write(job(move |tx| {
+        Box::pin(report_deployment_in(tx, new, actor))
+    }))
+    .await
+}
+
+async fn report_deployment_in<T: Tx>(
+    tx: &mut T,
+    new: NewDeployment,
+    actor: Actor,
+) -> Result<(Deployment, Option<u64>)> {
+    let name = new.model.as_str();
+    if tx.lock_model(name).await?.is_none() {
+        return Err(model_not_found(name));
+    }
+    let fingerprint = sha256_hex(
+        json!([
+            name,
+            new.version,
+            new.environment.as_str(),
+            new.status.as_str(),
+            new.endpoint,
+            new.message
+        ])
+        .to_string()
+        .as_bytes(),
+    );
+    if let Some(request_id) = &new.request_id
+        && let Some(stored) = find_retry(tx, "ReportDeployment", request_id, &fingerprint).await?
+    {
+        // The deployment as first recorded, even if later reports moved it on.
+        return Ok((stored_response(&stored)?, None));
+    }
+    if tx.fetch_version(name, new.version).await?.is_none() {
+        return Err(version_not_found(name, &new.version.to_string()));
+    }
+    let now = now_micros();
+    let deployment = Deployment {
+        model: name.to_owned(),
+        version: new.version,
+        environment: new.environment.to_string(),
+        status: new.status,
+        endpoint: new.endpoint,
+        message: new.message,
+        reported_by: actor.0.clone(),
+        report_time: now,
+    };
+    tx.upsert_deployment(&deployment).await?;
+    tx.touch_version(name, deployment.version, now).await?;
+    if let Some(request_id) = &new.request_id {
+        let stored = StoredRequest {
+            fingerprint,
+            model: name.to_owned(),
+            version: deployment.version,
+            response: Some(
+                serde_json::to_string(&deployment).map_err(crate::store::sql::json_err)?,
+            ),
+        };
+        tx.remember_request("ReportDeployment", request_id, &stored)
+            .await?;
+    }
+    let event = NewEvent::new(
+        EventKind::DeploymentReported,
+        name,
+        deployment.version,
+        json!({
+            "environment": deployment.environment,
+            "status": deployment.status.as_str(),
+            "endpoint": deployment.endpoint,
+            "message": deployment.message,
+        }),
+    );
+    let seq = append_events(tx, &actor, vec![event]).await?;
+    Ok((deployment, Some(seq)))
+}
+
+pub async fn report_worker_failure<D: Db>(
+    db: &D,
+    failure: WorkerFailure,
+    actor: Actor,
+) -> Result<Event> {
+    db.write(job(move |tx| {
+        Box::pin(report_worker_failure_in(tx, failure, actor))
+    }))
+    .await
+}
+
+async fn report_worker_failure_in<T: Tx>(
+    tx: &mut T,
+    f: WorkerFailure,
+    actor: Actor,
+) -> Result<(Event, Option<u64>)> {
+    let name = f.model.as_str();
+    if tx.lock_model(name).await?.is_none() {
+        return Err(model_not_found(name));
+    }
+    let fingerprint = sha256_hex(
+        json!([
+            name,
+            f.version,
+            f.worker,
+            f.event_sequence,
+            f.error,
+            f.attempts
+        ])
+        .to_string()
+        .as_bytes(),
+    );
+    if let Some(request_id) = &f.request_id
+        && let Some(stored) =
+            find_retry(tx, "ReportWorkerFailure", request_id, &fingerprint).await?
+    {
+        let sequence: u64 = stored_response(&stored)?;
+        let event = tx
+            .fetch_event(sequence)
+            .await?
+            .ok_or_else(|| vanished("reported event"))?;
+        return Ok((event, None));
+    }
+    if tx.fetch_version(name, f.version).await?.is_none() {
+        return Err(version_not_found(name, &f.version.to_string()));
+    }
+    let (latest, _) = tx.log_head().await?;
+    if f.event_sequence > latest {
+        return Err(Error::invalid(
+            "event_sequence",
+            format!(
+                "{} is beyond the end of the log (the latest sequence is {latest})",
+                f.event_sequence
+            ),
+        ));
+    }
+    let event = NewEvent::new(
+        EventKind::WorkerFailed,
+        name,
+        f.version,
+        json!({
+            "worker": f.worker,
+            "event_sequence": f.event_sequence,
+            "error": f.error,
+            "attempts": f.attempts,
+        }),
+    );
+    let seq = append_events(tx, &actor, vec![event]).await?;
+    if let Some(request_id) = &f.request_id {
+        let stored = StoredRequest {
+            fingerprint,
+            model: name.to_owned(),
+            version: f.version,
+            response: Some(seq.to_string()),
+        };
+        tx.remember_request("ReportWorkerFailure", request_id, &stored)
+            .await?;
+    }
+    let event = tx
+        .fetch_event(seq)
+        .await?
+        .ok_or_else(|| vanished("appended event"))?;
+    Ok((event, Some(seq)))
+}
+
+pub async fn report_live_metric<D: Db>(db: &D, observation: LiveObservation) -> Result<()> {
+    db.write(job(move |tx| {
+        Box::pin(report_live_metric_in(tx, observation))
+    }))
+    .await
+}
+
+/// Stores an observation. No model lock and no event: observations are
+/// facts about the outside world, not changes the log must order, and one
+/// event each would flood it.
+async fn report_live_metric_in<T: Tx>(tx: &mut T, o: LiveObservation) -> Result<((), Option<u64>)> {
+    let name = o.model.as_str();
+    if tx.fetch_version(name, o.version).await?.is_none() {
+        return Err(match tx.fetch_model(name).await? {
+            None => model_not_found(name),
+            Some(_) => version_not_found(name, &o.version.to_string()),
+        });
+    }
+    tx.upsert_observation(&o).await?;
+    Ok(((), None))
+}
+
+// ---- the policy engine --------------------------------------------------------
+
+/// What one policy tick did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TickReport {
+    /// Models looked at.
+    pub models: usize,
+    /// Versions archived by the archival rule.
+    pub archived: usize,
+    /// Breach episodes reported by the live monitor.
+    pub breaches: usize,
+    /// Rollbacks made by the live monitor.
+    pub rollbacks: usize,
+    /// Models whose rules failed to run (logged; retried next tick).
+    pub failures: usize,
+}
+
+impl TickReport {
+    fn add(&mut self, other: TickReport) {
+        self.models += other.models;
+        self.archived += other.archived;
+        self.breaches += other.breaches;
+        self.rollbacks += other.rollbacks;
+        self.failures += other.failures;
+    }
+}
+
+/// Models read per page by a tick.
+const TICK_PAGE: usize = 500;
+
+/// Runs the live monitor and the archival rule over every model, as at time
+/// `now`. Each model is first judged on plain reads; only a model with
+/// something to do gets a write, which locks it and judges again, so
+/// replicas ticking at once never act twice. A model that fails is logged
+/// and skipped; the next tick tries again.
+pub async fn policy_tick<D: Db>(db: &D, now: i64) -> Result<TickReport> {
+    let mut report = TickReport::default();
+    let mut after: Option<String> = None;
+    loop {
+        let models = db
+            .list_models(&ModelFilter::default(), after.as_deref(), TICK_PAGE)
+            .await?;
+        for model in &models {
+            report.models += 1;
+            match policy_for_model(db, model, now).await {
+                Ok(r) => report.add(r),
+                Err(e) => {
+                    report.failures += 1;
+                    tracing::warn!(model = %model.name, error = %e, "policy rules failed; retrying next tick");
+                }
+            }
+        }
+        match models.last() {
+            Some(last) if models.len() == TICK_PAGE => after = Some(last.name.clone()),
+            _ => return Ok(report),
+        }
+    }
+}
+
+async fn policy_for_model<D: Db>(db: &D, model: &Model, now: i64) -> Result<TickReport> {
+    let mut report = TickReport::default();
+    let name = model.name.clone();
+    let archival = model.policy.archival();
+    if model.production_version == 0 {
+        return Ok(report);
+    }
+    // The live monitor first: a rollback changes which candidates are passed over.
+    if let Some(rule) = &archival.live_metric
+        && let Some(production) = db.production_since(&name).await?
+    {
+        let readings = db
+            .live_readings(&name, production.version, rule, production.since, now)
+            .await?;
+        if let Some(breach) = rule.breach(&readings)
+            && !db
+                .breach_recorded(&name, production.version, &rule.metric, breach.bad_since)
+                .await?
+        {
+            let model = name.clone();
+            report.add(
+                db.write(job(move |tx| Box::pin(live_monitor_in(tx, model, now))))
+                    .await?,
+            );
+        }
+    }
+    let days = archival.archive_after_days();
+    if days > 0
+        && let Some(production) = db.production_since(&name).await?
+    {
+        let candidates = db.passed_over(&name, production.version).await?;
+        if !governance::due_for_archival(days, &production, &candidates, now).is_empty() {
+            let model = name.clone();
+            report.add(
+                db.write(job(move |tx| {
+                    Box::pin(archive_passed_over_in(tx, model, now))
+                }))
+                .await?,
+            );
+        }
+    }
+    Ok(report)
+}
+
+/// The live monitor's write: under the model lock, judges the rule again
+/// and reports a breach episode not reported yet, rolling back in the same
+/// transaction when the rule says so and a target exists.
+async fn live_monitor_in<T: Tx>(
+    tx: &mut T,
+    name: String,
+    now: i64,
+) -> Result<(TickReport, Option<u64>)> {
+    let nothing = Ok((TickReport::default(), None));
+    let Some(model) = tx.lock_model(&name).await? else {
+        return nothing;
+    };
+    let Some(rule) = model.policy.archival().live_metric else {
+        return nothing;
+    };
+    let Some(production) = tx.production_since(&name).await? else {
+        return nothing;
+    };
+    let readings = tx
+        .live_readings(&name, production.version, &rule, production.since, now)
+        .await?;
+    let Some(breach) = rule.breach(&readings) else {
+        return nothing;
+    };
+    if tx
+        .breach_recorded(&name, production.version, &rule.metric, breach.bad_since)
+        .await?
+    {
+        return nothing;
+    }
+    tx.record_breach(
+        &name,
+        production.version,
+        &rule.metric,
+        breach.bad_since,
+        now,
+    )
+    .await?;
+    let (side, op) = if rule.higher_is_better {
+        ("below", ">=")
+    } else {
+        ("above", "<=")
+    };
+    let window = human_duration(rule.window_micros);
+    let condition = format!(
+        "live metric {} of version {} has been {side} {} since {} (rule: {} {op} {} over {window})",
+        rule.metric,
+        production.version,
+        rule.threshold,
+        rfc3339(breach.bad_since),
+        rule.metric,
+        rule.threshold
+    );
+    let mut report = TickReport {
+        breaches: 1,
+        ..Default::default()
+    };
+    let mut moves_events = Vec::new();
+    let (rolled_back_to, outcome) = match rule.action {
+        LiveMetricAction::Alert => (0, "alert only (action ALERT)".to_owned()),
+        LiveMetricAction::Rollback => {
+            let history = tx.stage_history(&name).await?;
+            match governance::rollback_target(&history, production.version) {
+                None => (
+                    0,
+                    format!(
+                        "alert only: action ROLLBACK, but model {name:?} has no earlier good production version to roll back to"
+                    ),
+                ),
+                Some(target) => {
+                    let version = tx
+                        .fetch_version(&name, target)
+                        .await?
+                        .ok_or_else(|| vanished("rollback target"))?;
+                    let moves = rollback_moves(&version, production.version);
+                    let comment = format!("rolled back by the live monitor: {condition}");
+                    let details = json!({
+                        "rolled_back_from": production.version,
+                        "rolled_back_to": target,
+                        "rule": "live_metric",
+                        "metric": rule.metric,
+                    });
+                    moves_events =
+                        apply_moves(tx, &name, &moves, &comment, details, "", None).await?;
+                    report.rollbacks = 1;
+                    (
+                        target,
+                        format!(
+                            "rolled back from version {} to version {target}",
+                            production.version
+                        ),
+                    )
+                }
+            }
+        }
+    };
+    let mut breach_event = NewEvent::new(
+        EventKind::LiveMetricBreach,
+        &name,
+        production.version,
+        json!({
+            "metric": rule.metric,
+            "threshold": rule.threshold,
+            "higher_is_better": rule.higher_is_better,
+            "window": window,
+            "window_seconds": rule.window_micros / 1_000_000,
+            "last_value": breach.last.value,
+            "last_observe_time": rfc3339(breach.last.time),
+            "observations_in_window": breach.in_window,
+            "bad_since": rfc3339(breach.bad_since),
+            "action": rule.action.as_str(),
+            "rolled_back_to": rolled_back_to,
+            "outcome": outcome,
+        }),
+    );
+    breach_event.comment = format!("{condition}: {outcome}");
+    let mut events = vec![breach_event];
+    events.extend(moves_events);
+    let seq = append_events(tx, &Actor(governance::LIVE_MONITOR_ACTOR.into()), events).await?;
+    Ok((report, Some(seq)))
+}
+
+/// The archival rule's write: under the model lock, finds the passed-over
+/// candidates due at `now` again and archives them with cause POLICY.
+async fn archive_passed_over_in<T: Tx>(
+    tx: &mut T,
+    name: String,
+    now: i64,
+) -> Result<(TickReport, Option<u64>)> {
+    let nothing = Ok((TickReport::default(), None));
+    let Some(model) = tx.lock_model(&name).await? else {
+        return nothing;
+    };
+    let days = model.policy.archival().archive_after_days();
+    let Some(production) = tx.production_since(&name).await? else {
+        return nothing;
+    };
+    let candidates = tx.passed_over(&name, production.version).await?;
+    let due = governance::due_for_archival(days, &production, &candidates, now);
+    if due.is_empty() {
+        return nothing;
+    }
+    let mut events = Vec::new();
+    for c in &due {
+        let mut moves = lifecycle::plan_transition(
+            &name,
+            c.version,
+            c.stage,
+            Stage::Archived,
+            production.version,
+        )?;
+        for mv in &mut moves {
+            mv.cause = Cause::Policy;
+        }
+        let comment = format!(
+            "archived by policy: version {} stayed in {} while version {} has been in production since {} (archive_superseded_after_days = {days})",
+            c.version,
+            c.stage,
+            production.version,
+            rfc3339(production.since)
+        );
+        let details = json!({
+            "rule": "archive_superseded_after_days",
+            "days": days,
+            "production_version": production.version,
+            "production_since": rfc3339(production.since),
+            "stage_since": rfc3339(c.since),
+        });
+        events.extend(apply_moves(tx, &name, &moves, &comment, details, "", None).await?);
+    }
+    let seq = append_events(tx, &Actor(governance::ARCHIVAL_ACTOR.into()), events).await?;
+    Ok((
+        TickReport {
+            archived: due.len(),
+            ..Default::default()
+        },
+        Some(seq),
+    ))
 }

@@ -223,6 +223,15 @@ sql_backend! {
         'report_uri', e.report_uri, 'created_by', e.created_by, 'create_time', e.create_time) \
         ORDER BY e.create_time, e.set_name, e.set_version, e.evaluator_version)::text \
         FROM evaluations e WHERE e.model = v.model AND e.version = v.version), '[]')",
+    model_deployments: "COALESCE((SELECT json_agg(json_build_object('version', d.version, \
+        'environment', d.environment, 'status', d.status, 'endpoint', d.endpoint, 'message', d.message, \
+        'reported_by', d.reported_by, 'report_time', d.report_time) ORDER BY d.environment)::text \
+        FROM deployments d JOIN versions p ON p.model = d.model AND p.version = d.version \
+        WHERE p.model = m.name AND p.stage = 'PRODUCTION'), '[]')",
+    version_deployments: "COALESCE((SELECT json_agg(json_build_object('version', d.version, \
+        'environment', d.environment, 'status', d.status, 'endpoint', d.endpoint, 'message', d.message, \
+        'reported_by', d.reported_by, 'report_time', d.report_time) ORDER BY d.environment)::text \
+        FROM deployments d WHERE d.model = v.model AND d.version = v.version), '[]')",
     // PostgreSQL streams rows in batches already.
     events_as_one_row: None,
     lock_model: Some("SELECT name FROM models WHERE name = $1 FOR UPDATE"),

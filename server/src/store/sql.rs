@@ -75,6 +75,60 @@ pub struct EvaluationJson {
     pub create_time: i64,
 }
 
+/// One deployment as a model or version select aggregates it into JSON.
+#[derive(serde::Deserialize)]
+pub struct DeploymentJson {
+    pub version: i64,
+    pub environment: String,
+    pub status: crate::domain::DeploymentStatus,
+    pub endpoint: String,
+    pub message: String,
+    pub reported_by: String,
+    pub report_time: i64,
+}
+
+impl DeploymentJson {
+    /// The domain deployment of `model`.
+    pub fn into_deployment(self, model: &str) -> crate::domain::Deployment {
+        crate::domain::Deployment {
+            model: model.to_owned(),
+            version: self.version,
+            environment: self.environment,
+            status: self.status,
+            endpoint: self.endpoint,
+            message: self.message,
+            reported_by: self.reported_by,
+            report_time: self.report_time,
+        }
+    }
+}
+
+/// The live monitor's readings of one metric in one statement (see
+/// [`crate::governance::Readings`]). Parameters: $1 model, $2 version,
+/// $3 metric, $4 since (entry into production), $5 now − window, $6 now,
+/// $7 the sign that makes "good" mean `value * $7 >= $8`, $8 threshold × $7,
+/// $9 since − 1. Every subquery walks the live_metrics primary key.
+pub const LIVE_READINGS: &str = r#"
+SELECT
+  (SELECT observe_time FROM live_metrics WHERE model = $1 AND version = $2 AND metric = $3
+     AND observe_time >= $4 AND observe_time <= $5 ORDER BY observe_time DESC LIMIT 1) AS anchor_time,
+  (SELECT value FROM live_metrics WHERE model = $1 AND version = $2 AND metric = $3
+     AND observe_time >= $4 AND observe_time <= $5 ORDER BY observe_time DESC LIMIT 1) AS anchor_value,
+  (SELECT observe_time FROM live_metrics WHERE model = $1 AND version = $2 AND metric = $3
+     AND observe_time >= $4 AND observe_time <= $6 ORDER BY observe_time DESC LIMIT 1) AS latest_time,
+  (SELECT value FROM live_metrics WHERE model = $1 AND version = $2 AND metric = $3
+     AND observe_time >= $4 AND observe_time <= $6 ORDER BY observe_time DESC LIMIT 1) AS latest_value,
+  (SELECT COUNT(*) FROM live_metrics WHERE model = $1 AND version = $2 AND metric = $3
+     AND observe_time >= $4 AND observe_time > $5 AND observe_time <= $6) AS in_window,
+  (SELECT COUNT(*) FROM live_metrics WHERE model = $1 AND version = $2 AND metric = $3
+     AND observe_time >= $4 AND observe_time > $5 AND observe_time <= $6 AND value * $7 >= $8) AS good_in_window,
+  (SELECT MIN(observe_time) FROM live_metrics WHERE model = $1 AND version = $2 AND metric = $3
+     AND observe_time >= $4 AND observe_time <= $6
+     AND observe_time > COALESCE((SELECT MAX(observe_time) FROM live_metrics
+         WHERE model = $1 AND version = $2 AND metric = $3
+           AND observe_time >= $4 AND observe_time <= $6 AND value * $7 >= $8), $9)) AS bad_since
+"#;
+
 /// One event as a page read in one row aggregates it into JSON.
 #[derive(serde::Deserialize)]
 pub struct EventJson {
@@ -161,6 +215,8 @@ macro_rules! sql_backend {
         model_aliases: $model_aliases:expr,
         version_aliases: $version_aliases:expr,
         version_evaluations: $version_evaluations:expr,
+        model_deployments: $model_deployments:expr,
+        version_deployments: $version_deployments:expr,
         events_as_one_row: $events_as_one_row:expr,
         lock_model: $lock_model:expr,
         lock_key: $lock_key:expr $(,)?
@@ -170,27 +226,41 @@ macro_rules! sql_backend {
         use sqlx::Row as _;
 
         use $crate::domain::{
-            Cause, Evaluation, EvaluationSet, Event, EventFilter, EventKind, Model, SetRef, Stage,
-            Version,
+            Cause, Deployment, Evaluation, EvaluationSet, Event, EventFilter, EventKind,
+            LiveObservation, Model, SetRef, Stage, Version,
         };
         use $crate::error::{Error, Result};
         use $crate::store::sql::{
-            Bind, EVALUATION_COLUMNS, EVALUATION_SET_COLUMNS, EVENT_COLUMNS, EvaluationJson,
-            EventJson, MODEL_COLUMNS, VERSION_COLUMNS, db_err, json_err, placeholders,
+            Bind, DeploymentJson, EVALUATION_COLUMNS, EVALUATION_SET_COLUMNS, EVENT_COLUMNS,
+            EvaluationJson, EventJson, LIVE_READINGS, MODEL_COLUMNS, VERSION_COLUMNS, db_err,
+            json_err, placeholders,
         };
         use $crate::store::{Db, ModelFilter, StoredRequest, Tx};
         use $crate::store::sql::REQUEST_COLUMNS;
-        use $crate::governance::{RequestStatus, StageStep, TransitionRequest};
+        use $crate::governance::{
+            LiveMetricRule, Observation, Readings, RequestStatus, StageSince, StageStep,
+            TransitionRequest,
+        };
 
         fn model_select() -> String {
-            format!("{MODEL_COLUMNS} {} AS aliases FROM models m", $model_aliases)
+            format!(
+                "{MODEL_COLUMNS} {} AS aliases, {} AS deployments FROM models m",
+                $model_aliases, $model_deployments
+            )
         }
 
         fn version_select() -> String {
             format!(
-                "{VERSION_COLUMNS} {} AS aliases, {} AS evaluations FROM versions v",
-                $version_aliases, $version_evaluations
+                "{VERSION_COLUMNS} {} AS aliases, {} AS evaluations, {} AS deployments FROM versions v",
+                $version_aliases, $version_evaluations, $version_deployments
             )
+        }
+
+        fn deployments_col(row: &$row, model: &str) -> Result<Vec<Deployment>> {
+            Ok(json_col::<Vec<DeploymentJson>>(row, "deployments")?
+                .into_iter()
+                .map(|d| d.into_deployment(model))
+                .collect())
         }
 
 
@@ -200,8 +270,10 @@ macro_rules! sql_backend {
         }
 
         fn model_from_row(row: &$row) -> Result<Model> {
+            let name: String = row.try_get("name").map_err(db_err)?;
             Ok(Model {
-                name: row.try_get("name").map_err(db_err)?,
+                deployments: deployments_col(row, &name)?,
+                name,
                 description: row.try_get("description").map_err(db_err)?,
                 tags: json_col(row, "tags")?,
                 revision: row.try_get("revision").map_err(db_err)?,
@@ -241,6 +313,7 @@ macro_rules! sql_backend {
                 create_time: row.try_get("create_time").map_err(db_err)?,
                 update_time: row.try_get("update_time").map_err(db_err)?,
                 stage_update_time: row.try_get("stage_update_time").map_err(db_err)?,
+                deployments: deployments_col(row, &model)?,
                 evaluations: json_col::<Vec<EvaluationJson>>(row, "evaluations")?
                     .into_iter()
                     .map(|e| Evaluation {
@@ -413,6 +486,109 @@ macro_rules! sql_backend {
                 .await
                 .map_err(db_err)?;
             row.as_ref().map(request_from_row).transpose()
+        }
+
+        fn stage_since_from_row(row: &$row) -> Result<StageSince> {
+            let stage: String = row.try_get("stage").map_err(db_err)?;
+            Ok(StageSince {
+                version: row.try_get("version").map_err(db_err)?,
+                stage: Stage::from_db(&stage)
+                    .ok_or_else(|| Error::Internal(format!("unknown stage {stage:?}")))?,
+                since: row.try_get("stage_update_time").map_err(db_err)?,
+            })
+        }
+
+        async fn production_since_with<'c, E>(ex: E, model: &str) -> Result<Option<StageSince>>
+        where
+            E: sqlx::Executor<'c, Database = $db>,
+        {
+            let row = sqlx::query(
+                "SELECT version, stage, stage_update_time FROM versions WHERE model = $1 AND stage = 'PRODUCTION'",
+            )
+            .bind(model)
+            .fetch_optional(ex)
+            .await
+            .map_err(db_err)?;
+            row.as_ref().map(stage_since_from_row).transpose()
+        }
+
+        async fn passed_over_with<'c, E>(ex: E, model: &str, below: i64) -> Result<Vec<StageSince>>
+        where
+            E: sqlx::Executor<'c, Database = $db>,
+        {
+            let rows = sqlx::query(
+                "SELECT version, stage, stage_update_time FROM versions
+                 WHERE model = $1 AND stage IN ('NONE', 'STAGING') AND version < $2 ORDER BY version",
+            )
+            .bind(model)
+            .bind(below)
+            .fetch_all(ex)
+            .await
+            .map_err(db_err)?;
+            rows.iter().map(stage_since_from_row).collect()
+        }
+
+        async fn live_readings_with<'c, E>(
+            ex: E,
+            model: &str,
+            version: i64,
+            rule: &LiveMetricRule,
+            since: i64,
+            now: i64,
+        ) -> Result<Readings>
+        where
+            E: sqlx::Executor<'c, Database = $db>,
+        {
+            let sign: f64 = if rule.higher_is_better { 1.0 } else { -1.0 };
+            let row = sqlx::query(LIVE_READINGS)
+                .bind(model)
+                .bind(version)
+                .bind(&rule.metric)
+                .bind(since)
+                .bind(now.saturating_sub(rule.window_micros))
+                .bind(now)
+                .bind(sign)
+                .bind(rule.threshold * sign)
+                .bind(since.saturating_sub(1))
+                .fetch_one(ex)
+                .await
+                .map_err(db_err)?;
+            let observation = |time: &str, value: &str| -> Result<Option<Observation>> {
+                let time: Option<i64> = row.try_get(time).map_err(db_err)?;
+                let value: Option<f64> = row.try_get(value).map_err(db_err)?;
+                Ok(time.zip(value).map(|(time, value)| Observation { time, value }))
+            };
+            Ok(Readings {
+                anchor: observation("anchor_time", "anchor_value")?,
+                in_window: row.try_get::<i64, _>("in_window").map_err(db_err)? as u64,
+                good_in_window: row.try_get::<i64, _>("good_in_window").map_err(db_err)? as u64,
+                latest: observation("latest_time", "latest_value")?,
+                bad_since: row.try_get("bad_since").map_err(db_err)?,
+            })
+        }
+
+        async fn breach_recorded_with<'c, E>(
+            ex: E,
+            model: &str,
+            version: i64,
+            metric: &str,
+            bad_since: i64,
+        ) -> Result<bool>
+        where
+            E: sqlx::Executor<'c, Database = $db>,
+        {
+            let found: Option<i64> = sqlx::query_scalar(
+                "SELECT bad_since FROM live_metric_breaches
+                 WHERE model = $1 AND version = $2 AND metric = $3 AND bad_since = $4",
+            )
+            .bind(model)
+            .bind(version)
+            .bind(metric)
+            .bind(bad_since)
+            .fetch_optional(ex)
+            .await
+            .map_err(db_err)?;
+            Ok(found.is_some())
         }
 
         fn bind_all<'q>(
@@ -744,6 +920,35 @@ macro_rules! sql_backend {
                     .map_err(db_err)?;
                 rows.iter().map(evaluation_from_row).collect()
             }
+
+            async fn production_since(&self, model: &str) -> Result<Option<StageSince>> {
+                production_since_with(self.readers(), model).await
+            }
+
+            async fn passed_over(&self, model: &str, below: i64) -> Result<Vec<StageSince>> {
+                passed_over_with(self.readers(), model, below).await
+            }
+
+            async fn live_readings(
+                &self,
+                model: &str,
+                version: i64,
+                rule: &LiveMetricRule,
+                since: i64,
+                now: i64,
+            ) -> Result<Readings> {
+                live_readings_with(self.readers(), model, version, rule, since, now).await
+            }
+
+            async fn breach_recorded(
+                &self,
+                model: &str,
+                version: i64,
+                metric: &str,
+                bad_since: i64,
+            ) -> Result<bool> {
+                breach_recorded_with(self.readers(), model, version, metric, bad_since).await
+            }
         }
 
         impl Tx for $tx {
@@ -795,7 +1000,7 @@ macro_rules! sql_backend {
                 request_id: &str,
             ) -> Result<Option<StoredRequest>> {
                 let row = sqlx::query(
-                    "SELECT fingerprint, model, version FROM idempotency WHERE method = $1 AND request_id = $2",
+                    "SELECT fingerprint, model, version, response FROM idempotency WHERE method = $1 AND request_id = $2",
                 )
                 .bind(method)
                 .bind(request_id)
@@ -807,6 +1012,7 @@ macro_rules! sql_backend {
                         fingerprint: row.try_get("fingerprint").map_err(db_err)?,
                         model: row.try_get("model").map_err(db_err)?,
                         version: row.try_get("version").map_err(db_err)?,
+                        response: row.try_get("response").map_err(db_err)?,
                     })
                 })
                 .transpose()
@@ -819,8 +1025,8 @@ macro_rules! sql_backend {
                 stored: &StoredRequest,
             ) -> Result<()> {
                 let inserted = sqlx::query(
-                    "INSERT INTO idempotency (method, request_id, fingerprint, model, version, create_time)
-                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    "INSERT INTO idempotency (method, request_id, fingerprint, model, version, create_time, response)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(method)
                 .bind(request_id)
@@ -828,6 +1034,7 @@ macro_rules! sql_backend {
                 .bind(&stored.model)
                 .bind(stored.version)
                 .bind($crate::domain::now_micros())
+                .bind(stored.response.as_deref())
                 .execute(&mut *self.0)
                 .await;
                 match inserted {
@@ -1191,6 +1398,107 @@ macro_rules! sql_backend {
                         })
                     })
                     .collect()
+            }
+
+            async fn production_since(&mut self, model: &str) -> Result<Option<StageSince>> {
+                production_since_with(&mut *self.0, model).await
+            }
+
+            async fn passed_over(&mut self, model: &str, below: i64) -> Result<Vec<StageSince>> {
+                passed_over_with(&mut *self.0, model, below).await
+            }
+
+            async fn live_readings(
+                &mut self,
+                model: &str,
+                version: i64,
+                rule: &LiveMetricRule,
+                since: i64,
+                now: i64,
+            ) -> Result<Readings> {
+                live_readings_with(&mut *self.0, model, version, rule, since, now).await
+            }
+
+            async fn breach_recorded(
+                &mut self,
+                model: &str,
+                version: i64,
+                metric: &str,
+                bad_since: i64,
+            ) -> Result<bool> {
+                breach_recorded_with(&mut *self.0, model, version, metric, bad_since).await
+            }
+
+            async fn record_breach(
+                &mut self,
+                model: &str,
+                version: i64,
+                metric: &str,
+                bad_since: i64,
+                now: i64,
+            ) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO live_metric_breaches (model, version, metric, bad_since, report_time)
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(model)
+                .bind(version)
+                .bind(metric)
+                .bind(bad_since)
+                .bind(now)
+                .execute(&mut *self.0)
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn upsert_deployment(&mut self, d: &Deployment) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO deployments (model, version, environment, status, endpoint, message, reported_by, report_time)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                     ON CONFLICT (model, version, environment) DO UPDATE SET status = excluded.status,
+                         endpoint = excluded.endpoint, message = excluded.message,
+                         reported_by = excluded.reported_by, report_time = excluded.report_time",
+                )
+                .bind(&d.model)
+                .bind(d.version)
+                .bind(&d.environment)
+                .bind(d.status.as_str())
+                .bind(&d.endpoint)
+                .bind(&d.message)
+                .bind(&d.reported_by)
+                .bind(d.report_time)
+                .execute(&mut *self.0)
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn upsert_observation(&mut self, o: &LiveObservation) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO live_metrics (model, version, metric, observe_time, value)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (model, version, metric, observe_time) DO UPDATE SET value = excluded.value",
+                )
+                .bind(o.model.as_str())
+                .bind(o.version)
+                .bind(&o.metric)
+                .bind(o.observe_time)
+                .bind(o.value)
+                .execute(&mut *self.0)
+                .await
+                .map_err(db_err)?;
+                Ok(())
+            }
+
+            async fn fetch_event(&mut self, sequence: u64) -> Result<Option<Event>> {
+                let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE sequence = $1");
+                let row = sqlx::query(&sql)
+                    .bind(sequence as i64)
+                    .fetch_optional(&mut *self.0)
+                    .await
+                    .map_err(db_err)?;
+                row.as_ref().map(event_from_row).transpose()
             }
 
             async fn commit(self) -> Result<()> {

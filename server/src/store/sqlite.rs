@@ -340,6 +340,16 @@ sql_backend! {
         'report_uri', e.report_uri, 'created_by', e.created_by, 'create_time', e.create_time)) FROM \
         (SELECT * FROM evaluations e WHERE e.model = v.model AND e.version = v.version \
          ORDER BY e.create_time, e.set_name, e.set_version, e.evaluator_version) e), '[]')",
+    model_deployments: "COALESCE((SELECT json_group_array(json_object('version', d.version, \
+        'environment', d.environment, 'status', d.status, 'endpoint', d.endpoint, 'message', d.message, \
+        'reported_by', d.reported_by, 'report_time', d.report_time)) FROM \
+        (SELECT d.* FROM deployments d JOIN versions p ON p.model = d.model AND p.version = d.version \
+         WHERE p.model = m.name AND p.stage = 'PRODUCTION' ORDER BY d.environment) d), '[]')",
+    version_deployments: "COALESCE((SELECT json_group_array(json_object('version', d.version, \
+        'environment', d.environment, 'status', d.status, 'endpoint', d.endpoint, 'message', d.message, \
+        'reported_by', d.reported_by, 'report_time', d.report_time)) FROM \
+        (SELECT * FROM deployments d WHERE d.model = v.model AND d.version = v.version \
+         ORDER BY d.environment) d), '[]')",
     events_as_one_row: Some("SELECT json_group_array(json_object('sequence', sequence, 'type', type, \
         'model', model, 'version', version, 'from_stage', from_stage, 'to_stage', to_stage, 'cause', cause, \
         'actor', actor, 'comment', comment, 'occur_time', occur_time, 'details', json(details), \

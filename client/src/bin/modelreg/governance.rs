@@ -40,10 +40,18 @@ pub struct PolicyArgs {
     /// Whether a rollback waits for approval.
     #[arg(long)]
     rollback_requires_approval: Option<bool>,
+    /// Archive candidates passed over by production after this many days
+    /// (0 = never).
+    #[arg(long)]
+    archive_after_days: Option<i32>,
+    /// A live-metric rule METRIC:higher|lower:THRESHOLD:WINDOW[:rollback],
+    /// e.g. `error_rate:lower:0.05:15m:rollback`; `none` removes it.
+    #[arg(long, value_parser = parse_live_rule)]
+    live_metric: Option<LiveRule>,
     /// Replace the whole policy with this proto3 JSON file (a modelreg.v1.Policy).
     #[arg(long, conflicts_with_all = [
         "approval_stages", "min_approvals", "allow_self_approval", "standard_set",
-        "gates", "no_gates", "rollback_requires_approval",
+        "gates", "no_gates", "rollback_requires_approval", "archive_after_days", "live_metric",
     ])]
     file: Option<std::path::PathBuf>,
     /// Refuse the change if the model changed since this etag was read.
@@ -60,6 +68,8 @@ impl PolicyArgs {
             || !self.gates.is_empty()
             || self.no_gates
             || self.rollback_requires_approval.is_some()
+            || self.archive_after_days.is_some()
+            || self.live_metric.is_some()
             || self.file.is_some()
     }
 }
@@ -76,6 +86,49 @@ fn parse_stage_list(raw: &str) -> Result<StageList, String> {
         .map(parse_stage)
         .collect::<Result<_, _>>()
         .map(StageList)
+}
+
+/// A live-metric rule as given on the command line; `None` removes it.
+#[derive(Clone)]
+struct LiveRule(Option<pb::LiveMetricRule>);
+
+fn parse_live_rule(raw: &str) -> Result<LiveRule, String> {
+    if raw.trim().eq_ignore_ascii_case("none") {
+        return Ok(LiveRule(None));
+    }
+    let bad = || {
+        format!(
+            "{raw:?} is not METRIC:higher|lower:THRESHOLD:WINDOW[:rollback], e.g. error_rate:lower:0.05:15m"
+        )
+    };
+    let parts: Vec<&str> = raw.split(':').collect();
+    let (metric, direction, threshold, window) = match parts.as_slice() {
+        [m, d, t, w] | [m, d, t, w, _] => (*m, *d, *t, *w),
+        _ => return Err(bad()),
+    };
+    let higher_is_better = match direction {
+        "higher" => true,
+        "lower" => false,
+        _ => return Err(bad()),
+    };
+    let threshold: f64 = threshold.parse().map_err(|_| bad())?;
+    let window = super::workers::parse_duration(window)?;
+    let action = match parts.get(4) {
+        None => pb::LiveMetricAction::Alert,
+        Some(&"rollback") => pb::LiveMetricAction::Rollback,
+        Some(&"alert") => pb::LiveMetricAction::Alert,
+        Some(_) => return Err(bad()),
+    };
+    Ok(LiveRule(Some(pb::LiveMetricRule {
+        metric: metric.to_owned(),
+        threshold,
+        higher_is_better,
+        window: Some(prost_types::Duration {
+            seconds: window.as_secs() as i64,
+            nanos: window.subsec_nanos() as i32,
+        }),
+        action: action as i32,
+    })))
 }
 
 fn parse_gate(raw: &str) -> Result<pb::MetricGate, String> {
@@ -134,6 +187,31 @@ fn gate_label(g: &pb::MetricGate) -> String {
     parts.join(", ")
 }
 
+fn archival_label(a: Option<&pb::ArchivalPolicy>) -> String {
+    let a = a.cloned().unwrap_or_default();
+    let days = match a.archive_superseded_after_days.unwrap_or(30) {
+        0 => "never archive passed-over candidates".to_owned(),
+        n => format!("archive passed-over candidates after {n} days"),
+    };
+    match a.live_metric {
+        None => days,
+        Some(r) => {
+            let side = if r.higher_is_better { "below" } else { "above" };
+            let window = r.window.map(|w| w.seconds).unwrap_or(0);
+            let action = if r.action == pb::LiveMetricAction::Rollback as i32 {
+                "roll back"
+            } else {
+                "alert"
+            };
+            format!(
+                "{days}; {action} when {} stays {side} {} for {window}s",
+                r.metric,
+                fmt_num(r.threshold)
+            )
+        }
+    }
+}
+
 fn print_policy(model: &pb::Model, json: bool) {
     let p = model.policy.clone().unwrap_or_default();
     if json {
@@ -178,6 +256,7 @@ fn print_policy(model: &pb::Model, json: bool) {
             "rollback needs approval",
             yes_no(p.rollback_requires_approval),
         ),
+        ("archival", archival_label(p.archival.as_ref())),
         ("etag", model.etag.clone()),
     ]);
 }
@@ -232,6 +311,15 @@ pub async fn policy_cmd(
             }
             if args.rollback_requires_approval.is_some() {
                 p.rollback_requires_approval = args.rollback_requires_approval;
+            }
+            if args.archive_after_days.is_some() || args.live_metric.is_some() {
+                let archival = p.archival.get_or_insert_with(Default::default);
+                if args.archive_after_days.is_some() {
+                    archival.archive_superseded_after_days = args.archive_after_days;
+                }
+                if let Some(LiveRule(rule)) = args.live_metric {
+                    archival.live_metric = rule;
+                }
             }
             p
         }

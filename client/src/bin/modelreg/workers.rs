@@ -1,0 +1,893 @@
+//! The workers of `modelreg`: `worker evaluate`, `worker deploy` and
+//! `notify`. Each is a [`Subscription`] (durable cursor, resume, at-least-once)
+//! plus a handler; whatever a handler writes to the registry carries the
+//! event's idempotency key as its request id, so a redelivered event never
+//! doubles an effect. SIGINT/SIGTERM stop a worker after the event in hand.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use modelreg_client::json::to_json;
+use modelreg_client::names::{event_type_label, parse_stage, stage_label};
+use modelreg_client::subscription::{CursorFile, Delivery, Start, Subscription, stop_on_signals};
+use modelreg_client::watch::is_transient;
+use modelreg_client::webhook::{Outcome, Webhook, backoff};
+use modelreg_client::{RegistryClient, pb};
+use tokio::io::AsyncReadExt as _;
+
+use super::{Failure, parse_set_ref};
+use modelreg_client::errors;
+
+/// Options every worker shares.
+#[derive(Args, Clone)]
+pub struct CommonArgs {
+    /// The file that keeps this worker's place in the event log (written
+    /// atomically after each handled event).
+    #[arg(long)]
+    cursor_file: PathBuf,
+    /// Only these models' events (repeatable); default: every model.
+    #[arg(long = "model")]
+    models: Vec<String>,
+    /// Without a cursor file, start after this sequence (0 = the whole log);
+    /// default: only events from now on.
+    #[arg(long)]
+    after: Option<u64>,
+    /// Longest a command may run (e.g. 10m, 30s).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Attempts after the first when a command fails.
+    #[arg(long, default_value_t = 2)]
+    retries: u32,
+}
+
+pub(crate) fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let (num, unit) = match raw.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => raw.split_at(i),
+        None => (raw, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a duration like 30s or 10m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{raw:?}: use the units ms, s, m or h")),
+    };
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(format!("{raw:?} must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `worker …`.
+#[derive(Subcommand)]
+pub enum WorkerCmd {
+    /// Evaluate every version that enters STAGING with a command, and attach
+    /// the metrics it prints (its last stdout line: a JSON object of metric
+    /// name → number).
+    Evaluate(EvaluateArgs),
+    /// Deploy every version that enters PRODUCTION (rollbacks included) with
+    /// a command, reporting DEPLOYING, then SUCCEEDED (the last stdout line
+    /// is the endpoint) or FAILED (the stderr tail).
+    Deploy(DeployArgs),
+}
+
+/// `worker evaluate`.
+#[derive(Args)]
+pub struct EvaluateArgs {
+    /// The evaluation set, NAME@VERSION.
+    #[arg(long, value_parser = parse_set_ref)]
+    set: pb::EvaluationSetRef,
+    /// The version of the metric code the command runs.
+    #[arg(long)]
+    evaluator_version: String,
+    /// The command (run by `sh -c`).
+    #[arg(long)]
+    exec: String,
+    /// After attaching, ask for this stage (e.g. production); the gates then judge.
+    #[arg(long)]
+    request: Option<String>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// `worker deploy`.
+#[derive(Args)]
+pub struct DeployArgs {
+    /// The environment deployed to, e.g. prod-eu.
+    #[arg(long)]
+    environment: String,
+    /// The deploy command (run by `sh -c`).
+    #[arg(long)]
+    exec: String,
+    /// The command that takes a version out of service when it leaves
+    /// PRODUCTION; reported as UNDEPLOYED.
+    #[arg(long)]
+    undeploy_exec: Option<String>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// How notifications are written.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// A Slack-compatible body: `text` and `blocks`.
+    Slack,
+    /// The event itself, as proto3 JSON.
+    Json,
+}
+
+/// `notify`.
+#[derive(Args)]
+pub struct NotifyArgs {
+    /// Where to POST.
+    #[arg(long)]
+    webhook: String,
+    /// The body's shape.
+    #[arg(long, value_enum, default_value = "slack")]
+    format: Format,
+    /// Sign each POST with HMAC-SHA256 of "<timestamp>.<body>" under this secret.
+    #[arg(long, env = "MODELREG_WEBHOOK_SECRET")]
+    secret: Option<String>,
+    /// The dashboard's base URL, for links to each request (…/requests/ID).
+    #[arg(long)]
+    link_base: Option<String>,
+    /// The PEM CA to trust for an https webhook instead of the public roots.
+    #[arg(long)]
+    webhook_ca_cert: Option<PathBuf>,
+    /// Longest wait between delivery attempts.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    max_backoff: Duration,
+    /// The file that keeps the notifier's place (moved only past delivered messages).
+    #[arg(long)]
+    cursor_file: PathBuf,
+    /// Only these models' events (repeatable).
+    #[arg(long = "model")]
+    models: Vec<String>,
+    /// Without a cursor file, start after this sequence; default: from now on.
+    #[arg(long)]
+    after: Option<u64>,
+}
+
+fn log(worker: &str, msg: impl std::fmt::Display) {
+    eprintln!("modelreg {worker}: {msg}");
+}
+
+/// Runs `call` until it succeeds or fails for a reason other than the
+/// registry being unreachable for a moment.
+async fn with_retry<T, F, Fut>(worker: &str, mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let mut attempt = 0;
+    loop {
+        match call().await {
+            Err(s) if is_transient(&s) => {
+                attempt += 1;
+                log(
+                    worker,
+                    format!("registry unavailable ({}); retrying", s.message()),
+                );
+                tokio::time::sleep(backoff(attempt, Duration::from_secs(10), None)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The outcome of one command run.
+struct Ran {
+    /// The last non-empty line of stdout.
+    last_line: String,
+}
+
+/// Runs `command` with `env` under `timeout`; the error carries the exit
+/// status and the stderr tail.
+async fn run_command(
+    command: &str,
+    env: &HashMap<&'static str, String>,
+    timeout: Duration,
+) -> Result<Ran, String> {
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start `sh -c {command}`: {e}"))?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let run = async {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let (a, b, status) = tokio::join!(
+            stdout.read_to_end(&mut out),
+            stderr.read_to_end(&mut err),
+            child.wait()
+        );
+        a.and(b).map_err(|e| e.to_string())?;
+        Ok::<_, String>((status.map_err(|e| e.to_string())?, out, err))
+    };
+    let (status, out, err) = match tokio::time::timeout(timeout, run).await {
+        Ok(r) => r?,
+        Err(_) => return Err(format!("timed out after {timeout:?}")),
+    };
+    let tail = tail(&String::from_utf8_lossy(&err), 2000);
+    if !status.success() {
+        return Err(format!("exited with {status}: {tail}"));
+    }
+    let out = String::from_utf8_lossy(&out);
+    let last_line = out
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    Ok(Ran { last_line })
+}
+
+/// The last `max` bytes of `s`, on a character boundary.
+fn tail(s: &str, max: usize) -> String {
+    let s = s.trim();
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &s[start..])
+}
+
+/// Parses a command's metrics line: a JSON object of finite numbers.
+fn parse_metrics(line: &str) -> Result<HashMap<String, f64>, String> {
+    let value: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+        format!("the last stdout line is not a JSON object of metrics ({e}): {line:?}")
+    })?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| format!("the last stdout line is not a JSON object: {line:?}"))?;
+    object
+        .iter()
+        .map(|(k, v)| match v.as_f64() {
+            Some(n) if n.is_finite() => Ok((k.clone(), n)),
+            _ => Err(format!("metric {k:?} is not a finite number: {v}")),
+        })
+        .collect()
+}
+
+/// Opens the subscription, then hands each event to `handle` until a signal.
+async fn run_loop<H, Fut>(
+    worker: &str,
+    client: &RegistryClient,
+    filter: pb::WatchTransitionsRequest,
+    cursor_file: PathBuf,
+    after: Option<u64>,
+    mut handle: H,
+) -> Result<(), Failure>
+where
+    H: FnMut(Delivery) -> Fut,
+    Fut: std::future::Future<Output = Result<bool, Failure>>,
+{
+    let mut stop = stop_on_signals();
+    let start = after.map(Start::After).unwrap_or(Start::End);
+    let cursor = CursorFile::new(cursor_file);
+    let mut sub =
+        Subscription::open(client.clone(), filter, cursor, start).map_err(Failure::Local)?;
+    log(
+        worker,
+        match sub.saved() {
+            Some(s) => format!("resuming after sequence {s}"),
+            None => "starting".to_owned(),
+        },
+    );
+    loop {
+        let delivery = tokio::select! {
+            d = sub.next() => d.map_err(|e| Failure::Local(e.to_string()))?,
+            _ = stop.changed() => break,
+        };
+        // The event in hand is finished even if a signal arrives meanwhile.
+        if handle(delivery.clone()).await? {
+            sub.done(&delivery)
+                .map_err(|e| Failure::Local(e.to_string()))?;
+        } else {
+            // Not handled (stopping mid-delivery): the cursor stays before it.
+            break;
+        }
+        if *stop.borrow() {
+            break;
+        }
+    }
+    log(worker, "stopped");
+    Ok(())
+}
+
+/// `worker evaluate` and `worker deploy`.
+pub async fn worker_cmd(client: RegistryClient, cmd: WorkerCmd) -> Result<(), Failure> {
+    match cmd {
+        WorkerCmd::Evaluate(args) => evaluate(client, args).await,
+        WorkerCmd::Deploy(args) => deploy(client, args).await,
+    }
+}
+
+async fn evaluate(client: RegistryClient, args: EvaluateArgs) -> Result<(), Failure> {
+    const WORKER: &str = "worker evaluate";
+    let request_stage = args
+        .request
+        .as_deref()
+        .map(parse_stage)
+        .transpose()
+        .map_err(Failure::Local)?;
+    let set = with_retry(WORKER, || {
+        let mut c = client.clone();
+        let req = pb::GetEvaluationSetRequest {
+            name: args.set.name.clone(),
+            version: args.set.version.clone(),
+        };
+        async move { c.get_evaluation_set(req).await }
+    })
+    .await?
+    .into_inner()
+    .evaluation_set
+    .unwrap_or_default();
+    let set_label = format!("{}@{}", set.name, set.version);
+    let filter = pb::WatchTransitionsRequest {
+        models: args.common.models.clone(),
+        types: vec![pb::EventType::StageChanged as i32],
+        to_stages: vec![pb::Stage::Staging as i32],
+        after_sequence: None,
+    };
+    let common = args.common.clone();
+    run_loop(WORKER, &client, filter, common.cursor_file.clone(), common.after, |d| {
+        let client = client.clone();
+        let set_ref = args.set.clone();
+        let set_uri = set.uri.clone();
+        let set_label = set_label.clone();
+        let exec = args.exec.clone();
+        let evaluator_version = args.evaluator_version.clone();
+        let common = common.clone();
+        async move {
+            let e = &d.event;
+            let version = with_retry(WORKER, || {
+                let mut c = client.clone();
+                let req = pb::GetVersionRequest {
+                    model: e.model.clone(),
+                    version: e.version,
+                    alias: String::new(),
+                };
+                async move { c.get_version(req).await }
+            })
+            .await?
+            .into_inner()
+            .version
+            .unwrap_or_default();
+            let env = HashMap::from([
+                ("MODELREG_MODEL", e.model.clone()),
+                ("MODELREG_VERSION", e.version.to_string()),
+                ("MODELREG_ARTIFACT_URI", version.artifact_uri.clone()),
+                ("MODELREG_ARTIFACT_DIGEST", version.artifact_digest.clone()),
+                ("MODELREG_EVAL_SET", set_label.clone()),
+                ("MODELREG_EVAL_SET_URI", set_uri.clone()),
+                ("MODELREG_EVENT_SEQUENCE", e.sequence.to_string()),
+            ]);
+            let subject = format!("{}/{} (event {})", e.model, e.version, e.sequence);
+            let mut last_error = String::new();
+            let attempts = common.retries + 1;
+            let mut attached = false;
+            for attempt in 1..=attempts {
+                let metrics = match run_command(&exec, &env, common.timeout).await {
+                    Ok(ran) => parse_metrics(&ran.last_line),
+                    Err(err) => Err(err),
+                };
+                let metrics = match metrics {
+                    Ok(m) => m,
+                    Err(err) => {
+                        log(WORKER, format!("{subject}: attempt {attempt}/{attempts} failed: {err}"));
+                        last_error = err;
+                        if attempt < attempts {
+                            tokio::time::sleep(backoff(attempt, Duration::from_secs(30), None)).await;
+                        }
+                        continue;
+                    }
+                };
+                let result = with_retry(WORKER, || {
+                    let mut c = client.clone();
+                    let req = pb::AttachEvaluationRequest {
+                        model: e.model.clone(),
+                        version: e.version,
+                        evaluation_set: Some(set_ref.clone()),
+                        evaluator_version: evaluator_version.clone(),
+                        metrics: metrics.clone(),
+                        report_uri: String::new(),
+                        request_id: d.key("evaluate"),
+                    };
+                    async move { c.attach_evaluation(req).await }
+                })
+                .await;
+                match result {
+                    Ok(_) => {
+                        log(WORKER, format!("{subject}: attached {metrics:?} on {set_label}"));
+                        attached = true;
+                        break;
+                    }
+                    Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                        // Scored before by this evaluator version: the result stands.
+                        log(WORKER, format!("{subject}: already evaluated on {set_label} by {evaluator_version}"));
+                        attached = true;
+                        break;
+                    }
+                    Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                        last_error = format!("the registry refused the metrics: {}", errors::describe(&s));
+                        log(WORKER, format!("{subject}: attempt {attempt}/{attempts} failed: {last_error}"));
+                    }
+                    Err(s) => return Err(Failure::Status(s)),
+                }
+            }
+            if !attached {
+                let report = with_retry(WORKER, || {
+                    let mut c = client.clone();
+                    let req = pb::ReportWorkerFailureRequest {
+                        model: e.model.clone(),
+                        version: e.version,
+                        worker: "evaluate".into(),
+                        event_sequence: e.sequence,
+                        error: tail(&last_error, 4000),
+                        attempts: attempts as i32,
+                        request_id: d.key("evaluate-failed"),
+                    };
+                    async move { c.report_worker_failure(req).await }
+                })
+                .await;
+                match report {
+                    Ok(_) => log(WORKER, format!("{subject}: gave up after {attempts} attempts; reported")),
+                    Err(s) => return Err(Failure::Status(s)),
+                }
+                return Ok(true);
+            }
+            if let Some(stage) = request_stage {
+                let asked = with_retry(WORKER, || {
+                    let mut c = client.clone();
+                    let req = pb::TransitionStageRequest {
+                        model: e.model.clone(),
+                        version: e.version,
+                        target_stage: stage as i32,
+                        comment: format!("evaluated on {set_label} by evaluator {evaluator_version}"),
+                        etag: String::new(),
+                    };
+                    async move { c.transition_stage(req).await }
+                })
+                .await;
+                match asked {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        match (r.version, r.request) {
+                            (Some(v), _) => log(WORKER, format!("{subject}: moved to {}", stage_label(v.stage))),
+                            (None, Some(req)) => log(WORKER, format!("{subject}: requested {} as {}", stage_label(req.to_stage), req.id)),
+                            _ => {}
+                        }
+                    }
+                    // Gates refused, or the version moved on meanwhile: the
+                    // registry's verdict, not the worker's failure.
+                    Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                        log(WORKER, format!("{subject}: not requested: {}", errors::describe(&s)))
+                    }
+                    Err(s) => return Err(Failure::Status(s)),
+                }
+            }
+            Ok(true)
+        }
+    })
+    .await
+}
+
+async fn deploy(client: RegistryClient, args: DeployArgs) -> Result<(), Failure> {
+    const WORKER: &str = "worker deploy";
+    let filter = pb::WatchTransitionsRequest {
+        models: args.common.models.clone(),
+        types: vec![pb::EventType::StageChanged as i32],
+        // Leaving PRODUCTION matters too when there is an undeploy command.
+        to_stages: if args.undeploy_exec.is_some() {
+            vec![]
+        } else {
+            vec![pb::Stage::Production as i32]
+        },
+        after_sequence: None,
+    };
+    let common = args.common.clone();
+    run_loop(
+        WORKER,
+        &client,
+        filter,
+        common.cursor_file.clone(),
+        common.after,
+        |d| {
+            let client = client.clone();
+            let environment = args.environment.clone();
+            let exec = args.exec.clone();
+            let undeploy = args.undeploy_exec.clone();
+            let common = common.clone();
+            async move {
+                let e = &d.event;
+                let production = pb::Stage::Production as i32;
+                let (command, leaving) = if e.to_stage == production {
+                    (exec, false)
+                } else if e.from_stage == production && undeploy.is_some() {
+                    (undeploy.unwrap_or_default(), true)
+                } else {
+                    return Ok(true);
+                };
+                let subject = format!("{}/{} (event {})", e.model, e.version, e.sequence);
+                let version = with_retry(WORKER, || {
+                    let mut c = client.clone();
+                    let req = pb::GetVersionRequest {
+                        model: e.model.clone(),
+                        version: e.version,
+                        alias: String::new(),
+                    };
+                    async move { c.get_version(req).await }
+                })
+                .await?
+                .into_inner()
+                .version
+                .unwrap_or_default();
+                if !leaving && version.stage != production {
+                    log(
+                        WORKER,
+                        format!("{subject}: no longer in PRODUCTION; not deployed"),
+                    );
+                    return Ok(true);
+                }
+                // A report newer than the event means it was handled already.
+                let handled = version.deployments.iter().any(|dep| {
+                    dep.environment == environment
+                        && dep
+                            .report_time
+                            .as_ref()
+                            .zip(e.occur_time.as_ref())
+                            .is_some_and(|(r, o)| (r.seconds, r.nanos) >= (o.seconds, o.nanos))
+                        && dep.status != pb::DeploymentStatus::Deploying as i32
+                });
+                if handled {
+                    log(
+                        WORKER,
+                        format!("{subject}: already handled in {environment}"),
+                    );
+                    return Ok(true);
+                }
+                let report = |status: pb::DeploymentStatus,
+                              endpoint: String,
+                              message: String,
+                              step: &'static str| {
+                    let client = client.clone();
+                    let req = pb::ReportDeploymentRequest {
+                        model: e.model.clone(),
+                        version: e.version,
+                        environment: environment.clone(),
+                        status: status as i32,
+                        endpoint,
+                        message,
+                        request_id: d.key(&format!("deploy-{step}")),
+                    };
+                    async move {
+                        with_retry(WORKER, || {
+                            let mut c = client.clone();
+                            let req = req.clone();
+                            async move { c.report_deployment(req).await }
+                        })
+                        .await
+                        .map(|_| ())
+                        .map_err(Failure::Status)
+                    }
+                };
+                if !leaving {
+                    report(
+                        pb::DeploymentStatus::Deploying,
+                        String::new(),
+                        String::new(),
+                        "deploying",
+                    )
+                    .await?;
+                }
+                let env = HashMap::from([
+                    ("MODELREG_MODEL", e.model.clone()),
+                    ("MODELREG_VERSION", e.version.to_string()),
+                    ("MODELREG_ARTIFACT_URI", version.artifact_uri.clone()),
+                    ("MODELREG_ARTIFACT_DIGEST", version.artifact_digest.clone()),
+                    ("MODELREG_ENVIRONMENT", environment.clone()),
+                    ("MODELREG_EVENT_SEQUENCE", e.sequence.to_string()),
+                ]);
+                let attempts = common.retries + 1;
+                let mut last_error = String::new();
+                for attempt in 1..=attempts {
+                    match run_command(&command, &env, common.timeout).await {
+                        Ok(ran) => {
+                            let (status, step, endpoint) = if leaving {
+                                (
+                                    pb::DeploymentStatus::Undeployed,
+                                    "undeployed",
+                                    String::new(),
+                                )
+                            } else {
+                                (pb::DeploymentStatus::Succeeded, "succeeded", ran.last_line)
+                            };
+                            report(status, endpoint.clone(), String::new(), step).await?;
+                            log(
+                                WORKER,
+                                format!("{subject}: {step} in {environment} {endpoint}"),
+                            );
+                            return Ok(true);
+                        }
+                        Err(err) => {
+                            log(
+                                WORKER,
+                                format!("{subject}: attempt {attempt}/{attempts} failed: {err}"),
+                            );
+                            last_error = err;
+                            if attempt < attempts {
+                                tokio::time::sleep(backoff(attempt, Duration::from_secs(30), None))
+                                    .await;
+                            }
+                        }
+                    }
+                }
+                let what = if leaving { "undeploy failed: " } else { "" };
+                report(
+                    pb::DeploymentStatus::Failed,
+                    String::new(),
+                    tail(&format!("{what}{last_error}"), 4000),
+                    "failed",
+                )
+                .await?;
+                log(WORKER, format!("{subject}: FAILED in {environment}"));
+                Ok(true)
+            }
+        },
+    )
+    .await
+}
+
+/// The event types a notifier forwards.
+fn notify_types() -> Vec<i32> {
+    [
+        "EVENT_TYPE_TRANSITION_REQUESTED",
+        "EVENT_TYPE_TRANSITION_APPROVED",
+        "EVENT_TYPE_TRANSITION_REJECTED",
+        "EVENT_TYPE_STAGE_CHANGED",
+        "EVENT_TYPE_WORKER_FAILED",
+        "EVENT_TYPE_DEPLOYMENT_REPORTED",
+        "EVENT_TYPE_LIVE_METRIC_BREACH",
+    ]
+    .iter()
+    .filter_map(|n| pb::EventType::from_str_name(n))
+    .map(|t| t as i32)
+    .collect()
+}
+
+/// Whether an event of the forwarded types deserves a message.
+fn worth_notifying(e: &pb::RegistryEvent, details: &serde_json::Value) -> bool {
+    use pb::EventType as T;
+    match T::try_from(e.r#type) {
+        Ok(T::StageChanged) => e.to_stage == pb::Stage::Production as i32,
+        Ok(T::DeploymentReported) => details["status"]
+            .as_str()
+            .is_some_and(|s| s.contains("FAILED")),
+        Ok(_) => true,
+        Err(_) => false,
+    }
+}
+
+/// A one-paragraph account of an event for people.
+fn summary(e: &pb::RegistryEvent, details: &serde_json::Value, link_base: Option<&str>) -> String {
+    use pb::EventType as T;
+    let subject = format!("*{}* version {}", e.model, e.version);
+    let id = &e.transition_request_id;
+    let mut lines = Vec::new();
+    match T::try_from(e.r#type).unwrap_or(T::Unspecified) {
+        T::TransitionRequested => {
+            lines.push(format!(
+                "{} requests {} for {subject}{}",
+                e.actor,
+                details["to_stage"].as_str().unwrap_or("?"),
+                if e.comment.is_empty() {
+                    String::new()
+                } else {
+                    format!(": “{}”", e.comment)
+                }
+            ));
+            if let Some(uri) = details["artifact_uri"].as_str() {
+                lines.push(format!("artifact: {uri}"));
+            }
+            if let Some(metrics) = details["metrics"].as_object() {
+                for (set, values) in metrics {
+                    lines.push(format!("metrics on {set}: {values}"));
+                }
+            }
+            if let Some(rows) = details["comparison"]["metrics"].as_array() {
+                let parts: Vec<String> = rows
+                    .iter()
+                    .map(|m| {
+                        format!(
+                            "{} {} → {} ({})",
+                            m["metric"].as_str().unwrap_or("?"),
+                            m["baseline"],
+                            m["candidate"],
+                            m["outcome"].as_str().unwrap_or("?").to_lowercase()
+                        )
+                    })
+                    .collect();
+                lines.push(format!(
+                    "vs production version {}: {}",
+                    details["comparison"]["baseline_version"],
+                    parts.join(", ")
+                ));
+            }
+            if let Some(gates) = details["gate_results"].as_array() {
+                for g in gates {
+                    let mark = if g["passed"].as_bool() == Some(true) {
+                        "pass"
+                    } else {
+                        "FAIL"
+                    };
+                    lines.push(format!(
+                        "gate {mark}: {}",
+                        g["check"].as_str().unwrap_or("?")
+                    ));
+                }
+            }
+            lines.push(format!(
+                "approve: `modelreg approve {id}`   reject: `modelreg reject {id} --comment WHY`"
+            ));
+            if let Some(base) = link_base {
+                lines.push(format!("{}/requests/{id}", base.trim_end_matches('/')));
+            }
+        }
+        T::TransitionApproved => lines.push(format!("{} approved {id} ({subject})", e.actor)),
+        T::TransitionRejected => lines.push(format!(
+            "{} rejected {id} ({subject}): “{}”",
+            e.actor, e.comment
+        )),
+        T::StageChanged => {
+            let cause = modelreg_client::names::cause_label(e.cause);
+            let verb = if cause == "ROLLBACK" {
+                "rolled back to"
+            } else {
+                "is now in"
+            };
+            lines.push(format!(
+                "{subject} {verb} PRODUCTION ({cause}, by {}){}",
+                e.actor,
+                if e.comment.is_empty() {
+                    String::new()
+                } else {
+                    format!(": “{}”", e.comment)
+                }
+            ));
+        }
+        T::WorkerFailed => lines.push(format!(
+            "worker {} gave up on {subject} after {} attempts: {}",
+            details["worker"].as_str().unwrap_or("?"),
+            details["attempts"],
+            details["error"].as_str().unwrap_or("?")
+        )),
+        T::DeploymentReported => lines.push(format!(
+            "deployment of {subject} to {} FAILED: {}",
+            details["environment"].as_str().unwrap_or("?"),
+            details["message"].as_str().unwrap_or("")
+        )),
+        other => lines.push(format!(
+            "{}: {subject} ({})",
+            event_type_label(other as i32),
+            e.actor
+        )),
+    }
+    lines.join("\n")
+}
+
+/// `notify`.
+pub async fn notify(client: RegistryClient, args: NotifyArgs) -> Result<(), Failure> {
+    const WORKER: &str = "notify";
+    let ca = match &args.webhook_ca_cert {
+        Some(p) => Some(
+            std::fs::read(p)
+                .map_err(|e| Failure::Local(format!("cannot read {}: {e}", p.display())))?,
+        ),
+        None => None,
+    };
+    let hook = Webhook::new(
+        &args.webhook,
+        args.secret.as_deref(),
+        ca.as_deref(),
+        Duration::from_secs(10),
+    )
+    .map_err(Failure::Local)?;
+    let filter = pb::WatchTransitionsRequest {
+        models: args.models.clone(),
+        types: notify_types(),
+        to_stages: vec![],
+        after_sequence: None,
+    };
+    let stop = stop_on_signals();
+    run_loop(WORKER, &client, filter, args.cursor_file.clone(), args.after, |d| {
+        let hook = hook.clone();
+        let link_base = args.link_base.clone();
+        let format = args.format;
+        let max_backoff = args.max_backoff;
+        let mut stop = stop.clone();
+        async move {
+            let e = &d.event;
+            let json = to_json(e, "modelreg.v1.RegistryEvent");
+            let details = json["details"].clone();
+            if !worth_notifying(e, &details) {
+                return Ok(true);
+            }
+            let (body, content_type) = match format {
+                Format::Json => (json.to_string(), "application/json"),
+                Format::Slack => {
+                    let text = summary(e, &details, link_base.as_deref());
+                    let body = serde_json::json!({
+                        "text": text,
+                        "blocks": [
+                            {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+                            {"type": "context", "elements": [{"type": "mrkdwn", "text": format!("modelreg event {} · {}", e.sequence, event_type_label(e.r#type))}]},
+                        ],
+                    });
+                    (body.to_string(), "application/json")
+                }
+            };
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match hook.post(body.as_bytes(), content_type, e.sequence).await {
+                    Outcome::Delivered(code) => {
+                        log(WORKER, format!("event {} delivered ({code})", e.sequence));
+                        return Ok(true);
+                    }
+                    Outcome::Rejected(why) => {
+                        // Retrying the same message cannot help; say so loudly and move on.
+                        log(WORKER, format!("event {} NOT delivered, the webhook refused it: {why}", e.sequence));
+                        return Ok(true);
+                    }
+                    Outcome::Retry { reason, retry_after } => {
+                        let wait = backoff(attempt, max_backoff, retry_after);
+                        log(WORKER, format!("event {}: {reason}; retry {attempt} in {wait:?}", e.sequence));
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            // Stopping: the cursor stays before this event, so it is sent after a restart.
+                            _ = stop.changed() => return Ok(false),
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_lines_must_be_objects_of_finite_numbers() {
+        assert_eq!(parse_metrics(r#"{"auc": 0.9}"#).unwrap()["auc"], 0.9);
+        assert!(parse_metrics("auc=0.9").is_err());
+        assert!(parse_metrics("[1]").is_err());
+        assert!(parse_metrics(r#"{"auc": "high"}"#).is_err());
+    }
+
+    #[test]
+    fn tails_keep_the_end() {
+        assert_eq!(tail("abc", 10), "abc");
+        assert_eq!(tail("abcdef", 3), "…def");
+    }
+}

@@ -1,0 +1,871 @@
+//! The whole loop with real binaries only: `modelreg-server` with tokens,
+//! `modelreg worker evaluate` running a script, `modelreg notify` posting to
+//! a local HTTP sink that checks every signature (and fails for a while),
+//! `modelreg worker deploy` running a script, and the CLI as CI and people.
+//! Workers are killed and restarted mid-stream; afterwards nothing is lost,
+//! nothing is doubled, and the audit trail tells the story.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use modelreg_client::{ConnectOptions, RegistryClient, connect, pb};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+const SECRET: &str = "webhook-secret";
+
+fn bin(name: &str) -> PathBuf {
+    let cli = PathBuf::from(env!("CARGO_BIN_EXE_modelreg"));
+    let path = cli.with_file_name(name);
+    assert!(
+        path.is_file(),
+        "{} not found: build it first (cargo build -p modelreg-server)",
+        path.display()
+    );
+    path
+}
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The people and programs of the story, with their roles.
+const PEOPLE: [(&str, &str); 7] = [
+    ("ada", "\"admin\""),
+    ("alice", "\"publisher\""),
+    ("bob", "\"approver\""),
+    ("oncall", "\"approver\""),
+    ("evaluator", "\"evaluator\", \"publisher\""),
+    ("deployer", "\"deployer\""),
+    ("notifier", "\"reader\""),
+];
+
+fn token(who: &str) -> String {
+    format!("token-of-{who}")
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    url: String,
+    server: Child,
+}
+
+impl Env {
+    async fn start() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens: String = PEOPLE
+            .iter()
+            .map(|(who, roles)| {
+                format!(
+                    "[[tokens]]\nidentity = \"{who}\"\nroles = [{roles}]\ntoken_sha256 = \"{}\"\n\n",
+                    sha256_hex(&token(who))
+                )
+            })
+            .collect();
+        std::fs::write(dir.path().join("tokens.toml"), tokens).unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let server = Command::new(bin("modelreg-server"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--database-url")
+            .arg(format!(
+                "sqlite://{}",
+                dir.path().join("registry.db").display()
+            ))
+            .arg("--auth-tokens")
+            .arg(dir.path().join("tokens.toml"))
+            .args(["--heartbeat-interval", "200ms"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let env = Env {
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+            server,
+        };
+        wait_for("the server to serve", || async {
+            connect(&env.opts("ada")).await.is_ok()
+        })
+        .await;
+        env
+    }
+
+    fn opts(&self, who: &str) -> ConnectOptions {
+        ConnectOptions::new(self.url.clone()).token(token(who))
+    }
+
+    async fn client(&self, who: &str) -> RegistryClient {
+        connect(&self.opts(who)).await.unwrap()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs the CLI as `who`.
+    async fn cli(&self, who: &str, args: &[&str]) -> Output {
+        Command::new(bin("modelreg"))
+            .args(["--server", &self.url, "--token", &token(who)])
+            .args(args)
+            .output()
+            .await
+            .unwrap()
+    }
+
+    async fn ok(&self, who: &str, args: &[&str]) -> String {
+        let out = self.cli(who, args).await;
+        assert!(
+            out.status.success(),
+            "{who}: modelreg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Starts a long-running CLI command (a worker) as `who`.
+    fn spawn(&self, who: &str, log: &str, args: &[&str]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(log))
+            .unwrap();
+        Command::new(bin("modelreg"))
+            .args(["--server", &self.url, "--token", &token(who)])
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap_or_default()
+    }
+}
+
+/// Polls `check` until it holds; the deadline only bounds a broken run.
+async fn wait_for<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..1200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("gave up waiting for {what}");
+}
+
+/// One POST the sink received.
+#[derive(Debug, Clone)]
+struct Delivery {
+    sequence: u64,
+    body: serde_json::Value,
+}
+
+/// A webhook receiver: checks each signature, answers 500 to the first
+/// `fail_first` requests, then 200.
+struct Sink {
+    url: String,
+    received: Arc<Mutex<Vec<Delivery>>>,
+    refused: Arc<Mutex<u32>>,
+}
+
+impl Sink {
+    async fn start(fail_first: u32) -> Sink {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hooks/modelreg", listener.local_addr().unwrap());
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(Mutex::new(0u32));
+        let (r, f) = (received.clone(), refused.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let (r, f) = (r.clone(), f.clone());
+                tokio::spawn(async move {
+                    let Some((headers, body)) = read_request(&mut conn).await else {
+                        return;
+                    };
+                    let header = |name: &str| {
+                        headers
+                            .get(&name.to_ascii_lowercase())
+                            .cloned()
+                            .unwrap_or_default()
+                    };
+                    let ts: i64 = header("x-modelreg-timestamp").parse().unwrap_or(0);
+                    let expected =
+                        modelreg_client::webhook::signature(SECRET.as_bytes(), ts, &body);
+                    let signed = header("x-modelreg-signature") == expected;
+                    let fail = {
+                        let mut f = f.lock().unwrap();
+                        if *f < fail_first {
+                            *f += 1;
+                            true
+                        } else {
+                            false
+                        }
+                    };
+                    let status = if !signed {
+                        "401 Unauthorized"
+                    } else if fail {
+                        "500 Internal Server Error"
+                    } else {
+                        r.lock().unwrap().push(Delivery {
+                            sequence: header("x-modelreg-delivery").parse().unwrap_or(0),
+                            body: serde_json::from_slice(&body).unwrap_or_default(),
+                        });
+                        "200 OK"
+                    };
+                    let _ = conn
+                        .write_all(
+                            format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                                .as_bytes(),
+                        )
+                        .await;
+                });
+            }
+        });
+        Sink {
+            url,
+            received,
+            refused,
+        }
+    }
+
+    fn deliveries(&self) -> Vec<Delivery> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// Reads one HTTP/1.1 request: lower-cased headers and the body.
+async fn read_request(
+    conn: &mut tokio::net::TcpStream,
+) -> Option<(BTreeMap<String, String>, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        let n = conn.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let headers: BTreeMap<String, String> = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < len {
+        let n = conn.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Some((headers, body))
+}
+
+async fn events(c: &mut RegistryClient, model: &str) -> Vec<pb::RegistryEvent> {
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let r = c
+            .list_events(pb::ListEventsRequest {
+                model: model.into(),
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend(r.events);
+        if r.next_page_token.is_empty() {
+            return out;
+        }
+        page_token = r.next_page_token;
+    }
+}
+
+async fn version(c: &mut RegistryClient, model: &str, v: i64) -> pb::ModelVersion {
+    c.get_version(pb::GetVersionRequest {
+        model: model.into(),
+        version: v,
+        alias: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .version
+    .unwrap()
+}
+
+async fn pending(c: &mut RegistryClient, model: &str) -> Vec<pb::TransitionRequest> {
+    c.list_transition_requests(pb::ListTransitionRequestsRequest {
+        model: model.into(),
+        status: pb::TransitionRequestStatus::Pending as i32,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .requests
+}
+
+/// Deployments of `v` in `env` that SUCCEEDED, counted from the event log.
+fn succeeded(events: &[pb::RegistryEvent], v: i64) -> usize {
+    events
+        .iter()
+        .filter(|e| e.r#type == pb::EventType::DeploymentReported as i32 && e.version == v)
+        .filter(|e| {
+            let d = modelreg_client::json::to_json(*e, "modelreg.v1.RegistryEvent");
+            d["details"]["status"]
+                .as_str()
+                .is_some_and(|s| s.ends_with("SUCCEEDED"))
+        })
+        .count()
+}
+
+fn kill(child: &mut Child) {
+    child.start_kill().unwrap();
+}
+
+async fn register(env: &Env, run: &str, uri: &str) {
+    let out = env
+        .ok(
+            "alice",
+            &[
+                "--json",
+                "version",
+                "register",
+                "fraud",
+                "--artifact-uri",
+                uri,
+                "--digest",
+                "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                "--commit",
+                "4f2a9c1",
+                "--pipeline-url",
+                "https://ci.example/runs/1",
+                "--stage",
+                "staging",
+                "--request-id",
+                run,
+            ],
+        )
+        .await;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["stage"], "STAGE_STAGING");
+}
+
+fn evaluate_args(env: &Env) -> Vec<String> {
+    [
+        "worker",
+        "evaluate",
+        "--set",
+        "holdout@v1",
+        "--evaluator-version",
+        "2.0",
+        "--request",
+        "production",
+        "--model",
+        "fraud",
+        "--after",
+        "0",
+        "--exec",
+        // auc 0.91 for version 1, 0.92 for version 2; a log of every start
+        // and every finished run. The first run for version 2 hangs, so the
+        // test can kill the worker in the middle of it.
+        r#"echo "$MODELREG_VERSION $MODELREG_EVENT_SEQUENCE" >> evaluate.starts
+if [ "$MODELREG_VERSION" = 2 ] && [ ! -e evaluate.hung ]; then touch evaluate.hung; sleep 600; fi
+echo "$MODELREG_MODEL $MODELREG_VERSION $MODELREG_EVAL_SET $MODELREG_ARTIFACT_URI" >> evaluate.runs
+echo "{\"auc\": 0.9$MODELREG_VERSION}""#,
+        "--cursor-file",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([env.path("evaluate.cursor").display().to_string()])
+    .collect()
+}
+
+fn deploy_args(env: &Env) -> Vec<String> {
+    [
+        "worker",
+        "deploy",
+        "--environment",
+        "prod",
+        "--model",
+        "fraud",
+        "--after",
+        "0",
+        "--exec",
+        // The first deployment of version 2 hangs until the worker is killed.
+        r#"echo "$MODELREG_VERSION $MODELREG_EVENT_SEQUENCE" >> deploy.starts
+if [ "$MODELREG_VERSION" = 2 ] && [ ! -e deploy.hung ]; then touch deploy.hung; sleep 600; fi
+echo "$MODELREG_VERSION $MODELREG_EVENT_SEQUENCE $MODELREG_ENVIRONMENT" >> deploy.runs
+echo "https://serve.example/fraud/$MODELREG_VERSION""#,
+        "--cursor-file",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([env.path("deploy.cursor").display().to_string()])
+    .collect()
+}
+
+fn notify_args(env: &Env, sink: &Sink) -> Vec<String> {
+    vec![
+        "notify".into(),
+        "--webhook".into(),
+        sink.url.clone(),
+        "--secret".into(),
+        SECRET.into(),
+        "--link-base".into(),
+        "https://registry.example".into(),
+        "--max-backoff".into(),
+        "300ms".into(),
+        "--after".into(),
+        "0".into(),
+        "--cursor-file".into(),
+        env.path("notify.cursor").display().to_string(),
+    ]
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_a_ci_commit_to_a_live_deployment_and_back() {
+    let env = Env::start().await;
+    let sink = Sink::start(3).await;
+    let mut ada = env.client("ada").await;
+
+    // The admin sets up the standard set and the model's policy.
+    env.ok(
+        "ada",
+        &[
+            "evalset",
+            "create",
+            "holdout",
+            "v1",
+            "--uri",
+            "s3://datasets/holdout/v1",
+            "--digest",
+            "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+            "--metric",
+            "auc:higher",
+        ],
+    )
+    .await;
+    env.ok("ada", &["model", "create", "fraud"]).await;
+    env.ok(
+        "ada",
+        &[
+            "model",
+            "policy",
+            "fraud",
+            "--standard-set",
+            "holdout@v1",
+            "--gate",
+            "auc:min_value=0.8,max_regression=0.05",
+        ],
+    )
+    .await;
+
+    let mut evaluate = env.spawn("evaluator", "evaluate.log", &strs(&evaluate_args(&env)));
+    let mut notify = env.spawn("notifier", "notify.log", &strs(&notify_args(&env, &sink)));
+    let mut deploy = env.spawn("deployer", "deploy.log", &strs(&deploy_args(&env)));
+
+    // CI registers version 1 into staging; a retried CI step changes nothing.
+    register(&env, "run-1", "s3://models/fraud/1").await;
+    register(&env, "run-1", "s3://models/fraud/1").await;
+
+    // The evaluation worker scores it and asks for production.
+    wait_for("request fraud:1", || {
+        let mut c = ada.clone();
+        async move { !pending(&mut c, "fraud").await.is_empty() }
+    })
+    .await;
+    let asked = pending(&mut ada, "fraud").await.remove(0);
+    assert_eq!(asked.id, "fraud:1");
+    assert_eq!(asked.requester, "evaluator");
+
+    // The notification arrives signed, after the sink's failures, with how to approve.
+    wait_for("the request's notification", || {
+        let s = sink.deliveries();
+        async move {
+            s.iter().any(|d| {
+                d.body["text"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("modelreg approve fraud:1")
+            })
+        }
+    })
+    .await;
+    assert_eq!(
+        *sink.refused.lock().unwrap(),
+        3,
+        "the sink failed three times first"
+    );
+    let note = sink
+        .deliveries()
+        .into_iter()
+        .find(|d| d.body["text"].as_str().unwrap_or("").contains("fraud:1"))
+        .unwrap();
+    let text = note.body["text"].as_str().unwrap();
+    assert!(
+        text.contains("https://registry.example/requests/fraud:1"),
+        "{text}"
+    );
+    assert!(text.contains("gate pass: auc >= 0.8"), "{text}");
+    assert!(note.body["blocks"].is_array());
+
+    // Nobody may approve without the approver role; bob may.
+    let out = env.cli("alice", &["approve", "fraud:1"]).await;
+    assert_eq!(out.status.code(), Some(7), "PERMISSION_DENIED exits 7");
+    env.ok(
+        "bob",
+        &["approve", "fraud:1", "--comment", "metrics checked"],
+    )
+    .await;
+
+    wait_for("version 1 deployed", || {
+        let mut c = ada.clone();
+        async move {
+            version(&mut c, "fraud", 1)
+                .await
+                .deployments
+                .iter()
+                .any(|d| {
+                    d.environment == "prod" && d.status == pb::DeploymentStatus::Succeeded as i32
+                })
+        }
+    })
+    .await;
+    let v1 = version(&mut ada, "fraud", 1).await;
+    assert_eq!(v1.deployments[0].endpoint, "https://serve.example/fraud/1");
+
+    // Version 2: the notifier is down while it goes through; the evaluation
+    // worker is killed in the middle of its command and restarted, and so is
+    // the deploy worker. Each event is handled again after the restart.
+    kill(&mut notify);
+    let _ = notify.wait().await;
+    register(&env, "run-2", "s3://models/fraud/2").await;
+    let started = |file: &'static str, v: &'static str| {
+        let path = env.path(file);
+        move || {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            async move { text.lines().any(|l| l.starts_with(&format!("{v} "))) }
+        }
+    };
+    wait_for(
+        "the evaluation of version 2 to start",
+        started("evaluate.starts", "2"),
+    )
+    .await;
+    kill(&mut evaluate);
+    let _ = evaluate.wait().await;
+    let mut evaluate = env.spawn("evaluator", "evaluate.log", &strs(&evaluate_args(&env)));
+    wait_for("request fraud:2", || {
+        let mut c = ada.clone();
+        async move {
+            pending(&mut c, "fraud")
+                .await
+                .iter()
+                .any(|r| r.version == 2)
+        }
+    })
+    .await;
+    let id2 = pending(&mut ada, "fraud").await.remove(0).id;
+    env.ok("bob", &["approve", &id2]).await;
+    wait_for(
+        "the deployment of version 2 to start",
+        started("deploy.starts", "2"),
+    )
+    .await;
+    kill(&mut deploy);
+    let _ = deploy.wait().await;
+    let mut deploy = env.spawn("deployer", "deploy.log", &strs(&deploy_args(&env)));
+    let mut notify = env.spawn("notifier", "notify.log", &strs(&notify_args(&env, &sink)));
+    wait_for("version 2 deployed", || {
+        let mut c = ada.clone();
+        async move { succeeded(&events(&mut c, "fraud").await, 2) == 1 }
+    })
+    .await;
+
+    // On-call rolls back: the deploy worker redeploys version 1.
+    env.ok(
+        "oncall",
+        &["rollback", "fraud", "--reason", "error rate up"],
+    )
+    .await;
+    wait_for("version 1 redeployed", || {
+        let mut c = ada.clone();
+        async move { succeeded(&events(&mut c, "fraud").await, 1) == 2 }
+    })
+    .await;
+
+    // Every notification-worthy event was delivered, none lost.
+    let log = events(&mut ada, "fraud").await;
+    let worth: BTreeSet<u64> = log
+        .iter()
+        .filter(|e| {
+            use pb::EventType as T;
+            let t = e.r#type;
+            t == T::TransitionRequested as i32
+                || t == T::TransitionApproved as i32
+                || (t == T::StageChanged as i32 && e.to_stage == pb::Stage::Production as i32)
+        })
+        .map(|e| e.sequence)
+        .collect();
+    assert_eq!(
+        worth.len(),
+        7,
+        "2 requests, 2 approvals, 3 entries into production"
+    );
+    wait_for("every notification", || {
+        let got: BTreeSet<u64> = sink.deliveries().iter().map(|d| d.sequence).collect();
+        let worth = worth.clone();
+        async move { worth.is_subset(&got) }
+    })
+    .await;
+    let delivered = sink.deliveries();
+    let extra = delivered.len() - worth.len();
+    assert!(
+        extra <= 1,
+        "at most the message in flight at the kill repeats: {delivered:?}"
+    );
+    let rollback = delivered
+        .iter()
+        .filter_map(|d| d.body["text"].as_str())
+        .find(|t| t.contains("rolled back"))
+        .expect("a rollback message");
+    assert!(
+        rollback.contains("oncall") && rollback.contains("error rate up"),
+        "{rollback}"
+    );
+
+    // Nothing doubled on the registry: one evaluation per version, one
+    // successful deployment per entry into production.
+    let count = |t: pb::EventType, v: i64| {
+        log.iter()
+            .filter(|e| e.r#type == t as i32 && e.version == v)
+            .count()
+    };
+    assert_eq!(count(pb::EventType::EvaluationAttached, 1), 1);
+    assert_eq!(count(pb::EventType::EvaluationAttached, 2), 1);
+    assert_eq!(
+        count(pb::EventType::VersionRegistered, 3),
+        0,
+        "the CI retry made no version 3"
+    );
+    assert_eq!((succeeded(&log, 1), succeeded(&log, 2)), (2, 1));
+    let reports_of_2 = log
+        .iter()
+        .filter(|e| e.r#type == pb::EventType::DeploymentReported as i32 && e.version == 2)
+        .count();
+    assert_eq!(
+        reports_of_2, 2,
+        "DEPLOYING once (its retry was idempotent), SUCCEEDED once"
+    );
+    let runs = env.log("deploy.runs");
+    let runs: Vec<&str> = runs.lines().collect();
+    assert_eq!(
+        runs.len(),
+        3,
+        "each entry into production deployed once: {runs:?}"
+    );
+    let unique: BTreeSet<&&str> = runs.iter().collect();
+    assert_eq!(unique.len(), 3, "{runs:?}");
+    // The killed runs were started again (at least once), and finished once.
+    let starts = env.log("deploy.starts");
+    assert_eq!(
+        starts.lines().filter(|l| l.starts_with("2 ")).count(),
+        2,
+        "{starts}"
+    );
+    let starts = env.log("evaluate.starts");
+    assert_eq!(
+        starts.lines().filter(|l| l.starts_with("2 ")).count(),
+        2,
+        "{starts}"
+    );
+    assert_eq!(env.log("evaluate.runs").lines().count(), 2);
+
+    // The audit trail tells the story with the right actors.
+    let story: Vec<(String, String, i64)> = log
+        .iter()
+        .filter(|e| e.r#type != pb::EventType::DeploymentReported as i32)
+        .map(|e| {
+            let t = pb::EventType::try_from(e.r#type).unwrap().as_str_name();
+            (
+                e.actor.clone(),
+                t.trim_start_matches("EVENT_TYPE_").to_owned(),
+                e.version,
+            )
+        })
+        .collect();
+    let expect = |actor: &str, kind: &str, v: i64| {
+        assert!(
+            story.contains(&(actor.into(), kind.into(), v)),
+            "{actor} {kind} {v} missing from {story:?}"
+        );
+    };
+    expect("alice", "VERSION_REGISTERED", 1);
+    expect("evaluator", "EVALUATION_ATTACHED", 1);
+    expect("evaluator", "TRANSITION_REQUESTED", 1);
+    expect("bob", "TRANSITION_APPROVED", 1);
+    expect("bob", "STAGE_CHANGED", 1);
+    expect("bob", "TRANSITION_APPROVED", 2);
+    expect("oncall", "STAGE_CHANGED", 1);
+    assert!(
+        log.iter()
+            .filter(|e| e.r#type == pb::EventType::DeploymentReported as i32)
+            .all(|e| e.actor == "deployer")
+    );
+    assert!(
+        !delivered.iter().any(|d| d.sequence == 0),
+        "every POST named its event"
+    );
+    let audit = env.ok("ada", &["audit", "verify"]).await;
+    assert!(audit.contains("audit log intact"), "{audit}");
+    let history = env.ok("ada", &["history", "fraud"]).await;
+    assert!(history.contains("ROLLBACK by oncall"), "{history}");
+
+    // SIGTERM stops each worker gracefully.
+    for child in [&mut evaluate, &mut deploy, &mut notify] {
+        let pid = child.id().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .unwrap();
+        let status = child.wait().await.unwrap();
+        assert!(
+            status.success(),
+            "a worker stopped by SIGTERM exits 0: {status}"
+        );
+    }
+    drop(env.server);
+}
+
+/// A command that keeps failing is retried, then reported as WORKER_FAILED
+/// (which the notifier forwards); the worker goes on with the next event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_evaluation_is_retried_then_reported() {
+    let env = Env::start().await;
+    let sink = Sink::start(0).await;
+    env.ok(
+        "ada",
+        &[
+            "evalset",
+            "create",
+            "holdout",
+            "v1",
+            "--uri",
+            "s3://d/h",
+            "--digest",
+            "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+            "--metric",
+            "auc:higher",
+        ],
+    )
+    .await;
+    env.ok("ada", &["model", "create", "fraud"]).await;
+    let cursor = env.path("eval.cursor").display().to_string();
+    let mut worker = env.spawn(
+        "evaluator",
+        "evaluate.log",
+        &[
+            "worker",
+            "evaluate",
+            "--set",
+            "holdout@v1",
+            "--evaluator-version",
+            "1",
+            "--after",
+            "0",
+            "--retries",
+            "1",
+            "--timeout",
+            "5s",
+            "--cursor-file",
+            &cursor,
+            "--exec",
+            "echo 'out of memory' >&2; exit 3",
+        ],
+    );
+    let mut notify = env.spawn("notifier", "notify.log", &strs(&notify_args(&env, &sink)));
+    register(&env, "run-1", "s3://models/fraud/1").await;
+    let mut ada = env.client("ada").await;
+    wait_for("the failure event", || {
+        let mut c = ada.clone();
+        async move {
+            events(&mut c, "fraud")
+                .await
+                .iter()
+                .any(|e| e.r#type == pb::EventType::WorkerFailed as i32)
+        }
+    })
+    .await;
+    let failed = events(&mut ada, "fraud")
+        .await
+        .into_iter()
+        .find(|e| e.r#type == pb::EventType::WorkerFailed as i32)
+        .unwrap();
+    assert_eq!(failed.actor, "evaluator");
+    let d = modelreg_client::json::to_json(&failed, "modelreg.v1.RegistryEvent");
+    assert_eq!(d["details"]["attempts"], 2.0);
+    assert!(
+        d["details"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("out of memory"),
+        "{d}"
+    );
+    wait_for("the failure's notification", || {
+        let s = sink.deliveries();
+        let seq = failed.sequence;
+        async move { s.iter().any(|d| d.sequence == seq) }
+    })
+    .await;
+    let log = env.log("evaluate.log");
+    assert!(
+        log.contains("attempt 1/2 failed") && log.contains("attempt 2/2 failed"),
+        "{log}"
+    );
+    kill(&mut worker);
+    kill(&mut notify);
+    assert!(
+        Path::new(&cursor).is_file(),
+        "the cursor moved past the reported event"
+    );
+}

@@ -1,0 +1,162 @@
+//! The policy engine: a background task of the server that applies each
+//! model's archival policy by itself, every `--policy-interval`.
+//!
+//! Each tick runs two rules over every model, as at one instant `now` (see
+//! [`crate::governance`] for the rules themselves):
+//!
+//! - the **live monitor** reports a breached live-metric rule of the
+//!   production version once per breach episode (EVENT_TYPE_LIVE_METRIC_BREACH,
+//!   actor `policy:live-monitor`), and with action ROLLBACK also rolls back to
+//!   the previous good production version in the same transaction;
+//! - the **archival rule** archives passed-over candidates (cause POLICY,
+//!   actor `policy:archival`).
+//!
+//! The engine owns no state: whether a rule is due is read from the database
+//! and judged again under the model's lock inside the transaction that acts,
+//! so several replicas ticking at once (PostgreSQL) act once. What "now" is
+//! comes from a [`Clock`], which tests replace with a [`ManualClock`] to run
+//! "40 days later" in milliseconds, calling [`PolicyEngine::tick`] themselves.
+//! This module must not decide rules or write SQL.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::error::Result;
+use crate::store::{Store, TickReport};
+
+/// Where the server reads the time (µs since the Unix epoch) for its
+/// policy decisions and live-metric timestamps.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Clock {
+        Clock(Arc::new(crate::domain::now_micros))
+    }
+
+    /// A clock reading `now` each time.
+    pub fn from_fn(now: impl Fn() -> i64 + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(now))
+    }
+
+    /// The current time, µs since the Unix epoch.
+    pub fn now_micros(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::system()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock(now = {})", self.now_micros())
+    }
+}
+
+/// A clock that stands still until told to move: for tests.
+#[derive(Debug, Clone)]
+pub struct ManualClock(Arc<AtomicI64>);
+
+impl ManualClock {
+    /// A clock standing at `micros`.
+    pub fn at(micros: i64) -> ManualClock {
+        ManualClock(Arc::new(AtomicI64::new(micros)))
+    }
+
+    /// Moves it to `micros`.
+    pub fn set(&self, micros: i64) {
+        self.0.store(micros, Ordering::SeqCst);
+    }
+
+    /// Moves it on by `by`.
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_micros() as i64, Ordering::SeqCst);
+    }
+
+    /// The time it shows.
+    pub fn now_micros(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// A [`Clock`] reading this one, to put in the settings.
+    pub fn clock(&self) -> Clock {
+        let inner = self.0.clone();
+        Clock::from_fn(move || inner.load(Ordering::SeqCst))
+    }
+}
+
+/// Runs policy ticks on one store. Cheap to clone.
+#[derive(Clone)]
+pub struct PolicyEngine {
+    /// Where the models live.
+    store: Store,
+    /// What "now" is for the background loop.
+    clock: Clock,
+}
+
+impl PolicyEngine {
+    /// An engine over `store` reading `clock`.
+    pub fn new(store: Store, clock: Clock) -> PolicyEngine {
+        PolicyEngine { store, clock }
+    }
+
+    /// Runs every model's rules once, as at `now` (µs since the epoch).
+    pub async fn tick(&self, now: i64) -> Result<TickReport> {
+        let report = self.store.policy_tick(now).await?;
+        if report.archived + report.breaches + report.rollbacks + report.failures > 0 {
+            tracing::info!(
+                models = report.models,
+                archived = report.archived,
+                breaches = report.breaches,
+                rollbacks = report.rollbacks,
+                failures = report.failures,
+                "policy tick"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Ticks every `interval` (the first one after a full interval, so a
+    /// server starting up serves before it judges) until `stop` turns true.
+    pub async fn run(self, interval: Duration, mut stop: watch::Receiver<bool>) {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        // A slow tick delays the next one instead of causing a burst.
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+            if let Err(e) = self.tick(self.clock.now_micros()).await {
+                tracing::warn!(error = %e, "policy tick failed; retrying at the next interval");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manual_clock_moves_only_when_told() {
+        let manual = ManualClock::at(1_000);
+        let clock = manual.clock();
+        assert_eq!(clock.now_micros(), 1_000);
+        manual.advance(Duration::from_secs(2));
+        assert_eq!(clock.now_micros(), 2_001_000);
+        manual.set(5);
+        assert_eq!(clock.now_micros(), 5);
+    }
+}
