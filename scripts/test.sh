@@ -24,5 +24,8 @@ if [ -z "${MODELREG_TEST_POSTGRES_URL:-}" ]; then
     fi
 fi
 
+# The end-to-end tests run the real binaries (modelreg-server, modelreg);
+# `cargo test` builds bins of other packages only as test harnesses.
+cargo build --workspace --bins
 cargo test --workspace --all-targets
 bash scripts/polyglot.sh

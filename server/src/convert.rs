@@ -397,7 +397,7 @@ fn archival_from_pb(
     });
     let live_metric = raw.live_metric.and_then(|r| {
         let at = format!("{field}.live_metric");
-        let metric = v.take(crate::domain::parse_live_metric_name(
+        let metric = v.take(crate::domain::parse_short_text(
             &format!("{at}.metric"),
             &r.metric,
         ));
@@ -511,14 +511,10 @@ pub fn policy_from_pb(field: &str, raw: pb::Policy) -> Result<Policy> {
         let mut gates = Vec::new();
         for (i, g) in list.gates.into_iter().enumerate() {
             let at = format!("{field}.gates.gates[{i}]");
-            if g.metric.is_empty() {
-                v.add(format!("{at}.metric"), "is required");
-            } else if g.metric.len() > 128 || g.metric.chars().any(char::is_control) {
-                v.add(
-                    format!("{at}.metric"),
-                    "must be at most 128 printable characters",
-                );
-            }
+            v.take(crate::domain::parse_short_text(
+                &format!("{at}.metric"),
+                &g.metric,
+            ));
             let bounds = [
                 ("min_value", g.min_value),
                 ("max_value", g.max_value),

@@ -1164,8 +1164,9 @@ pub struct Comparison {
     pub metrics: Vec<MetricComparison>,
 }
 
-/// Checks a live metric name: 1 to 128 printable characters.
-pub fn parse_live_metric_name(field: &str, raw: &str) -> Result<String> {
+/// Checks a short label (a live metric's name, a worker's name): 1 to 128
+/// printable characters.
+pub fn parse_short_text(field: &str, raw: &str) -> Result<String> {
     if raw.is_empty() {
         Err(Error::invalid(field, "is required"))
     } else if raw.len() > 128 || raw.chars().any(char::is_control) {

@@ -75,21 +75,6 @@ impl RegistryService {
 /// How far in the future a live metric's observe_time may lie (clock skew).
 const MAX_OBSERVATION_LEAD_MICROS: i64 = 5 * 60 * 1_000_000;
 
-/// Checks a free-text identifier such as a worker name: 1 to 128 printable
-/// characters.
-fn parse_label_text(field: &str, raw: &str) -> Result<String, Error> {
-    if raw.is_empty() {
-        Err(Error::invalid(field, "is required"))
-    } else if raw.len() > 128 || raw.chars().any(char::is_control) {
-        Err(Error::invalid(
-            field,
-            "must be at most 128 printable characters",
-        ))
-    } else {
-        Ok(raw.to_owned())
-    }
-}
-
 /// The caller, as the auth layer identified them. Without the layer (a
 /// service used directly, in local mode) the `x-modelreg-actor` header names
 /// the caller, who then holds every role.
@@ -1098,7 +1083,7 @@ impl ModelRegistryService for RegistryService {
         let mut v = Violations::default();
         let model = v.take(Name::parse("model", &r.model));
         let version = v.take(domain::parse_version_number("version", r.version));
-        let metric = v.take(domain::parse_live_metric_name("metric", &r.metric));
+        let metric = v.take(domain::parse_short_text("metric", &r.metric));
         if !r.value.is_finite() {
             v.add("value", format!("must be a finite number; got {}", r.value));
         }
@@ -1145,7 +1130,7 @@ impl ModelRegistryService for RegistryService {
         let mut v = Violations::default();
         let model = v.take(Name::parse("model", &r.model));
         let version = v.take(domain::parse_version_number("version", r.version));
-        let worker = v.take(parse_label_text("worker", &r.worker));
+        let worker = v.take(domain::parse_short_text("worker", &r.worker));
         if r.event_sequence == 0 {
             v.add(
                 "event_sequence",

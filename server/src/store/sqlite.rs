@@ -10,9 +10,11 @@
 //! **Group commit.** Writes queue for the writer task, which runs every write
 //! waiting at that moment inside one `BEGIN IMMEDIATE` transaction, each in a
 //! savepoint of its own, and commits them with one fsync. A write that fails
-//! rolls back to its savepoint and is answered at once; the others are
-//! answered only after the commit is durable, so an acknowledged write is
-//! never lost, and a failed commit fails every write of the batch.
+//! rolls back to its savepoint. Every write, refused or not, is answered only
+//! after the batch's commit is durable: an acknowledged write is never lost,
+//! and a refusal never rests on state that was not committed (a refusal can
+//! depend on an earlier write of the same batch). A failed commit fails every
+//! write of the batch, refusals included, as retryable.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -211,8 +213,12 @@ impl SqliteStore {
                     Err(e) => Staged {
                         ok: false,
                         last_sequence: None,
-                        answer: Box::new(move |_| {
-                            let _ = reply.send(Err(e));
+                        answer: Box::new(move |commit_failure: Option<&str>| {
+                            let _ = reply.send(match commit_failure {
+                                None => Err(e),
+                                // The refusal may have rested on what the batch undid.
+                                Some(f) => Err(Error::Unavailable(format!("commit failed: {f}"))),
+                            });
                         }),
                     },
                 }
@@ -262,6 +268,8 @@ async fn write_batches(
             }
         };
         let mut staged: Vec<Staged> = Vec::new();
+        // Refused writes, answered with the others once the batch is durable.
+        let mut refused: Vec<Staged> = Vec::new();
         let mut last_sequence = None;
         let mut poison: Option<String> = None;
         let mut next = Some(first);
@@ -286,12 +294,12 @@ async fn write_batches(
                     Ok(()) => savepoint(&mut tx, "RELEASE SAVEPOINT write").await,
                     Err(e) => Err(e),
                 };
-                (done.answer)(None);
+                refused.push(done);
                 if let Err(e) = undone {
                     poison = Some(e);
                 }
             }
-            if poison.is_some() || staged.len() >= MAX_BATCH {
+            if poison.is_some() || staged.len() + refused.len() >= MAX_BATCH {
                 break;
             }
             next = queue.try_recv().ok();
@@ -321,7 +329,7 @@ async fn write_batches(
                 newer
             });
         }
-        for done in staged {
+        for done in staged.into_iter().chain(refused) {
             (done.answer)(failure.as_deref());
         }
     }
