@@ -41,6 +41,7 @@ pub mod policy;
 pub mod service;
 pub mod settings;
 pub mod store;
+pub mod transport;
 pub mod watch;
 
 use std::future::Future;
@@ -233,6 +234,7 @@ impl Application {
             // Only ModelRegistryService paths are checked; health and
             // reflection stay open.
             .layer(auth)
+            .layer(transport::DecodeErrorCodes)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -318,7 +320,12 @@ async fn monitor_database(
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             _ = stop.changed() => return,
         }
-        let ok = store.ping().await.is_ok();
+        // A database that does not answer within 2 s counts as down, even
+        // while the pool is still waiting out its connection timeout.
+        let ok = matches!(
+            tokio::time::timeout(Duration::from_secs(2), store.ping()).await,
+            Ok(Ok(()))
+        );
         if ok != healthy && !*stop.borrow() {
             healthy = ok;
             if ok {

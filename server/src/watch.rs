@@ -16,6 +16,7 @@
 //! page of events for it. It must not hold events in memory beyond that.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -32,6 +33,32 @@ const PAGE: usize = 256;
 const CHANNEL: usize = 64;
 /// Most recent events the tail keeps in memory.
 const TAIL_CAPACITY: usize = 8192;
+
+/// Subscriber tasks alive in this process, so tests can prove that streams
+/// which were opened and dropped leave no task behind.
+static OPEN_STREAMS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many WatchTransitions subscriber tasks are alive in this process
+/// (every server in it): each ends once its client has gone or at shutdown.
+pub fn open_watch_streams() -> usize {
+    OPEN_STREAMS.load(Ordering::Relaxed)
+}
+
+/// Counts one subscriber task for as long as it lives, however it ends.
+struct OpenStream;
+
+impl OpenStream {
+    fn new() -> OpenStream {
+        OPEN_STREAMS.fetch_add(1, Ordering::Relaxed);
+        OpenStream
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        OPEN_STREAMS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// What a subscriber receives, before conversion to the wire type.
 #[derive(Debug, Clone)]
@@ -177,7 +204,9 @@ where
     F: Fn(WatchItem) -> T + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(CHANNEL);
+    let open = OpenStream::new();
     tokio::spawn(async move {
+        let _open = open;
         let mut tail_end = tail.subscribe();
         // The first catch-up reaches at least what was committed when the
         // stream opened, even if the tail has not read it yet.

@@ -67,7 +67,12 @@ pub struct TestDb {
 
 enum DbGuard {
     Dir(#[allow(dead_code)] tempfile::TempDir),
-    Postgres { admin_url: String, name: String },
+    Postgres {
+        admin_url: String,
+        name: String,
+    },
+    /// A database the test manages itself (see [`TestDb::external`]).
+    External,
 }
 
 impl Drop for DbGuard {
@@ -149,6 +154,16 @@ impl TestDb {
             engine: Engine::Postgres,
             _guard: Arc::new(DbGuard::Postgres { admin_url, name }),
         })
+    }
+
+    /// A database at `url` that the caller owns and removes itself: a
+    /// throwaway PostgreSQL cluster of a fault test, say.
+    pub fn external(url: String, engine: Engine) -> TestDb {
+        TestDb {
+            url,
+            engine,
+            _guard: Arc::new(DbGuard::External),
+        }
     }
 
     /// Runs one SQL statement directly on the database, behind the server's back.

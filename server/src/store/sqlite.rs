@@ -243,6 +243,16 @@ async fn savepoint(tx: &mut SqliteTx, sql: &str) -> std::result::Result<(), Stri
         .map_err(|e| e.to_string())
 }
 
+/// Closes the writer's connection so the pool opens a fresh one. SQLite may
+/// roll a transaction back by itself when its COMMIT fails (disk full, I/O
+/// error) while sqlx still counts it as open, and would then refuse every
+/// later BEGIN on that connection: writes would never recover.
+async fn replace_writer_connection(pool: &SqlitePool) {
+    if let Ok(conn) = pool.acquire().await {
+        let _ = sqlx::Connection::close(conn.detach()).await;
+    }
+}
+
 /// The writer task: commits queued writes in batches (see the module docs).
 async fn write_batches(
     pool: SqlitePool,
@@ -308,10 +318,18 @@ async fn write_batches(
         let touched = std::mem::take(&mut tx.2);
         let failure = match poison {
             Some(e) => {
-                let _ = tx.0.rollback().await;
+                if tx.0.rollback().await.is_err() {
+                    replace_writer_connection(&pool).await;
+                }
                 Some(e)
             }
-            None => tx.0.commit().await.err().map(|e| e.to_string()),
+            None => match tx.0.commit().await {
+                Ok(()) => None,
+                Err(e) => {
+                    replace_writer_connection(&pool).await;
+                    Some(e.to_string())
+                }
+            },
         };
         if failure.is_none() {
             head = batch_head;

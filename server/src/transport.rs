@@ -1,0 +1,109 @@
+//! Status codes of failures that happen before any handler runs, in the
+//! codes the contract promises (SPEC §6): tonic's decoder answers a message
+//! over the 4 MiB limit with OUT_OF_RANGE and undecodable protobuf with
+//! INTERNAL; the caller's mistake is RESOURCE_EXHAUSTED and INVALID_ARGUMENT.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tonic::codegen::Service;
+use tonic::codegen::http;
+use tower_layer::Layer;
+
+/// The layer that rewrites decoder failures' codes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DecodeErrorCodes;
+
+impl<S> Layer<S> for DecodeErrorCodes {
+    type Service = DecodeErrorCodesService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DecodeErrorCodesService { inner }
+    }
+}
+
+/// See [`DecodeErrorCodes`].
+#[derive(Debug, Clone)]
+pub struct DecodeErrorCodesService<S> {
+    inner: S,
+}
+
+/// The code a decoder failure should carry, if `status`/`message` is one.
+fn rewritten(status: &[u8], message: &[u8]) -> Option<&'static str> {
+    // grpc-message is percent-encoded: spaces arrive as %20.
+    let message = String::from_utf8_lossy(message).replace("%20", " ");
+    match status {
+        b"11" if message.contains("message length too large") => Some("8"),
+        b"13" if message.starts_with("failed to decode Protobuf message") => Some("3"),
+        _ => None,
+    }
+}
+
+impl<S, B, ResBody> Service<http::Request<B>> for DecodeErrorCodesService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        // The clone is not the instance `poll_ready` readied; swap them.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let call = inner.call(req);
+        Box::pin(async move {
+            let mut resp = call.await?;
+            // Decoder failures end the call before any message: their status
+            // travels in the headers (a trailers-only response).
+            let headers = resp.headers();
+            let code = headers.get("grpc-status").and_then(|s| {
+                rewritten(
+                    s.as_bytes(),
+                    headers
+                        .get("grpc-message")
+                        .map(|m| m.as_bytes())
+                        .unwrap_or_default(),
+                )
+            });
+            if let Some(code) = code {
+                resp.headers_mut()
+                    .insert("grpc-status", http::HeaderValue::from_static(code));
+            }
+            Ok(resp)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_decoder_failures_are_rewritten() {
+        assert_eq!(
+            rewritten(
+                b"11",
+                b"Error, decoded message length too large: found 5 bytes"
+            ),
+            Some("8")
+        );
+        assert_eq!(
+            rewritten(
+                b"13",
+                b"failed%20to%20decode%20Protobuf%20message: buffer underflow"
+            ),
+            Some("3")
+        );
+        assert_eq!(rewritten(b"13", b"internal error"), None);
+        assert_eq!(rewritten(b"11", b"page out of range"), None);
+        assert_eq!(rewritten(b"0", b""), None);
+    }
+}
