@@ -102,6 +102,8 @@ impl Server {
             let mut child = Command::new(server_bin())
                 .args(["--listen", &self.addr, "--database-url", &self.database_url])
                 .args(["--heartbeat-interval", "200ms", "--policy-interval", "24h"])
+                // Parallel servers must not fight over the /metrics port 8080.
+                .args(["--http-listen", "off"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)

@@ -84,6 +84,8 @@ impl Env {
             .arg("--auth-tokens")
             .arg(dir.path().join("tokens.toml"))
             .args(["--heartbeat-interval", "200ms"])
+            // Parallel servers must not fight over the /metrics port 8080.
+            .args(["--http-listen", "off"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
             .kill_on_drop(true)

@@ -22,6 +22,8 @@
 //! - [`audit`]: the hash chain over the event log.
 //! - [`auth`]: bearer tokens, roles, and the layer that checks them before
 //!   any handler runs (local mode without a token file, loopback only).
+//! - [`http`]: the HTTP listener (`--http-listen`) serving `/metrics`.
+//! - [`metrics`]: the Prometheus series and the layer that counts gRPC calls.
 //! - [`error`]: the one mapping from failures to gRPC status codes.
 //! - [`settings`]: flags and their `MODELREG_*` environment variables.
 //!
@@ -36,7 +38,9 @@ pub mod domain;
 pub mod error;
 pub mod evaluation;
 pub mod governance;
+pub mod http;
 pub mod lifecycle;
+pub mod metrics;
 pub mod policy;
 pub mod service;
 pub mod settings;
@@ -45,6 +49,8 @@ pub mod transport;
 pub mod watch;
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use modelreg_api::v1::model_registry_service_server::ModelRegistryServiceServer;
@@ -89,6 +95,18 @@ pub struct Application {
     tokens: Option<TokenStore>,
     /// TLS from `--tls-cert`/`--tls-key`, already checked to load.
     tls: Option<ServerTlsConfig>,
+    /// The HTTP listener of `--http-listen`, bound by `build`; `None` when off.
+    http: Option<HttpListener>,
+}
+
+/// The bound HTTP listener and its TLS.
+struct HttpListener {
+    /// Bound at build time, so a busy port stops the start.
+    listener: TcpListener,
+    /// The address it is bound to (the real port when 0 was asked for).
+    addr: SocketAddr,
+    /// The same certificate as the gRPC port, for HTTPS.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Application {
@@ -101,6 +119,13 @@ impl Application {
             None => None,
         };
         let tls = load_tls(&settings)?;
+        let http = match settings.http_listen.addr() {
+            None => None,
+            Some(addr) => {
+                let pems = tls.as_ref().map(|(_, pems)| pems);
+                Some(bind_http(addr, &settings, tokens.is_some(), pems).await?)
+            }
+        };
         let options = store::StoreOptions {
             max_connections: settings.database_max_connections,
             ..Default::default()
@@ -112,8 +137,15 @@ impl Application {
             store,
             settings,
             tokens,
-            tls,
+            tls: tls.map(|(config, _)| config),
+            http,
         })
+    }
+
+    /// Where the HTTP listener (`/metrics`) is bound; `None` when
+    /// `--http-listen off`.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|h| h.addr)
     }
 
     /// A handle that runs policy ticks on this application's database at a
@@ -139,6 +171,7 @@ impl Application {
             settings,
             tokens,
             tls,
+            http,
         } = self;
         let local = listener
             .local_addr()
@@ -201,14 +234,26 @@ impl Application {
             .build_v1alpha()
             .map_err(|e| StartError(format!("reflection: {e}")))?;
 
-        let registry = ModelRegistryServiceServer::new(RegistryService::new(
+        let service = RegistryService::new(
             store.clone(),
-            stop_rx,
+            stop_rx.clone(),
             settings.heartbeat_interval,
             settings.clock.clone(),
-        ))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        );
+        let metrics = metrics::Metrics::new(store.clone(), service.watchers());
+        let http_task = http.map(|h| {
+            tracing::info!(address = %h.addr, tls = h.tls.is_some(), "serving /metrics over HTTP");
+            tokio::spawn(http::serve(
+                h.listener,
+                h.tls,
+                tokens.clone(),
+                metrics.clone(),
+                stop_rx,
+            ))
+        });
+        let registry = ModelRegistryServiceServer::new(service)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let signal_health = health.clone();
@@ -231,6 +276,8 @@ impl Application {
             // Reap connections of watchers that vanished without closing.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // Outermost, so refused and rewritten calls are counted as answered.
+            .layer(metrics.grpc_layer())
             // Only ModelRegistryService paths are checked; health and
             // reflection stay open.
             .layer(auth)
@@ -241,6 +288,10 @@ impl Application {
             .add_service(registry)
             .serve_with_incoming_shutdown(incoming, signal)
             .await;
+        if let Some(http_task) = http_task {
+            // It saw the stop signal with everyone else; open scrapes finish.
+            let _ = http_task.await;
+        }
         monitor.abort();
         // A tick in flight is cut short between transactions: each write is
         // detached and commits whole or not at all.
@@ -263,9 +314,77 @@ pub async fn run(
         .await
 }
 
+/// Binds the `--http-listen` address, with the gRPC port's rules: without
+/// tokens only loopback, and the same certificate when TLS is on.
+async fn bind_http(
+    addr: SocketAddr,
+    settings: &Settings,
+    authenticated: bool,
+    pems: Option<&TlsPems>,
+) -> Result<HttpListener, StartError> {
+    if !authenticated && !addr.ip().to_canonical().is_loopback() {
+        return Err(StartError(format!(
+            "refusing to serve HTTP on {addr} without authentication: pass --auth-tokens FILE \
+             (MODELREG_AUTH_TOKENS), listen on a loopback address such as 127.0.0.1:8080 \
+             (--http-listen, MODELREG_HTTP_LISTEN), or turn it off with --http-listen off"
+        )));
+    }
+    let tls = match pems {
+        Some(pems) => Some(http_tls(settings, pems)?),
+        None => None,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        StartError(format!(
+            "cannot listen for HTTP on {addr} (--http-listen, MODELREG_HTTP_LISTEN; `off` \
+             disables it): {e}"
+        ))
+    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError(e.to_string()))?;
+    Ok(HttpListener {
+        listener,
+        addr,
+        tls,
+    })
+}
+
+/// The certificate and key as read from their PEM files.
+struct TlsPems {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+/// The HTTP listener's rustls configuration, from the gRPC port's PEM bytes.
+fn http_tls(settings: &Settings, pems: &TlsPems) -> Result<tokio_rustls::TlsAcceptor, StartError> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let named = |e: &dyn std::fmt::Display| {
+        StartError(format!(
+            "TLS certificate {} or key {} is not usable for HTTP: {e}",
+            settings.tls_cert.clone().unwrap_or_default().display(),
+            settings.tls_key.clone().unwrap_or_default().display()
+        ))
+    };
+    let certs = CertificateDer::pem_slice_iter(&pems.cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| named(&e))?;
+    let key = PrivateKeyDer::from_pem_slice(&pems.key).map_err(|e| named(&e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| named(&e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| named(&e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 /// The TLS configuration named by `--tls-cert` and `--tls-key`: both or
-/// neither, readable, and accepted by rustls.
-fn load_tls(settings: &Settings) -> Result<Option<ServerTlsConfig>, StartError> {
+/// neither, readable, and accepted by rustls; with the PEM bytes it was made of.
+fn load_tls(settings: &Settings) -> Result<Option<(ServerTlsConfig, TlsPems)>, StartError> {
     let (cert, key) = match (&settings.tls_cert, &settings.tls_key) {
         (None, None) => return Ok(None),
         (Some(cert), Some(key)) => (cert, key),
@@ -289,8 +408,11 @@ fn load_tls(settings: &Settings) -> Result<Option<ServerTlsConfig>, StartError> 
             ))
         })
     };
-    let identity =
-        tonic::transport::Identity::from_pem(read("certificate", cert)?, read("key", key)?);
+    let pems = TlsPems {
+        cert: read("certificate", cert)?,
+        key: read("key", key)?,
+    };
+    let identity = tonic::transport::Identity::from_pem(&pems.cert, &pems.key);
     let config = ServerTlsConfig::new().identity(identity);
     // Build once now so a bad PEM stops the start with its file names.
     Server::builder().tls_config(config.clone()).map_err(|e| {
@@ -300,7 +422,7 @@ fn load_tls(settings: &Settings) -> Result<Option<ServerTlsConfig>, StartError> 
             key.display()
         ))
     })?;
-    Ok(Some(config))
+    Ok(Some((config, pems)))
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {

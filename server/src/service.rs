@@ -70,6 +70,11 @@ impl RegistryService {
             clock,
         }
     }
+
+    /// The cursors of this service's WatchTransitions subscribers, for `/metrics`.
+    pub fn watchers(&self) -> std::sync::Arc<crate::watch::Watchers> {
+        self.tail.watchers()
+    }
 }
 
 /// How far in the future a live metric's observe_time may lie (clock skew).

@@ -24,6 +24,11 @@ pub struct Settings {
     #[arg(long, env = "MODELREG_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
+    /// The address of the HTTP listener that serves `/metrics` (Prometheus
+    /// text format), or `off`. Same TLS and bearer tokens as the gRPC port.
+    #[arg(long, env = "MODELREG_HTTP_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_http_listen)]
+    pub http_listen: HttpListen,
+
     /// The database: sqlite:///absolute/path.db or sqlite://relative/path.db
     /// (created with its folder on first start), or
     /// postgres://user:password@host:5432/database for several replicas.
@@ -95,8 +100,41 @@ impl Settings {
         s.auth_tokens = None;
         s.tls_cert = None;
         s.tls_key = None;
+        // Parallel tests must never fight over port 8080; a test that wants
+        // the HTTP listener asks for 127.0.0.1:0.
+        s.http_listen = HttpListen::Off;
         s
     }
+}
+
+/// Where the HTTP listener (`/metrics`) listens, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpListen {
+    /// `--http-listen off`: no HTTP listener.
+    Off,
+    /// Listen on this address (port 0 picks a free port).
+    On(SocketAddr),
+}
+
+impl HttpListen {
+    /// The address, unless the listener is off.
+    pub fn addr(self) -> Option<SocketAddr> {
+        match self {
+            HttpListen::Off => None,
+            HttpListen::On(addr) => Some(addr),
+        }
+    }
+}
+
+/// Parses `off` or a socket address such as `127.0.0.1:8080`.
+pub fn parse_http_listen(raw: &str) -> Result<HttpListen, String> {
+    let raw = raw.trim();
+    if raw.eq_ignore_ascii_case("off") {
+        return Ok(HttpListen::Off);
+    }
+    raw.parse()
+        .map(HttpListen::On)
+        .map_err(|_| format!("{raw:?} is not an address like 127.0.0.1:8080, nor `off`"))
 }
 
 /// Parses `250ms`, `10s`, `5m` or a bare number of seconds.
@@ -137,5 +175,19 @@ mod tests {
         );
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("ten").is_err());
+    }
+
+    #[test]
+    fn http_listen_is_an_address_or_off() {
+        assert_eq!(parse_http_listen("off").unwrap(), HttpListen::Off);
+        assert_eq!(
+            parse_http_listen("127.0.0.1:9090").unwrap(),
+            HttpListen::On("127.0.0.1:9090".parse().unwrap())
+        );
+        assert!(parse_http_listen("localhost").is_err());
+        assert_eq!(
+            Settings::for_database("sqlite://x.db").http_listen,
+            HttpListen::Off
+        );
     }
 }

@@ -15,9 +15,9 @@
 //! on the send; writers never wait for it and the server keeps at most one
 //! page of events for it. It must not hold events in memory beyond that.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -60,6 +60,70 @@ impl Drop for OpenStream {
     }
 }
 
+/// The cursors of one server's open subscribers, for the slowest watcher's
+/// lag in `/metrics`. A subscriber moves its own cursor with one atomic
+/// store; the lock is taken only when a stream opens or ends, and by a scrape.
+#[derive(Debug, Default)]
+pub struct Watchers {
+    /// The id the next subscriber gets.
+    next: AtomicU64,
+    /// Each open subscriber's cursor (the last sequence it has considered).
+    cursors: Mutex<HashMap<u64, Arc<AtomicU64>>>,
+}
+
+impl Watchers {
+    /// Adds a subscriber at `cursor`; it leaves when the handle drops.
+    fn register(self: &Arc<Self>, cursor: u64) -> WatcherCursor {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let at = Arc::new(AtomicU64::new(cursor));
+        self.cursors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, at.clone());
+        WatcherCursor {
+            watchers: self.clone(),
+            id,
+            at,
+        }
+    }
+
+    /// The lowest cursor among open subscribers; `None` when there are none.
+    pub fn slowest_cursor(&self) -> Option<u64> {
+        self.cursors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|c| c.load(Ordering::Relaxed))
+            .min()
+    }
+}
+
+/// One subscriber's entry in [`Watchers`], removed on drop.
+struct WatcherCursor {
+    /// The registry it is listed in.
+    watchers: Arc<Watchers>,
+    /// Its key there.
+    id: u64,
+    /// The cursor, shared with the registry.
+    at: Arc<AtomicU64>,
+}
+
+impl WatcherCursor {
+    fn set(&self, cursor: u64) {
+        self.at.store(cursor, Ordering::Relaxed);
+    }
+}
+
+impl Drop for WatcherCursor {
+    fn drop(&mut self) {
+        self.watchers
+            .cursors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
 /// What a subscriber receives, before conversion to the wire type.
 #[derive(Debug, Clone)]
 pub enum WatchItem {
@@ -86,6 +150,8 @@ pub struct Tail {
     state: RwLock<TailState>,
     /// The highest sequence held; changes wake subscribers.
     end: watch::Sender<u64>,
+    /// Where this server's subscribers are, for `/metrics`.
+    watchers: Arc<Watchers>,
 }
 
 struct TailState {
@@ -114,9 +180,15 @@ impl Tail {
                 events: VecDeque::new(),
             }),
             end: watch::channel(start).0,
+            watchers: Arc::default(),
         });
         tokio::spawn(follow(tail.clone(), store, shutdown));
         tail
+    }
+
+    /// The cursors of the subscribers this tail feeds.
+    pub fn watchers(&self) -> Arc<Watchers> {
+        self.watchers.clone()
     }
 
     fn subscribe(&self) -> watch::Receiver<u64> {
@@ -207,6 +279,7 @@ where
     let open = OpenStream::new();
     tokio::spawn(async move {
         let _open = open;
+        let position = tail.watchers.register(sub.after);
         let mut tail_end = tail.subscribe();
         // The first catch-up reaches at least what was committed when the
         // stream opened, even if the tail has not read it yet.
@@ -256,6 +329,7 @@ where
                     }
                 }
                 cursor = next;
+                position.set(cursor);
             }
             if !caught_up_once {
                 // Tells the subscriber where it stands, even on a quiet log.

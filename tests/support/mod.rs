@@ -188,6 +188,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     /// `http://addr`.
     pub url: String,
+    /// Where the HTTP listener (`/metrics`) listens, when the settings turned it on.
+    pub http_addr: Option<SocketAddr>,
     /// Its database.
     pub db: TestDb,
     /// A client acting as `tester`.
@@ -225,6 +227,7 @@ pub async fn spawn_app_with(db: &TestDb, configure: impl FnOnce(&mut Settings)) 
         .expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("local addr");
     let app = Application::build(settings).await.expect("server builds");
+    let http_addr = app.http_addr();
     let policy = app.policy_engine();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(app.run_until_stopped(listener, async {
@@ -235,6 +238,7 @@ pub async fn spawn_app_with(db: &TestDb, configure: impl FnOnce(&mut Settings)) 
     TestApp {
         addr,
         url,
+        http_addr,
         db: db.clone(),
         client,
         policy,

@@ -89,6 +89,9 @@ class ServerProcess:
                     f"sqlite://{self.database}",
                     "--heartbeat-interval",
                     HEARTBEAT,
+                    # Parallel servers must not fight over the /metrics port 8080.
+                    "--http-listen",
+                    "off",
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,

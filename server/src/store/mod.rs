@@ -85,6 +85,15 @@ pub struct StoredRequest {
     pub response: Option<String>,
 }
 
+/// How much of a connection pool is in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUse {
+    /// Connections open.
+    pub open: u32,
+    /// Of those, idle.
+    pub idle: u32,
+}
+
 /// Connection sizing and other knobs that are not part of the URL.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -489,6 +498,39 @@ impl Store {
             Backend::Sqlite(db) => db.ping().await,
             Backend::Postgres(db) => db.ping().await,
         }
+    }
+
+    /// Connections of the pool that serves reads (SQLite's readers; the one
+    /// pool on PostgreSQL): how many are open and how many of those are idle.
+    pub fn pool_connections(&self) -> PoolUse {
+        let (size, idle) = match &self.backend {
+            Backend::Sqlite(db) => (db.readers().size(), db.readers().num_idle()),
+            Backend::Postgres(db) => (db.readers().size(), db.readers().num_idle()),
+        };
+        PoolUse {
+            open: size,
+            idle: u32::try_from(idle).unwrap_or(u32::MAX).min(size),
+        }
+    }
+
+    /// Writes per committed batch: SQLite's group commit observes each
+    /// batch; PostgreSQL commits every write alone and observes 1.
+    pub fn write_batch_sizes(&self) -> prometheus_client::metrics::histogram::Histogram {
+        match &self.backend {
+            Backend::Sqlite(db) => db.batch_sizes.clone(),
+            Backend::Postgres(db) => db.batch_sizes.clone(),
+        }
+    }
+
+    /// How many transition requests are PENDING, in one query.
+    pub async fn count_pending_requests(&self) -> Result<u64> {
+        const SQL: &str = "SELECT COUNT(*) FROM transition_requests WHERE status = 'PENDING'";
+        let count: i64 = match &self.backend {
+            Backend::Sqlite(db) => sqlx::query_scalar(SQL).fetch_one(db.readers()).await,
+            Backend::Postgres(db) => sqlx::query_scalar(SQL).fetch_one(db.readers()).await,
+        }
+        .map_err(|e| Error::Internal(format!("counting pending requests: {e}")))?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     /// Closes every connection.

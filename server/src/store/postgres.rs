@@ -15,6 +15,7 @@
 //!   or a missed notification only delays a watcher until the next poll of
 //!   the log head, which runs every `poll_interval` and after each reconnect.
 
+use prometheus_client::metrics::histogram::Histogram;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,8 @@ pub struct PgStore {
     latest: Arc<watch::Sender<u64>>,
     /// The LISTEN/poll task; aborted on close.
     follower: Arc<tokio::task::JoinHandle<()>>,
+    /// Writes per commit for `/metrics`: always 1 here (no group commit).
+    pub(super) batch_sizes: Histogram,
 }
 
 /// One write transaction.
@@ -85,6 +88,7 @@ impl PgStore {
                 pool,
                 latest,
                 follower: Arc::new(follower),
+                batch_sizes: super::sqlite::batch_size_histogram(),
             },
             rx,
         ))
@@ -96,7 +100,7 @@ impl PgStore {
         self.pool.close().await;
     }
 
-    fn readers(&self) -> &PgPool {
+    pub(super) fn readers(&self) -> &PgPool {
         &self.pool
     }
 
@@ -114,10 +118,12 @@ impl PgStore {
     {
         let pool = self.pool.clone();
         let latest = self.latest.clone();
+        let batch_sizes = self.batch_sizes.clone();
         crate::store::detached(async move {
             let mut tx = PgTx(pool.begin().await.map_err(db_err)?);
             let (result, sequence) = write(&mut tx).await?;
             tx.commit().await?;
+            batch_sizes.observe(1.0);
             if let Some(sequence) = sequence {
                 publish(&latest, sequence);
             }

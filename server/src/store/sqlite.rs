@@ -22,6 +22,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::histogram::Histogram;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -65,6 +66,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Read-only connections for every query outside a write.
     readers: SqlitePool,
+    /// Writes per committed batch, for `/metrics`.
+    pub(super) batch_sizes: Histogram,
     /// The writer task's queue.
     jobs: mpsc::Sender<Job>,
     /// Versions read recently; the writer invalidates what it changes.
@@ -154,12 +157,14 @@ impl SqliteStore {
         let (tx, rx) = watch::channel(head.0);
         let (jobs, queue) = mpsc::channel(QUEUE);
         let cache = Arc::new(VersionCache::default());
+        let batch_sizes = batch_size_histogram();
         tokio::spawn(write_batches(
             writer.clone(),
             queue,
             Arc::new(tx),
             head,
             cache.clone(),
+            batch_sizes.clone(),
         ));
         Ok((
             SqliteStore {
@@ -167,6 +172,7 @@ impl SqliteStore {
                 readers,
                 jobs,
                 cache,
+                batch_sizes,
             },
             rx,
         ))
@@ -178,7 +184,7 @@ impl SqliteStore {
         self.writer.close().await;
     }
 
-    fn readers(&self) -> &SqlitePool {
+    pub(super) fn readers(&self) -> &SqlitePool {
         &self.readers
     }
 
@@ -253,6 +259,13 @@ async fn replace_writer_connection(pool: &SqlitePool) {
     }
 }
 
+/// Buckets for writes per batch: 1, 2, 4 … 256 (MAX_BATCH bounds it).
+pub(super) fn batch_size_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1.0, 2.0, 9,
+    ))
+}
+
 /// The writer task: commits queued writes in batches (see the module docs).
 async fn write_batches(
     pool: SqlitePool,
@@ -260,6 +273,7 @@ async fn write_batches(
     latest: Arc<watch::Sender<u64>>,
     mut head: (u64, String),
     cache: Arc<VersionCache>,
+    batch_sizes: Histogram,
 ) {
     while let Some(first) = queue.recv().await {
         let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
@@ -332,6 +346,7 @@ async fn write_batches(
             },
         };
         if failure.is_none() {
+            batch_sizes.observe((staged.len() + refused.len()) as f64);
             head = batch_head;
             // Before anyone learns of the commit, so no one can read it stale.
             cache.invalidate(touched.iter().map(String::as_str));

@@ -1,0 +1,339 @@
+//! `/metrics`: the server's Prometheus series, and the tower layer that
+//! counts gRPC calls.
+//!
+//! The hot path only touches lock-free counters and histograms
+//! (`prometheus-client`); everything that has to be looked up (the latest
+//! sequence, open streams, pool use, pending requests) is read when a scrape
+//! asks, with at most one cheap query. This module must never add a database
+//! round trip to a gRPC call.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tonic::codegen::Service;
+use tonic::codegen::http;
+use tower_layer::Layer;
+
+use crate::store::Store;
+use crate::watch::Watchers;
+
+/// The labels of one gRPC call's count.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    /// The RPC's name (the path's last segment), `unknown` for unimplemented paths.
+    method: String,
+    /// The grpc-status code name, e.g. `OK`, `NOT_FOUND`.
+    code: &'static str,
+}
+
+/// The labels of one gRPC call's latency.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    /// The RPC's name.
+    method: String,
+}
+
+/// The labels of the pool gauge.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    /// `idle` or `in_use`.
+    state: &'static str,
+}
+
+/// Every series of one server, and what the scrape-time ones are read from.
+pub struct Metrics {
+    /// The registry `/metrics` encodes.
+    registry: Registry,
+    /// Counted and timed by [`GrpcMetricsLayer`].
+    grpc: GrpcMetrics,
+    /// WatchTransitions subscriber tasks alive.
+    watch_streams_open: Gauge,
+    /// Events appended to the log since start.
+    events_appended: Counter,
+    /// The latest sequence the last scrape saw, so the counter moves by the difference.
+    sequence_seen: AtomicU64,
+    /// The highest committed sequence.
+    latest_sequence: Gauge,
+    /// Latest sequence minus the slowest subscriber's cursor.
+    slowest_watcher_lag: Gauge,
+    /// Connections of the read pool, by state.
+    pool: Family<PoolLabels, Gauge>,
+    /// PENDING transition requests.
+    pending_requests: Gauge,
+    /// The database the scrape-time series are read from.
+    store: Store,
+    /// This server's subscribers' cursors.
+    watchers: Arc<Watchers>,
+}
+
+/// The gRPC call series, shared by the layer's clones.
+#[derive(Clone)]
+struct GrpcMetrics {
+    /// Calls by method and code.
+    requests: Family<CallLabels, Counter>,
+    /// Seconds to the response headers, by method.
+    durations: Family<MethodLabels, Histogram>,
+}
+
+impl Metrics {
+    /// The series of a server on `store` whose subscribers are `watchers`.
+    pub fn new(store: Store, watchers: Arc<Watchers>) -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("modelreg");
+        let grpc = GrpcMetrics {
+            requests: Family::default(),
+            // 1 ms … ~33 s.
+            durations: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 16))
+            }),
+        };
+        registry.register(
+            "grpc_requests",
+            "gRPC calls by method and status code. The code is the grpc-status of the response \
+             headers (calls refused before any message, trailers-only); a call whose headers \
+             carry no status (a unary call answered normally, or a stream that opened) counts \
+             as OK, even if its trailers later report an error",
+            grpc.requests.clone(),
+        );
+        registry.register(
+            "grpc_request_duration_seconds",
+            "Seconds from a gRPC call's arrival to its response headers, by method (for a \
+             server stream, until the stream opens)",
+            grpc.durations.clone(),
+        );
+        let watch_streams_open = Gauge::default();
+        registry.register(
+            "watch_streams_open",
+            "WatchTransitions streams open in this process",
+            watch_streams_open.clone(),
+        );
+        let events_appended = Counter::default();
+        registry.register(
+            "events_appended",
+            "Events appended to the event log since this server started (on PostgreSQL, by \
+             every replica)",
+            events_appended.clone(),
+        );
+        let latest_sequence = Gauge::default();
+        registry.register(
+            "latest_sequence",
+            "The highest committed event sequence",
+            latest_sequence.clone(),
+        );
+        let slowest_watcher_lag = Gauge::default();
+        registry.register(
+            "slowest_watcher_lag_events",
+            "Events between the latest sequence and the cursor of this server's slowest \
+             WatchTransitions subscriber (0 without subscribers)",
+            slowest_watcher_lag.clone(),
+        );
+        let pool = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "db_pool_connections",
+            "Connections of the database pool that serves reads (SQLite's readers, the one \
+             pool on PostgreSQL), by state",
+            pool.clone(),
+        );
+        registry.register(
+            "write_batch_size",
+            "Writes committed per database transaction: SQLite commits queued writes in \
+             groups; PostgreSQL commits each write alone (always 1)",
+            store.write_batch_sizes(),
+        );
+        let pending_requests = Gauge::default();
+        registry.register(
+            "transition_requests_pending",
+            "Transition requests waiting for approval (status PENDING)",
+            pending_requests.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            grpc,
+            watch_streams_open,
+            events_appended,
+            sequence_seen: AtomicU64::new(store.latest_sequence()),
+            latest_sequence,
+            slowest_watcher_lag,
+            pool,
+            pending_requests,
+            store,
+            watchers,
+        })
+    }
+
+    /// The tower layer that counts and times gRPC calls into these series.
+    pub fn grpc_layer(&self) -> GrpcMetricsLayer {
+        GrpcMetricsLayer {
+            metrics: self.grpc.clone(),
+        }
+    }
+
+    /// Reads the scrape-time series and encodes everything in the
+    /// Prometheus (OpenMetrics) text format.
+    pub async fn render(&self) -> String {
+        let latest = self.store.latest_sequence();
+        let before = self.sequence_seen.fetch_max(latest, Ordering::Relaxed);
+        self.events_appended.inc_by(latest.saturating_sub(before));
+        self.latest_sequence.set(gauge_value(latest));
+        self.watch_streams_open
+            .set(gauge_value(crate::watch::open_watch_streams() as u64));
+        let lag = self
+            .watchers
+            .slowest_cursor()
+            .map_or(0, |cursor| latest.saturating_sub(cursor));
+        self.slowest_watcher_lag.set(gauge_value(lag));
+        let pool = self.store.pool_connections();
+        self.pool
+            .get_or_create(&PoolLabels { state: "idle" })
+            .set(i64::from(pool.idle));
+        self.pool
+            .get_or_create(&PoolLabels { state: "in_use" })
+            .set(i64::from(pool.open - pool.idle));
+        match self.store.count_pending_requests().await {
+            Ok(n) => {
+                self.pending_requests.set(gauge_value(n));
+            }
+            // The last value stays; the scrape still answers.
+            Err(e) => tracing::warn!(error = %e, "metrics: cannot count pending requests"),
+        }
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "metrics: cannot encode");
+        }
+        out
+    }
+}
+
+fn gauge_value(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The tower layer on the gRPC server that feeds the call series.
+#[derive(Clone)]
+pub struct GrpcMetricsLayer {
+    /// Where calls are counted.
+    metrics: GrpcMetrics,
+}
+
+impl<S> Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetricsService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// See [`GrpcMetricsLayer`].
+#[derive(Clone)]
+pub struct GrpcMetricsService<S> {
+    /// The wrapped service.
+    inner: S,
+    /// Where calls are counted.
+    metrics: GrpcMetrics,
+}
+
+impl<S, B, ResBody> Service<http::Request<B>> for GrpcMetricsService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = req
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let started = Instant::now();
+        let metrics = self.metrics.clone();
+        // The clone is not the instance `poll_ready` readied; swap them.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let call = inner.call(req);
+        Box::pin(async move {
+            let resp = call.await?;
+            let code = match resp.headers().get("grpc-status") {
+                Some(status) => code_name(status.as_bytes()),
+                None if resp.status() == http::StatusCode::OK => "OK",
+                None => "UNKNOWN",
+            };
+            // Any path can be called: unimplemented ones share one label so
+            // a caller cannot create series at will.
+            let method = if code == "UNIMPLEMENTED" {
+                "unknown".to_owned()
+            } else {
+                method
+            };
+            metrics
+                .durations
+                .get_or_create(&MethodLabels {
+                    method: method.clone(),
+                })
+                .observe(started.elapsed().as_secs_f64());
+            metrics
+                .requests
+                .get_or_create(&CallLabels { method, code })
+                .inc();
+            Ok(resp)
+        })
+    }
+}
+
+/// The name of a grpc-status value, as Prometheus users know them.
+fn code_name(status: &[u8]) -> &'static str {
+    match status {
+        b"0" => "OK",
+        b"1" => "CANCELLED",
+        b"2" => "UNKNOWN",
+        b"3" => "INVALID_ARGUMENT",
+        b"4" => "DEADLINE_EXCEEDED",
+        b"5" => "NOT_FOUND",
+        b"6" => "ALREADY_EXISTS",
+        b"7" => "PERMISSION_DENIED",
+        b"8" => "RESOURCE_EXHAUSTED",
+        b"9" => "FAILED_PRECONDITION",
+        b"10" => "ABORTED",
+        b"11" => "OUT_OF_RANGE",
+        b"12" => "UNIMPLEMENTED",
+        b"13" => "INTERNAL",
+        b"14" => "UNAVAILABLE",
+        b"15" => "DATA_LOSS",
+        b"16" => "UNAUTHENTICATED",
+        _ => "UNKNOWN",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_have_their_names() {
+        assert_eq!(code_name(b"0"), "OK");
+        assert_eq!(code_name(b"5"), "NOT_FOUND");
+        assert_eq!(code_name(b"16"), "UNAUTHENTICATED");
+        assert_eq!(code_name(b"99"), "UNKNOWN");
+    }
+}
