@@ -96,7 +96,7 @@ impl Env {
             dir,
             server,
         };
-        wait_for("the server to serve", || async {
+        env.wait_for("the server to serve", || async {
             connect(&env.opts("ada")).await.is_ok()
         })
         .await;
@@ -135,7 +135,8 @@ impl Env {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    /// Starts a long-running CLI command (a worker) as `who`.
+    /// Starts a long-running CLI command (a worker) as `who`, in a process
+    /// group of its own so that [`crash`] takes its commands down with it.
     fn spawn(&self, who: &str, log: &str, args: &[&str]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -148,6 +149,7 @@ impl Env {
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .stderr(log)
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .unwrap()
@@ -156,21 +158,49 @@ impl Env {
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.path(name)).unwrap_or_default()
     }
-}
 
-/// Polls `check` until it holds; the deadline only bounds a broken run.
-async fn wait_for<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..1200 {
-        if check().await {
-            return;
+    /// Polls `check` until it holds; the deadline only bounds a broken run,
+    /// whose panic shows what the server and the workers wrote.
+    async fn wait_for<F, Fut>(&self, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        for _ in 0..1200 {
+            if check().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        panic!("gave up waiting for {what}\n{}", self.files());
     }
-    panic!("gave up waiting for {what}");
+
+    /// The logs, cursors and markers in the temporary directory (the end of
+    /// each), for a failure message.
+    fn files(&self) -> String {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with("registry.db") && n != "tokens.toml")
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+            .iter()
+            .map(|name| {
+                let text = self.log(name);
+                let start = text.len().saturating_sub(8000);
+                let start = (start..text.len())
+                    .find(|&i| text.is_char_boundary(i))
+                    .unwrap_or(text.len());
+                format!("--- {name}\n{}", &text[start..])
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
 
 /// One POST the sink received.
@@ -355,8 +385,18 @@ fn succeeded(events: &[pb::RegistryEvent], v: i64) -> usize {
         .count()
 }
 
-fn kill(child: &mut Child) {
-    child.start_kill().unwrap();
+/// Kills a worker together with the command it is running (SIGKILL to its
+/// process group), as the crash of its machine or container would, and
+/// reaps it. Killing the worker alone would leave the command running on.
+async fn crash(worker: &mut Child) {
+    let pid = worker.id().expect("the worker is running");
+    let killed = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success(), "kill -KILL -{pid}: {killed}");
+    let _ = worker.wait().await;
 }
 
 async fn register(env: &Env, run: &str, uri: &str) {
@@ -404,9 +444,12 @@ fn evaluate_args(env: &Env) -> Vec<String> {
         "--exec",
         // auc 0.91 for version 1, 0.92 for version 2; a log of every start
         // and every finished run. The first run for version 2 hangs, so the
-        // test can kill the worker in the middle of it.
-        r#"echo "$MODELREG_VERSION $MODELREG_EVENT_SEQUENCE" >> evaluate.starts
-if [ "$MODELREG_VERSION" = 2 ] && [ ! -e evaluate.hung ]; then touch evaluate.hung; sleep 600; fi
+        // test can kill the worker in the middle of it. Its marker is made
+        // (mkdir: test-and-set in one step) before the start is logged, so
+        // once the test sees the start, no later run can hang too.
+        r#"hang=; if [ "$MODELREG_VERSION" = 2 ] && mkdir evaluate.hung 2>/dev/null; then hang=1; fi
+echo "$MODELREG_VERSION $MODELREG_EVENT_SEQUENCE" >> evaluate.starts
+if [ "$hang" ]; then sleep 600; fi
 echo "$MODELREG_MODEL $MODELREG_VERSION $MODELREG_EVAL_SET $MODELREG_ARTIFACT_URI" >> evaluate.runs
 echo "{\"auc\": 0.9$MODELREG_VERSION}""#,
         "--cursor-file",
@@ -428,9 +471,11 @@ fn deploy_args(env: &Env) -> Vec<String> {
         "--after",
         "0",
         "--exec",
-        // The first deployment of version 2 hangs until the worker is killed.
-        r#"echo "$MODELREG_VERSION $MODELREG_EVENT_SEQUENCE" >> deploy.starts
-if [ "$MODELREG_VERSION" = 2 ] && [ ! -e deploy.hung ]; then touch deploy.hung; sleep 600; fi
+        // The first deployment of version 2 hangs until the worker is
+        // killed; its marker is made before the start is logged, as above.
+        r#"hang=; if [ "$MODELREG_VERSION" = 2 ] && mkdir deploy.hung 2>/dev/null; then hang=1; fi
+echo "$MODELREG_VERSION $MODELREG_EVENT_SEQUENCE" >> deploy.starts
+if [ "$hang" ]; then sleep 600; fi
 echo "$MODELREG_VERSION $MODELREG_EVENT_SEQUENCE $MODELREG_ENVIRONMENT" >> deploy.runs
 echo "https://serve.example/fraud/$MODELREG_VERSION""#,
         "--cursor-file",
@@ -510,7 +555,7 @@ async fn from_a_ci_commit_to_a_live_deployment_and_back() {
     register(&env, "run-1", "s3://models/fraud/1").await;
 
     // The evaluation worker scores it and asks for production.
-    wait_for("request fraud:1", || {
+    env.wait_for("request fraud:1", || {
         let mut c = ada.clone();
         async move { !pending(&mut c, "fraud").await.is_empty() }
     })
@@ -520,7 +565,7 @@ async fn from_a_ci_commit_to_a_live_deployment_and_back() {
     assert_eq!(asked.requester, "evaluator");
 
     // The notification arrives signed, after the sink's failures, with how to approve.
-    wait_for("the request's notification", || {
+    env.wait_for("the request's notification", || {
         let s = sink.deliveries();
         async move {
             s.iter().any(|d| {
@@ -559,7 +604,7 @@ async fn from_a_ci_commit_to_a_live_deployment_and_back() {
     )
     .await;
 
-    wait_for("version 1 deployed", || {
+    env.wait_for("version 1 deployed", || {
         let mut c = ada.clone();
         async move {
             version(&mut c, "fraud", 1)
@@ -578,8 +623,7 @@ async fn from_a_ci_commit_to_a_live_deployment_and_back() {
     // Version 2: the notifier is down while it goes through; the evaluation
     // worker is killed in the middle of its command and restarted, and so is
     // the deploy worker. Each event is handled again after the restart.
-    kill(&mut notify);
-    let _ = notify.wait().await;
+    crash(&mut notify).await;
     register(&env, "run-2", "s3://models/fraud/2").await;
     let started = |file: &'static str, v: &'static str| {
         let path = env.path(file);
@@ -588,15 +632,14 @@ async fn from_a_ci_commit_to_a_live_deployment_and_back() {
             async move { text.lines().any(|l| l.starts_with(&format!("{v} "))) }
         }
     };
-    wait_for(
+    env.wait_for(
         "the evaluation of version 2 to start",
         started("evaluate.starts", "2"),
     )
     .await;
-    kill(&mut evaluate);
-    let _ = evaluate.wait().await;
+    crash(&mut evaluate).await;
     let mut evaluate = env.spawn("evaluator", "evaluate.log", &strs(&evaluate_args(&env)));
-    wait_for("request fraud:2", || {
+    env.wait_for("request fraud:2", || {
         let mut c = ada.clone();
         async move {
             pending(&mut c, "fraud")
@@ -608,16 +651,15 @@ async fn from_a_ci_commit_to_a_live_deployment_and_back() {
     .await;
     let id2 = pending(&mut ada, "fraud").await.remove(0).id;
     env.ok("bob", &["approve", &id2]).await;
-    wait_for(
+    env.wait_for(
         "the deployment of version 2 to start",
         started("deploy.starts", "2"),
     )
     .await;
-    kill(&mut deploy);
-    let _ = deploy.wait().await;
+    crash(&mut deploy).await;
     let mut deploy = env.spawn("deployer", "deploy.log", &strs(&deploy_args(&env)));
     let mut notify = env.spawn("notifier", "notify.log", &strs(&notify_args(&env, &sink)));
-    wait_for("version 2 deployed", || {
+    env.wait_for("version 2 deployed", || {
         let mut c = ada.clone();
         async move { succeeded(&events(&mut c, "fraud").await, 2) == 1 }
     })
@@ -629,7 +671,7 @@ async fn from_a_ci_commit_to_a_live_deployment_and_back() {
         &["rollback", "fraud", "--reason", "error rate up"],
     )
     .await;
-    wait_for("version 1 redeployed", || {
+    env.wait_for("version 1 redeployed", || {
         let mut c = ada.clone();
         async move { succeeded(&events(&mut c, "fraud").await, 1) == 2 }
     })
@@ -653,7 +695,7 @@ async fn from_a_ci_commit_to_a_live_deployment_and_back() {
         7,
         "2 requests, 2 approvals, 3 entries into production"
     );
-    wait_for("every notification", || {
+    env.wait_for("every notification", || {
         let got: BTreeSet<u64> = sink.deliveries().iter().map(|d| d.sequence).collect();
         let worth = worth.clone();
         async move { worth.is_subset(&got) }
@@ -828,7 +870,7 @@ async fn a_failing_evaluation_is_retried_then_reported() {
     let mut notify = env.spawn("notifier", "notify.log", &strs(&notify_args(&env, &sink)));
     register(&env, "run-1", "s3://models/fraud/1").await;
     let mut ada = env.client("ada").await;
-    wait_for("the failure event", || {
+    env.wait_for("the failure event", || {
         let mut c = ada.clone();
         async move {
             events(&mut c, "fraud")
@@ -853,7 +895,7 @@ async fn a_failing_evaluation_is_retried_then_reported() {
             .contains("out of memory"),
         "{d}"
     );
-    wait_for("the failure's notification", || {
+    env.wait_for("the failure's notification", || {
         let s = sink.deliveries();
         let seq = failed.sequence;
         async move { s.iter().any(|d| d.sequence == seq) }
@@ -864,8 +906,8 @@ async fn a_failing_evaluation_is_retried_then_reported() {
         log.contains("attempt 1/2 failed") && log.contains("attempt 2/2 failed"),
         "{log}"
     );
-    kill(&mut worker);
-    kill(&mut notify);
+    crash(&mut worker).await;
+    crash(&mut notify).await;
     assert!(
         Path::new(&cursor).is_file(),
         "the cursor moved past the reported event"
