@@ -10,6 +10,11 @@
 # MODELREG_TEST_POSTGRES_URL already names a server. Without it the
 # PostgreSQL half is skipped with a notice, or fails when
 # MODELREG_REQUIRE_POSTGRES=1 (as in CI).
+#
+# The dashboard's browser test needs Debian's Chromium and playwright-core,
+# which scripts/browser.sh installs (as root) on first use. Without them that
+# test is skipped with a notice, or fails when MODELREG_REQUIRE_BROWSER=1
+# (as in CI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +27,14 @@ if [ -z "${MODELREG_TEST_POSTGRES_URL:-}" ]; then
     else
         echo "test.sh: WARNING: PostgreSQL could not be started; its half of the suite will be SKIPPED" >&2
     fi
+fi
+
+if ! bash scripts/browser.sh; then
+    if [ "${MODELREG_REQUIRE_BROWSER:-0}" = 1 ]; then
+        echo "test.sh: the browser test is required but Chromium or playwright-core could not be installed" >&2
+        exit 1
+    fi
+    echo "test.sh: WARNING: Chromium or playwright-core could not be installed; the browser test will be SKIPPED" >&2
 fi
 
 # The end-to-end tests run the real binaries (modelreg-server, modelreg);

@@ -435,15 +435,16 @@ async fn metrics_need_a_token_when_the_server_has_tokens() {
     );
 }
 
-/// Other paths are 404; `--http-listen off` (the embedded default) binds
-/// nothing.
+/// Unknown paths are 404 (`/` is the dashboard's); `--http-listen off` (the
+/// embedded default) binds nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn off_disables_the_listener_and_other_paths_are_not_found() {
     let db = TestDb::sqlite();
     let on = spawn_app_with(&db, |s| s.http_listen = http_on()).await;
     let http = on.http_addr.expect("the HTTP listener is on");
-    assert_eq!(get(http, "/", None).await.status, 404);
+    assert_eq!(get(http, "/", None).await.status, 200, "the dashboard");
     assert_eq!(get(http, "/metricsx", None).await.status, 404);
+    assert_eq!(get(http, "/metrics/x", None).await.status, 404);
     on.stop().await;
 
     let mut settings = Settings::for_database(db.url.clone());

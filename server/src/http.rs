@@ -1,14 +1,15 @@
-//! The HTTP listener (`--http-listen`): `/metrics` for Prometheus, with the
-//! gRPC port's TLS and bearer tokens.
+//! The HTTP listener (`--http-listen`): `/metrics` for Prometheus and the
+//! approval dashboard, with the gRPC port's TLS and bearer tokens.
 //!
 //! HTTP/1.1 on hyper; every connection ends with the server. It owns only
-//! routing and access; what the series say is [`crate::metrics`]'s business.
+//! the connections and `/metrics`' access rule; what the series say is
+//! [`crate::metrics`]'s business, every other path is [`crate::dashboard`]'s.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -18,7 +19,9 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::TokenStore;
+use crate::dashboard::{Body, Dashboard};
 use crate::metrics::Metrics;
+use crate::service::RegistryService;
 
 /// How long a client may take for its TLS handshake or request head.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,6 +36,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// The bearer tokens; `None` is local mode (loopback only, open).
     tokens: Option<TokenStore>,
+    /// Every path but `/metrics`.
+    dashboard: Arc<Dashboard>,
 }
 
 /// Serves `listener` until `stop` turns true, then lets open requests finish.
@@ -41,9 +46,15 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     tokens: Option<TokenStore>,
     metrics: Arc<Metrics>,
+    service: RegistryService,
     mut stop: watch::Receiver<bool>,
 ) {
-    let shared = Shared { metrics, tokens };
+    let dashboard = Arc::new(Dashboard::new(service, tokens.clone(), tls.is_some()));
+    let shared = Shared {
+        metrics,
+        tokens,
+        dashboard,
+    };
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -107,12 +118,9 @@ where
 }
 
 /// Answers one request.
-async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     if req.uri().path() != "/metrics" {
-        return plain(
-            StatusCode::NOT_FOUND,
-            "not found: this listener serves /metrics\n",
-        );
+        return shared.dashboard.handle(req).await;
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = plain(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
@@ -143,14 +151,14 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>>
         }
     }
     let body = shared.metrics.render().await;
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
     resp
 }
 
-fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())).boxed_unsync());
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -22,7 +22,10 @@
 //! - [`audit`]: the hash chain over the event log.
 //! - [`auth`]: bearer tokens, roles, and the layer that checks them before
 //!   any handler runs (local mode without a token file, loopback only).
-//! - [`http`]: the HTTP listener (`--http-listen`) serving `/metrics`.
+//! - [`http`]: the HTTP listener (`--http-listen`) serving `/metrics` and
+//!   the dashboard.
+//! - [`dashboard`]: the approval dashboard: server-rendered pages, sign-in,
+//!   CSRF-checked Approve/Reject through the service, live refresh by SSE.
 //! - [`metrics`]: the Prometheus series and the layer that counts gRPC calls.
 //! - [`error`]: the one mapping from failures to gRPC status codes.
 //! - [`settings`]: flags and their `MODELREG_*` environment variables.
@@ -34,6 +37,7 @@
 pub mod audit;
 pub mod auth;
 pub mod convert;
+pub mod dashboard;
 pub mod domain;
 pub mod error;
 pub mod evaluation;
@@ -242,12 +246,13 @@ impl Application {
         );
         let metrics = metrics::Metrics::new(store.clone(), service.watchers());
         let http_task = http.map(|h| {
-            tracing::info!(address = %h.addr, tls = h.tls.is_some(), "serving /metrics over HTTP");
+            tracing::info!(address = %h.addr, tls = h.tls.is_some(), "serving the dashboard and /metrics over HTTP");
             tokio::spawn(http::serve(
                 h.listener,
                 h.tls,
                 tokens.clone(),
                 metrics.clone(),
+                service.clone(),
                 stop_rx,
             ))
         });

@@ -75,6 +75,12 @@ impl RegistryService {
     pub fn watchers(&self) -> std::sync::Arc<crate::watch::Watchers> {
         self.tail.watchers()
     }
+
+    /// The sequence of the newest committed event this server knows of; a
+    /// page rendered now shows everything up to it.
+    pub fn latest_sequence(&self) -> u64 {
+        self.store.latest_sequence()
+    }
 }
 
 /// How far in the future a live metric's observe_time may lie (clock skew).

@@ -24,8 +24,9 @@ pub struct Settings {
     #[arg(long, env = "MODELREG_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
-    /// The address of the HTTP listener that serves `/metrics` (Prometheus
-    /// text format), or `off`. Same TLS and bearer tokens as the gRPC port.
+    /// The address of the HTTP listener that serves the approval dashboard
+    /// and `/metrics` (Prometheus text format), or `off`. Same TLS and bearer
+    /// tokens as the gRPC port.
     #[arg(long, env = "MODELREG_HTTP_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_http_listen)]
     pub http_listen: HttpListen,
 
@@ -107,7 +108,7 @@ impl Settings {
     }
 }
 
-/// Where the HTTP listener (`/metrics`) listens, if anywhere.
+/// Where the HTTP listener (dashboard, `/metrics`) listens, if anywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HttpListen {
     /// `--http-listen off`: no HTTP listener.

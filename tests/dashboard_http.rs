@@ -1,0 +1,674 @@
+//! The dashboard over real HTTP, without a browser: sign-in and sessions,
+//! CSRF refusals that change nothing, decisions made through the service's
+//! own rules (roles, four-eyes), escaping of hostile text, the audit page's
+//! filters and chain status, and the SSE stream that drives live refresh.
+//! (`tests/dashboard.rs` drives the same pages in headless Chromium.)
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use modelreg_client::{ConnectOptions, RegistryClient, connect, pb};
+use modelreg_server::settings::HttpListen;
+use modelreg_tests::{TestApp, TestDb, register, spawn_app_with};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const DIGEST: &str = "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
+
+/// Who may sign in: name, role, token.
+const PEOPLE: [(&str, &str, &str); 4] = [
+    ("ada", "admin", "ada-token-0123456789"),
+    ("alice", "publisher", "alice-token-0123456789"),
+    ("bob", "approver", "bob-token-0123456789"),
+    ("rita", "reader", "rita-token-0123456789"),
+];
+
+fn token(name: &str) -> &'static str {
+    PEOPLE.iter().find(|p| p.0 == name).expect("a person").2
+}
+
+fn write_token_file(dir: &Path) -> std::path::PathBuf {
+    let text: String = PEOPLE
+        .iter()
+        .map(|(name, role, token)| {
+            format!(
+                "[[tokens]]\nidentity = {name:?}\nroles = [{role:?}]\ntoken_sha256 = {:?}\n\n",
+                modelreg_server::audit::sha256_hex(token.as_bytes())
+            )
+        })
+        .collect();
+    let path = dir.join("tokens.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A server with the HTTP listener on, with tokens or in local mode.
+async fn start(dir: Option<&Path>) -> TestApp {
+    let tokens = dir.map(write_token_file);
+    spawn_app_with(&TestDb::sqlite(), |s| {
+        s.http_listen = HttpListen::On("127.0.0.1:0".parse().unwrap());
+        s.auth_tokens = tokens;
+    })
+    .await
+}
+
+async fn grpc(app: &TestApp, who: &str, tokens: bool) -> RegistryClient {
+    if tokens {
+        connect(&ConnectOptions::new(app.url.clone()).token(token(who)))
+            .await
+            .expect("connect")
+    } else {
+        app.client_as(who).await
+    }
+}
+
+/// `fraud`: standard set holdout@v1 (auc), gate auc ≥ 0.8; v1 in production
+/// (approved by bob), v2 evaluated and requested for production by alice.
+async fn arrange(app: &TestApp, tokens: bool) {
+    let mut ada = grpc(app, "ada", tokens).await;
+    ada.create_evaluation_set(pb::CreateEvaluationSetRequest {
+        name: "holdout".into(),
+        version: "v1".into(),
+        uri: "s3://datasets/holdout/v1".into(),
+        digest: DIGEST.into(),
+        metrics: vec![pb::MetricDefinition {
+            name: "auc".into(),
+            higher_is_better: true,
+        }],
+        description: String::new(),
+    })
+    .await
+    .unwrap();
+    ada.create_model(pb::CreateModelRequest {
+        name: "fraud".into(),
+        description: "Card fraud <script>alert('x')</script> scorer".into(),
+        policy: Some(pb::Policy {
+            standard_evaluation_set: Some(holdout()),
+            gates: Some(pb::MetricGateList {
+                gates: vec![pb::MetricGate {
+                    metric: "auc".into(),
+                    min_value: Some(0.8),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut alice = grpc(app, "alice", tokens).await;
+    let mut bob = grpc(app, "bob", tokens).await;
+    for (version, auc) in [(1, 0.91), (2, 0.93)] {
+        register(&mut alice, "fraud", pb::Stage::Staging).await;
+        ada.attach_evaluation(pb::AttachEvaluationRequest {
+            model: "fraud".into(),
+            version,
+            evaluation_set: Some(holdout()),
+            evaluator_version: "eval-1".into(),
+            metrics: HashMap::from([("auc".into(), auc)]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let asked = alice
+            .transition_stage(pb::TransitionStageRequest {
+                model: "fraud".into(),
+                version,
+                target_stage: pb::Stage::Production as i32,
+                comment: format!("ship v{version}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let id = asked.request.expect("a pending request").id;
+        if version == 1 {
+            bob.approve_transition(pb::ApproveTransitionRequest {
+                request_id: id,
+                comment: String::new(),
+            })
+            .await
+            .unwrap();
+        }
+    }
+}
+
+fn holdout() -> pb::EvaluationSetRef {
+    pb::EvaluationSetRef {
+        name: "holdout".into(),
+        version: "v1".into(),
+    }
+}
+
+/// One answer.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map(String::as_str).unwrap_or("")
+    }
+
+    /// The page's CSRF token (every form carries the same one).
+    fn csrf(&self) -> String {
+        let at = self
+            .body
+            .find("name=\"csrf\" value=\"")
+            .unwrap_or_else(|| panic!("no CSRF field on the page:\n{}", self.body));
+        let rest = &self.body[at + 19..];
+        rest[..rest.find('"').unwrap()].to_owned()
+    }
+}
+
+/// A browser's worth of HTTP/1.1: one cookie jar, `Connection: close`.
+struct Browser {
+    addr: SocketAddr,
+    cookie: Option<String>,
+}
+
+impl Browser {
+    fn new(addr: SocketAddr) -> Browser {
+        Browser { addr, cookie: None }
+    }
+
+    async fn get(&mut self, path: &str) -> Answer {
+        self.send("GET", path, None, &[]).await
+    }
+
+    /// POSTs a form from this site's pages (Origin of this host).
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Answer {
+        let origin = format!("http://{}", self.addr);
+        self.post_from(path, form, Some(&origin)).await
+    }
+
+    async fn post_from(
+        &mut self,
+        path: &str,
+        form: &[(&str, &str)],
+        origin: Option<&str>,
+    ) -> Answer {
+        let body: String = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut extra = vec![(
+            "Content-Type".to_owned(),
+            "application/x-www-form-urlencoded".to_owned(),
+        )];
+        if let Some(o) = origin {
+            extra.push(("Origin".to_owned(), o.to_owned()));
+        }
+        self.send("POST", path, Some(body), &extra).await
+    }
+
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+        extra: &[(String, String)],
+    ) -> Answer {
+        let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            self.addr
+        );
+        if let Some(c) = &self.cookie {
+            head.push_str(&format!("Cookie: modelreg_session={c}\r\n"));
+        }
+        for (k, v) in extra {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        let body = body.unwrap_or_default();
+        if method == "POST" {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(body.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.unwrap();
+        let raw = String::from_utf8(raw).expect("UTF-8");
+        let (head, body) = raw.split_once("\r\n\r\n").expect("head and body");
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let headers: HashMap<String, String> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        if let Some(set) = headers.get("set-cookie") {
+            let value = set
+                .split(';')
+                .next()
+                .and_then(|kv| kv.split_once('='))
+                .map(|(_, v)| v.to_owned())
+                .unwrap();
+            self.cookie = (!value.is_empty()).then_some(value);
+        }
+        Answer {
+            status,
+            headers,
+            body: body.to_owned(),
+        }
+    }
+
+    /// Signs in with `who`'s token; returns the landing answer.
+    async fn sign_in(&mut self, who: &str, next: &str) -> Answer {
+        let form = self.get(&format!("/signin?next={}", encode(next))).await;
+        assert_eq!(form.status, 200, "{}", form.body);
+        let csrf = form.csrf();
+        let done = self
+            .post(
+                "/signin",
+                &[("csrf", &csrf), ("next", next), ("token", token(who))],
+            )
+            .await;
+        assert_eq!(done.status, 303, "{}", done.body);
+        assert_eq!(done.header("location"), next);
+        self.get(next).await
+    }
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn request_status(c: &mut RegistryClient, id: &str) -> i32 {
+    c.list_transition_requests(pb::ListTransitionRequestsRequest {
+        model: "fraud".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .requests
+    .into_iter()
+    .find(|r| r.id == id)
+    .expect("the request")
+    .status
+}
+
+async fn event_count(c: &mut RegistryClient) -> usize {
+    modelreg_tests::all_events(c).await.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_decide_and_refuse_forgeries() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(Some(dir.path())).await;
+    arrange(&app, true).await;
+    let http = app.http_addr.unwrap();
+    let mut ada = grpc(&app, "ada", true).await;
+
+    // Not signed in: pages send you to the sign-in form, and back after it.
+    let mut bob = Browser::new(http);
+    let first = bob.get("/requests/fraud:2").await;
+    assert_eq!(first.status, 303);
+    assert_eq!(
+        first.header("location"),
+        "/signin?next=%2Frequests%2Ffraud%3A2"
+    );
+    let cookie = first.header("set-cookie");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let anonymous = bob.cookie.clone().unwrap();
+
+    // A wrong token, or a sign-in form without its CSRF token, signs no one in.
+    let form = bob.get("/signin?next=/").await;
+    let csrf = form.csrf();
+    let wrong = bob
+        .post(
+            "/signin",
+            &[("csrf", &csrf), ("next", "/"), ("token", "guess")],
+        )
+        .await;
+    assert_eq!(wrong.status, 401);
+    assert!(
+        wrong.body.contains("not in the server&#39;s token file")
+            || wrong.body.contains("not in the server's token file"),
+        "{}",
+        wrong.body
+    );
+    let forged = bob
+        .post("/signin", &[("next", "/"), ("token", token("bob"))])
+        .await;
+    assert_eq!(forged.status, 403);
+    assert_eq!(bob.get("/").await.status, 303, "still signed out");
+
+    // Signing in issues a new session id; the one from before is worthless.
+    let page = bob.sign_in("bob", "/requests/fraud:2").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_ne!(bob.cookie.as_deref(), Some(anonymous.as_str()));
+    let mut planted = Browser::new(http);
+    planted.cookie = Some(anonymous);
+    assert_eq!(planted.get("/requests/fraud:2").await.status, 303);
+
+    // The evidence: metrics beside production's, the gate, the buttons.
+    assert!(page.body.contains("data-metric=\"auc\""), "{}", page.body);
+    assert!(page.body.contains("0.93") && page.body.contains("0.91"));
+    assert!(page.body.contains("class=\"gate pass\""));
+    assert!(page.body.contains("value=\"approve\"") && page.body.contains("value=\"reject\""));
+    let csrf = page.csrf();
+
+    // Forgeries change nothing: no token, another session's token, another site.
+    let before = event_count(&mut ada).await;
+    let path = "/requests/fraud:2/decide";
+    let none = bob.post(path, &[("decision", "approve")]).await;
+    assert_eq!(none.status, 403, "{}", none.body);
+    assert!(none.body.contains("CSRF"));
+    let other = bob
+        .post(path, &[("decision", "approve"), ("csrf", &"0".repeat(64))])
+        .await;
+    assert_eq!(other.status, 403);
+    let cross = bob
+        .post_from(
+            path,
+            &[("decision", "approve"), ("csrf", &csrf)],
+            Some("http://evil.example"),
+        )
+        .await;
+    assert_eq!(cross.status, 403);
+    assert_eq!(event_count(&mut ada).await, before, "nothing was written");
+    assert_eq!(
+        request_status(&mut ada, "fraud:2").await,
+        pb::TransitionRequestStatus::Pending as i32
+    );
+
+    // A reader sees everything and no buttons; a posted decision is refused
+    // by the service's own role check.
+    let mut rita = Browser::new(http);
+    let seen = rita.sign_in("rita", "/requests/fraud:2").await;
+    assert!(seen.body.contains("data-metric=\"auc\""));
+    assert!(
+        !seen.body.contains("value=\"approve\""),
+        "no Approve for a reader"
+    );
+    assert!(seen.body.contains("needs the approver role"));
+    let csrf_r = seen.csrf();
+    let refused = rita
+        .post(path, &[("decision", "approve"), ("csrf", &csrf_r)])
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(
+        refused.body.contains("needs the approver role"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(event_count(&mut ada).await, before);
+
+    // The requester herself gets no buttons either (four-eyes).
+    let mut alice = Browser::new(http);
+    let own = alice.sign_in("alice", "/requests/fraud:2").await;
+    assert!(!own.body.contains("value=\"approve\""));
+
+    // Bob approves: the service moves v2 to production and records him.
+    let done = bob
+        .post(
+            path,
+            &[
+                ("decision", "approve"),
+                ("csrf", &csrf),
+                ("comment", "checked <b>auc</b>"),
+            ],
+        )
+        .await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(
+        done.body
+            .contains("Approved: fraud version 2 is now in <strong>Production</strong>"),
+        "{}",
+        done.body
+    );
+    let v2 = ada
+        .get_version(pb::GetVersionRequest {
+            model: "fraud".into(),
+            version: 2,
+            alias: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .version
+        .unwrap();
+    assert_eq!(v2.stage, pb::Stage::Production as i32);
+    let events = modelreg_tests::all_events(&mut ada).await;
+    let approval = events
+        .iter()
+        .rev()
+        .find(|e| e.r#type == pb::EventType::TransitionApproved as i32)
+        .unwrap();
+    assert_eq!(approval.actor, "bob");
+    assert_eq!(approval.comment, "checked <b>auc</b>");
+
+    // Approving again is refused with the service's reason, changing nothing.
+    let count = event_count(&mut ada).await;
+    let again = bob
+        .post(path, &[("decision", "approve"), ("csrf", &csrf)])
+        .await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert!(again.body.contains("Not done"));
+    assert_eq!(event_count(&mut ada).await, count);
+
+    // The model page shows v2 in production; the audit page the approval,
+    // escaped, with the chain verified; the actor filter keeps only bob.
+    let model = bob.get("/models/fraud").await;
+    assert!(model.body.contains("<tr data-version=\"2\"><td>v2</td><td class=\"stage\"><span class=\"stage production\">Production</span>"), "{}", model.body);
+    assert!(model.body.contains("id=\"metric-chart\""));
+    assert!(
+        !model.body.contains("<script>alert"),
+        "descriptions are escaped"
+    );
+    let audit = bob.get("/audit?model=fraud&actor=bob").await;
+    assert!(
+        audit.body.contains("id=\"chain\"") && audit.body.contains("class=\"verified\""),
+        "{}",
+        audit.body
+    );
+    assert!(audit.body.contains("data-type=\"TRANSITION_APPROVED\""));
+    assert!(audit.body.contains("checked &lt;b&gt;auc&lt;/b&gt;"));
+    let rows = audit.body.matches("<tr data-sequence=").count();
+    assert!(rows >= 3, "{}", audit.body);
+    assert_eq!(
+        audit.body.matches("<td>bob</td>").count(),
+        rows,
+        "only bob's events"
+    );
+    assert_eq!(bob.get("/audit?type=NOPE").await.status, 400);
+
+    // Signing out ends the session.
+    let out = bob.post("/signout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, 303);
+    assert_eq!(bob.get("/").await.status, 303);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_mode_asks_who_is_acting() {
+    let app = start(None).await;
+    arrange(&app, false).await;
+    let mut browser = Browser::new(app.http_addr.unwrap());
+    let mut c = app.client_as("tester").await;
+
+    let page = browser.get("/requests/fraud:2").await;
+    assert_eq!(
+        page.status, 200,
+        "local mode needs no sign-in: {}",
+        page.body
+    );
+    assert!(
+        page.body.contains("name=\"actor\""),
+        "the form asks who acts"
+    );
+    let csrf = page.csrf();
+    let path = "/requests/fraud:2/decide";
+    let before = event_count(&mut c).await;
+    for bad in ["", "bj\u{f6}rn"] {
+        let refused = browser
+            .post(
+                path,
+                &[("decision", "approve"), ("csrf", &csrf), ("actor", bad)],
+            )
+            .await;
+        assert_eq!(refused.status, 400, "{bad:?}: {}", refused.body);
+    }
+    let unknown = browser
+        .post(
+            path,
+            &[("decision", "maybe"), ("csrf", &csrf), ("actor", "bob")],
+        )
+        .await;
+    assert_eq!(unknown.status, 400);
+    // The requester may not approve her own request: the service says so.
+    let own = browser
+        .post(
+            path,
+            &[("decision", "approve"), ("csrf", &csrf), ("actor", "alice")],
+        )
+        .await;
+    assert_eq!(own.status, 409, "{}", own.body);
+    assert_eq!(event_count(&mut c).await, before);
+
+    let rejected = browser
+        .post(
+            path,
+            &[
+                ("decision", "reject"),
+                ("csrf", &csrf),
+                ("actor", "carol"),
+                ("comment", "latency unknown"),
+            ],
+        )
+        .await;
+    assert_eq!(rejected.status, 200, "{}", rejected.body);
+    assert!(
+        rejected
+            .body
+            .contains("Rejected: fraud version 2 stays in <strong>Staging</strong>")
+    );
+    let events = modelreg_tests::all_events(&mut c).await;
+    let last = events.last().unwrap();
+    assert_eq!(last.r#type, pb::EventType::TransitionRejected as i32);
+    assert_eq!(last.actor, "carol");
+    assert_eq!(last.comment, "latency unknown");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_pages_methods_and_assets() {
+    let app = start(None).await;
+    arrange(&app, false).await;
+    let mut b = Browser::new(app.http_addr.unwrap());
+    assert_eq!(b.get("/models/nope").await.status, 404);
+    assert_eq!(b.get("/requests/nope").await.status, 404);
+    assert_eq!(b.get("/requests/fraud:99").await.status, 404);
+    assert_eq!(b.get("/no/such/page").await.status, 404);
+    assert_eq!(b.post("/", &[]).await.status, 405);
+    assert_eq!(b.get("/requests/fraud:2/decide").await.status, 405);
+    let css = b.get("/assets/style.css").await;
+    assert_eq!(css.status, 200);
+    assert!(css.header("content-type").starts_with("text/css"));
+    assert_eq!(b.get("/assets/nope.js").await.status, 404);
+    let home = b.get("/").await;
+    assert!(
+        home.header("content-security-policy")
+            .contains("default-src 'self'")
+    );
+    assert!(home.body.contains("data-model=\"fraud\""));
+    assert!(
+        home.body.contains("/requests/fraud:2"),
+        "pending requests are listed"
+    );
+    // An oversized form is refused before it is read whole.
+    let csrf = home.body.find("csrf").map(|_| home.csrf());
+    let big = "x".repeat(70 * 1024);
+    let too_big = b
+        .post(
+            "/requests/fraud:2/decide",
+            &[("csrf", csrf.as_deref().unwrap_or("")), ("comment", &big)],
+        )
+        .await;
+    assert_eq!(too_big.status, 413);
+    app.stop().await;
+}
+
+/// `/events` streams new events as SSE, resuming after `Last-Event-ID`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stream_feeds_live_refresh() {
+    let app = start(None).await;
+    arrange(&app, false).await;
+    let http = app.http_addr.unwrap();
+    let mut c = app.client_as("alice").await;
+    let latest = modelreg_tests::all_events(&mut c)
+        .await
+        .last()
+        .unwrap()
+        .sequence;
+
+    let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
+    let req = format!("GET /events?model=fraud&after={latest} HTTP/1.1\r\nHost: {http}\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let v3 = register(&mut c, "fraud", pb::Stage::Staging).await;
+    let seen = read_until(&mut stream, "\"type\":\"VERSION_REGISTERED\"").await;
+    assert!(seen.contains("content-type: text/event-stream"), "{seen}");
+    assert!(
+        seen.contains(&format!("\"version\":{}", v3.version)),
+        "{seen}"
+    );
+    let id = latest + 1;
+    assert!(seen.contains(&format!("id: {id}\n")), "{seen}");
+
+    // A reconnect with Last-Event-ID resumes after it, not from `after`.
+    let mut again = tokio::net::TcpStream::connect(http).await.unwrap();
+    let req =
+        format!("GET /events?after=0 HTTP/1.1\r\nHost: {http}\r\nLast-Event-ID: {id}\r\n\r\n");
+    again.write_all(req.as_bytes()).await.unwrap();
+    let resumed = read_until(&mut again, ": heartbeat").await;
+    assert!(!resumed.contains(&format!("id: {id}\n")), "{resumed}");
+    assert!(!resumed.contains("id: 1\n"), "{resumed}");
+    assert!(
+        resumed.contains(&format!("id: {}\n", id + 1)),
+        "the stage change after it: {resumed}"
+    );
+    app.stop().await;
+}
+
+/// Reads from `stream` until `needle` arrives; the deadline only bounds a broken run.
+async fn read_until(stream: &mut tokio::net::TcpStream, needle: &str) -> String {
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        while !text.contains(needle) {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the stream ended before {needle:?}: {text}");
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .is_err()
+    {
+        panic!("gave up waiting for {needle:?}");
+    }
+    text
+}
