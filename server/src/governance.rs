@@ -487,7 +487,7 @@ pub fn run_gates(policy: &Policy, inputs: &GateInputs<'_>) -> Vec<GateResult> {
                         format!(
                             "{metric} {what} vs production version {} is {} ({} vs {}), {verdict} {op} {bound}",
                             inputs.production,
-                            rounded(measured),
+                            crate::domain::decimal(measured, 6),
                             m.candidate,
                             m.baseline
                         ),
@@ -497,18 +497,6 @@ pub fn run_gates(policy: &Policy, inputs: &GateInputs<'_>) -> Vec<GateResult> {
         }
     }
     results
-}
-
-/// A difference as people read it: at most 6 decimals, no trailing zeros
-/// (`0.0010000000000000009` → `0.001`, `12.0` → `12`).
-fn rounded(x: f64) -> String {
-    let s = format!("{x:.6}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" {
-        "0".to_owned()
-    } else {
-        s.to_owned()
-    }
 }
 
 /// The failed results as precondition violations (kind `GATE_FAILED`).

@@ -92,13 +92,7 @@ fn fmt(v: f64) -> String {
 
 /// An axis label: enough digits to tell the ticks apart.
 fn value(v: f64) -> String {
-    let text = format!("{v:.4}");
-    let text = text.trim_end_matches('0').trim_end_matches('.');
-    if text == "-0" {
-        "0".into()
-    } else {
-        text.into()
-    }
+    crate::domain::decimal(v, 4)
 }
 
 #[cfg(test)]

@@ -274,12 +274,10 @@ impl Dashboard {
     // ---- reads -------------------------------------------------------
 
     async fn all_models(&self, who: &Identity) -> Result<Vec<pb::Model>, Status> {
-        let mut out = Vec::new();
-        let mut token = String::new();
-        loop {
+        every_page(|page_token| async move {
             let req = pb::ListModelsRequest {
                 page_size: PAGE,
-                page_token: token,
+                page_token,
                 filter: String::new(),
             };
             let page = self
@@ -287,12 +285,9 @@ impl Dashboard {
                     s.list_models(r).await
                 })
                 .await?;
-            out.extend(page.models);
-            if page.next_page_token.is_empty() {
-                return Ok(out);
-            }
-            token = page.next_page_token;
-        }
+            Ok((page.models, page.next_page_token))
+        })
+        .await
     }
 
     async fn all_versions(
@@ -300,26 +295,21 @@ impl Dashboard {
         who: &Identity,
         model: &str,
     ) -> Result<Vec<pb::ModelVersion>, Status> {
-        let mut out = Vec::new();
-        let mut token = String::new();
-        loop {
+        every_page(|page_token| async move {
             let req = pb::ListVersionsRequest {
                 model: model.to_owned(),
                 stage: pb::Stage::Unspecified as i32,
                 page_size: PAGE,
-                page_token: token,
+                page_token,
             };
             let page = self
                 .call(who, "ListVersions", req, |s, r| async move {
                     s.list_versions(r).await
                 })
                 .await?;
-            out.extend(page.versions);
-            if page.next_page_token.is_empty() {
-                return Ok(out);
-            }
-            token = page.next_page_token;
-        }
+            Ok((page.versions, page.next_page_token))
+        })
+        .await
     }
 
     /// Transition requests of one model (or all), with one status (or any).
@@ -329,26 +319,21 @@ impl Dashboard {
         model: &str,
         status: pb::TransitionRequestStatus,
     ) -> Result<Vec<pb::TransitionRequest>, Status> {
-        let mut out = Vec::new();
-        let mut token = String::new();
-        loop {
+        every_page(|page_token| async move {
             let req = pb::ListTransitionRequestsRequest {
                 model: model.to_owned(),
                 status: status as i32,
                 page_size: PAGE,
-                page_token: token,
+                page_token,
             };
             let page = self
                 .call(who, "ListTransitionRequests", req, |s, r| async move {
                     s.list_transition_requests(r).await
                 })
                 .await?;
-            out.extend(page.requests);
-            if page.next_page_token.is_empty() {
-                return Ok(out);
-            }
-            token = page.next_page_token;
-        }
+            Ok((page.requests, page.next_page_token))
+        })
+        .await
     }
 
     /// Events matching `filter` with sequence in (`after`, `before`).
@@ -923,6 +908,25 @@ impl Dashboard {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.insert("x-accel-buffering", HeaderValue::from_static("no"));
         Ok(resp)
+    }
+}
+
+/// Every item of a paged list: `fetch` takes a page token and returns a
+/// page and the next token (empty after the last page).
+async fn every_page<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, Status>
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = Result<(Vec<T>, String), Status>>,
+{
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (items, next) = fetch(token).await?;
+        out.extend(items);
+        if next.is_empty() {
+            return Ok(out);
+        }
+        token = next;
     }
 }
 

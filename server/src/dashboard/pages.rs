@@ -811,15 +811,9 @@ fn outcome_class(o: i32) -> &'static str {
     }
 }
 
-/// A metric value: up to six significant decimals, no trailing zeros.
+/// A metric value: up to six decimals, no trailing zeros.
 fn num(v: f64) -> String {
-    let text = format!("{v:.6}");
-    let text = text.trim_end_matches('0').trim_end_matches('.');
-    if text == "-0" {
-        "0".into()
-    } else {
-        text.into()
-    }
+    domain::decimal(v, 6)
 }
 
 /// A relative change as a percentage with two decimals.
