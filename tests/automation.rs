@@ -719,7 +719,7 @@ async fn passed_over_candidates_are_archived_after_their_days(db: TestDb) {
     assert_eq!((again.archived, again.failures), (0, 0));
     assert_eq!(all_events(&mut alice).await.len(), events.len());
     let audit = alice
-        .verify_audit_log(pb::VerifyAuditLogRequest {})
+        .verify_audit_log(pb::VerifyAuditLogRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -947,7 +947,7 @@ async fn a_rollback_rule_returns_the_previous_production_version(db: TestDb) {
         before + 3
     );
     let audit = c
-        .verify_audit_log(pb::VerifyAuditLogRequest {})
+        .verify_audit_log(pb::VerifyAuditLogRequest::default())
         .await
         .unwrap()
         .into_inner();

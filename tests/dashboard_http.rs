@@ -486,6 +486,10 @@ async fn sign_in_decide_and_refuse_forgeries() {
         audit.body
     );
     assert!(audit.body.contains("data-type=\"TRANSITION_APPROVED\""));
+    assert!(
+        audit.body.contains("id=\"head\""),
+        "the head to record is shown"
+    );
     assert!(audit.body.contains("checked &lt;b&gt;auc&lt;/b&gt;"));
     let rows = audit.body.matches("<tr data-sequence=").count();
     assert!(rows >= 3, "{}", audit.body);

@@ -434,7 +434,7 @@ async fn postgres_stopped_and_started_under_load_loses_nothing() {
     );
     let audit = app
         .client
-        .verify_audit_log(pb::VerifyAuditLogRequest {})
+        .verify_audit_log(pb::VerifyAuditLogRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -642,7 +642,7 @@ async fn sqlite_disk_full_refuses_writes_and_recovers() {
     assert_eq!(events.len(), want.len() + 1);
     let audit = app
         .client
-        .verify_audit_log(pb::VerifyAuditLogRequest {})
+        .verify_audit_log(pb::VerifyAuditLogRequest::default())
         .await
         .unwrap()
         .into_inner();

@@ -864,12 +864,12 @@ async fn the_audit_chain_survives_a_long_history_and_catches_edits_and_deletions
             rollback(&mut bob, "m", 0).await.unwrap();
         }
     }
-    let verify = |mut c: RegistryClient| async move {
-        c.verify_audit_log(pb::VerifyAuditLogRequest {})
+    let verify_with = |mut c: RegistryClient, anchors: Vec<pb::AuditAnchor>| async move {
+        c.verify_audit_log(pb::VerifyAuditLogRequest { anchors })
             .await
-            .unwrap()
-            .into_inner()
+            .map(|r| r.into_inner())
     };
+    let verify = |c: RegistryClient| async move { verify_with(c, Vec::new()).await.unwrap() };
     let events = all_events(&mut alice).await;
     let total = events.len() as u64;
     let original_actor = events[119].actor.clone();
@@ -881,6 +881,9 @@ async fn the_audit_chain_survives_a_long_history_and_catches_edits_and_deletions
         events.get(ok.first_bad_sequence as usize - 1)
     );
     assert_eq!(ok.events_checked, total);
+    let head = ok.head.clone().expect("the head to record");
+    assert_eq!(head.sequence, total);
+    assert_eq!(head.hash, events.last().unwrap().hash);
     let db = app.stop().await;
 
     let drop_triggers: &[&str] = match db.engine {
@@ -912,6 +915,60 @@ async fn the_audit_chain_survives_a_long_history_and_catches_edits_and_deletions
     let app = spawn_app(&db).await;
     assert!(verify(app.client.clone()).await.ok);
     let db = app.stop().await;
+
+    // Cut the last three events: the chain alone still holds; the head
+    // recorded before, passed back as an anchor, does not.
+    let cut = format!("DELETE FROM events WHERE sequence > {}", total - 3);
+    db.execute(&cut).await.unwrap();
+    let app = spawn_app(&db).await;
+    let chain_only = verify(app.client.clone()).await;
+    assert!(chain_only.ok, "{chain_only:?}");
+    assert_eq!(chain_only.head.as_ref().unwrap().sequence, total - 3);
+    let anchored = verify_with(app.client.clone(), vec![head.clone()])
+        .await
+        .unwrap();
+    assert!(!anchored.ok);
+    assert_eq!(anchored.first_bad_sequence, total);
+    assert!(
+        anchored.problem.contains("cut from its end"),
+        "{}",
+        anchored.problem
+    );
+    // An anchor whose hash no longer matches means a rewrite up to it.
+    let wrong = pb::AuditAnchor {
+        sequence: 10,
+        hash: "0".repeat(64),
+    };
+    let report = verify_with(app.client.clone(), vec![wrong]).await.unwrap();
+    assert!(!report.ok);
+    assert_eq!(report.first_bad_sequence, 10);
+    assert!(report.problem.contains("rewritten"), "{}", report.problem);
+    let still = pb::AuditAnchor {
+        sequence: 10,
+        hash: events[9].hash.clone(),
+    };
+    assert!(
+        verify_with(app.client.clone(), vec![still])
+            .await
+            .unwrap()
+            .ok
+    );
+    // Malformed anchors are refused, naming the field.
+    let bad = pb::AuditAnchor {
+        sequence: 0,
+        hash: "XYZ".into(),
+    };
+    let refused = verify_with(app.client.clone(), vec![bad])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("anchors[0]"),
+        "{}",
+        refused.message()
+    );
+    let db = app.stop().await;
+
     db.execute("DELETE FROM events WHERE sequence = 200")
         .await
         .unwrap();

@@ -550,7 +550,7 @@ fn calls(c: &RegistryClient, h: &Hostile) -> Vec<(&'static str, CallFuture)> {
         rpc!(
             "VerifyAuditLog",
             verify_audit_log,
-            pb::VerifyAuditLogRequest {}
+            pb::VerifyAuditLogRequest::default()
         ),
     ]
 }
@@ -558,7 +558,7 @@ fn calls(c: &RegistryClient, h: &Hostile) -> Vec<(&'static str, CallFuture)> {
 /// The end of the event log as the caller sees it: (count, last sequence).
 async fn log_end(c: &mut RegistryClient) -> Result<(u64, u64), String> {
     let resp = c
-        .verify_audit_log(pb::VerifyAuditLogRequest {})
+        .verify_audit_log(pb::VerifyAuditLogRequest::default())
         .await
         .map_err(|s| format!("VerifyAuditLog failed afterwards: {s:?}"))?
         .into_inner();

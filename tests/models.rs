@@ -442,7 +442,7 @@ async fn the_audit_chain_detects_tampering(db: TestDb) {
     create_model(&mut c, "audit").await;
     register(&mut c, "audit", Stage::Staging).await;
     let ok = c
-        .verify_audit_log(pb::VerifyAuditLogRequest {})
+        .verify_audit_log(pb::VerifyAuditLogRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -467,7 +467,7 @@ async fn the_audit_chain_detects_tampering(db: TestDb) {
     let report = app
         .client
         .clone()
-        .verify_audit_log(pb::VerifyAuditLogRequest {})
+        .verify_audit_log(pb::VerifyAuditLogRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -605,7 +605,7 @@ async fn refused_writes_among_concurrent_ones_change_nothing(db: TestDb) {
             .all(|(i, e)| e.sequence == i as u64 + 1)
     );
     let verify = c
-        .verify_audit_log(pb::VerifyAuditLogRequest {})
+        .verify_audit_log(pb::VerifyAuditLogRequest::default())
         .await
         .unwrap()
         .into_inner();

@@ -77,7 +77,7 @@ async fn data_and_cursors_survive_a_restart(db: TestDb) {
     assert_eq!(versions_after, versions_before);
     assert_eq!(all_events(&mut c).await, events_before);
     let verify = c
-        .verify_audit_log(pb::VerifyAuditLogRequest {})
+        .verify_audit_log(pb::VerifyAuditLogRequest::default())
         .await
         .unwrap()
         .into_inner();

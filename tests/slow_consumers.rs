@@ -274,7 +274,7 @@ async fn paused_watchers_hold_back_no_one_and_lose_nothing() {
     }
     let audit = app
         .client
-        .verify_audit_log(pb::VerifyAuditLogRequest {})
+        .verify_audit_log(pb::VerifyAuditLogRequest::default())
         .await
         .unwrap()
         .into_inner();

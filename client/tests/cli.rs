@@ -219,6 +219,31 @@ async fn the_cli_walks_a_model_to_production() {
 
     let audit = modelreg(&server, &["audit", "verify"]).await;
     assert!(audit.status.success());
+    // The printed head, passed back as an anchor, holds; a forged one fails.
+    let text = String::from_utf8(audit.stdout).unwrap();
+    let head = text
+        .lines()
+        .find_map(|l| l.strip_prefix("head "))
+        .unwrap_or_else(|| panic!("no head in {text}"))
+        .to_owned();
+    assert!(head.starts_with("7:"), "{head}");
+    let held = modelreg(&server, &["audit", "verify", "--anchor", &head]).await;
+    assert!(held.status.success());
+    assert!(
+        String::from_utf8(held.stdout)
+            .unwrap()
+            .contains("anchors hold: 1")
+    );
+    let forged = format!("7:{}", "0".repeat(64));
+    let broken = modelreg(&server, &["audit", "verify", "--anchor", &forged]).await;
+    assert!(!broken.status.success());
+    let said = String::from_utf8(broken.stdout).unwrap();
+    assert!(
+        said.contains("BROKEN at sequence 7") && said.contains("rewritten"),
+        "{said}"
+    );
+    let garbled = modelreg(&server, &["audit", "verify", "--anchor", "seven"]).await;
+    assert_eq!(garbled.status.code(), Some(2), "a usage error");
 }
 
 /// A refused call exits non-zero and prints the server's code and the field

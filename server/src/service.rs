@@ -83,6 +83,9 @@ impl RegistryService {
     }
 }
 
+/// The most anchors one VerifyAuditLog call checks.
+const MAX_AUDIT_ANCHORS: usize = 100;
+
 /// How far in the future a live metric's observe_time may lie (clock skew).
 const MAX_OBSERVATION_LEAD_MICROS: i64 = 5 * 60 * 1_000_000;
 
@@ -1233,13 +1236,50 @@ impl ModelRegistryService for RegistryService {
     #[instrument(skip_all)]
     async fn verify_audit_log(
         &self,
-        _req: Request<pb::VerifyAuditLogRequest>,
+        req: Request<pb::VerifyAuditLogRequest>,
     ) -> Result<Response<pb::VerifyAuditLogResponse>, Status> {
-        let report = self.store.verify_chain().await?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        if r.anchors.len() > MAX_AUDIT_ANCHORS {
+            v.add(
+                "anchors",
+                format!(
+                    "at most {MAX_AUDIT_ANCHORS} anchors, got {}",
+                    r.anchors.len()
+                ),
+            );
+        }
+        for (i, a) in r.anchors.iter().enumerate() {
+            if a.sequence == 0 {
+                v.add(format!("anchors[{i}].sequence"), "must be 1 or more");
+            }
+            if a.hash.len() != 64
+                || !a
+                    .hash
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                v.add(
+                    format!("anchors[{i}].hash"),
+                    "must be 64 lowercase hex digits",
+                );
+            }
+        }
+        v.finish()?;
+        let anchors: Vec<(u64, String)> = r
+            .anchors
+            .into_iter()
+            .map(|a| (a.sequence, a.hash))
+            .collect();
+        let report = self.store.verify_chain(&anchors).await?;
         Ok(Response::new(pb::VerifyAuditLogResponse {
             ok: report.ok,
             events_checked: report.checked,
             first_bad_sequence: report.first_bad,
+            head: report
+                .head
+                .map(|(sequence, hash)| pb::AuditAnchor { sequence, hash }),
+            problem: report.problem,
         }))
     }
 

@@ -380,9 +380,16 @@ class RegistryClient:
             if not token:
                 return
 
-    def verify_audit_log(self) -> pb.VerifyAuditLogResponse:
-        """Re-computes the event log's hash chain on the server."""
-        return self.call("VerifyAuditLog", pb.VerifyAuditLogRequest())
+    def verify_audit_log(
+        self, anchors: Iterable[tuple[int, str]] = ()
+    ) -> pb.VerifyAuditLogResponse:
+        """Re-computes the event log's hash chain on the server. Each anchor,
+        a ``(sequence, hash)`` recorded from an earlier response's ``head``,
+        must still be in the log with that hash."""
+        request = pb.VerifyAuditLogRequest(
+            anchors=[pb.AuditAnchor(sequence=s, hash=h) for s, h in anchors]
+        )
+        return self.call("VerifyAuditLog", request)
 
     def watch(
         self,

@@ -106,7 +106,13 @@ def test_stage_transitions_and_a_second_production_version_archives_the_first(re
         for e in registry.list_events(model=MODEL, types=[pb.EVENT_TYPE_STAGE_CHANGED])
     ]
     assert (1, pb.STAGE_PRODUCTION, pb.STAGE_ARCHIVED, pb.STAGE_CHANGE_CAUSE_SUPERSEDED) in changes
-    assert registry.verify_audit_log().ok
+    verified = registry.verify_audit_log()
+    assert verified.ok
+    # The head, passed back as an anchor, holds; a forged hash at it does not.
+    head = (verified.head.sequence, verified.head.hash)
+    assert registry.verify_audit_log(anchors=[head]).ok
+    forged = registry.verify_audit_log(anchors=[(head[0], "0" * 64)])
+    assert not forged.ok and forged.first_bad_sequence == head[0]
 
 
 def test_illegal_move_is_failed_precondition_and_changes_nothing(registry):

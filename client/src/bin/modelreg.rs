@@ -423,8 +423,30 @@ struct AuditArgs {
 
 #[derive(Subcommand)]
 enum AuditCmd {
-    /// Re-compute the event log's hash chain.
-    Verify,
+    /// Re-compute the event log's hash chain and print its head (SEQUENCE:HASH)
+    /// to record outside the registry; later, `--anchor` proves nothing up
+    /// to a recorded head was rewritten or cut from the end.
+    Verify {
+        /// A head recorded earlier, SEQUENCE:HASH (repeatable): it must still
+        /// be in the log with the same hash.
+        #[arg(long = "anchor", value_parser = parse_anchor)]
+        anchors: Vec<pb::AuditAnchor>,
+    },
+}
+
+/// `SEQUENCE:HASH`, as `audit verify` prints a head.
+fn parse_anchor(raw: &str) -> Result<pb::AuditAnchor, String> {
+    let (sequence, hash) = raw
+        .split_once(':')
+        .ok_or_else(|| format!("{raw:?} is not SEQUENCE:HASH"))?;
+    let sequence = sequence
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| format!("{sequence:?} is not a sequence number"))?;
+    Ok(pb::AuditAnchor {
+        sequence,
+        hash: hash.trim().to_owned(),
+    })
 }
 
 fn parse_key_value(raw: &str) -> Result<(String, String), String> {
@@ -651,21 +673,28 @@ async fn run(cli: Cli, mut client: RegistryClient) -> Result<(), Failure> {
             governance::rollback_cmd(&mut client, model, reason, to, json).await
         }
         Command::Audit(AuditArgs {
-            cmd: Some(AuditCmd::Verify),
+            cmd: Some(AuditCmd::Verify { anchors }),
             ..
         }) => {
+            let anchored = anchors.len();
             let r = client
-                .verify_audit_log(pb::VerifyAuditLogRequest {})
+                .verify_audit_log(pb::VerifyAuditLogRequest { anchors })
                 .await?
                 .into_inner();
             if json {
                 print_json(&to_json(&r, "modelreg.v1.VerifyAuditLogResponse"));
             } else if r.ok {
                 println!("audit log intact: {} events checked", r.events_checked);
+                if anchored > 0 {
+                    println!("anchors hold: {anchored}");
+                }
+                if let Some(head) = &r.head {
+                    println!("head {}:{}", head.sequence, head.hash);
+                }
             } else {
                 println!(
-                    "audit log BROKEN at sequence {} ({} events checked)",
-                    r.first_bad_sequence, r.events_checked
+                    "audit log BROKEN at sequence {} ({} events checked): {}",
+                    r.first_bad_sequence, r.events_checked, r.problem
                 );
             }
             if r.ok {

@@ -399,17 +399,17 @@ impl Dashboard {
             && at.elapsed() < CHAIN_CHECK_REUSE
             && who.has(auth::required_role("VerifyAuditLog"))
         {
-            return Ok(*report);
+            return Ok(report.clone());
         }
         let report = self
             .call(
                 who,
                 "VerifyAuditLog",
-                pb::VerifyAuditLogRequest {},
+                pb::VerifyAuditLogRequest::default(),
                 |s, r| async move { s.verify_audit_log(r).await },
             )
             .await?;
-        *last = Some((Instant::now(), report));
+        *last = Some((Instant::now(), report.clone()));
         Ok(report)
     }
 

@@ -690,9 +690,17 @@ pub fn audit(
         page,
         html! {
             @if chain.ok {
-                div #chain.verified { "Hash chain verified: " (chain.events_checked) " events, each linked to the one before." }
+                div #chain.verified {
+                    "Hash chain verified: " (chain.events_checked) " events, each linked to the one before."
+                    @if let Some(head) = &chain.head {
+                        br;
+                        span.muted { "Head: record " }
+                        code #head { (head.sequence) ":" (head.hash) }
+                        span.muted { " outside the registry; " code { "modelreg audit verify --anchor " (head.sequence) ":…" } " proves later that nothing up to it was rewritten or cut." }
+                    }
+                }
             } @else {
-                div #chain.broken { "Hash chain BROKEN at sequence " (chain.first_bad_sequence) ": the log was altered after it was written." }
+                div #chain.broken { "Hash chain BROKEN at sequence " (chain.first_bad_sequence) ": " (chain.problem) }
             }
             form #audit-filter.inline method="get" action="/audit" {
                 label { "Model " input type="text" name="model" value=(f.model) size="14"; }

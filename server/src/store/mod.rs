@@ -67,8 +67,12 @@ pub struct ChainReport {
     pub ok: bool,
     /// Events read.
     pub checked: u64,
-    /// The first broken sequence, 0 when ok.
+    /// The first broken sequence (or failed anchor), 0 when ok.
     pub first_bad: u64,
+    /// The newest event's sequence and hash, if any event exists.
+    pub head: Option<(u64, String)>,
+    /// Why `ok` is false, in words; empty when ok.
+    pub problem: String,
 }
 
 /// An earlier request with the same AIP-155 request id.
@@ -712,8 +716,8 @@ impl Store {
     }
 
     /// Re-computes the whole hash chain.
-    pub async fn verify_chain(&self) -> Result<ChainReport> {
-        op!(self, verify_chain())
+    pub async fn verify_chain(&self, anchors: &[(u64, String)]) -> Result<ChainReport> {
+        op!(self, verify_chain(anchors))
     }
 
     /// Records a deployment report (or answers a retry as the first time).

@@ -3,6 +3,8 @@
 //! commit, wake watchers. The rules themselves come from [`crate::lifecycle`];
 //! the statements from the backend's [`Tx`].
 
+use std::collections::HashMap;
+
 use serde_json::json;
 
 use super::{ChainReport, Db, ModelFilter, StoredRequest, Tx, VersionRef};
@@ -1504,8 +1506,13 @@ pub async fn compare<D: Db>(db: &D, req: &CompareRequest) -> Result<Comparison> 
 
 // ---- audit ------------------------------------------------------------------
 
-pub async fn verify_chain<D: Db>(db: &D) -> Result<ChainReport> {
+/// Walks the whole chain, then checks `anchors` (sequence, hash) recorded
+/// earlier: each must still be in the log with the same hash.
+pub async fn verify_chain<D: Db>(db: &D, anchors: &[(u64, String)]) -> Result<ChainReport> {
+    let wanted: HashMap<u64, &str> = anchors.iter().map(|(s, h)| (*s, h.as_str())).collect();
+    let mut found: HashMap<u64, String> = HashMap::new();
     let mut verifier = ChainVerifier::default();
+    let mut head = None;
     let mut after = 0u64;
     let all = EventFilter::default();
     loop {
@@ -1514,19 +1521,51 @@ pub async fn verify_chain<D: Db>(db: &D) -> Result<ChainReport> {
         after = last.sequence;
         for e in &page {
             if !verifier.check(e) {
+                let first_bad = verifier.first_bad.unwrap_or(e.sequence);
                 return Ok(ChainReport {
                     ok: false,
                     checked: verifier.checked,
-                    first_bad: verifier.first_bad.unwrap_or(e.sequence),
+                    first_bad,
+                    head: None,
+                    problem: format!(
+                        "event {first_bad}'s hash, link to the event before or sequence is wrong: \
+                         the log was edited or rows were removed"
+                    ),
                 });
             }
+            if wanted.contains_key(&e.sequence) {
+                found.insert(e.sequence, e.hash.clone());
+            }
+            head = Some((e.sequence, e.hash.clone()));
         }
     }
-    Ok(ChainReport {
+    let mut report = ChainReport {
         ok: true,
         checked: verifier.checked,
         first_bad: 0,
-    })
+        head,
+        problem: String::new(),
+    };
+    let mut sorted: Vec<(u64, &str)> = wanted.into_iter().collect();
+    sorted.sort_unstable();
+    for (sequence, hash) in sorted {
+        let problem = match found.get(&sequence) {
+            Some(h) if h == hash => continue,
+            Some(_) => format!(
+                "anchor {sequence}: the event there has another hash now: the log up to it was \
+                 rewritten"
+            ),
+            None => format!(
+                "anchor {sequence}: the log ends at {}: events were cut from its end",
+                report.head.as_ref().map_or(0, |h| h.0)
+            ),
+        };
+        report.ok = false;
+        report.first_bad = sequence;
+        report.problem = problem;
+        break;
+    }
+    Ok(report)
 }
 
 // ---- deployments, worker failures, live metrics -------------------------------
