@@ -3,8 +3,9 @@
 //! webhook sink, and `tests/browser/dashboard.mjs` (headless Debian Chromium
 //! through playwright-core) follows that link as the approver — sign-in
 //! redirect, metrics and gates, forged posts refused, a reader without
-//! buttons, the approval, the model page and the verified audit trail. The
-//! outcome is then checked through gRPC.
+//! buttons, the approval (and the reader's open page turning Approved by
+//! itself), the model page and the verified audit trail. The outcome is then
+//! checked through gRPC. It takes the screenshots of the README.
 //!
 //! Needs `/usr/bin/chromium`, `node` and `tests/browser/node_modules`
 //! (`bash scripts/browser.sh` installs them); without them the test is
@@ -25,6 +26,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
+/// Where the screenshots go, relative to the workspace; the README's are
+/// refreshed with `MODELREG_SCREENSHOTS=docs/screenshots`. Default:
+/// `target/dashboard-screenshots`.
+const SCREENSHOTS_VAR: &str = "MODELREG_SCREENSHOTS";
 /// When set to 1 (as in CI), a missing browser fails the test instead of skipping it.
 const REQUIRE_BROWSER_VAR: &str = "MODELREG_REQUIRE_BROWSER";
 /// Debian's Chromium; the test never uses a browser Playwright downloaded.
@@ -369,7 +374,12 @@ async fn an_approver_approves_from_the_notification_link() {
     notifier.kill().await.expect("stop the notifier");
 
     // Act: the browser test, as bob (and rita), from that link.
-    let screenshots = workspace().join("docs").join("screenshots");
+    // The README's pictures are refreshed on request only, so an ordinary
+    // run leaves the working tree as it was.
+    let screenshots = match std::env::var_os(SCREENSHOTS_VAR) {
+        Some(dir) => workspace().join(dir),
+        None => workspace().join("target").join("dashboard-screenshots"),
+    };
     let failures = workspace().join("target").join("dashboard-failure");
     let run = Command::new("node")
         .arg(browser_dir().join("dashboard.mjs"))
