@@ -482,8 +482,8 @@ async fn the_listener_refuses_to_start_where_it_must_not() {
 }
 
 /// With --tls-cert/--tls-key the HTTP listener speaks HTTPS with the same
-/// certificate: a client trusting the CA scrapes `/metrics`; plaintext
-/// HTTP gets no answer.
+/// certificate: a client trusting the CA scrapes `/metrics` and gets the
+/// dashboard with a Secure cookie; plaintext HTTP gets no answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_listener_uses_the_grpc_ports_certificate() {
     use tokio_rustls::rustls;
@@ -519,6 +519,13 @@ async fn the_listener_uses_the_grpc_ports_certificate() {
         .await
         .expect("TLS handshake with the HTTP listener");
     let resp = get_over(tls, http, "/metrics", None).await;
+    // The dashboard on the same listener marks its session cookie Secure.
+    let tcp = tokio::net::TcpStream::connect(http).await.unwrap();
+    let tls = connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("TLS handshake with the HTTP listener");
+    let page = get_over(tls, http, "/", None).await;
     let plain = {
         let mut tcp = tokio::net::TcpStream::connect(http).await.unwrap();
         tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -537,6 +544,12 @@ async fn the_listener_uses_the_grpc_ports_certificate() {
     // Assert
     assert_eq!(resp.status, 200, "{}", resp.body);
     assert_every_family(&Exposition::parse(&resp.body), false);
+    assert_eq!(page.status, 200, "{}", page.body);
+    let cookie = page.headers.get("set-cookie").expect("a session cookie");
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
     assert!(
         !String::from_utf8_lossy(&plain).contains("modelreg_"),
         "plaintext must not be answered with metrics"
