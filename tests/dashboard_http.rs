@@ -311,6 +311,9 @@ async fn event_count(c: &mut RegistryClient) -> usize {
     modelreg_tests::all_events(c).await.len()
 }
 
+/// With tokens: sign-in rotates the session; forged or under-privileged
+/// decisions are refused and write nothing; an approver's decision goes
+/// through the service (four-eyes included) and shows on every page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_decide_and_refuse_forgeries() {
     let dir = tempfile::tempdir().unwrap();
@@ -507,6 +510,8 @@ async fn sign_in_decide_and_refuse_forgeries() {
     app.stop().await;
 }
 
+/// Without tokens the decision form names its actor, who is recorded; bad
+/// names and decisions are refused and write nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_mode_asks_who_is_acting() {
     let app = start(None).await;
@@ -578,6 +583,8 @@ async fn local_mode_asks_who_is_acting() {
     app.stop().await;
 }
 
+/// Unknown pages are 404, wrong methods 405, oversized forms 413; assets and
+/// the security headers are served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_pages_methods_and_assets() {
     let app = start(None).await;

@@ -697,6 +697,14 @@ impl Dashboard {
                 ));
             }
         };
+        match &result {
+            Ok((decision, request, _)) => tracing::info!(
+                request = %request.id, actor = %who.name, ?decision, "dashboard: decision recorded"
+            ),
+            Err(status) => tracing::info!(
+                request = %id, actor = %who.name, code = ?status.code(), "dashboard: decision refused"
+            ),
+        }
         match result {
             Ok((decision, request, version)) => Ok(html_response(
                 StatusCode::OK,
@@ -719,7 +727,9 @@ impl Dashboard {
         req: Request<Incoming>,
         visit: &Visit,
     ) -> Result<HashMap<String, String>, Failure> {
+        let path = req.uri().path().to_owned();
         let forged = |why: &str| {
+            tracing::warn!(path = %path, why, "dashboard: refused a form (CSRF)");
             Failure::new(
                 StatusCode::FORBIDDEN,
                 format!("refused: {why} (CSRF protection). Reload the page and try again."),
