@@ -316,8 +316,9 @@ pub trait Tx: Send {
     /// The last sequence and hash of the log, locked until commit so that
     /// sequences are assigned and committed in one order.
     fn log_head(&mut self) -> impl Future<Output = Result<(u64, String)>> + Send;
-    /// Appends one event.
-    fn insert_event(&mut self, event: &Event) -> impl Future<Output = Result<()>> + Send;
+    /// Appends events, in order, with as few statements as possible (one
+    /// change's events go in together).
+    fn insert_events(&mut self, events: &[Event]) -> impl Future<Output = Result<()>> + Send;
     /// Moves the log head and tells other processes, on commit, of the new end.
     fn set_log_head(
         &mut self,

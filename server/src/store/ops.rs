@@ -87,6 +87,7 @@ async fn find_retry<T: Tx>(
 async fn append_events<T: Tx>(tx: &mut T, actor: &Actor, events: Vec<NewEvent>) -> Result<u64> {
     let (mut sequence, mut prev_hash) = tx.log_head().await?;
     let now = now_micros();
+    let mut chained = Vec::with_capacity(events.len());
     for ne in events {
         sequence += 1;
         let mut e = Event {
@@ -106,9 +107,10 @@ async fn append_events<T: Tx>(tx: &mut T, actor: &Actor, events: Vec<NewEvent>) 
             hash: String::new(),
         };
         e.hash = event_hash(&e);
-        tx.insert_event(&e).await?;
-        prev_hash = e.hash;
+        prev_hash = e.hash.clone();
+        chained.push(e);
     }
+    tx.insert_events(&chained).await?;
     tx.set_log_head(sequence, &prev_hash).await?;
     Ok(sequence)
 }

@@ -10,7 +10,9 @@
 //! **Group commit.** Writes queue for the writer task, which runs every write
 //! waiting at that moment inside one `BEGIN IMMEDIATE` transaction, each in a
 //! savepoint of its own, and commits them with one fsync. A write that fails
-//! rolls back to its savepoint. Every write, refused or not, is answered only
+//! rolls back to its savepoint. Each call to the connection is a round trip
+//! to sqlx's SQLite thread, so savepoint statements travel together (a
+//! write's RELEASE with the next one's SAVEPOINT; COMMIT releases the last). Every write, refused or not, is answered only
 //! after the batch's commit is durable: an acknowledged write is never lost,
 //! and a refusal never rests on state that was not committed (a refusal can
 //! depend on an earlier write of the same batch). A failed commit fails every
@@ -240,8 +242,9 @@ impl SqliteStore {
     }
 }
 
-/// Runs one savepoint statement, turning failure into the batch's poison.
-async fn savepoint(tx: &mut SqliteTx, sql: &str) -> std::result::Result<(), String> {
+/// Runs savepoint statements (one round trip to the connection's thread for
+/// all of them), turning failure into the batch's poison.
+async fn savepoint(tx: &mut SqliteTx, sql: &'static str) -> std::result::Result<(), String> {
     sqlx::query(sql)
         .execute(&mut *tx.0)
         .await
@@ -296,9 +299,18 @@ async fn write_batches(
         let mut refused: Vec<Staged> = Vec::new();
         let mut last_sequence = None;
         let mut poison: Option<String> = None;
+        // A succeeded write's savepoint is released together with the next
+        // write's SAVEPOINT, or by COMMIT: one round trip fewer per write.
+        let mut unreleased = false;
         let mut next = Some(first);
         while let Some(job) = next.take() {
-            if let Err(e) = savepoint(&mut tx, "SAVEPOINT write").await {
+            let open = if unreleased {
+                "RELEASE SAVEPOINT write; SAVEPOINT write"
+            } else {
+                "SAVEPOINT write"
+            };
+            unreleased = false;
+            if let Err(e) = savepoint(&mut tx, open).await {
                 poison = Some(e);
                 let done = job(Err(Error::Unavailable("the batch failed".into()))).await;
                 (done.answer)(None);
@@ -307,17 +319,16 @@ async fn write_batches(
             let head_before = tx.1.clone();
             let done = job(Ok(&mut tx)).await;
             if done.ok {
-                if let Err(e) = savepoint(&mut tx, "RELEASE SAVEPOINT write").await {
-                    poison = Some(e);
-                }
+                unreleased = true;
                 last_sequence = done.last_sequence.or(last_sequence);
                 staged.push(done);
             } else {
                 tx.1 = head_before;
-                let undone = match savepoint(&mut tx, "ROLLBACK TO SAVEPOINT write").await {
-                    Ok(()) => savepoint(&mut tx, "RELEASE SAVEPOINT write").await,
-                    Err(e) => Err(e),
-                };
+                let undone = savepoint(
+                    &mut tx,
+                    "ROLLBACK TO SAVEPOINT write; RELEASE SAVEPOINT write",
+                )
+                .await;
                 refused.push(done);
                 if let Err(e) = undone {
                     poison = Some(e);
@@ -398,4 +409,45 @@ sql_backend! {
     // BEGIN IMMEDIATE already holds the database's one write lock.
     lock_model: None,
     lock_key: None,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The writer merges savepoint statements into one call; sqlx must run
+    /// every statement of such a string, not only the first.
+    #[tokio::test]
+    async fn one_call_runs_every_savepoint_statement() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                SqliteConnectOptions::from_str(&url)
+                    .unwrap()
+                    .create_if_missing(true),
+            )
+            .await
+            .unwrap();
+        let tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        let mut tx = SqliteTx(tx, (0, String::new()), Vec::new());
+        savepoint(&mut tx, "SAVEPOINT write").await.unwrap();
+        savepoint(&mut tx, "RELEASE SAVEPOINT write; SAVEPOINT write")
+            .await
+            .unwrap();
+        // Only a savepoint opened by the second statement can be rolled back
+        // to and released now; after both, none is left.
+        savepoint(
+            &mut tx,
+            "ROLLBACK TO SAVEPOINT write; RELEASE SAVEPOINT write",
+        )
+        .await
+        .unwrap();
+        let gone = savepoint(&mut tx, "RELEASE SAVEPOINT write").await;
+        assert!(
+            gone.is_err(),
+            "the second RELEASE ran too: no savepoint is left"
+        );
+    }
 }
