@@ -956,7 +956,7 @@ fn valid_actor(name: &str) -> bool {
     (1..=128).contains(&name.len()) && name.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
-/// The visitor's roles, for messages.
+/// The visitor's roles, for pages and messages.
 fn roles(who: &Identity) -> String {
     if who.roles.is_empty() {
         return "no role".into();
@@ -1004,24 +1004,10 @@ pub fn encode_component(s: &str) -> String {
 
 /// `%XX` escapes of one path segment decoded; `None` if not UTF-8.
 fn percent_decode(segment: &str) -> Option<String> {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(b);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
 }
 
 fn redirect(to: &str) -> Response<Body> {
@@ -1065,16 +1051,17 @@ fn html_response(status: StatusCode, markup: maud::Markup) -> Response<Body> {
 
 /// The stylesheet and the live-refresh script.
 fn asset_response(name: &str, method: &Method) -> Response<Body> {
-    let (body, kind): (&'static str, &'static str) = match name {
-        "style.css" => (include_str!("assets/style.css"), "text/css; charset=utf-8"),
-        "live.js" => (
+    let asset: Option<(&'static str, &'static str)> = match name {
+        "style.css" => Some((include_str!("assets/style.css"), "text/css; charset=utf-8")),
+        "live.js" => Some((
             include_str!("assets/live.js"),
             "text/javascript; charset=utf-8",
-        ),
-        _ => ("not found\n", "text/plain; charset=utf-8"),
+        )),
+        _ => None,
     };
+    let (body, kind) = asset.unwrap_or(("not found\n", "text/plain; charset=utf-8"));
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed_unsync());
-    if body == "not found\n" {
+    if asset.is_none() {
         *resp.status_mut() = StatusCode::NOT_FOUND;
     } else if method != Method::GET && method != Method::HEAD {
         *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;

@@ -11,11 +11,12 @@ use maud::{DOCTYPE, Markup, html};
 use modelreg_api::v1 as pb;
 
 use super::chart::{self, Point};
-use super::{Visit, encode_component, may_decide};
+use super::{Visit, encode_component, may_decide, roles};
 use crate::auth::Identity;
 use crate::domain;
 
 /// What every page's frame needs.
+#[derive(Clone)]
 pub struct Page {
     title: String,
     who: Option<Identity>,
@@ -115,19 +116,12 @@ fn layout(page: &Page, body: Markup) -> Markup {
     }
 }
 
-fn roles(who: &Identity) -> String {
-    who.roles
-        .iter()
-        .map(|r| r.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// An error page.
 pub fn failure(page: &Page, status: StatusCode, message: &str) -> Markup {
     let page = Page {
         title: status.canonical_reason().unwrap_or("Error").to_owned(),
-        ..clone_frame(page)
+        live: None,
+        ..page.clone()
     };
     layout(
         &page,
@@ -138,18 +132,6 @@ pub fn failure(page: &Page, status: StatusCode, message: &str) -> Markup {
             p { a href="/" { "Back to the models" } }
         },
     )
-}
-
-fn clone_frame(page: &Page) -> Page {
-    Page {
-        title: page.title.clone(),
-        who: page.who.clone(),
-        csrf: page.csrf.clone(),
-        local: page.local,
-        actor: page.actor.clone(),
-        live: None,
-        since: page.since,
-    }
 }
 
 /// The sign-in form.
@@ -609,7 +591,8 @@ pub fn decided(
 ) -> Markup {
     let page = Page {
         title: format!("Request {}", r.id),
-        ..clone_frame(page)
+        live: None,
+        ..page.clone()
     };
     let still_pending = r.status == pb::TransitionRequestStatus::Pending as i32;
     layout(
@@ -631,7 +614,8 @@ pub fn decided(
 pub fn refused(page: &Page, id: &str, message: &str) -> Markup {
     let page = Page {
         title: format!("Request {id}"),
-        ..clone_frame(page)
+        live: None,
+        ..page.clone()
     };
     layout(
         &page,
