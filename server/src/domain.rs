@@ -239,17 +239,20 @@ pub fn parse_metrics(field: &str, raw: &BTreeMap<String, f64>) -> Result<BTreeMa
     Ok(raw.clone())
 }
 
+/// Whether `hex` is a SHA-256 as 64 lowercase hex digits.
+pub fn is_sha256_hex(hex: &str) -> bool {
+    hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Checks an artifact digest: empty, or `sha256:` and 64 lowercase hex digits.
 pub fn parse_digest(field: &str, raw: &str) -> Result<String> {
     if raw.is_empty() {
         return Ok(String::new());
     }
-    let ok = raw.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    });
+    let ok = raw.strip_prefix("sha256:").is_some_and(is_sha256_hex);
     if ok {
         Ok(raw.to_owned())
     } else {

@@ -1253,12 +1253,7 @@ impl ModelRegistryService for RegistryService {
             if a.sequence == 0 {
                 v.add(format!("anchors[{i}].sequence"), "must be 1 or more");
             }
-            if a.hash.len() != 64
-                || !a
-                    .hash
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            {
+            if !crate::domain::is_sha256_hex(&a.hash) {
                 v.add(
                     format!("anchors[{i}].hash"),
                     "must be 64 lowercase hex digits",
