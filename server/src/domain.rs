@@ -153,7 +153,9 @@ pub fn parse_version_number(field: &str, raw: i64) -> Result<i64> {
     }
 }
 
-/// Checks a free-text field against [`MAX_TEXT_BYTES`].
+/// Checks a free-text field against [`MAX_TEXT_BYTES`] and refuses control
+/// characters other than newline and tab: C0 (ESC, CR, BEL, …), DEL and C1
+/// would let a stored comment rewrite the terminal of whoever lists it.
 pub fn parse_text(field: &str, raw: &str) -> Result<String> {
     if raw.len() > MAX_TEXT_BYTES {
         return Err(Error::invalid(
@@ -164,10 +166,22 @@ pub fn parse_text(field: &str, raw: &str) -> Result<String> {
             ),
         ));
     }
-    if raw.contains('\0') {
-        return Err(Error::invalid(field, "must not contain NUL characters"));
+    if let Some(c) = forbidden_control(raw) {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "must not contain control characters other than newline and tab; found U+{:04X}",
+                u32::from(c)
+            ),
+        ));
     }
     Ok(raw.to_owned())
+}
+
+/// The first C0/C1 control character (or DEL) other than newline and tab.
+pub fn forbidden_control(raw: &str) -> Option<char> {
+    raw.chars()
+        .find(|&c| c.is_control() && c != '\n' && c != '\t')
 }
 
 /// Checks a tag map: at most [`MAX_TAGS`] entries, keys 1 to 256 bytes without
@@ -195,8 +209,11 @@ pub fn parse_tags(field: &str, raw: &BTreeMap<String, String>) -> Result<BTreeMa
                     key.len() + value.len()
                 ),
             );
-        } else if value.contains('\0') {
-            v.add(&path, "tag values must not contain NUL characters");
+        } else if forbidden_control(value).is_some() {
+            v.add(
+                &path,
+                "tag values must not contain control characters other than newline and tab",
+            );
         }
     }
     v.finish()?;
@@ -549,7 +566,7 @@ impl Source {
     pub fn parse(field: &str, raw: Source) -> Result<Source> {
         let mut v = Violations::default();
         v.take(parse_text(&format!("{field}.commit"), &raw.commit));
-        v.take(parse_text(
+        v.take(parse_link(
             &format!("{field}.pipeline_url"),
             &raw.pipeline_url,
         ));
@@ -1024,6 +1041,29 @@ pub fn parse_required_digest(field: &str, raw: &str) -> Result<String> {
         return Err(Error::invalid(field, "is required"));
     }
     parse_digest(field, raw)
+}
+
+/// Checks a URL that is shown to people as a link: empty, or an absolute
+/// `http`/`https` URL with a host. Any other scheme (`javascript:`, `data:`,
+/// `file:`) could run or read something where the link is clicked.
+pub fn parse_link(field: &str, raw: &str) -> Result<String> {
+    if raw.is_empty() {
+        return Ok(String::new());
+    }
+    let text = parse_text(field, raw)?;
+    let bad = || {
+        Error::invalid(
+            field,
+            "must be an absolute http:// or https:// URL with a host",
+        )
+    };
+    let (scheme, rest) = text.split_once("://").ok_or_else(bad)?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let scheme_ok = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
+    if !scheme_ok || host.is_empty() || text.chars().any(|c| c.is_whitespace() || c == '\\') {
+        return Err(bad());
+    }
+    Ok(text)
 }
 
 /// Checks an optional URI (report links): empty, or like an artifact URI.

@@ -443,7 +443,11 @@ pub fn request(page: &Page, ev: &Evidence) -> Markup {
                         dd {
                             @if !source.repository.is_empty() { (source.repository) " " }
                             @if !source.commit.is_empty() { code { (source.commit) } " " }
-                            @if !source.pipeline_url.is_empty() { a href=(source.pipeline_url) rel="noreferrer" { "pipeline" } }
+                            // Links only where the server would accept the URL today: one
+                            // stored before http(s) was required is shown as text.
+                            @if crate::domain::parse_link("pipeline_url", &source.pipeline_url).is_ok_and(|u| !u.is_empty()) {
+                                a href=(source.pipeline_url) rel="noreferrer" { "pipeline" }
+                            } @else if !source.pipeline_url.is_empty() { code { (source.pipeline_url) } }
                         }
                     }
                     dt { "Requested by" } dd { (r.requester) " " span.muted { (when(&r.create_time)) } }
