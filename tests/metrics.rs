@@ -435,6 +435,115 @@ async fn metrics_need_a_token_when_the_server_has_tokens() {
     );
 }
 
+/// Calls `path` (any gRPC path) with an empty message and `token`, if any.
+async fn call_path(
+    channel: &tonic::transport::Channel,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(), tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut req = tonic::Request::new(pb::GetModelRequest::default());
+    if let Some(t) = token {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    let codec = tonic_prost::ProstCodec::<pb::GetModelRequest, pb::GetModelResponse>::default();
+    grpc.unary(req, path.parse().expect("path"), codec)
+        .await
+        .map(drop)
+}
+
+/// The call series (method, code) of a scrape.
+fn call_series(m: &Exposition) -> Vec<BTreeMap<String, String>> {
+    m.samples
+        .iter()
+        .filter(|s| s.name == "modelreg_grpc_requests_total")
+        .map(|s| s.labels.clone())
+        .collect()
+}
+
+/// Hardening defect 4 (/metrics could be made to grow without bound): calls
+/// to paths no service serves, refused before authentication or not, all
+/// count under `method="unknown"`; 500 of them add at most the `unknown`
+/// series for each code, never one per path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_methods_never_add_series() {
+    // Arrange: token mode, where the auth layer answers first.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[tokens]]\nidentity = \"rita\"\nroles = [\"reader\"]\ntoken_sha256 = {:?}\n",
+            modelreg_server::audit::sha256_hex(b"rita-token")
+        ),
+    )
+    .unwrap();
+    let app = spawn_app_with(&TestDb::sqlite(), |s| {
+        s.auth_tokens = Some(path);
+        s.http_listen = http_on();
+    })
+    .await;
+    let http = app.http_addr.expect("the HTTP listener is on");
+    let channel = tonic::transport::Endpoint::from_shared(app.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    call_path(
+        &channel,
+        "/modelreg.v1.ModelRegistryService/GetModel",
+        Some("rita-token"),
+    )
+    .await
+    .expect_err("an empty name is refused");
+    let before = call_series(&scrape(http, Some("rita-token")).await);
+
+    // Act
+    let junk = [
+        "/modelreg.v1.ModelRegistryService/Junk",
+        "/modelreg.v1.Other/GetModel",
+        "/x/y",
+        "/grpc.health.v1.Health/Junk",
+    ];
+    let mut codes = std::collections::BTreeSet::new();
+    for i in 0..500 {
+        let path = format!("{}{i}", junk[i % junk.len()]);
+        let token = (i % 2 == 0).then_some("rita-token");
+        let status = call_path(&channel, &path, token)
+            .await
+            .expect_err("no such method");
+        codes.insert(format!("{:?}", status.code()));
+    }
+    let after = scrape(http, Some("rita-token")).await;
+
+    // Assert
+    let series = call_series(&after);
+    let new: Vec<_> = series.iter().filter(|s| !before.contains(s)).collect();
+    assert!(
+        new.iter().all(|s| s["method"] == "unknown"),
+        "only the unknown method may appear: {new:?}"
+    );
+    assert!(new.len() <= codes.len(), "{new:?} for codes {codes:?}");
+    let unknown: f64 = after
+        .samples
+        .iter()
+        .filter(|s| s.name == "modelreg_grpc_requests_total" && s.labels["method"] == "unknown")
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(
+        unknown, 500.0,
+        "every junk call is counted, under one label"
+    );
+    assert!(
+        series.iter().any(|s| s["method"] == "GetModel"),
+        "known methods keep their own series: {series:?}"
+    );
+}
+
 /// Unknown paths are 404 (`/` is the dashboard's); `--http-listen off` (the
 /// embedded default) binds nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

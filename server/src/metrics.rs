@@ -7,6 +7,7 @@
 //! asks, with at most one cheap query. This module must never add a database
 //! round trip to a gRPC call.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -79,6 +80,10 @@ pub struct Metrics {
 /// The gRPC call series, shared by the layer's clones.
 #[derive(Clone)]
 struct GrpcMetrics {
+    /// Every method path this server serves (`/package.Service/Method`) with
+    /// its label: only these get series of their own, so no caller can
+    /// create series at will.
+    known: Arc<HashMap<String, String>>,
     /// Calls by method and code.
     requests: Family<CallLabels, Counter>,
     /// Seconds to the response headers, by method.
@@ -90,6 +95,7 @@ impl Metrics {
     pub fn new(store: Store, watchers: Arc<Watchers>) -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("modelreg");
         let grpc = GrpcMetrics {
+            known: Arc::new(known_methods()),
             requests: Family::default(),
             // 1 ms … ~33 s.
             durations: Family::new_with_constructor(|| {
@@ -259,12 +265,14 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let method = req
-            .uri()
-            .path()
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
+        // Resolved before the call: a path no service serves is `unknown`
+        // whatever the answer (UNIMPLEMENTED, or UNAUTHENTICATED when the
+        // auth layer refuses it first).
+        let method = self
+            .metrics
+            .known
+            .get(req.uri().path())
+            .map_or("unknown", String::as_str)
             .to_owned();
         let started = Instant::now();
         let metrics = self.metrics.clone();
@@ -279,13 +287,6 @@ where
                 None if resp.status() == http::StatusCode::OK => "OK",
                 None => "UNKNOWN",
             };
-            // Any path can be called: unimplemented ones share one label so
-            // a caller cannot create series at will.
-            let method = if code == "UNIMPLEMENTED" {
-                "unknown".to_owned()
-            } else {
-                method
-            };
             metrics
                 .durations
                 .get_or_create(&MethodLabels {
@@ -299,6 +300,38 @@ where
             Ok(resp)
         })
     }
+}
+
+/// The label of every method of the services this server serves: the
+/// method's name (`RegisterVersion`, `Check`), keyed by its path, read from
+/// the services' own descriptors.
+fn known_methods() -> HashMap<String, String> {
+    use prost::Message as _;
+    let sets = [
+        modelreg_api::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ];
+    let mut known = HashMap::new();
+    for bytes in sets {
+        let Ok(set) = prost_types::FileDescriptorSet::decode(bytes) else {
+            tracing::error!("metrics: a service descriptor set does not decode");
+            continue;
+        };
+        for file in set.file {
+            let package = file.package();
+            for service in &file.service {
+                for method in &service.method {
+                    known.insert(
+                        format!("/{package}.{}/{}", service.name(), method.name()),
+                        method.name().to_owned(),
+                    );
+                }
+            }
+        }
+    }
+    known
 }
 
 /// The name of a grpc-status value, as Prometheus users know them.
@@ -328,6 +361,26 @@ fn code_name(status: &[u8]) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_served_method_is_known_and_nothing_else() {
+        let known = known_methods();
+        assert_eq!(
+            known
+                .get("/modelreg.v1.ModelRegistryService/RegisterVersion")
+                .map(String::as_str),
+            Some("RegisterVersion")
+        );
+        assert_eq!(
+            known
+                .get("/grpc.health.v1.Health/Check")
+                .map(String::as_str),
+            Some("Check")
+        );
+        assert!(known.contains_key("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"));
+        assert!(!known.contains_key("/modelreg.v1.ModelRegistryService/Junk1"));
+        assert!(!known.contains_key("/other.Service/RegisterVersion"));
+    }
 
     #[test]
     fn status_codes_have_their_names() {
