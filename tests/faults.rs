@@ -405,8 +405,16 @@ async fn postgres_stopped_and_started_under_load_loses_nothing() {
         acked.len()
     );
     for (request_id, version) in ledger.acked.iter().step_by(7) {
+        // Request ids are scoped to the caller: the retry comes from the
+        // writer that sent `w{i}-{n}` first.
+        let writer = request_id
+            .strip_prefix('w')
+            .and_then(|rest| rest.split_once('-'))
+            .map(|(i, _)| i)
+            .expect("request ids are w{i}-{n}");
         let again = app
-            .client
+            .client_as(&format!("writer-{writer}"))
+            .await
             .register_version(pb::RegisterVersionRequest {
                 model: "faulty".into(),
                 artifact_uri: format!("s3://models/faulty/{request_id}"),

@@ -548,12 +548,13 @@ async fn the_cli_governs_policies_requests_rollbacks_and_the_audit_trail() {
         .iter()
         .map(|r| r["status"].as_str().unwrap())
         .collect();
+    // Newest first, as the contract says (churn:4 … churn:1).
     assert_eq!(
         statuses,
         [
             "TRANSITION_REQUEST_STATUS_APPROVED",
-            "TRANSITION_REQUEST_STATUS_REJECTED",
             "TRANSITION_REQUEST_STATUS_CANCELLED",
+            "TRANSITION_REQUEST_STATUS_REJECTED",
             "TRANSITION_REQUEST_STATUS_APPROVED",
         ]
     );

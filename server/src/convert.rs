@@ -5,7 +5,7 @@ use modelreg_api::v1 as pb;
 use prost_types::{ListValue, Struct, Timestamp, Value, value::Kind};
 
 use crate::domain::{
-    Cause, Comparison, Deployment, DeploymentStatus, Evaluation, EvaluationSet, Event, EventKind,
+    Cause, Deployment, DeploymentStatus, Evaluation, EvaluationSet, Event, EventKind,
     MetricDefinition, Model, Outcome, SetRef, Source, Stage, Version, Violations, etag,
 };
 use crate::error::{Error, Result};
@@ -14,6 +14,7 @@ use crate::governance::{
     MAX_ARCHIVE_AFTER_DAYS, MAX_GATES, MAX_LIVE_WINDOW_MICROS, MAX_MIN_APPROVALS,
     MIN_LIVE_WINDOW_MICROS, Policy, RequestStatus, TransitionRequest,
 };
+use crate::store::JudgedComparison;
 
 /// µs since the epoch → `Timestamp`.
 pub fn micros_to_pb(micros: i64) -> Timestamp {
@@ -91,6 +92,8 @@ pub fn event_kinds_from_pb(field: &str, raw: &[i32], v: &mut Violations) -> Vec<
             .into_iter()
             .find(|k| event_kind_to_pb(*k) as i32 == *t)
         {
+            // Repeats add nothing but placeholders to the query.
+            Some(k) if kinds.contains(&k) => {}
             Some(k) => kinds.push(k),
             None => v.add(
                 format!("{field}[{i}]"),
@@ -253,7 +256,11 @@ pub fn evaluation_to_pb(e: Evaluation) -> pb::Evaluation {
 }
 
 /// A domain comparison on the wire.
-pub fn comparison_to_pb(c: Comparison) -> pb::VersionComparison {
+pub fn comparison_to_pb(judged: JudgedComparison) -> pb::VersionComparison {
+    let JudgedComparison {
+        comparison: c,
+        gate_results,
+    } = judged;
     pb::VersionComparison {
         model: c.model,
         candidate_version: c.candidate,
@@ -277,8 +284,8 @@ pub fn comparison_to_pb(c: Comparison) -> pb::VersionComparison {
                 } as i32,
             })
             .collect(),
-        gate_results: Vec::new(),
-        gates_passed: true,
+        gates_passed: gate_results.iter().all(|g| g.passed),
+        gate_results: gate_results.into_iter().map(gate_result_to_pb).collect(),
     }
 }
 

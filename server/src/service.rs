@@ -30,7 +30,8 @@ use crate::evaluation;
 use crate::governance::{self, RequestStatus};
 use crate::policy::Clock;
 use crate::store::{
-    Caller, Decision, ModelFilter, RollbackOrder, Store, TransitionOutcome, VersionRef,
+    Caller, Decision, ModelFilter, RequestCursor, RollbackOrder, Store, TransitionOutcome,
+    VersionRef,
 };
 use crate::watch::{self as watcher, Subscription, Tail, WatchItem};
 
@@ -217,12 +218,38 @@ mod page_token {
     }
 }
 
+/// The most terms a ListModels filter may have: each term is one more
+/// condition in the query, and the database refuses a deep enough tree.
+pub const MAX_FILTER_TERMS: usize = 32;
+
+/// The longest ListModels filter, in bytes.
+pub const MAX_FILTER_BYTES: usize = 4096;
+
+/// The most models one WatchTransitions filter may name.
+pub const MAX_WATCHED_MODELS: usize = 1000;
+
 /// Parses the ListModels filter grammar (terms joined by ` AND `).
 fn parse_model_filter(raw: &str) -> Result<ModelFilter, Error> {
     let mut filter = ModelFilter::default();
     let raw = raw.trim();
     if raw.is_empty() {
         return Ok(filter);
+    }
+    if raw.len() > MAX_FILTER_BYTES {
+        return Err(Error::invalid(
+            "filter",
+            format!(
+                "is {} bytes; at most {MAX_FILTER_BYTES} are allowed",
+                raw.len()
+            ),
+        ));
+    }
+    let terms = raw.split(" AND ").count();
+    if terms > MAX_FILTER_TERMS {
+        return Err(Error::invalid(
+            "filter",
+            format!("has {terms} terms; at most {MAX_FILTER_TERMS} are allowed"),
+        ));
     }
     let bad = |term: &str| {
         Error::invalid(
@@ -281,6 +308,22 @@ fn required_set_ref(field: &str, raw: Option<&pb::EvaluationSetRef>) -> Result<S
             field,
             "is required: name the evaluation set and its version",
         )
+    })
+}
+
+/// Parses the key of a ListTransitionRequests page: `create_time\u{1e}model\u{1e}number`.
+fn request_cursor(key: &str) -> Result<RequestCursor, Error> {
+    let bad = || Error::invalid("page_token", "is not a page token of this query");
+    let mut parts = key.split('\u{1e}');
+    let (Some(t), Some(m), Some(n), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    Ok(RequestCursor {
+        create_time: t.parse().map_err(|_| bad())?,
+        model: m.to_owned(),
+        number: n.parse().map_err(|_| bad())?,
     })
 }
 
@@ -495,9 +538,10 @@ impl ModelRegistryService for RegistryService {
             request_id: request_id.expect("checked"),
             target_stage: target_stage.expect("checked"),
         };
-        let version = self.store.register_version(new, actor).await?;
+        let registered = self.store.register_version(new, actor).await?;
         Ok(Response::new(pb::RegisterVersionResponse {
-            version: Some(version_to_pb(version)),
+            version: Some(version_to_pb(registered.version)),
+            request: registered.request.map(request_to_pb),
         }))
     }
 
@@ -738,33 +782,24 @@ impl ModelRegistryService for RegistryService {
             .flatten();
         let size = v.take(domain::parse_page_size("page_size", r.page_size));
         let query = format!("{}\u{1e}{}", r.model, r.status);
-        let after =
-            v.take(page_token::decode(&r.page_token, "requests", &query))
-                .flatten()
-                .map(|key| match key.rsplit_once(':') {
-                    Some((m, n)) => n.parse::<i64>().map(|n| (m.to_owned(), n)).map_err(|_| {
-                        Error::invalid("page_token", "is not a page token of this query")
-                    }),
-                    None => Err(Error::invalid(
-                        "page_token",
-                        "is not a page token of this query",
-                    )),
-                });
-        let after = match after {
-            Some(Ok(a)) => Some(a),
-            Some(Err(e)) => {
-                v.take::<()>(Err(e));
-                None
-            }
-            None => None,
-        };
+        let after = v
+            .take(page_token::decode(&r.page_token, "requests", &query))
+            .flatten()
+            .and_then(|key| v.take(request_cursor(&key)));
         v.finish()?;
         let (requests, more) = self
             .store
             .list_requests(model.as_ref(), status, after, size.expect("checked"))
             .await?;
         let next_page_token = match (more, requests.last()) {
-            (true, Some(last)) => page_token::encode("requests", &last.id(), &query),
+            (true, Some(last)) => page_token::encode(
+                "requests",
+                &format!(
+                    "{}\u{1e}{}\u{1e}{}",
+                    last.create_time, last.model, last.number
+                ),
+                &query,
+            ),
             _ => String::new(),
         };
         Ok(Response::new(pb::ListTransitionRequestsResponse {
@@ -1294,8 +1329,19 @@ impl ModelRegistryService for RegistryService {
             }
         }
         filter.kinds = convert::event_kinds_from_pb("types", &r.types, &mut v);
+        if r.models.len() > MAX_WATCHED_MODELS {
+            v.add(
+                "models",
+                format!(
+                    "names {} models; at most {MAX_WATCHED_MODELS} are allowed (leave it empty for every model)",
+                    r.models.len()
+                ),
+            );
+        }
         for (i, s) in r.to_stages.iter().enumerate() {
-            if let Some(stage) = v.take(parse_stage_field(&format!("to_stages[{i}]"), *s)) {
+            if let Some(stage) = v.take(parse_stage_field(&format!("to_stages[{i}]"), *s))
+                && !filter.to_stages.contains(&stage)
+            {
                 filter.to_stages.push(stage);
             }
         }

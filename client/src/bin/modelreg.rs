@@ -1113,7 +1113,7 @@ async fn version_cmd(
                 None => pb::Stage::Unspecified,
                 Some(s) => parse_stage(s).map_err(Failure::Local)?,
             };
-            let v = client
+            let resp = client
                 .register_version(pb::RegisterVersionRequest {
                     model: a.model,
                     artifact_uri: a.artifact_uri,
@@ -1131,10 +1131,22 @@ async fn version_cmd(
                     description: a.description,
                 })
                 .await?
-                .into_inner()
-                .version
-                .unwrap_or_default();
-            print_version(&v, json);
+                .into_inner();
+            print_version(&resp.version.unwrap_or_default(), json);
+            if let Some(r) = resp.request {
+                // The version waits in NONE; say so where a script's log shows it.
+                let note = format!(
+                    "the policy needs approval for {}: request {} waits (modelreg approve {})",
+                    stage_label(r.to_stage),
+                    r.id,
+                    r.id
+                );
+                if json {
+                    eprintln!("{note}");
+                } else {
+                    println!("{note}");
+                }
+            }
         }
         VersionCmd::Get { model, version } => {
             let (number, alias) = match version.parse::<i64>() {

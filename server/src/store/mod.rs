@@ -25,16 +25,18 @@ use std::future::Future;
 use tokio::sync::watch;
 
 use crate::domain::{
-    Actor, AliasName, CompareRequest, Comparison, Deployment, Evaluation, EvaluationSet, Event,
-    EventFilter, LiveObservation, Model, ModelUpdate, Name, NewDeployment, NewEvaluation, NewModel,
-    NewVersion, SetRef, Stage, StageChange, Version, WorkerFailure,
+    Actor, AliasName, CompareRequest, Deployment, Evaluation, EvaluationSet, Event, EventFilter,
+    LiveObservation, Model, ModelUpdate, Name, NewDeployment, NewEvaluation, NewModel, NewVersion,
+    SetRef, Stage, StageChange, Version, WorkerFailure,
 };
 use crate::error::{Error, Result};
 use crate::governance::{
     LiveMetricRule, Readings, RequestStatus, StageSince, StageStep, TransitionRequest,
 };
 
-pub use ops::{Caller, Decision, RollbackOrder, TickReport, TransitionOutcome};
+pub use ops::{
+    Caller, Decision, JudgedComparison, Registered, RollbackOrder, TickReport, TransitionOutcome,
+};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -58,6 +60,18 @@ pub struct ModelFilter {
     pub name_equals: Option<String>,
     /// `name:PREFIX*`.
     pub name_prefix: Option<String>,
+}
+
+/// Where a page of transition requests (newest first) ended: the last
+/// request's creation time, model and number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestCursor {
+    /// The last request's create_time (microseconds).
+    pub create_time: i64,
+    /// Its model.
+    pub model: String,
+    /// Its number within the model.
+    pub number: i64,
 }
 
 /// The outcome of re-computing the hash chain.
@@ -180,12 +194,12 @@ pub trait Db: Clone + Send + Sync + 'static {
         number: i64,
     ) -> impl Future<Output = Result<Option<TransitionRequest>>> + Send;
     /// Up to `limit` transition requests (of one model, with one status, if
-    /// given) ordered by model and number, after `after`.
+    /// given), newest first, after `after`.
     fn list_requests(
         &self,
         model: Option<&str>,
         status: Option<RequestStatus>,
-        after: Option<(String, i64)>,
+        after: Option<RequestCursor>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<TransitionRequest>>> + Send;
     /// An evaluation set version, if it exists.
@@ -572,7 +586,7 @@ impl Store {
     }
 
     /// Registers a version (or returns the original on a request-id retry).
-    pub async fn register_version(&self, new: NewVersion, actor: Actor) -> Result<Version> {
+    pub async fn register_version(&self, new: NewVersion, actor: Actor) -> Result<Registered> {
         op!(self, register_version(new, actor))
     }
 
@@ -669,7 +683,7 @@ impl Store {
     }
 
     /// Compares two versions on one set version and evaluator version.
-    pub async fn compare(&self, request: &CompareRequest) -> Result<Comparison> {
+    pub async fn compare(&self, request: &CompareRequest) -> Result<JudgedComparison> {
         op!(self, compare(request))
     }
 
@@ -702,7 +716,7 @@ impl Store {
         &self,
         model: Option<&Name>,
         status: Option<RequestStatus>,
-        after: Option<(String, i64)>,
+        after: Option<RequestCursor>,
         limit: usize,
     ) -> Result<(Vec<TransitionRequest>, bool)> {
         op!(

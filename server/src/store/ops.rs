@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use serde_json::json;
 
-use super::{ChainReport, Db, ModelFilter, StoredRequest, Tx, VersionRef};
+use super::{ChainReport, Db, ModelFilter, RequestCursor, StoredRequest, Tx, VersionRef};
 use crate::audit::{ChainVerifier, event_hash, sha256_hex};
 use crate::domain::{
     Actor, AliasName, Cause, CompareRequest, Comparison, Deployment, Evaluation, EvaluationSet,
@@ -62,15 +62,25 @@ fn check_etag(expected: Option<i64>, actual: i64, kind: &str, subject: &str) -> 
     }
 }
 
-/// Looks up an earlier request with this id: `Some` for a retry of the same
-/// request, an error for a different request reusing the id.
+/// The key a request id is stored under: AIP-155 scopes request ids to the
+/// principal, so one caller can never claim (or replay) another's id.
+fn scoped_request_id(actor: &Actor, request_id: &str) -> String {
+    format!("{}\u{1f}{request_id}", actor.0)
+}
+
+/// Looks up an earlier request of `actor` with this id: `Some` for a retry of
+/// the same request, an error for a different request reusing the id.
 async fn find_retry<T: Tx>(
     tx: &mut T,
     method: &str,
+    actor: &Actor,
     request_id: &str,
     fingerprint: &str,
 ) -> Result<Option<StoredRequest>> {
-    match tx.find_request(method, request_id).await? {
+    match tx
+        .find_request(method, &scoped_request_id(actor, request_id))
+        .await?
+    {
         Some(stored) if stored.fingerprint != fingerprint => Err(Error::invalid(
             "request_id",
             format!(
@@ -79,6 +89,18 @@ async fn find_retry<T: Tx>(
         )),
         other => Ok(other),
     }
+}
+
+/// Records the first answer to `actor`'s request id, for [`find_retry`].
+async fn remember_request<T: Tx>(
+    tx: &mut T,
+    method: &str,
+    actor: &Actor,
+    request_id: &str,
+    stored: &StoredRequest,
+) -> Result<()> {
+    tx.remember_request(method, &scoped_request_id(actor, request_id), stored)
+        .await
 }
 
 /// Appends events with the next sequences and chained hashes; returns the
@@ -187,7 +209,8 @@ async fn create_model_in<T: Tx>(
             .as_bytes(),
     );
     if let Some(request_id) = &new.request_id
-        && let Some(stored) = find_retry(tx, "CreateModel", request_id, &fingerprint).await?
+        && let Some(stored) =
+            find_retry(tx, "CreateModel", &actor, request_id, &fingerprint).await?
     {
         return tx
             .fetch_model(&stored.model)
@@ -225,8 +248,7 @@ async fn create_model_in<T: Tx>(
             version: 0,
             response: None,
         };
-        tx.remember_request("CreateModel", request_id, &stored)
-            .await?;
+        remember_request(tx, "CreateModel", &actor, request_id, &stored).await?;
     }
     let event = NewEvent::new(
         EventKind::ModelCreated,
@@ -310,7 +332,16 @@ async fn update_model_in<T: Tx>(
 
 // ---- versions ---------------------------------------------------------------
 
-pub async fn register_version<D: Db>(db: &D, new: NewVersion, actor: Actor) -> Result<Version> {
+/// What RegisterVersion did.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// The version (in its target stage, or in NONE while a request waits).
+    pub version: Version,
+    /// The request opened because the target stage needs approval.
+    pub request: Option<TransitionRequest>,
+}
+
+pub async fn register_version<D: Db>(db: &D, new: NewVersion, actor: Actor) -> Result<Registered> {
     db.write(job(move |tx| Box::pin(register_version_in(tx, new, actor))))
         .await
 }
@@ -319,25 +350,22 @@ async fn register_version_in<T: Tx>(
     tx: &mut T,
     new: NewVersion,
     actor: Actor,
-) -> Result<(Version, Option<u64>)> {
+) -> Result<(Registered, Option<u64>)> {
     let model = new.model.as_str();
     // The model lock serializes registrations of one model, so version numbers
     // and request-id checks never race.
     let current = tx.lock_model(model).await?;
     let fingerprint = format!("{model}:{}", new.fingerprint());
     if let Some(request_id) = &new.request_id
-        && let Some(stored) = find_retry(tx, "RegisterVersion", request_id, &fingerprint).await?
+        && let Some(stored) =
+            find_retry(tx, "RegisterVersion", &actor, request_id, &fingerprint).await?
     {
-        return tx
-            .fetch_version(&stored.model, stored.version)
-            .await?
-            .ok_or_else(|| version_not_found(&stored.model, &stored.version.to_string()))
-            .map(|v| (v, None));
+        return registered_before(tx, &stored).await.map(|r| (r, None));
     }
     let current = current.ok_or_else(|| model_not_found(model))?;
     let number = current.latest_version + 1;
     let now = now_micros();
-    let version = Version {
+    let mut version = Version {
         model: model.to_owned(),
         version: number,
         artifact_uri: new.artifact_uri.clone(),
@@ -346,7 +374,7 @@ async fn register_version_in<T: Tx>(
         training_metrics: new.training_metrics.clone(),
         tags: new.tags.clone(),
         description: new.description.clone(),
-        stage: new.target_stage,
+        stage: Stage::None,
         aliases: Vec::new(),
         revision: 1,
         created_by: actor.0.clone(),
@@ -356,17 +384,18 @@ async fn register_version_in<T: Tx>(
         evaluations: Vec::new(),
         deployments: Vec::new(),
     };
-    tx.insert_version(&version).await?;
-    if let Some(request_id) = &new.request_id {
-        let stored = StoredRequest {
-            fingerprint,
-            model: model.to_owned(),
-            version: number,
-            response: None,
-        };
-        tx.remember_request("RegisterVersion", request_id, &stored)
-            .await?;
+    // Registering straight into a stage is the NONE→stage move, decided by
+    // the same rule as every other move (approval, gates).
+    let decision = match new.target_stage {
+        Stage::None => MoveDecision::Apply(Vec::new()),
+        target => decide_move(tx, &current, &version, target).await?,
+    };
+    if let MoveDecision::Apply(moves) = &decision
+        && let Some(last) = moves.last()
+    {
+        version.stage = last.to;
     }
+    tx.insert_version(&version).await?;
     let mut events = vec![NewEvent::new(
         EventKind::VersionRegistered,
         model,
@@ -379,15 +408,51 @@ async fn register_version_in<T: Tx>(
             "tags": new.tags,
         }),
     )];
-    if new.target_stage != Stage::None {
-        // Registering straight into a stage is the NONE→stage move, by the same rules.
-        for mv in lifecycle::plan_transition(model, number, Stage::None, new.target_stage, 0)? {
-            events.push(stage_event(model, &mv, String::new(), json!({})));
+    let request = match decision {
+        MoveDecision::Apply(moves) => {
+            for mv in moves {
+                events.push(stage_event(model, &mv, String::new(), json!({})));
+            }
+            None
         }
+        MoveDecision::NeedsApproval(judgement) => {
+            let ask = Ask {
+                to: new.target_stage,
+                rollback: false,
+                comment: "",
+                judgement,
+            };
+            let (request, event) = open_request(tx, &current, &version, &actor, ask).await?;
+            events.extend(event);
+            Some(request)
+        }
+    };
+    if let Some(request_id) = &new.request_id {
+        let stored = StoredRequest {
+            fingerprint,
+            model: model.to_owned(),
+            version: number,
+            response: request.as_ref().map(|r| r.number.to_string()),
+        };
+        remember_request(tx, "RegisterVersion", &actor, request_id, &stored).await?;
     }
     let seq = append_events(tx, &actor, events).await?;
     // Just inserted: no aliases, no evaluations; nothing to read back.
-    Ok((version, Some(seq)))
+    Ok((Registered { version, request }, Some(seq)))
+}
+
+/// The answer to a retried registration: the version and the request it
+/// opened, both as they are now.
+async fn registered_before<T: Tx>(tx: &mut T, stored: &StoredRequest) -> Result<Registered> {
+    let version = tx
+        .fetch_version(&stored.model, stored.version)
+        .await?
+        .ok_or_else(|| version_not_found(&stored.model, &stored.version.to_string()))?;
+    let request = match stored.response.as_deref().map(str::parse::<i64>) {
+        Some(Ok(number)) => tx.fetch_request(&stored.model, number).await?,
+        _ => None,
+    };
+    Ok(Registered { version, request })
 }
 
 pub async fn get_version<D: Db>(db: &D, model: &str, which: &VersionRef) -> Result<Version> {
@@ -629,35 +694,47 @@ async fn judge<T: Tx>(tx: &mut T, model: &Model, candidate: &Version) -> Result<
         Some(r) => tx.fetch_evaluation_set(r).await?,
         None => None,
     };
-    let production = tx.production_version(name).await?.unwrap_or(0);
-    let comparison = match &set {
-        Some(set) if production != 0 && production != candidate.version => {
-            let prod = tx
-                .fetch_version(name, production)
+    let production = match tx.production_version(name).await? {
+        Some(n) if n != candidate.version => Some(
+            tx.fetch_version(name, n)
                 .await?
-                .ok_or_else(|| vanished("production version"))?;
-            match compare_on(name, set, candidate, &prod) {
-                Ok(c) => Ok(c),
-                Err(Error::FailedPrecondition(v)) => Err(v
-                    .into_iter()
-                    .map(|v| v.description)
-                    .collect::<Vec<_>>()
-                    .join("; ")),
-                Err(other) => return Err(other),
-            }
-        }
+                .ok_or_else(|| vanished("production version"))?,
+        ),
+        _ => None,
+    };
+    judge_with(model, set.as_ref(), production.as_ref(), candidate)
+}
+
+/// The gates' verdict on `candidate` given the standard set and the current
+/// production version (None when there is none, or it is the candidate).
+fn judge_with(
+    model: &Model,
+    set: Option<&EvaluationSet>,
+    production: Option<&Version>,
+    candidate: &Version,
+) -> Result<Judgement> {
+    let name = model.name.as_str();
+    let comparison = match (set, production) {
+        (Some(set), Some(prod)) => match compare_on(name, set, candidate, prod) {
+            Ok(c) => Ok(c),
+            Err(Error::FailedPrecondition(v)) => Err(v
+                .into_iter()
+                .map(|v| v.description)
+                .collect::<Vec<_>>()
+                .join("; ")),
+            Err(other) => return Err(other),
+        },
         _ => Err("no other version is in production".to_owned()),
     };
-    let candidate_evaluation = set
-        .as_ref()
-        .and_then(|s| governance::latest_on(&candidate.evaluations, &s.id));
+    let candidate_evaluation =
+        set.and_then(|s| governance::latest_on(&candidate.evaluations, &s.id));
     let results = governance::run_gates(
         &model.policy,
         &GateInputs {
-            set: set.as_ref(),
+            set,
             candidate: candidate.version,
             candidate_evaluation,
-            production,
+            production: production.map_or(0, |p| p.version),
             comparison: comparison.as_ref().map_err(Clone::clone),
         },
     );
@@ -787,14 +864,31 @@ struct Ask<'a> {
     judgement: Judgement,
 }
 
-/// Creates a pending request (or returns the identical pending one).
+/// Opens a request and appends its event: the outcome of a move that waits.
+async fn pending<T: Tx>(
+    tx: &mut T,
+    model: &Model,
+    version: &Version,
+    actor: &Actor,
+    ask: Ask<'_>,
+) -> Result<(TransitionOutcome, Option<u64>)> {
+    let (request, event) = open_request(tx, model, version, actor, ask).await?;
+    let seq = match event {
+        Some(event) => Some(append_events(tx, actor, vec![event]).await?),
+        None => None,
+    };
+    Ok((TransitionOutcome::Pending(request), seq))
+}
+
+/// Creates a pending request (or returns the identical pending one) and the
+/// TRANSITION_REQUESTED event the caller appends (none for the existing one).
 async fn open_request<T: Tx>(
     tx: &mut T,
     model: &Model,
     version: &Version,
-    caller: &Caller,
+    actor: &Actor,
     ask: Ask<'_>,
-) -> Result<(TransitionOutcome, Option<u64>)> {
+) -> Result<(TransitionRequest, Option<NewEvent>)> {
     let name = model.name.as_str();
     let Ask {
         to,
@@ -811,7 +905,7 @@ async fn open_request<T: Tx>(
     {
         if pending.to_stage == to && pending.rollback == rollback {
             // A retry (or a second ask): the open request stands.
-            return Ok((TransitionOutcome::Pending(pending), None));
+            return Ok((pending, None));
         }
         return Err(Error::precondition(
             "REQUEST_PENDING",
@@ -832,7 +926,7 @@ async fn open_request<T: Tx>(
         from_stage: version.stage,
         to_stage: to,
         rollback,
-        requester: caller.actor.0.clone(),
+        requester: actor.0.clone(),
         comment: comment.to_owned(),
         gate_results: judgement.results.clone(),
         approvals: Vec::new(),
@@ -845,8 +939,42 @@ async fn open_request<T: Tx>(
     tx.insert_request(&request).await?;
     tx.touch_version(name, version.version, now).await?;
     let event = requested_event(&request, version, &judgement, &model.policy);
-    let seq = append_events(tx, &caller.actor, vec![event]).await?;
-    Ok((TransitionOutcome::Pending(request), Some(seq)))
+    Ok((request, Some(event)))
+}
+
+/// How a requested move is carried out.
+enum MoveDecision {
+    /// The move applies now: these moves, in order.
+    Apply(Vec<lifecycle::Move>),
+    /// The model's policy needs approval for the target stage: open a
+    /// request carrying this verdict of the gates.
+    NeedsApproval(Judgement),
+}
+
+/// The one answer to "applies now, needs approval, or refused by gates" for
+/// moving `candidate` to `target`, asked by every path that moves a version
+/// on someone's request (registration with a target stage, TransitionStage).
+/// An illegal move and failing gates are errors, with every failed check.
+async fn decide_move<T: Tx>(
+    tx: &mut T,
+    model: &Model,
+    candidate: &Version,
+    target: Stage,
+) -> Result<MoveDecision> {
+    let name = model.name.as_str();
+    let production = tx.production_version(name).await?.unwrap_or(0);
+    let moves =
+        lifecycle::plan_transition(name, candidate.version, candidate.stage, target, production)?;
+    let needs_approval = model.policy.needs_approval(target);
+    if needs_approval || target == Stage::Production {
+        // Gates guard every way into production and every governed stage.
+        let judgement = judge(tx, model, candidate).await?;
+        require_gates(name, candidate.version, &judgement.results)?;
+        if needs_approval {
+            return Ok(MoveDecision::NeedsApproval(judgement));
+        }
+    }
+    Ok(MoveDecision::Apply(moves))
 }
 
 pub async fn request_transition<D: Db>(
@@ -882,29 +1010,18 @@ async fn request_transition_in<T: Tx>(
         "version",
         &format!("{name}/{}", change.version),
     )?;
-    let production = tx.production_version(name).await?;
-    let moves = lifecycle::plan_transition(
-        name,
-        change.version,
-        current.stage,
-        change.target,
-        production.unwrap_or(0),
-    )?;
-    let needs_approval = model.policy.needs_approval(change.target);
-    if needs_approval || change.target == Stage::Production {
-        // Gates guard every way into production and every governed stage.
-        let judgement = judge(tx, &model, &current).await?;
-        require_gates(name, change.version, &judgement.results)?;
-        if needs_approval {
+    let moves = match decide_move(tx, &model, &current, change.target).await? {
+        MoveDecision::Apply(moves) => moves,
+        MoveDecision::NeedsApproval(judgement) => {
             let ask = Ask {
                 to: change.target,
                 rollback: false,
                 comment: &change.comment,
                 judgement,
             };
-            return open_request(tx, &model, &current, &caller, ask).await;
+            return pending(tx, &model, &current, &caller.actor, ask).await;
         }
-    }
+    };
     let events = apply_moves(tx, name, &moves, &change.comment, json!({}), "", None).await?;
     let seq = append_events(tx, &caller.actor, events).await?;
     let version = tx
@@ -1143,7 +1260,7 @@ pub async fn list_requests<D: Db>(
     db: &D,
     model: Option<&str>,
     status: Option<RequestStatus>,
-    after: Option<(String, i64)>,
+    after: Option<RequestCursor>,
     limit: usize,
 ) -> Result<(Vec<TransitionRequest>, bool)> {
     if let Some(m) = model {
@@ -1230,7 +1347,7 @@ async fn rollback_in<T: Tx>(
                 comparison: None,
             },
         };
-        return open_request(tx, &model, &version, &order.caller, ask).await;
+        return pending(tx, &model, &version, &order.caller.actor, ask).await;
     }
     let moves = rollback_moves(&version, production);
     let details = json!({"rolled_back_from": production, "rolled_back_to": target});
@@ -1350,7 +1467,8 @@ async fn attach_evaluation_in<T: Tx>(
         .as_bytes(),
     );
     if let Some(request_id) = &new.request_id
-        && let Some(stored) = find_retry(tx, "AttachEvaluation", request_id, &fingerprint).await?
+        && let Some(stored) =
+            find_retry(tx, "AttachEvaluation", &actor, request_id, &fingerprint).await?
     {
         return tx
             .fetch_evaluation(&stored.model, stored.version, &e.set, &e.evaluator_version)
@@ -1393,8 +1511,7 @@ async fn attach_evaluation_in<T: Tx>(
             version: e.version,
             response: None,
         };
-        tx.remember_request("AttachEvaluation", request_id, &stored)
-            .await?;
+        remember_request(tx, "AttachEvaluation", &actor, request_id, &stored).await?;
     }
     tx.touch_version(&e.model, e.version, e.create_time).await?;
     let event = NewEvent::new(
@@ -1445,7 +1562,17 @@ pub async fn list_evaluations<D: Db>(
     Ok((evaluations, more))
 }
 
-pub async fn compare<D: Db>(db: &D, req: &CompareRequest) -> Result<Comparison> {
+/// A comparison with the policy's gates judged on its candidate.
+#[derive(Debug, Clone)]
+pub struct JudgedComparison {
+    /// The two versions, metric by metric, on the requested set.
+    pub comparison: Comparison,
+    /// The gates on the candidate, exactly as TransitionStage to PRODUCTION
+    /// would judge them now (standard set, current production version).
+    pub gate_results: Vec<GateResult>,
+}
+
+pub async fn compare<D: Db>(db: &D, req: &CompareRequest) -> Result<JudgedComparison> {
     let model = req.model.as_str();
     let current = get_model(db, model).await?;
     let baseline = match req.baseline {
@@ -1475,11 +1602,15 @@ pub async fn compare<D: Db>(db: &D, req: &CompareRequest) -> Result<Comparison> 
         ));
     };
     let set = get_evaluation_set(db, &set_ref).await?;
+    let mut versions = Vec::with_capacity(2);
     for v in [req.candidate, baseline] {
-        if db.fetch_version(model, v).await?.is_none() {
-            return Err(version_not_found(model, &v.to_string()));
-        }
+        versions.push(
+            db.fetch_version(model, v)
+                .await?
+                .ok_or_else(|| version_not_found(model, &v.to_string()))?,
+        );
     }
+    let gate_results = gates_on(db, &current, &set, &versions[0]).await?;
     let evaluations = db.evaluations_of(model, &[req.candidate, baseline]).await?;
     let on_set = |v: i64| -> Vec<Evaluation> {
         evaluations
@@ -1503,7 +1634,32 @@ pub async fn compare<D: Db>(db: &D, req: &CompareRequest) -> Result<Comparison> 
             .cloned()
             .ok_or_else(|| vanished("evaluation"))
     };
-    evaluation::compare(&set, &pick(&cand)?, &pick(&base)?)
+    let comparison = evaluation::compare(&set, &pick(&cand)?, &pick(&base)?)?;
+    Ok(JudgedComparison {
+        comparison,
+        gate_results,
+    })
+}
+
+/// The gates' results on `candidate` by the same judgement TransitionStage
+/// uses, read outside a transaction (`compared` is the set already read).
+async fn gates_on<D: Db>(
+    db: &D,
+    model: &Model,
+    compared: &EvaluationSet,
+    candidate: &Version,
+) -> Result<Vec<GateResult>> {
+    let standard = match &model.policy.standard_evaluation_set {
+        Some(r) if *r == compared.id => Some(compared.clone()),
+        Some(r) => db.fetch_evaluation_set(r).await?,
+        None => None,
+    };
+    let production = match model.production_version {
+        0 => None,
+        n if n == candidate.version => None,
+        n => db.fetch_version(&model.name, n).await?,
+    };
+    Ok(judge_with(model, standard.as_ref(), production.as_ref(), candidate)?.results)
 }
 
 // ---- audit ------------------------------------------------------------------
@@ -1614,7 +1770,8 @@ async fn report_deployment_in<T: Tx>(
         .as_bytes(),
     );
     if let Some(request_id) = &new.request_id
-        && let Some(stored) = find_retry(tx, "ReportDeployment", request_id, &fingerprint).await?
+        && let Some(stored) =
+            find_retry(tx, "ReportDeployment", &actor, request_id, &fingerprint).await?
     {
         // The deployment as first recorded, even if later reports moved it on.
         return Ok((stored_response(&stored)?, None));
@@ -1644,8 +1801,7 @@ async fn report_deployment_in<T: Tx>(
                 serde_json::to_string(&deployment).map_err(crate::store::sql::json_err)?,
             ),
         };
-        tx.remember_request("ReportDeployment", request_id, &stored)
-            .await?;
+        remember_request(tx, "ReportDeployment", &actor, request_id, &stored).await?;
     }
     let event = NewEvent::new(
         EventKind::DeploymentReported,
@@ -1696,7 +1852,7 @@ async fn report_worker_failure_in<T: Tx>(
     );
     if let Some(request_id) = &f.request_id
         && let Some(stored) =
-            find_retry(tx, "ReportWorkerFailure", request_id, &fingerprint).await?
+            find_retry(tx, "ReportWorkerFailure", &actor, request_id, &fingerprint).await?
     {
         let sequence: u64 = stored_response(&stored)?;
         let event = tx
@@ -1737,8 +1893,7 @@ async fn report_worker_failure_in<T: Tx>(
             version: f.version,
             response: Some(seq.to_string()),
         };
-        tx.remember_request("ReportWorkerFailure", request_id, &stored)
-            .await?;
+        remember_request(tx, "ReportWorkerFailure", &actor, request_id, &stored).await?;
     }
     let event = tx
         .fetch_event(seq)

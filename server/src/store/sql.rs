@@ -240,7 +240,7 @@ macro_rules! sql_backend {
             EvaluationJson, EventJson, LIVE_READINGS, MODEL_COLUMNS, VERSION_COLUMNS, db_err,
             json_err, placeholders,
         };
-        use $crate::store::{Db, ModelFilter, StoredRequest, Tx};
+        use $crate::store::{Db, ModelFilter, RequestCursor, StoredRequest, Tx};
         use $crate::store::sql::REQUEST_COLUMNS;
         use $crate::governance::{
             LiveMetricRule, Observation, Readings, RequestStatus, StageSince, StageStep,
@@ -728,9 +728,11 @@ macro_rules! sql_backend {
                 limit: usize,
             ) -> Result<Vec<Event>> {
                 let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE sequence > $1");
-                let mut binds = vec![Bind::Int(after as i64)];
+                // Sequences are stored as i64: a cursor beyond i64::MAX means
+                // "after everything", never a wrapped negative number.
+                let mut binds = vec![Bind::Int(i64::try_from(after).unwrap_or(i64::MAX))];
                 if let Some(upto) = upto {
-                    binds.push(Bind::Int(upto as i64));
+                    binds.push(Bind::Int(i64::try_from(upto).unwrap_or(i64::MAX)));
                     sql.push_str(&format!(" AND sequence <= ${}", binds.len()));
                 }
                 if !filter.models.is_empty() {
@@ -819,7 +821,7 @@ macro_rules! sql_backend {
                 &self,
                 model: Option<&str>,
                 status: Option<RequestStatus>,
-                after: Option<(String, i64)>,
+                after: Option<RequestCursor>,
                 limit: usize,
             ) -> Result<Vec<TransitionRequest>> {
                 let mut sql = format!("SELECT {REQUEST_COLUMNS} FROM transition_requests WHERE 1 = 1");
@@ -832,14 +834,23 @@ macro_rules! sql_backend {
                     binds.push(Bind::Text(s.as_str().to_owned()));
                     sql.push_str(&format!(" AND status = ${}", binds.len()));
                 }
-                if let Some((m, n)) = after {
-                    binds.push(Bind::Text(m));
-                    binds.push(Bind::Int(n));
-                    let (a, b) = (binds.len() - 1, binds.len());
-                    sql.push_str(&format!(" AND (model > ${a} OR (model = ${a} AND number > ${b}))"));
+                // Newest first: an inbox wants the latest request on top.
+                // Ties of create_time fall back to model and number, so the
+                // order is total and a page cursor never skips or repeats.
+                if let Some(RequestCursor { create_time, model, number }) = after {
+                    binds.push(Bind::Int(create_time));
+                    binds.push(Bind::Text(model));
+                    binds.push(Bind::Int(number));
+                    let (t, m, n) = (binds.len() - 2, binds.len() - 1, binds.len());
+                    sql.push_str(&format!(
+                        " AND (create_time < ${t} OR (create_time = ${t} AND (model < ${m} OR (model = ${m} AND number < ${n}))))"
+                    ));
                 }
                 binds.push(Bind::Int(limit as i64));
-                sql.push_str(&format!(" ORDER BY model, number LIMIT ${}", binds.len()));
+                sql.push_str(&format!(
+                    " ORDER BY create_time DESC, model DESC, number DESC LIMIT ${}",
+                    binds.len()
+                ));
                 let rows = bind_all(sqlx::query(&sql), binds)
                     .fetch_all(self.readers())
                     .await
@@ -1045,7 +1056,7 @@ macro_rules! sql_backend {
                 match inserted {
                     Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(Error::invalid(
                         "request_id",
-                        format!("{request_id:?} is being used by another {method} request at this moment; use a new request id for a new request"),
+                        format!("this request id is being used by another {method} request at this moment; use a new request id for a new request"),
                     )),
                     other => other.map(|_| ()).map_err(db_err),
                 }
@@ -1506,8 +1517,11 @@ macro_rules! sql_backend {
 
             async fn fetch_event(&mut self, sequence: u64) -> Result<Option<Event>> {
                 let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE sequence = $1");
+                let Ok(sequence) = i64::try_from(sequence) else {
+                    return Ok(None);
+                };
                 let row = sqlx::query(&sql)
-                    .bind(sequence as i64)
+                    .bind(sequence)
                     .fetch_optional(&mut *self.0)
                     .await
                     .map_err(db_err)?;
