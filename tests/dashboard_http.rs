@@ -683,3 +683,127 @@ async fn read_until(stream: &mut tokio::net::TcpStream, needle: &str) -> String 
     }
     text
 }
+
+/// Sign-in targets (`next`) that must never take the browser off this site:
+/// each is answered with `Location: /`. Part of the standing bad-input
+/// campaign: add to it, never remove. Browsers strip tabs and newlines from
+/// URLs, trim leading C0 controls and spaces, and read `\` as `/`, so each
+/// of these could otherwise become `//evil.example`.
+const OFF_SITE_TARGETS: &[&str] = &[
+    // The reported case: `next=%2F%09%2Fevil.example%2Fphish`, decoded.
+    "/\t/evil.example/phish",
+    "/\t\t/evil.example",
+    "/\r/evil.example",
+    "/\n/evil.example",
+    "/\r\n/evil.example",
+    "/\0/evil.example",
+    "/\x0b/evil.example",
+    "/\x0c/evil.example",
+    "/\x1b/evil.example",
+    "/\x7f/evil.example",
+    "/\u{85}/evil.example",
+    "/\u{2028}/evil.example",
+    "/ /evil.example",
+    "/\r\nSet-Cookie: modelreg_session=planted",
+    // Controls and spaces before the slashes.
+    "\t//evil.example",
+    "\n//evil.example",
+    "\0//evil.example",
+    " //evil.example",
+    " /evil.example",
+    // Scheme-relative.
+    "//evil.example",
+    "//evil.example/phish",
+    "///evil.example",
+    "////evil.example",
+    "//\tevil.example",
+    "//127.0.0.1@evil.example",
+    // Backslashes, which browsers read as slashes.
+    "/\\evil.example",
+    "/\\/evil.example",
+    "/\\\\evil.example",
+    "\\\\evil.example",
+    "\\/evil.example",
+    "\\evil.example",
+    "/requests\\..\\..\\\\evil.example",
+    // Absolute URLs and other schemes.
+    "https://evil.example/phish",
+    "http://evil.example",
+    "HTTPS://evil.example",
+    "http:evil.example",
+    "https:/evil.example",
+    "http:\\\\evil.example",
+    "javascript:alert(document.domain)",
+    "JaVaScRiPt:alert(1)",
+    "data:text/html,<script>alert(1)</script>",
+    // Not path-absolute at all.
+    "evil.example",
+    "evil.example/phish",
+    "%2F%2Fevil.example",
+    "",
+    "\u{ff0f}\u{ff0f}evil.example",
+    "/\u{ff0f}evil.example",
+];
+
+/// Sign-in targets that are paths of this site, which sign-in must keep.
+const ON_SITE_TARGETS: &[&str] = &[
+    "/",
+    "/requests/fraud:2",
+    "/models/fraud?metric=auc",
+    "/audit?model=fraud&actor=bob",
+    // Escaped text stays text: still a path here.
+    "/%09/evil.example",
+    "/%2F%2Fevil.example",
+    "/%5Cevil.example",
+    "/@evil.example",
+];
+
+/// The value of the sign-in form's hidden `next` field.
+fn next_field(page: &Answer) -> String {
+    let at = page
+        .body
+        .find("name=\"next\" value=\"")
+        .unwrap_or_else(|| panic!("no next field on the page:\n{}", page.body));
+    let rest = &page.body[at + 19..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+/// Sign-in sends the browser to `next` only when it is a path of this site
+/// (one leading `/`, visible ASCII, no backslash); every other target, from
+/// the query or the form, becomes `/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_open_redirect_after_sign_in() {
+    // Arrange
+    let app = start(None).await;
+    let mut b = Browser::new(app.http_addr.unwrap());
+
+    for target in OFF_SITE_TARGETS {
+        // Act
+        let form = b.get(&format!("/signin?next={}", encode(target))).await;
+        assert_eq!(form.status, 200, "{target:?}: {}", form.body);
+        let csrf = form.csrf();
+        let done = b
+            .post(
+                "/signin",
+                &[("csrf", &csrf), ("next", target), ("actor", "carol")],
+            )
+            .await;
+
+        // Assert
+        assert_eq!(next_field(&form), "/", "the form kept {target:?}");
+        assert_eq!(done.status, 303, "{target:?}: {}", done.body);
+        assert_eq!(done.header("location"), "/", "signed in towards {target:?}");
+    }
+    for target in ON_SITE_TARGETS {
+        let form = b.get(&format!("/signin?next={}", encode(target))).await;
+        let done = b
+            .post(
+                "/signin",
+                &[("csrf", &form.csrf()), ("next", target), ("actor", "carol")],
+            )
+            .await;
+        assert_eq!(done.status, 303, "{target:?}: {}", done.body);
+        assert_eq!(done.header("location"), *target, "a path of this site");
+    }
+    app.stop().await;
+}

@@ -980,12 +980,24 @@ fn not_allowed(allow: &'static str) -> Failure {
     )
 }
 
-/// A sign-in target that stays on this site: a path, not `//host`.
+/// A sign-in target that stays on this site, or `/`.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        Some(n) if is_site_path(n) => n.to_owned(),
         _ => "/".to_owned(),
     }
+}
+
+/// Whether `target` is a path-absolute reference: one `/` not followed by
+/// another `/` or a `\`, then visible ASCII only (what a request's path and
+/// query hold) without backslashes. Browsers drop tabs and newlines inside
+/// a `Location`, trim leading controls and spaces, and read `\` as `/`, so
+/// anything looser can become `//other.host` on the way.
+fn is_site_path(target: &str) -> bool {
+    let bytes = target.as_bytes();
+    bytes.first() == Some(&b'/')
+        && !matches!(bytes.get(1), Some(b'/' | b'\\'))
+        && bytes.iter().all(|&b| b.is_ascii_graphic() && b != b'\\')
 }
 
 /// `application/x-www-form-urlencoded` pairs; the first of a repeated key wins.
@@ -1086,9 +1098,25 @@ mod tests {
     #[test]
     fn sign_in_targets_stay_on_this_site() {
         assert_eq!(safe_next(Some("/requests/fraud:2")), "/requests/fraud:2");
-        assert_eq!(safe_next(Some("//evil.example/")), "/");
-        assert_eq!(safe_next(Some("https://evil.example/")), "/");
-        assert_eq!(safe_next(Some("/\\evil.example")), "/");
+        assert_eq!(
+            safe_next(Some("/audit?actor=bob&x=%09")),
+            "/audit?actor=bob&x=%09"
+        );
+        for bad in [
+            "//evil.example/",
+            "https://evil.example/",
+            "/\\evil.example",
+            "/\t/evil.example",
+            "/x\r\n",
+            "/\0",
+            "/\u{85}",
+            "/ x",
+            " /x",
+            "/a\\b",
+            "",
+        ] {
+            assert_eq!(safe_next(Some(bad)), "/", "{bad:?}");
+        }
         assert_eq!(safe_next(None), "/");
     }
 
