@@ -807,3 +807,51 @@ async fn no_open_redirect_after_sign_in() {
     }
     app.stop().await;
 }
+
+/// A sign-in that survives anything anonymous visitors do: more cookie-less
+/// requests than the session table ever held do not sign anyone out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_flood_does_not_sign_anyone_out() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(Some(dir.path())).await;
+    let http = app.http_addr.unwrap();
+    let mut bob = Browser::new(http);
+    assert_eq!(bob.sign_in("bob", "/").await.status, 200);
+
+    // Act: 10,050 sign-in pages, without a cookie, over one connection
+    // (the old table held 10,000 sessions).
+    let answered = flood(http, "/signin", 10_050).await;
+
+    // Assert
+    assert_eq!(answered, 10_050, "every flood request was answered");
+    let after = bob.get("/").await;
+    assert_eq!(after.status, 200, "bob is still signed in: {}", after.body);
+    app.stop().await;
+}
+
+/// Sends `n` cookie-less GETs of `path` pipelined on one keep-alive
+/// connection; returns how many were answered 200.
+async fn flood(addr: SocketAddr, path: &str, n: usize) -> usize {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let one = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let last = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let writer = tokio::spawn(async move {
+        let batch = one.repeat(100);
+        for _ in 0..(n - 1) / 100 {
+            wr.write_all(batch.as_bytes()).await.unwrap();
+        }
+        wr.write_all(one.repeat((n - 1) % 100).as_bytes())
+            .await
+            .unwrap();
+        wr.write_all(last.as_bytes()).await.unwrap();
+        wr
+    });
+    let mut raw = Vec::new();
+    rd.read_to_end(&mut raw).await.unwrap();
+    drop(writer.await.unwrap());
+    String::from_utf8_lossy(&raw)
+        .matches("HTTP/1.1 200 OK\r\n")
+        .count()
+}

@@ -648,7 +648,7 @@ impl Dashboard {
                      (1 to 128 printable ASCII characters)",
                 ));
             }
-            self.sessions.remember_actor(&visit.session.id, &actor);
+            self.sessions.remember_actor(&visit.session, &actor);
             Identity::local(actor)
         } else {
             who
