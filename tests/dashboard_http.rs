@@ -29,8 +29,15 @@ fn token(name: &str) -> &'static str {
 }
 
 fn write_token_file(dir: &Path) -> std::path::PathBuf {
+    write_token_file_without(dir, &[])
+}
+
+/// The token file of [`PEOPLE`] but `left_out`, written aside and renamed
+/// into place (as before a SIGHUP), so the server never reads half of it.
+fn write_token_file_without(dir: &Path, left_out: &[&str]) -> std::path::PathBuf {
     let text: String = PEOPLE
         .iter()
+        .filter(|(name, _, _)| !left_out.contains(name))
         .map(|(name, role, token)| {
             format!(
                 "[[tokens]]\nidentity = {name:?}\nroles = [{role:?}]\ntoken_sha256 = {:?}\n\n",
@@ -39,7 +46,9 @@ fn write_token_file(dir: &Path) -> std::path::PathBuf {
         })
         .collect();
     let path = dir.join("tokens.toml");
-    std::fs::write(&path, text).unwrap();
+    let aside = dir.join("tokens.toml.new");
+    std::fs::write(&aside, text).unwrap();
+    std::fs::rename(&aside, &path).unwrap();
     path
 }
 
@@ -854,4 +863,118 @@ async fn flood(addr: SocketAddr, path: &str, n: usize) -> usize {
     String::from_utf8_lossy(&raw)
         .matches("HTTP/1.1 200 OK\r\n")
         .count()
+}
+
+/// A token removed from the token file (SIGHUP) ends the streams opened
+/// with it: WatchTransitions with UNAUTHENTICATED before any later event,
+/// the dashboard's `/events` by closing.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_token_ends_open_streams() {
+    // Arrange. This process listens for SIGHUP itself too, so the signal can
+    // never take its default action (ending the test binary).
+    let _hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .expect("listen for SIGHUP");
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(Some(dir.path())).await;
+    let http = app.http_addr.unwrap();
+    let mut ada = grpc(&app, "ada", true).await;
+    ada.create_model(pb::CreateModelRequest {
+        name: "fraud".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut rita = grpc(&app, "rita", true).await;
+    let mut watch = rita
+        .watch_transitions(pb::WatchTransitionsRequest::default())
+        .await
+        .expect("rita may watch")
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert!(
+        matches!(
+            first.kind,
+            Some(pb::watch_transitions_response::Kind::Heartbeat(_))
+        ),
+        "the stream opens with a heartbeat: {first:?}"
+    );
+    let mut browser = Browser::new(http);
+    assert_eq!(browser.sign_in("rita", "/").await.status, 200);
+    let mut sse = tokio::net::TcpStream::connect(http).await.unwrap();
+    let req = format!(
+        "GET /events HTTP/1.1\r\nHost: {http}\r\nCookie: modelreg_session={}\r\nConnection: close\r\n\r\n",
+        browser.cookie.as_deref().unwrap()
+    );
+    sse.write_all(req.as_bytes()).await.unwrap();
+    let opened = read_until(&mut sse, ": heartbeat").await;
+    assert!(opened.starts_with("HTTP/1.1 200"), "{opened}");
+
+    // Act: rita's token leaves the file; then alice causes an event.
+    write_token_file_without(dir.path(), &["rita"]);
+    let hup = std::process::Command::new("sh")
+        .args(["-c", "kill -HUP \"$1\"", "sh"])
+        .arg(std::process::id().to_string())
+        .status()
+        .expect("run sh");
+    assert!(hup.success());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let probe = rita.list_models(pb::ListModelsRequest::default()).await;
+        match probe {
+            Err(s) if s.code() == tonic::Code::Unauthenticated => break,
+            Ok(_) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the token file was never reloaded"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(s) => panic!("unexpected {s:?}"),
+        }
+    }
+    let mut alice = grpc(&app, "alice", true).await;
+    let v1 = register(&mut alice, "fraud", pb::Stage::None).await;
+    assert_eq!(v1.version, 1);
+
+    // Assert: the gRPC stream ends UNAUTHENTICATED, without the event.
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(m)) => {
+                    if let Some(pb::watch_transitions_response::Kind::Event(e)) = m.kind {
+                        panic!("a revoked token's stream delivered {e:?}");
+                    }
+                }
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the revoked token's watch stream stayed open");
+    assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
+
+    // Assert: the SSE response ends (the connection closes) without the event.
+    let mut rest = String::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let n = sse.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            rest.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await;
+    assert!(
+        !rest.contains("VERSION_REGISTERED"),
+        "a revoked token's /events delivered the event: {rest}"
+    );
+    assert!(
+        closed.is_ok(),
+        "the revoked token's /events stayed open: {rest}"
+    );
+    app.stop().await;
 }

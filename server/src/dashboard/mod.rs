@@ -34,7 +34,7 @@ use modelreg_api::v1::model_registry_service_server::ModelRegistryService;
 use tokio_stream::StreamExt;
 use tonic::{Code, Status};
 
-use crate::auth::{self, Identity, Role, TokenStore};
+use crate::auth::{self, Credential, Identity, Role, TokenStore};
 use crate::service::RegistryService;
 use session::{Session, Sessions};
 
@@ -199,10 +199,7 @@ impl Dashboard {
                 let target = format!("/signin?next={}", encode_component(next));
                 return Ok(redirect(&target));
             }
-            return Err(Failure::new(
-                StatusCode::UNAUTHORIZED,
-                "sign in first: your session has ended or the token was revoked",
-            ));
+            return Err(signed_out());
         };
         let segments: Vec<String> = path
             .trim_start_matches('/')
@@ -224,7 +221,7 @@ impl Dashboard {
                 self.decide(req, visit, who, id).await
             }
             ["audit"] if is_get => self.audit_page(&who, page, &query).await,
-            ["events"] if is_get => self.events(&who, req.headers(), &query).await,
+            ["events"] if is_get => self.events(&who, visit, req.headers(), &query).await,
             ["" | "requests" | "audit" | "events"] | ["models" | "requests", _] => {
                 Err(not_allowed("GET"))
             }
@@ -241,6 +238,23 @@ impl Dashboard {
     async fn call<T, R, F, Fut>(
         &self,
         who: &Identity,
+        method: &str,
+        msg: T,
+        f: F,
+    ) -> Result<R, Status>
+    where
+        F: FnOnce(RegistryService, tonic::Request<T>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        self.call_holding(who, None, method, msg, f).await
+    }
+
+    /// [`Dashboard::call`] with the visitor's bearer token, for a call that
+    /// outlives its first check (a stream ends when the token is revoked).
+    async fn call_holding<T, R, F, Fut>(
+        &self,
+        who: &Identity,
+        credential: Option<Credential>,
         method: &str,
         msg: T,
         f: F,
@@ -266,6 +280,9 @@ impl Dashboard {
             req.metadata_mut().insert(ACTOR_HEADER, name);
         }
         req.extensions_mut().insert(who.clone());
+        if let Some(credential) = credential {
+            req.extensions_mut().insert(credential);
+        }
         f(self.service.clone(), req)
             .await
             .map(tonic::Response::into_inner)
@@ -861,13 +878,22 @@ impl Dashboard {
 
     /// `/events`: server-sent events fed by WatchTransitions, so a page
     /// learns that something it shows changed. Resumes after `Last-Event-ID`
-    /// (the browser sends it on reconnect) or `after`.
+    /// (the browser sends it on reconnect) or `after`. Ends when the
+    /// session's token leaves the token file, like a gRPC stream.
     async fn events(
         &self,
         who: &Identity,
+        visit: &Visit,
         headers: &HeaderMap,
         query: &HashMap<String, String>,
     ) -> Result<Response<Body>, Failure> {
+        let credential = match (&self.tokens, visit.session.token.as_deref()) {
+            (Some(tokens), Some(token)) => match tokens.authenticate(token) {
+                Some((_, credential)) => Some(credential),
+                None => return Err(signed_out()),
+            },
+            _ => None,
+        };
         let resume = headers
             .get("last-event-id")
             .and_then(|v| v.to_str().ok())
@@ -891,9 +917,13 @@ impl Dashboard {
             after_sequence: Some(after),
         };
         let stream = self
-            .call(who, "WatchTransitions", req, |s, r| async move {
-                s.watch_transitions(r).await
-            })
+            .call_holding(
+                who,
+                credential,
+                "WatchTransitions",
+                req,
+                |s, r| async move { s.watch_transitions(r).await },
+            )
             .await?;
         let opening = tokio_stream::once(Bytes::from_static(b"retry: 3000\n\n"));
         let items = stream
@@ -971,6 +1001,13 @@ fn roles(who: &Identity) -> String {
 /// Whether `who` may decide on requests at all.
 pub fn may_decide(who: &Identity) -> bool {
     who.has(Role::Approver)
+}
+
+fn signed_out() -> Failure {
+    Failure::new(
+        StatusCode::UNAUTHORIZED,
+        "sign in first: your session has ended or the token was revoked",
+    )
 }
 
 fn not_allowed(allow: &'static str) -> Failure {
