@@ -178,12 +178,19 @@ impl Answer {
 /// A browser's worth of HTTP/1.1: one cookie jar, `Connection: close`.
 struct Browser {
     addr: SocketAddr,
+    /// The `Host` (and `Origin`) it sends: the address unless a test says
+    /// otherwise; empty sends no `Host` at all.
+    host: String,
     cookie: Option<String>,
 }
 
 impl Browser {
     fn new(addr: SocketAddr) -> Browser {
-        Browser { addr, cookie: None }
+        Browser {
+            addr,
+            host: addr.to_string(),
+            cookie: None,
+        }
     }
 
     async fn get(&mut self, path: &str) -> Answer {
@@ -192,7 +199,7 @@ impl Browser {
 
     /// POSTs a form from this site's pages (Origin of this host).
     async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Answer {
-        let origin = format!("http://{}", self.addr);
+        let origin = format!("http://{}", self.host);
         self.post_from(path, form, Some(&origin)).await
     }
 
@@ -225,10 +232,10 @@ impl Browser {
         extra: &[(String, String)],
     ) -> Answer {
         let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
-            self.addr
-        );
+        let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+        if !self.host.is_empty() {
+            head.push_str(&format!("Host: {}\r\n", self.host));
+        }
         if let Some(c) = &self.cookie {
             head.push_str(&format!("Cookie: modelreg_session={c}\r\n"));
         }
@@ -977,4 +984,118 @@ async fn revoked_token_ends_open_streams() {
         "the revoked token's /events stayed open: {rest}"
     );
     app.stop().await;
+}
+
+/// Local mode answers only requests addressed to this machine: a page whose
+/// name re-binds to 127.0.0.1 (DNS rebinding) sends its own name as `Host`
+/// and is refused with 421 before anything is read or written, on every
+/// path; loopback names and `--public-url`'s host are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_rebinding_host_is_refused_in_local_mode() {
+    // Arrange
+    let app = start(None).await;
+    arrange(&app, false).await;
+    let http = app.http_addr.unwrap();
+    let port = http.port();
+    let mut c = app.client_as("tester").await;
+    let mut home = Browser::new(http);
+    let csrf = home.get("/requests/fraud:2").await.csrf();
+    let before = event_count(&mut c).await;
+    let decide = "/requests/fraud:2/decide";
+    // A complete form, which would be recorded if it got through.
+    let form = [
+        ("decision", "reject"),
+        ("csrf", &csrf),
+        ("actor", "mallory"),
+        ("comment", "re-bound"),
+    ];
+
+    for host in [
+        format!("evil.example:{port}"),
+        "evil.example".to_owned(),
+        format!("127.0.0.1.evil.example:{port}"),
+        format!("localhost.evil.example:{port}"),
+        format!("0.0.0.0:{port}"),
+        format!("127.0.0.1:{}", port.wrapping_add(1).max(1)),
+        format!("localhost:{port}0"),
+        String::new(),
+    ] {
+        // Act: the rebinding page's requests, with the session's cookie
+        // (the worst case: a browser that sent it).
+        let mut evil = Browser::new(http);
+        evil.host = host.clone();
+        evil.cookie = home.cookie.clone();
+        let page = evil.get("/requests/fraud:2").await;
+        let post = evil.post(decide, &form).await;
+
+        // Assert
+        assert_eq!(page.status, 421, "GET with Host {host:?}: {}", page.body);
+        assert!(!page.body.contains(&csrf), "the CSRF token leaked");
+        assert_eq!(post.status, 421, "POST with Host {host:?}: {}", post.body);
+        for path in ["/", "/events", "/metrics", "/signin", "/audit"] {
+            assert_eq!(
+                evil.get(path).await.status,
+                421,
+                "{path} with Host {host:?}"
+            );
+        }
+    }
+    assert_eq!(event_count(&mut c).await, before, "nothing was written");
+    assert_eq!(
+        request_status(&mut c, "fraud:2").await,
+        pb::TransitionRequestStatus::Pending as i32
+    );
+
+    // Loopback names of this listener work, with its port or none.
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("LocalHost:{port}"),
+        "localhost".to_owned(),
+        format!("127.1.2.3:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        let mut local = Browser::new(http);
+        local.host = host.clone();
+        let page = local.get("/requests/fraud:2").await;
+        assert_eq!(page.status, 200, "Host {host:?}: {}", page.body);
+        assert_eq!(local.get("/metrics").await.status, 200, "Host {host:?}");
+    }
+    let mut local = Browser::new(http);
+    local.host = format!("localhost:{port}");
+    let csrf = local.get("/requests/fraud:2").await.csrf();
+    let done = local
+        .post(
+            decide,
+            &[
+                ("decision", "reject"),
+                ("csrf", &csrf),
+                ("actor", "carol"),
+                ("comment", "from localhost"),
+            ],
+        )
+        .await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    app.stop().await;
+
+    // With --public-url, its host is served too (and still nothing else).
+    let public = spawn_app_with(&TestDb::sqlite(), |s| {
+        s.http_listen = HttpListen::On("127.0.0.1:0".parse().unwrap());
+        s.public_url =
+            Some(modelreg_server::settings::parse_public_url("http://registry.test").unwrap());
+    })
+    .await;
+    let mut proxied = Browser::new(public.http_addr.unwrap());
+    for (host, status) in [
+        ("registry.test", 200),
+        ("registry.test:80", 200),
+        ("REGISTRY.test", 200),
+        ("registry.test:8080", 421),
+        ("evil.example", 421),
+    ] {
+        proxied.host = host.to_owned();
+        let page = proxied.get("/").await;
+        assert_eq!(page.status, status, "Host {host:?}: {}", page.body);
+    }
+    public.stop().await;
 }
