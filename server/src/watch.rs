@@ -287,7 +287,7 @@ where
     let open = OpenStream::new();
     tokio::spawn(async move {
         let _open = open;
-        let mut credential = sub.credential.clone();
+        let mut credential = sub.credential;
         let position = tail.watchers.register(sub.after);
         let mut tail_end = tail.subscribe();
         // The first catch-up reaches at least what was committed when the
