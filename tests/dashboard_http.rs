@@ -29,8 +29,15 @@ fn token(name: &str) -> &'static str {
 }
 
 fn write_token_file(dir: &Path) -> std::path::PathBuf {
+    write_token_file_without(dir, &[])
+}
+
+/// The token file of [`PEOPLE`] but `left_out`, written aside and renamed
+/// into place (as before a SIGHUP), so the server never reads half of it.
+fn write_token_file_without(dir: &Path, left_out: &[&str]) -> std::path::PathBuf {
     let text: String = PEOPLE
         .iter()
+        .filter(|(name, _, _)| !left_out.contains(name))
         .map(|(name, role, token)| {
             format!(
                 "[[tokens]]\nidentity = {name:?}\nroles = [{role:?}]\ntoken_sha256 = {:?}\n\n",
@@ -39,7 +46,9 @@ fn write_token_file(dir: &Path) -> std::path::PathBuf {
         })
         .collect();
     let path = dir.join("tokens.toml");
-    std::fs::write(&path, text).unwrap();
+    let aside = dir.join("tokens.toml.new");
+    std::fs::write(&aside, text).unwrap();
+    std::fs::rename(&aside, &path).unwrap();
     path
 }
 
@@ -169,12 +178,19 @@ impl Answer {
 /// A browser's worth of HTTP/1.1: one cookie jar, `Connection: close`.
 struct Browser {
     addr: SocketAddr,
+    /// The `Host` (and `Origin`) it sends: the address unless a test says
+    /// otherwise; empty sends no `Host` at all.
+    host: String,
     cookie: Option<String>,
 }
 
 impl Browser {
     fn new(addr: SocketAddr) -> Browser {
-        Browser { addr, cookie: None }
+        Browser {
+            addr,
+            host: addr.to_string(),
+            cookie: None,
+        }
     }
 
     async fn get(&mut self, path: &str) -> Answer {
@@ -183,7 +199,7 @@ impl Browser {
 
     /// POSTs a form from this site's pages (Origin of this host).
     async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Answer {
-        let origin = format!("http://{}", self.addr);
+        let origin = format!("http://{}", self.host);
         self.post_from(path, form, Some(&origin)).await
     }
 
@@ -216,10 +232,10 @@ impl Browser {
         extra: &[(String, String)],
     ) -> Answer {
         let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
-            self.addr
-        );
+        let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+        if !self.host.is_empty() {
+            head.push_str(&format!("Host: {}\r\n", self.host));
+        }
         if let Some(c) = &self.cookie {
             head.push_str(&format!("Cookie: modelreg_session={c}\r\n"));
         }
@@ -682,4 +698,404 @@ async fn read_until(stream: &mut tokio::net::TcpStream, needle: &str) -> String 
         panic!("gave up waiting for {needle:?}");
     }
     text
+}
+
+/// Sign-in targets (`next`) that must never take the browser off this site:
+/// each is answered with `Location: /`. Part of the standing bad-input
+/// campaign: add to it, never remove. Browsers strip tabs and newlines from
+/// URLs, trim leading C0 controls and spaces, and read `\` as `/`, so each
+/// of these could otherwise become `//evil.example`.
+const OFF_SITE_TARGETS: &[&str] = &[
+    // The reported case: `next=%2F%09%2Fevil.example%2Fphish`, decoded.
+    "/\t/evil.example/phish",
+    "/\t\t/evil.example",
+    "/\r/evil.example",
+    "/\n/evil.example",
+    "/\r\n/evil.example",
+    "/\0/evil.example",
+    "/\x0b/evil.example",
+    "/\x0c/evil.example",
+    "/\x1b/evil.example",
+    "/\x7f/evil.example",
+    "/\u{85}/evil.example",
+    "/\u{2028}/evil.example",
+    "/ /evil.example",
+    "/\r\nSet-Cookie: modelreg_session=planted",
+    // Controls and spaces before the slashes.
+    "\t//evil.example",
+    "\n//evil.example",
+    "\0//evil.example",
+    " //evil.example",
+    " /evil.example",
+    // Scheme-relative.
+    "//evil.example",
+    "//evil.example/phish",
+    "///evil.example",
+    "////evil.example",
+    "//\tevil.example",
+    "//127.0.0.1@evil.example",
+    // Backslashes, which browsers read as slashes.
+    "/\\evil.example",
+    "/\\/evil.example",
+    "/\\\\evil.example",
+    "\\\\evil.example",
+    "\\/evil.example",
+    "\\evil.example",
+    "/requests\\..\\..\\\\evil.example",
+    // Absolute URLs and other schemes.
+    "https://evil.example/phish",
+    "http://evil.example",
+    "HTTPS://evil.example",
+    "http:evil.example",
+    "https:/evil.example",
+    "http:\\\\evil.example",
+    "javascript:alert(document.domain)",
+    "JaVaScRiPt:alert(1)",
+    "data:text/html,<script>alert(1)</script>",
+    // Not path-absolute at all.
+    "evil.example",
+    "evil.example/phish",
+    "%2F%2Fevil.example",
+    "",
+    "\u{ff0f}\u{ff0f}evil.example",
+    "/\u{ff0f}evil.example",
+];
+
+/// Sign-in targets that are paths of this site, which sign-in must keep.
+const ON_SITE_TARGETS: &[&str] = &[
+    "/",
+    "/requests/fraud:2",
+    "/models/fraud?metric=auc",
+    "/audit?model=fraud&actor=bob",
+    // Escaped text stays text: still a path here.
+    "/%09/evil.example",
+    "/%2F%2Fevil.example",
+    "/%5Cevil.example",
+    "/@evil.example",
+];
+
+/// The value of the sign-in form's hidden `next` field.
+fn next_field(page: &Answer) -> String {
+    let at = page
+        .body
+        .find("name=\"next\" value=\"")
+        .unwrap_or_else(|| panic!("no next field on the page:\n{}", page.body));
+    let rest = &page.body[at + 19..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+/// Sign-in sends the browser to `next` only when it is a path of this site
+/// (one leading `/`, visible ASCII, no backslash); every other target, from
+/// the query or the form, becomes `/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_open_redirect_after_sign_in() {
+    // Arrange
+    let app = start(None).await;
+    let mut b = Browser::new(app.http_addr.unwrap());
+
+    for target in OFF_SITE_TARGETS {
+        // Act
+        let form = b.get(&format!("/signin?next={}", encode(target))).await;
+        assert_eq!(form.status, 200, "{target:?}: {}", form.body);
+        let csrf = form.csrf();
+        let done = b
+            .post(
+                "/signin",
+                &[("csrf", &csrf), ("next", target), ("actor", "carol")],
+            )
+            .await;
+
+        // Assert
+        assert_eq!(next_field(&form), "/", "the form kept {target:?}");
+        assert_eq!(done.status, 303, "{target:?}: {}", done.body);
+        assert_eq!(done.header("location"), "/", "signed in towards {target:?}");
+    }
+    for target in ON_SITE_TARGETS {
+        let form = b.get(&format!("/signin?next={}", encode(target))).await;
+        let done = b
+            .post(
+                "/signin",
+                &[("csrf", &form.csrf()), ("next", target), ("actor", "carol")],
+            )
+            .await;
+        assert_eq!(done.status, 303, "{target:?}: {}", done.body);
+        assert_eq!(done.header("location"), *target, "a path of this site");
+    }
+    app.stop().await;
+}
+
+/// A sign-in that survives anything anonymous visitors do: more cookie-less
+/// requests than the session table ever held do not sign anyone out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_flood_does_not_sign_anyone_out() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(Some(dir.path())).await;
+    let http = app.http_addr.unwrap();
+    let mut bob = Browser::new(http);
+    assert_eq!(bob.sign_in("bob", "/").await.status, 200);
+
+    // Act: 10,050 sign-in pages, without a cookie, over one connection
+    // (the old table held 10,000 sessions).
+    let answered = flood(http, "/signin", 10_050).await;
+
+    // Assert
+    assert_eq!(answered, 10_050, "every flood request was answered");
+    let after = bob.get("/").await;
+    assert_eq!(after.status, 200, "bob is still signed in: {}", after.body);
+    app.stop().await;
+}
+
+/// Sends `n` cookie-less GETs of `path` pipelined on one keep-alive
+/// connection; returns how many were answered 200.
+async fn flood(addr: SocketAddr, path: &str, n: usize) -> usize {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let one = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let last = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let writer = tokio::spawn(async move {
+        let batch = one.repeat(100);
+        for _ in 0..(n - 1) / 100 {
+            wr.write_all(batch.as_bytes()).await.unwrap();
+        }
+        wr.write_all(one.repeat((n - 1) % 100).as_bytes())
+            .await
+            .unwrap();
+        wr.write_all(last.as_bytes()).await.unwrap();
+        wr
+    });
+    let mut raw = Vec::new();
+    rd.read_to_end(&mut raw).await.unwrap();
+    drop(writer.await.unwrap());
+    String::from_utf8_lossy(&raw)
+        .matches("HTTP/1.1 200 OK\r\n")
+        .count()
+}
+
+/// A token removed from the token file (SIGHUP) ends the streams opened
+/// with it: WatchTransitions with UNAUTHENTICATED before any later event,
+/// the dashboard's `/events` by closing.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_token_ends_open_streams() {
+    // Arrange. This process listens for SIGHUP itself too, so the signal can
+    // never take its default action (ending the test binary).
+    let _hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .expect("listen for SIGHUP");
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(Some(dir.path())).await;
+    let http = app.http_addr.unwrap();
+    let mut ada = grpc(&app, "ada", true).await;
+    ada.create_model(pb::CreateModelRequest {
+        name: "fraud".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut rita = grpc(&app, "rita", true).await;
+    let mut watch = rita
+        .watch_transitions(pb::WatchTransitionsRequest::default())
+        .await
+        .expect("rita may watch")
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert!(
+        matches!(
+            first.kind,
+            Some(pb::watch_transitions_response::Kind::Heartbeat(_))
+        ),
+        "the stream opens with a heartbeat: {first:?}"
+    );
+    let mut browser = Browser::new(http);
+    assert_eq!(browser.sign_in("rita", "/").await.status, 200);
+    let mut sse = tokio::net::TcpStream::connect(http).await.unwrap();
+    let req = format!(
+        "GET /events HTTP/1.1\r\nHost: {http}\r\nCookie: modelreg_session={}\r\nConnection: close\r\n\r\n",
+        browser.cookie.as_deref().unwrap()
+    );
+    sse.write_all(req.as_bytes()).await.unwrap();
+    let opened = read_until(&mut sse, ": heartbeat").await;
+    assert!(opened.starts_with("HTTP/1.1 200"), "{opened}");
+
+    // Act: rita's token leaves the file; then alice causes an event.
+    write_token_file_without(dir.path(), &["rita"]);
+    let hup = std::process::Command::new("sh")
+        .args(["-c", "kill -HUP \"$1\"", "sh"])
+        .arg(std::process::id().to_string())
+        .status()
+        .expect("run sh");
+    assert!(hup.success());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let probe = rita.list_models(pb::ListModelsRequest::default()).await;
+        match probe {
+            Err(s) if s.code() == tonic::Code::Unauthenticated => break,
+            Ok(_) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the token file was never reloaded"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(s) => panic!("unexpected {s:?}"),
+        }
+    }
+    let mut alice = grpc(&app, "alice", true).await;
+    let v1 = register(&mut alice, "fraud", pb::Stage::None).await;
+    assert_eq!(v1.version, 1);
+
+    // Assert: the gRPC stream ends UNAUTHENTICATED, without the event.
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(m)) => {
+                    if let Some(pb::watch_transitions_response::Kind::Event(e)) = m.kind {
+                        panic!("a revoked token's stream delivered {e:?}");
+                    }
+                }
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the revoked token's watch stream stayed open");
+    assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
+
+    // Assert: the SSE response ends (the connection closes) without the event.
+    let mut rest = String::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let n = sse.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            rest.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await;
+    assert!(
+        !rest.contains("VERSION_REGISTERED"),
+        "a revoked token's /events delivered the event: {rest}"
+    );
+    assert!(
+        closed.is_ok(),
+        "the revoked token's /events stayed open: {rest}"
+    );
+    app.stop().await;
+}
+
+/// Local mode answers only requests addressed to this machine: a page whose
+/// name re-binds to 127.0.0.1 (DNS rebinding) sends its own name as `Host`
+/// and is refused with 421 before anything is read or written, on every
+/// path; loopback names and `--public-url`'s host are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_rebinding_host_is_refused_in_local_mode() {
+    // Arrange
+    let app = start(None).await;
+    arrange(&app, false).await;
+    let http = app.http_addr.unwrap();
+    let port = http.port();
+    let mut c = app.client_as("tester").await;
+    let mut home = Browser::new(http);
+    let csrf = home.get("/requests/fraud:2").await.csrf();
+    let before = event_count(&mut c).await;
+    let decide = "/requests/fraud:2/decide";
+    // A complete form, which would be recorded if it got through.
+    let form = [
+        ("decision", "reject"),
+        ("csrf", &csrf),
+        ("actor", "mallory"),
+        ("comment", "re-bound"),
+    ];
+
+    for host in [
+        format!("evil.example:{port}"),
+        "evil.example".to_owned(),
+        format!("127.0.0.1.evil.example:{port}"),
+        format!("localhost.evil.example:{port}"),
+        format!("0.0.0.0:{port}"),
+        format!("127.0.0.1:{}", port.wrapping_add(1).max(1)),
+        format!("localhost:{port}0"),
+        String::new(),
+    ] {
+        // Act: the rebinding page's requests, with the session's cookie
+        // (the worst case: a browser that sent it).
+        let mut evil = Browser::new(http);
+        evil.host = host.clone();
+        evil.cookie = home.cookie.clone();
+        let page = evil.get("/requests/fraud:2").await;
+        let post = evil.post(decide, &form).await;
+
+        // Assert
+        assert_eq!(page.status, 421, "GET with Host {host:?}: {}", page.body);
+        assert!(!page.body.contains(&csrf), "the CSRF token leaked");
+        assert_eq!(post.status, 421, "POST with Host {host:?}: {}", post.body);
+        for path in ["/", "/events", "/metrics", "/signin", "/audit"] {
+            assert_eq!(
+                evil.get(path).await.status,
+                421,
+                "{path} with Host {host:?}"
+            );
+        }
+    }
+    assert_eq!(event_count(&mut c).await, before, "nothing was written");
+    assert_eq!(
+        request_status(&mut c, "fraud:2").await,
+        pb::TransitionRequestStatus::Pending as i32
+    );
+
+    // Loopback names of this listener work, with its port or none.
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("LocalHost:{port}"),
+        "localhost".to_owned(),
+        format!("127.1.2.3:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        let mut local = Browser::new(http);
+        local.host = host.clone();
+        let page = local.get("/requests/fraud:2").await;
+        assert_eq!(page.status, 200, "Host {host:?}: {}", page.body);
+        assert_eq!(local.get("/metrics").await.status, 200, "Host {host:?}");
+    }
+    let mut local = Browser::new(http);
+    local.host = format!("localhost:{port}");
+    let csrf = local.get("/requests/fraud:2").await.csrf();
+    let done = local
+        .post(
+            decide,
+            &[
+                ("decision", "reject"),
+                ("csrf", &csrf),
+                ("actor", "carol"),
+                ("comment", "from localhost"),
+            ],
+        )
+        .await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    app.stop().await;
+
+    // With --public-url, its host is served too (and still nothing else).
+    let public = spawn_app_with(&TestDb::sqlite(), |s| {
+        s.http_listen = HttpListen::On("127.0.0.1:0".parse().unwrap());
+        s.public_url =
+            Some(modelreg_server::settings::parse_public_url("http://registry.test").unwrap());
+    })
+    .await;
+    let mut proxied = Browser::new(public.http_addr.unwrap());
+    for (host, status) in [
+        ("registry.test", 200),
+        ("registry.test:80", 200),
+        ("REGISTRY.test", 200),
+        ("registry.test:8080", 421),
+        ("evil.example", 421),
+    ] {
+        proxied.host = host.to_owned();
+        let page = proxied.get("/").await;
+        assert_eq!(page.status, status, "Host {host:?}: {}", page.body);
+    }
+    public.stop().await;
 }

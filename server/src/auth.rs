@@ -17,11 +17,12 @@ use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 use tonic::Status;
 use tonic::codegen::Service;
 use tonic::codegen::http;
@@ -265,13 +266,20 @@ impl TokenTable {
 
     /// The identity holding `token`, if any.
     pub fn identify(&self, token: &str) -> Option<Identity> {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.by_digest.get(&digest).map(|g| Identity {
+        self.grant(&digest_of(token))
+    }
+
+    fn grant(&self, digest: &[u8; 32]) -> Option<Identity> {
+        self.by_digest.get(digest).map(|g| Identity {
             name: g.name.clone(),
             roles: g.roles.clone(),
             local: false,
         })
     }
+}
+
+fn digest_of(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 fn role_names() -> String {
@@ -300,8 +308,9 @@ fn parse_digest(hex: &str) -> Option<[u8; 32]> {
 pub struct TokenStore {
     /// The token file, re-read by `reload`.
     path: PathBuf,
-    /// The current table; replaced whole, never edited in place.
-    table: Arc<RwLock<Arc<TokenTable>>>,
+    /// The current table; replaced whole, never edited in place. A watch
+    /// channel, so open streams ([`Credential`]) learn of every reload.
+    table: Arc<watch::Sender<Arc<TokenTable>>>,
 }
 
 impl fmt::Debug for TokenStore {
@@ -320,7 +329,7 @@ impl TokenStore {
         let table = TokenTable::load(&path)?;
         Ok(TokenStore {
             path,
-            table: Arc::new(RwLock::new(Arc::new(table))),
+            table: Arc::new(watch::Sender::new(Arc::new(table))),
         })
     }
 
@@ -334,18 +343,71 @@ impl TokenStore {
     pub fn reload(&self) -> Result<usize, TokenFileError> {
         let table = TokenTable::load(&self.path)?;
         let n = table.len();
-        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        self.table.send_replace(Arc::new(table));
         Ok(n)
     }
 
     /// The table in force now.
     pub fn current(&self) -> Arc<TokenTable> {
-        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.table.borrow().clone()
     }
 
     /// The identity holding `token` under the current table.
     pub fn identify(&self, token: &str) -> Option<Identity> {
         self.current().identify(token)
+    }
+
+    /// The identity holding `token`, and the [`Credential`] that tells a
+    /// call outliving this check (a stream) when a reload removes the token.
+    pub fn authenticate(&self, token: &str) -> Option<(Identity, Credential)> {
+        let digest = digest_of(token);
+        let tables = self.table.subscribe();
+        let identity = tables.borrow().grant(&digest)?;
+        Some((identity, Credential { digest, tables }))
+    }
+}
+
+/// A bearer token as a stream holds it: whether the token file in force
+/// still lists it. Put in a call's extensions next to its [`Identity`], so
+/// WatchTransitions (gRPC, and the dashboard's `/events` over it) can end
+/// when SIGHUP removes the token instead of serving it for ever.
+#[derive(Clone)]
+pub struct Credential {
+    /// The token's SHA-256; the token itself is not kept.
+    digest: [u8; 32],
+    /// Every table the store swaps in.
+    tables: watch::Receiver<Arc<TokenTable>>,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential").finish_non_exhaustive()
+    }
+}
+
+impl Credential {
+    /// Whether the table in force now lists the token.
+    pub fn is_valid(&self) -> bool {
+        self.tables.borrow().by_digest.contains_key(&self.digest)
+    }
+
+    /// Completes once the table in force no longer lists the token (at
+    /// once if it already does not); pends while it does. Cancel-safe.
+    pub async fn revoked(&mut self) {
+        loop {
+            if !self
+                .tables
+                .borrow_and_update()
+                .by_digest
+                .contains_key(&self.digest)
+            {
+                return;
+            }
+            if self.tables.changed().await.is_err() {
+                // The store is gone: the server is stopping, which ends streams itself.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }
 
@@ -429,8 +491,8 @@ pub struct AuthService<S> {
 enum Verdict {
     /// Not a guarded path.
     Pass,
-    /// Forward with this identity.
-    Allow(Identity),
+    /// Forward with this identity (and its token, for streams).
+    Allow(Identity, Option<Credential>),
     /// Answer with this status.
     Refuse(Status),
 }
@@ -449,7 +511,7 @@ impl<S> AuthService<S> {
                 .and_then(|v| v.to_str().ok())
                 .filter(|s| !s.is_empty())
                 .unwrap_or("anonymous");
-            return Verdict::Allow(Identity::local(name));
+            return Verdict::Allow(Identity::local(name), None);
         };
         let token = match bearer_token(req.headers()) {
             Ok(t) => t,
@@ -458,7 +520,7 @@ impl<S> AuthService<S> {
                 return Verdict::Refuse(unauthenticated(problem));
             }
         };
-        let Some(identity) = tokens.identify(token) else {
+        let Some((identity, credential)) = tokens.authenticate(token) else {
             tracing::info!(method, "call refused: unknown bearer token");
             return Verdict::Refuse(unauthenticated("unknown bearer token"));
         };
@@ -470,7 +532,7 @@ impl<S> AuthService<S> {
                 identity.name
             )));
         }
-        Verdict::Allow(identity)
+        Verdict::Allow(identity, Some(credential))
     }
 }
 
@@ -526,7 +588,7 @@ where
                 // and streaming clients alike see the code at call time.
                 return Box::pin(std::future::ready(Ok(status.into_http())));
             }
-            Verdict::Allow(identity) => {
+            Verdict::Allow(identity, credential) => {
                 if !identity.local {
                     // Nothing downstream may read a self-declared name when
                     // the caller proved who it is.
@@ -536,6 +598,9 @@ where
                     };
                 }
                 req.extensions_mut().insert(identity);
+                if let Some(credential) = credential {
+                    req.extensions_mut().insert(credential);
+                }
             }
         }
         // The clone is not the instance `poll_ready` readied; swap them.
@@ -675,6 +740,30 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(store.reload().unwrap_err().0.contains("cannot read"));
         assert_eq!(store.identify("world").unwrap().name, "bob");
+    }
+
+    /// A credential stays valid across reloads that keep its token and
+    /// reports the first reload that drops it.
+    #[tokio::test]
+    async fn credentials_learn_of_revocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.toml");
+        let both = entry("alice", r#"["reader"]"#, HASH_A) + &entry("bob", r#"["admin"]"#, HASH_B);
+        std::fs::write(&path, &both).unwrap();
+        let store = TokenStore::open(&path).unwrap();
+        assert!(store.authenticate("nobody").is_none());
+        let (alice, mut credential) = store.authenticate("hello").unwrap();
+        assert_eq!(alice.name, "alice");
+
+        store.reload().unwrap();
+        assert!(credential.is_valid(), "a reload that keeps the token");
+        std::fs::write(&path, entry("bob", r#"["admin"]"#, HASH_B)).unwrap();
+        store.reload().unwrap();
+        assert!(!credential.is_valid());
+        let bound = std::time::Duration::from_secs(30);
+        tokio::time::timeout(bound, credential.revoked())
+            .await
+            .expect("revoked() completes once the token is gone");
     }
 
     /// Every method named in the role table maps to its role; others need admin.

@@ -23,7 +23,7 @@
 //! - [`auth`]: bearer tokens, roles, and the layer that checks them before
 //!   any handler runs (local mode without a token file, loopback only).
 //! - [`http`]: the HTTP listener (`--http-listen`) serving `/metrics` and
-//!   the dashboard.
+//!   the dashboard, to loopback names and `--public-url`'s host only.
 //! - [`dashboard`]: the approval dashboard: server-rendered pages, sign-in,
 //!   CSRF-checked Approve/Reject through the service, live refresh by SSE.
 //! - [`metrics`]: the Prometheus series and the layer that counts gRPC calls.
@@ -247,10 +247,16 @@ impl Application {
         let metrics = metrics::Metrics::new(store.clone(), service.watchers());
         let http_task = http.map(|h| {
             tracing::info!(address = %h.addr, tls = h.tls.is_some(), "serving the dashboard and /metrics over HTTP");
+            let hosts = http::AllowedHosts::new(
+                h.addr.port(),
+                settings.public_url.clone(),
+                tokens.is_none(),
+            );
             tokio::spawn(http::serve(
                 h.listener,
                 h.tls,
                 tokens.clone(),
+                hosts,
                 metrics.clone(),
                 service.clone(),
                 stop_rx,

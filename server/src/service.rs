@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::auth::{Identity, Role};
+use crate::auth::{Credential, Identity, Role};
 use crate::convert::{
     self, comparison_to_pb, deployment_to_pb, evaluation_set_to_pb, evaluation_to_pb, event_to_pb,
     model_to_pb, request_to_pb, version_to_pb,
@@ -1320,6 +1320,8 @@ impl ModelRegistryService for RegistryService {
         &self,
         req: Request<pb::WatchTransitionsRequest>,
     ) -> Result<Response<Self::WatchTransitionsStream>, Status> {
+        // The caller's token, so the stream ends when a reload revokes it.
+        let credential = req.extensions().get::<Credential>().cloned();
         let r = req.into_inner();
         let mut v = Violations::default();
         let mut filter = EventFilter::default();
@@ -1365,6 +1367,7 @@ impl ModelRegistryService for RegistryService {
                 filter,
                 after,
                 heartbeat: self.heartbeat,
+                credential,
             },
             self.shutdown.clone(),
             |item| pb::WatchTransitionsResponse {

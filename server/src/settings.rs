@@ -79,6 +79,15 @@ pub struct Settings {
     )]
     pub tls_key: Option<PathBuf>,
 
+    /// The URL people open the dashboard at when it is not a loopback
+    /// address, e.g. `https://registry.example.com` behind a proxy. In local
+    /// mode the HTTP listener answers only requests whose `Host` is a
+    /// loopback name or address with its own port, or this URL's host (DNS
+    /// rebinding); with a token file, dashboard pages follow the same rule
+    /// once this is set.
+    #[arg(long, env = "MODELREG_PUBLIC_URL", value_name = "URL", value_parser = parse_public_url)]
+    pub public_url: Option<PublicUrl>,
+
     /// How often the policy engine applies the models' archival policies
     /// (archiving passed-over candidates, watching live metrics), e.g. `60s`,
     /// `5m`. Every replica may run it: each action is taken once.
@@ -104,8 +113,48 @@ impl Settings {
         // Parallel tests must never fight over port 8080; a test that wants
         // the HTTP listener asks for 127.0.0.1:0.
         s.http_listen = HttpListen::Off;
+        s.public_url = None;
         s
     }
+}
+
+/// `--public-url`: where the dashboard is served from, as the browser sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicUrl {
+    /// The host name or address, lowercase (an IPv6 address in brackets).
+    pub host: String,
+    /// The port the browser connects to (the scheme's default when the URL has none).
+    pub port: u16,
+    /// The port a browser leaves out of `Host`: 443 for https, 80 for http.
+    pub default_port: u16,
+}
+
+/// Parses an `http://` or `https://` URL with a host, an optional port, and
+/// no path, query or credentials.
+pub fn parse_public_url(raw: &str) -> Result<PublicUrl, String> {
+    let bad = |why: &str| format!("{raw:?} {why}: give a URL like https://registry.example.com");
+    let uri: hyper::Uri = raw.trim().parse().map_err(|_| bad("is not a URL"))?;
+    let default_port = match uri.scheme_str() {
+        Some("https") => 443,
+        Some("http") => 80,
+        _ => return Err(bad("is not an http or https URL")),
+    };
+    let authority = uri.authority().ok_or_else(|| bad("has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad("must not hold credentials"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(bad("must not have a path or query"));
+    }
+    let host = authority.host().to_ascii_lowercase();
+    if host.is_empty() {
+        return Err(bad("has no host"));
+    }
+    Ok(PublicUrl {
+        host,
+        port: authority.port_u16().unwrap_or(default_port),
+        default_port,
+    })
 }
 
 /// Where the HTTP listener (dashboard, `/metrics`) listens, if anywhere.
@@ -176,6 +225,24 @@ mod tests {
         );
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("ten").is_err());
+    }
+
+    #[test]
+    fn public_urls_name_a_host_and_port() {
+        let url = parse_public_url("https://Registry.Example.com").unwrap();
+        assert_eq!((url.host.as_str(), url.port), ("registry.example.com", 443));
+        let url = parse_public_url("http://[::1]:8080/").unwrap();
+        assert_eq!((url.host.as_str(), url.port), ("[::1]", 8080));
+        for bad in [
+            "registry.example.com",
+            "ftp://registry.example.com",
+            "https://registry.example.com/dashboard",
+            "https://registry.example.com/?x=1",
+            "https://user:pw@registry.example.com",
+            "https://",
+        ] {
+            assert!(parse_public_url(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -14,6 +14,10 @@
 //! A subscriber that stops reading fills its small channel and its task waits
 //! on the send; writers never wait for it and the server keeps at most one
 //! page of events for it. It must not hold events in memory beyond that.
+//!
+//! A subscriber that authenticated with a bearer token ends with
+//! `UNAUTHENTICATED` once a reload of the token file removes the token, and
+//! is sent nothing committed after that reload.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -24,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
+use crate::auth::Credential;
 use crate::domain::{Event, EventFilter};
 use crate::store::Store;
 
@@ -142,6 +147,9 @@ pub struct Subscription {
     pub after: u64,
     /// How often to send a heartbeat while idle.
     pub heartbeat: Duration,
+    /// The subscriber's bearer token, when it has one: the stream ends
+    /// when the token file in force no longer lists it.
+    pub credential: Option<Credential>,
 }
 
 /// The most recent committed events, shared by every subscriber of this server.
@@ -279,6 +287,7 @@ where
     let open = OpenStream::new();
     tokio::spawn(async move {
         let _open = open;
+        let mut credential = sub.credential;
         let position = tail.watchers.register(sub.after);
         let mut tail_end = tail.subscribe();
         // The first catch-up reaches at least what was committed when the
@@ -292,6 +301,10 @@ where
         loop {
             if *shutdown.borrow() {
                 end_with_unavailable(&tx).await;
+                return;
+            }
+            if !still_valid(&credential) {
+                end_with_unauthenticated(&tx).await;
                 return;
             }
             // Everything up to `end` is committed: the tail holds only committed events.
@@ -317,6 +330,12 @@ where
                         }
                     }
                 };
+                // Checked after reading: an event committed after the reload
+                // that removed the token is in this page only if the check fails.
+                if !still_valid(&credential) {
+                    end_with_unauthenticated(&tx).await;
+                    return;
+                }
                 for event in page {
                     tokio::select! {
                         sent = tx.send(Ok(convert(WatchItem::Event(event)))) => {
@@ -334,6 +353,10 @@ where
             if !caught_up_once {
                 // Tells the subscriber where it stands, even on a quiet log.
                 caught_up_once = true;
+                if !still_valid(&credential) {
+                    end_with_unauthenticated(&tx).await;
+                    return;
+                }
                 if tx
                     .send(Ok(convert(WatchItem::Heartbeat(cursor))))
                     .await
@@ -350,9 +373,17 @@ where
                     }
                 }
                 _ = ticker.tick() => {
+                    if !still_valid(&credential) {
+                        end_with_unauthenticated(&tx).await;
+                        return;
+                    }
                     if tx.send(Ok(convert(WatchItem::Heartbeat(cursor)))).await.is_err() {
                         return;
                     }
+                }
+                _ = revoked(&mut credential) => {
+                    end_with_unauthenticated(&tx).await;
+                    return;
                 }
                 stopped = shutdown.changed() => {
                     if stopped.is_err() {
@@ -367,9 +398,37 @@ where
     ReceiverStream::new(rx)
 }
 
-/// Ends a stream with `UNAVAILABLE` so clients know to resume. A subscriber
-/// that is not reading gets a moment for room in its channel, then is dropped.
+/// Ends a stream with `UNAVAILABLE` so clients know to resume.
 async fn end_with_unavailable<T>(tx: &mpsc::Sender<Result<T, Status>>) {
     let status = Status::unavailable("the server is shutting down; resume from your last sequence");
+    end_with(tx, status).await;
+}
+
+/// Ends a stream whose bearer token was revoked.
+async fn end_with_unauthenticated<T>(tx: &mpsc::Sender<Result<T, Status>>) {
+    tracing::info!("watch stream ended: its bearer token left the token file");
+    let status = Status::unauthenticated(
+        "the bearer token of this stream was removed from the server's token file; \
+         resume from your last sequence with a valid token",
+    );
+    end_with(tx, status).await;
+}
+
+/// Sends the last status. A subscriber that is not reading gets a moment
+/// for room in its channel, then is dropped.
+async fn end_with<T>(tx: &mpsc::Sender<Result<T, Status>>, status: Status) {
     let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Err(status))).await;
+}
+
+/// Whether the subscriber's token (if it has one) is still in force.
+fn still_valid(credential: &Option<Credential>) -> bool {
+    credential.as_ref().is_none_or(Credential::is_valid)
+}
+
+/// Completes when the subscriber's token is revoked; never without one.
+async fn revoked(credential: &mut Option<Credential>) {
+    match credential {
+        Some(c) => c.revoked().await,
+        None => std::future::pending().await,
+    }
 }

@@ -34,7 +34,7 @@ use modelreg_api::v1::model_registry_service_server::ModelRegistryService;
 use tokio_stream::StreamExt;
 use tonic::{Code, Status};
 
-use crate::auth::{self, Identity, Role, TokenStore};
+use crate::auth::{self, Credential, Identity, Role, TokenStore};
 use crate::service::RegistryService;
 use session::{Session, Sessions};
 
@@ -199,10 +199,7 @@ impl Dashboard {
                 let target = format!("/signin?next={}", encode_component(next));
                 return Ok(redirect(&target));
             }
-            return Err(Failure::new(
-                StatusCode::UNAUTHORIZED,
-                "sign in first: your session has ended or the token was revoked",
-            ));
+            return Err(signed_out());
         };
         let segments: Vec<String> = path
             .trim_start_matches('/')
@@ -224,7 +221,7 @@ impl Dashboard {
                 self.decide(req, visit, who, id).await
             }
             ["audit"] if is_get => self.audit_page(&who, page, &query).await,
-            ["events"] if is_get => self.events(&who, req.headers(), &query).await,
+            ["events"] if is_get => self.events(&who, visit, req.headers(), &query).await,
             ["" | "requests" | "audit" | "events"] | ["models" | "requests", _] => {
                 Err(not_allowed("GET"))
             }
@@ -241,6 +238,23 @@ impl Dashboard {
     async fn call<T, R, F, Fut>(
         &self,
         who: &Identity,
+        method: &str,
+        msg: T,
+        f: F,
+    ) -> Result<R, Status>
+    where
+        F: FnOnce(RegistryService, tonic::Request<T>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        self.call_holding(who, None, method, msg, f).await
+    }
+
+    /// [`Dashboard::call`] with the visitor's bearer token, for a call that
+    /// outlives its first check (a stream ends when the token is revoked).
+    async fn call_holding<T, R, F, Fut>(
+        &self,
+        who: &Identity,
+        credential: Option<Credential>,
         method: &str,
         msg: T,
         f: F,
@@ -266,6 +280,9 @@ impl Dashboard {
             req.metadata_mut().insert(ACTOR_HEADER, name);
         }
         req.extensions_mut().insert(who.clone());
+        if let Some(credential) = credential {
+            req.extensions_mut().insert(credential);
+        }
         f(self.service.clone(), req)
             .await
             .map(tonic::Response::into_inner)
@@ -648,7 +665,7 @@ impl Dashboard {
                      (1 to 128 printable ASCII characters)",
                 ));
             }
-            self.sessions.remember_actor(&visit.session.id, &actor);
+            self.sessions.remember_actor(&visit.session, &actor);
             Identity::local(actor)
         } else {
             who
@@ -861,13 +878,22 @@ impl Dashboard {
 
     /// `/events`: server-sent events fed by WatchTransitions, so a page
     /// learns that something it shows changed. Resumes after `Last-Event-ID`
-    /// (the browser sends it on reconnect) or `after`.
+    /// (the browser sends it on reconnect) or `after`. Ends when the
+    /// session's token leaves the token file, like a gRPC stream.
     async fn events(
         &self,
         who: &Identity,
+        visit: &Visit,
         headers: &HeaderMap,
         query: &HashMap<String, String>,
     ) -> Result<Response<Body>, Failure> {
+        let credential = match (&self.tokens, visit.session.token.as_deref()) {
+            (Some(tokens), Some(token)) => match tokens.authenticate(token) {
+                Some((_, credential)) => Some(credential),
+                None => return Err(signed_out()),
+            },
+            _ => None,
+        };
         let resume = headers
             .get("last-event-id")
             .and_then(|v| v.to_str().ok())
@@ -891,9 +917,13 @@ impl Dashboard {
             after_sequence: Some(after),
         };
         let stream = self
-            .call(who, "WatchTransitions", req, |s, r| async move {
-                s.watch_transitions(r).await
-            })
+            .call_holding(
+                who,
+                credential,
+                "WatchTransitions",
+                req,
+                |s, r| async move { s.watch_transitions(r).await },
+            )
             .await?;
         let opening = tokio_stream::once(Bytes::from_static(b"retry: 3000\n\n"));
         let items = stream
@@ -973,6 +1003,13 @@ pub fn may_decide(who: &Identity) -> bool {
     who.has(Role::Approver)
 }
 
+fn signed_out() -> Failure {
+    Failure::new(
+        StatusCode::UNAUTHORIZED,
+        "sign in first: your session has ended or the token was revoked",
+    )
+}
+
 fn not_allowed(allow: &'static str) -> Failure {
     Failure::new(
         StatusCode::METHOD_NOT_ALLOWED,
@@ -980,12 +1017,24 @@ fn not_allowed(allow: &'static str) -> Failure {
     )
 }
 
-/// A sign-in target that stays on this site: a path, not `//host`.
+/// A sign-in target that stays on this site, or `/`.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        Some(n) if is_site_path(n) => n.to_owned(),
         _ => "/".to_owned(),
     }
+}
+
+/// Whether `target` is a path-absolute reference: one `/` not followed by
+/// another `/` or a `\`, then visible ASCII only (what a request's path and
+/// query hold) without backslashes. Browsers drop tabs and newlines inside
+/// a `Location`, trim leading controls and spaces, and read `\` as `/`, so
+/// anything looser can become `//other.host` on the way.
+fn is_site_path(target: &str) -> bool {
+    let bytes = target.as_bytes();
+    bytes.first() == Some(&b'/')
+        && !matches!(bytes.get(1), Some(b'/' | b'\\'))
+        && bytes.iter().all(|&b| b.is_ascii_graphic() && b != b'\\')
 }
 
 /// `application/x-www-form-urlencoded` pairs; the first of a repeated key wins.
@@ -1086,9 +1135,25 @@ mod tests {
     #[test]
     fn sign_in_targets_stay_on_this_site() {
         assert_eq!(safe_next(Some("/requests/fraud:2")), "/requests/fraud:2");
-        assert_eq!(safe_next(Some("//evil.example/")), "/");
-        assert_eq!(safe_next(Some("https://evil.example/")), "/");
-        assert_eq!(safe_next(Some("/\\evil.example")), "/");
+        assert_eq!(
+            safe_next(Some("/audit?actor=bob&x=%09")),
+            "/audit?actor=bob&x=%09"
+        );
+        for bad in [
+            "//evil.example/",
+            "https://evil.example/",
+            "/\\evil.example",
+            "/\t/evil.example",
+            "/x\r\n",
+            "/\0",
+            "/\u{85}",
+            "/ x",
+            " /x",
+            "/a\\b",
+            "",
+        ] {
+            assert_eq!(safe_next(Some(bad)), "/", "{bad:?}");
+        }
         assert_eq!(safe_next(None), "/");
     }
 
