@@ -114,7 +114,7 @@ fn token_file_text(entries: &[(&str, &[&str], &str)]) -> String {
             format!(
                 "[[tokens]]\nidentity = {name:?}\nroles = [{}]\ntoken_sha256 = {:?}\n\n",
                 roles.join(", "),
-                modelreg_server::audit::sha256_hex(token.as_bytes())
+                modelreg_server::domain::audit::sha256_hex(token.as_bytes())
             )
         })
         .collect()

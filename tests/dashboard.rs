@@ -108,7 +108,7 @@ fn write_token_file(dir: &Path) -> PathBuf {
         .map(|(who, role)| {
             format!(
                 "[[tokens]]\nidentity = {who:?}\nroles = [{role:?}]\ntoken_sha256 = {:?}\n\n",
-                modelreg_server::audit::sha256_hex(token(who).as_bytes())
+                modelreg_server::domain::audit::sha256_hex(token(who).as_bytes())
             )
         })
         .collect();

@@ -41,7 +41,7 @@ fn write_token_file_without(dir: &Path, left_out: &[&str]) -> std::path::PathBuf
         .map(|(name, role, token)| {
             format!(
                 "[[tokens]]\nidentity = {name:?}\nroles = [{role:?}]\ntoken_sha256 = {:?}\n\n",
-                modelreg_server::audit::sha256_hex(token.as_bytes())
+                modelreg_server::domain::audit::sha256_hex(token.as_bytes())
             )
         })
         .collect();

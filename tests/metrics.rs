@@ -398,7 +398,7 @@ async fn metrics_need_a_token_when_the_server_has_tokens() {
         &path,
         format!(
             "[[tokens]]\nidentity = \"rita\"\nroles = [\"reader\"]\ntoken_sha256 = {:?}\n",
-            modelreg_server::audit::sha256_hex(b"rita-token")
+            modelreg_server::domain::audit::sha256_hex(b"rita-token")
         ),
     )
     .unwrap();
@@ -478,7 +478,7 @@ async fn unknown_methods_never_add_series() {
         &path,
         format!(
             "[[tokens]]\nidentity = \"rita\"\nroles = [\"reader\"]\ntoken_sha256 = {:?}\n",
-            modelreg_server::audit::sha256_hex(b"rita-token")
+            modelreg_server::domain::audit::sha256_hex(b"rita-token")
         ),
     )
     .unwrap();

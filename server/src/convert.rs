@@ -5,15 +5,15 @@ use modelreg_api::v1 as pb;
 use prost_types::{ListValue, Struct, Timestamp, Value, value::Kind};
 
 use crate::domain::{
-    Cause, Deployment, DeploymentStatus, Evaluation, EvaluationSet, Event, EventKind,
-    MetricDefinition, Model, Outcome, SetRef, Source, Stage, Version, Violations, etag,
-};
-use crate::error::{Error, Result};
-use crate::governance::{
     Approval, ArchivalPolicy, Gate, GateResult, LiveMetricAction, LiveMetricRule,
     MAX_ARCHIVE_AFTER_DAYS, MAX_GATES, MAX_LIVE_WINDOW_MICROS, MAX_MIN_APPROVALS,
     MIN_LIVE_WINDOW_MICROS, Policy, RequestStatus, TransitionRequest,
 };
+use crate::domain::{
+    Cause, Deployment, DeploymentStatus, Evaluation, EvaluationSet, Event, EventKind,
+    MetricDefinition, Model, Outcome, SetRef, Source, Stage, Version, Violations, etag,
+};
+use crate::error::{Error, Result};
 use crate::store::JudgedComparison;
 
 /// µs since the epoch → `Timestamp`.

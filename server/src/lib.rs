@@ -10,16 +10,15 @@
 //!
 //! - [`service`]: the gRPC edge. Parses requests into domain values, calls the
 //!   store, converts back ([`convert`] holds the mappings).
-//! - [`domain`]: names, stages, versions, events and the input limits.
-//! - [`lifecycle`]: which stage moves are allowed and what they imply.
-//! - [`governance`]: policies, gates, transition requests, rollback targets
-//!   and the archival rules.
+//! - [`domain`]: the pure vocabulary and rules: names and input limits,
+//!   models and versions, the lifecycle, events and the hash chain
+//!   ([`domain::audit`]), policies and gates, transition requests,
+//!   evaluations and comparisons. No I/O, no protobuf, no SQL.
 //! - [`policy`]: the policy engine, a background task that applies each
 //!   model's archival policy every `--policy-interval`, on an injectable clock.
 //! - [`store`]: one transaction per change, its events appended in the same
 //!   transaction, on SQLite or PostgreSQL; the "new commit" signal for watchers.
 //! - [`watch`]: event log → one subscriber, by sequence.
-//! - [`audit`]: the hash chain over the event log.
 //! - [`auth`]: bearer tokens, roles, and the layer that checks them before
 //!   any handler runs (local mode without a token file, loopback only).
 //! - [`http`]: the HTTP listener (`--http-listen`) serving `/metrics` and
@@ -34,16 +33,12 @@
 //! `127.0.0.1:0` and never sleep.
 #![forbid(unsafe_code)]
 
-pub mod audit;
 pub mod auth;
 pub mod convert;
 pub mod dashboard;
 pub mod domain;
 pub mod error;
-pub mod evaluation;
-pub mod governance;
 pub mod http;
-pub mod lifecycle;
 pub mod metrics;
 pub mod policy;
 pub mod service;

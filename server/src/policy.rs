@@ -2,7 +2,7 @@
 //! model's archival policy by itself, every `--policy-interval`.
 //!
 //! Each tick runs two rules over every model, as at one instant `now` (see
-//! [`crate::governance`] for the rules themselves):
+//! [`crate::domain::policy`] for the rules themselves):
 //!
 //! - the **live monitor** reports a breached live-metric rule of the
 //!   production version once per breach episode (EVENT_TYPE_LIVE_METRIC_BREACH,

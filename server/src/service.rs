@@ -20,14 +20,14 @@ use crate::convert::{
     self, comparison_to_pb, deployment_to_pb, evaluation_set_to_pb, evaluation_to_pb, event_to_pb,
     model_to_pb, request_to_pb, version_to_pb,
 };
+use crate::domain::RequestStatus;
+use crate::domain::evaluation;
 use crate::domain::{
     self, Actor, AliasName, CompareRequest, Evaluation, EvaluationSet, EventFilter,
     LiveObservation, ModelUpdate, Name, NewDeployment, NewEvaluation, NewModel, NewVersion, SetRef,
     Source, Stage, StageChange, Violations, WorkerFailure,
 };
 use crate::error::Error;
-use crate::evaluation;
-use crate::governance::{self, RequestStatus};
 use crate::policy::Clock;
 use crate::store::{
     Caller, Decision, ModelFilter, RequestCursor, RollbackOrder, Store, TransitionOutcome,
@@ -147,7 +147,10 @@ fn decision<T>(
 ) -> Result<Decision, Status> {
     let caller = caller(req)?;
     let mut v = Violations::default();
-    let id = v.take(governance::parse_request_id("request_id", request_id));
+    let id = v.take(domain::parse_transition_request_id(
+        "request_id",
+        request_id,
+    ));
     let comment = v.take(domain::parse_text("comment", comment));
     if comment_required && comment.as_deref().is_some_and(|c| c.trim().is_empty()) {
         v.add("comment", "is required: say why the request is rejected");
@@ -182,7 +185,7 @@ mod page_token {
     use crate::error::Error;
 
     pub fn encode(kind: &str, key: &str, query: &str) -> String {
-        let bind = &crate::audit::sha256_hex(query.as_bytes())[..16];
+        let bind = &crate::domain::audit::sha256_hex(query.as_bytes())[..16];
         let raw = format!("{kind}\u{1f}{key}\u{1f}{bind}");
         raw.bytes().map(|b| format!("{b:02x}")).collect()
     }
@@ -211,7 +214,7 @@ mod page_token {
         else {
             return Err(bad());
         };
-        if k != kind || bind != &crate::audit::sha256_hex(query.as_bytes())[..16] {
+        if k != kind || bind != &crate::domain::audit::sha256_hex(query.as_bytes())[..16] {
             return Err(bad());
         }
         Ok(Some(key.to_owned()))

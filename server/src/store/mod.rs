@@ -29,10 +29,10 @@ use crate::domain::{
     LiveObservation, Model, ModelUpdate, Name, NewDeployment, NewEvaluation, NewModel, NewVersion,
     SetRef, Stage, StageChange, Version, WorkerFailure,
 };
-use crate::error::{Error, Result};
-use crate::governance::{
+use crate::domain::{
     LiveMetricRule, Readings, RequestStatus, StageSince, StageStep, TransitionRequest,
 };
+use crate::error::{Error, Result};
 
 pub use ops::{
     Caller, Decision, JudgedComparison, Registered, RollbackOrder, TickReport, TransitionOutcome,

@@ -1,6 +1,6 @@
 //! Each change of the registry as one transaction, written once for every
 //! backend: lock what the change depends on, check, apply, append the events,
-//! commit, wake watchers. The rules themselves come from [`crate::lifecycle`];
+//! commit, wake watchers. The rules themselves come from [`crate::domain::lifecycle`];
 //! the statements from the backend's [`Tx`].
 
 use std::collections::HashMap;
@@ -8,7 +8,12 @@ use std::collections::HashMap;
 use serde_json::json;
 
 use super::{ChainReport, Db, ModelFilter, RequestCursor, StoredRequest, Tx, VersionRef};
-use crate::audit::{ChainVerifier, event_hash, sha256_hex};
+use crate::domain::audit::{ChainVerifier, event_hash, sha256_hex};
+use crate::domain::evaluation;
+use crate::domain::lifecycle;
+use crate::domain::{
+    self, GateInputs, GateResult, LiveMetricAction, Policy, RequestStatus, TransitionRequest,
+};
 use crate::domain::{
     Actor, AliasName, Cause, CompareRequest, Comparison, Deployment, Evaluation, EvaluationSet,
     Event, EventFilter, EventKind, LiveObservation, Model, ModelUpdate, Name, NewDeployment,
@@ -16,11 +21,6 @@ use crate::domain::{
     WorkerFailure, etag, human_duration, now_micros, rfc3339,
 };
 use crate::error::{Error, Result};
-use crate::evaluation;
-use crate::governance::{
-    self, GateInputs, GateResult, LiveMetricAction, Policy, RequestStatus, TransitionRequest,
-};
-use crate::lifecycle;
 
 fn model_not_found(name: &str) -> Error {
     Error::NotFound {
@@ -643,7 +643,7 @@ async fn check_policy<T: Tx>(tx: &mut T, policy: &Policy) -> Result<()> {
         })?),
         None => None,
     };
-    governance::check_policy_against_set("policy", policy, set.as_ref())
+    domain::check_policy_against_set("policy", policy, set.as_ref())
 }
 
 /// What the gates and a notification need to know about a candidate.
@@ -726,9 +726,8 @@ fn judge_with(
         },
         _ => Err("no other version is in production".to_owned()),
     };
-    let candidate_evaluation =
-        set.and_then(|s| governance::latest_on(&candidate.evaluations, &s.id));
-    let results = governance::run_gates(
+    let candidate_evaluation = set.and_then(|s| domain::latest_on(&candidate.evaluations, &s.id));
+    let results = domain::run_gates(
         &model.policy,
         &GateInputs {
             set,
@@ -746,7 +745,7 @@ fn judge_with(
 
 /// Refuses with every failed check, if any failed.
 fn require_gates(model: &str, version: i64, results: &[GateResult]) -> Result<()> {
-    let failed = governance::failures(&format!("{model}/{version}"), results);
+    let failed = domain::failures(&format!("{model}/{version}"), results);
     if failed.is_empty() {
         Ok(())
     } else {
@@ -822,7 +821,7 @@ fn requested_event(
             "artifact_uri": version.artifact_uri,
             "artifact_digest": version.artifact_digest,
             "source": version.source,
-            "metrics": governance::metrics_json(&version.evaluations),
+            "metrics": domain::metrics_json(&version.evaluations),
             "comparison": judgement.comparison.as_ref().map(comparison_json),
             "gate_results": request.gate_results,
             "gates_passed": request.gate_results.iter().all(|r| r.passed),
@@ -1129,7 +1128,7 @@ async fn approve_in<T: Tx>(
         require_gates(name, version.version, &judgement.results)?;
     }
     let now = now_micros();
-    request.approvals.push(governance::Approval {
+    request.approvals.push(domain::Approval {
         approver: approver.clone(),
         comment: decision.comment.clone(),
         approve_time: now,
@@ -1306,7 +1305,7 @@ async fn rollback_in<T: Tx>(
                 format!("version {v} is already in production"),
             ));
         }
-        if !governance::was_in_production(&history, v) {
+        if !domain::was_in_production(&history, v) {
             return Err(Error::precondition(
                 "ROLLBACK_TARGET",
                 format!("{name}/{v}"),
@@ -1317,7 +1316,7 @@ async fn rollback_in<T: Tx>(
         }
         v
     } else {
-        governance::rollback_target(&history, production).ok_or_else(|| {
+        domain::rollback_target(&history, production).ok_or_else(|| {
             Error::precondition(
                 "NO_ROLLBACK_TARGET",
                 name,
@@ -2014,7 +2013,7 @@ async fn policy_for_model<D: Db>(db: &D, model: &Model, now: i64) -> Result<Tick
         && let Some(production) = db.production_since(&name).await?
     {
         let candidates = db.passed_over(&name, production.version).await?;
-        if !governance::due_for_archival(days, &production, &candidates, now).is_empty() {
+        if !domain::due_for_archival(days, &production, &candidates, now).is_empty() {
             let model = name.clone();
             report.add(
                 db.write(job(move |tx| {
@@ -2089,7 +2088,7 @@ async fn live_monitor_in<T: Tx>(
         LiveMetricAction::Alert => (0, "alert only (action ALERT)".to_owned()),
         LiveMetricAction::Rollback => {
             let history = tx.stage_history(&name).await?;
-            match governance::rollback_target(&history, production.version) {
+            match domain::rollback_target(&history, production.version) {
                 None => (
                     0,
                     format!(
@@ -2145,7 +2144,7 @@ async fn live_monitor_in<T: Tx>(
     breach_event.comment = format!("{condition}: {outcome}");
     let mut events = vec![breach_event];
     events.extend(moves_events);
-    let seq = append_events(tx, &Actor(governance::LIVE_MONITOR_ACTOR.into()), events).await?;
+    let seq = append_events(tx, &Actor(domain::LIVE_MONITOR_ACTOR.into()), events).await?;
     Ok((report, Some(seq)))
 }
 
@@ -2165,7 +2164,7 @@ async fn archive_passed_over_in<T: Tx>(
         return nothing;
     };
     let candidates = tx.passed_over(&name, production.version).await?;
-    let due = governance::due_for_archival(days, &production, &candidates, now);
+    let due = domain::due_for_archival(days, &production, &candidates, now);
     if due.is_empty() {
         return nothing;
     }
@@ -2197,7 +2196,7 @@ async fn archive_passed_over_in<T: Tx>(
         });
         events.extend(apply_moves(tx, &name, &moves, &comment, details, "", None).await?);
     }
-    let seq = append_events(tx, &Actor(governance::ARCHIVAL_ACTOR.into()), events).await?;
+    let seq = append_events(tx, &Actor(domain::ARCHIVAL_ACTOR.into()), events).await?;
     Ok((
         TickReport {
             archived: due.len(),

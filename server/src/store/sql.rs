@@ -108,7 +108,7 @@ impl DeploymentJson {
 }
 
 /// The live monitor's readings of one metric in one statement (see
-/// [`crate::governance::Readings`]). Parameters: $1 model, $2 version,
+/// [`crate::domain::Readings`]). Parameters: $1 model, $2 version,
 /// $3 metric, $4 since (entry into production), $5 now − window, $6 now,
 /// $7 the sign that makes "good" mean `value * $7 >= $8`, $8 threshold × $7,
 /// $9 since − 1. Every subquery walks the live_metrics primary key.
@@ -242,7 +242,7 @@ macro_rules! sql_backend {
         };
         use $crate::store::{Db, ModelFilter, RequestCursor, StoredRequest, Tx};
         use $crate::store::sql::REQUEST_COLUMNS;
-        use $crate::governance::{
+        use $crate::domain::{
             LiveMetricRule, Observation, Readings, RequestStatus, StageSince, StageStep,
             TransitionRequest,
         };

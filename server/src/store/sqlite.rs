@@ -155,7 +155,7 @@ impl SqliteStore {
                 .map_err(db_err)?;
         let head = head
             .map(|(seq, hash)| (seq as u64, hash))
-            .unwrap_or((0, crate::audit::GENESIS_HASH.to_owned()));
+            .unwrap_or((0, crate::domain::audit::GENESIS_HASH.to_owned()));
         let (tx, rx) = watch::channel(head.0);
         let (jobs, queue) = mpsc::channel(QUEUE);
         let cache = Arc::new(VersionCache::default());

@@ -1,15 +1,12 @@
-//! Governance rules: model policies, metric gates, transition requests, the
-//! choice of a rollback target, and the archival rules the policy engine
-//! applies by itself (passed-over candidates, live-metric breaches). Pure
-//! functions over domain values; the store applies their outcome in one
-//! transaction, and [`crate::policy`] decides when to ask.
+//! Model policies: which stages need approval, metric gates and their
+//! verdicts, and the archival rules the policy engine applies by itself
+//! (passed-over candidates, live-metric breaches). Pure functions.
 
-use std::collections::BTreeMap;
+use crate::error::{PreconditionViolation, Result};
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Cause, Comparison, Evaluation, EvaluationSet, SetRef, Stage};
-use crate::error::{Error, PreconditionViolation, Result};
+use super::*;
 
 /// Most approvals a policy may ask for.
 pub const MAX_MIN_APPROVALS: u32 = 10;
@@ -512,174 +509,6 @@ pub fn failures(subject: &str, results: &[GateResult]) -> Vec<PreconditionViolat
         .collect()
 }
 
-/// The status of a transition request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RequestStatus {
-    /// Waiting for approvals.
-    Pending,
-    /// Approved and applied.
-    Approved,
-    /// Rejected by an approver.
-    Rejected,
-    /// Withdrawn by the requester or an admin.
-    Cancelled,
-    /// The version moved elsewhere first.
-    Superseded,
-}
-
-impl RequestStatus {
-    /// Every status.
-    pub const ALL: [RequestStatus; 5] = [
-        RequestStatus::Pending,
-        RequestStatus::Approved,
-        RequestStatus::Rejected,
-        RequestStatus::Cancelled,
-        RequestStatus::Superseded,
-    ];
-
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RequestStatus::Pending => "PENDING",
-            RequestStatus::Approved => "APPROVED",
-            RequestStatus::Rejected => "REJECTED",
-            RequestStatus::Cancelled => "CANCELLED",
-            RequestStatus::Superseded => "SUPERSEDED",
-        }
-    }
-
-    /// The inverse of [`RequestStatus::as_str`].
-    pub fn from_db(s: &str) -> Option<RequestStatus> {
-        RequestStatus::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-}
-
-/// One approval of a request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Approval {
-    /// Who approved.
-    pub approver: String,
-    /// Their comment.
-    pub comment: String,
-    /// When, µs since the epoch.
-    pub approve_time: i64,
-}
-
-/// A move waiting for sign-off.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TransitionRequest {
-    /// The model.
-    pub model: String,
-    /// Per-model number; the id is `model:number`.
-    pub number: i64,
-    /// The version to move.
-    pub version: i64,
-    /// Its stage when requested.
-    pub from_stage: Stage,
-    /// Where it goes when approved.
-    pub to_stage: Stage,
-    /// True for a rollback waiting for approval.
-    pub rollback: bool,
-    /// Who asked.
-    pub requester: String,
-    /// Their comment (the reason, for a rollback).
-    pub comment: String,
-    /// Gate results at request time.
-    pub gate_results: Vec<GateResult>,
-    /// Approvals so far, oldest first.
-    pub approvals: Vec<Approval>,
-    /// Status.
-    pub status: RequestStatus,
-    /// µs since the epoch.
-    pub create_time: i64,
-    /// µs since the epoch.
-    pub update_time: i64,
-    /// Who closed it (the last approver, the rejecter, the canceller).
-    pub resolved_by: String,
-    /// The closing comment.
-    pub resolution_comment: String,
-}
-
-impl TransitionRequest {
-    /// The request's id: `MODEL:NUMBER`.
-    pub fn id(&self) -> String {
-        format!("{}:{}", self.model, self.number)
-    }
-}
-
-/// Parses a request id `MODEL:NUMBER`.
-pub fn parse_request_id(field: &str, raw: &str) -> Result<(crate::domain::Name, i64)> {
-    let bad = || {
-        Error::invalid(
-            field,
-            format!(
-                "{:?} is not a transition request id: ids look like MODEL:NUMBER, e.g. fraud-detector:3",
-                crate::domain::truncate(raw, 80)
-            ),
-        )
-    };
-    let (model, number) = raw.rsplit_once(':').ok_or_else(bad)?;
-    let number: i64 = number.parse().map_err(|_| bad())?;
-    if number < 1 {
-        return Err(bad());
-    }
-    let model = crate::domain::Name::parse(field, model).map_err(|_| bad())?;
-    Ok((model, number))
-}
-
-/// One stage change of a model's history, as the rollback choice needs it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StageStep {
-    /// The version.
-    pub version: i64,
-    /// Where it went.
-    pub to: Stage,
-    /// Why.
-    pub cause: Option<Cause>,
-}
-
-/// The version a rollback returns to: the most recent version that was in
-/// production before the current one and was not itself rolled back from
-/// (so two rollbacks in a row go two good versions back). `None` when there
-/// is none.
-pub fn rollback_target(history: &[StageStep], current: i64) -> Option<i64> {
-    let rolled_back: std::collections::BTreeSet<i64> = history
-        .iter()
-        .filter(|s| s.cause == Some(Cause::Rollback) && s.to != Stage::Production)
-        .map(|s| s.version)
-        .collect();
-    history
-        .iter()
-        .rev()
-        .filter(|s| s.to == Stage::Production)
-        .map(|s| s.version)
-        .find(|v| *v != current && !rolled_back.contains(v))
-}
-
-/// Whether `version` has ever been in production.
-pub fn was_in_production(history: &[StageStep], version: i64) -> bool {
-    history
-        .iter()
-        .any(|s| s.version == version && s.to == Stage::Production)
-}
-
-/// A version's evaluations keyed for gate input: the most recent one on `set`.
-pub fn latest_on<'a>(evaluations: &'a [Evaluation], set: &SetRef) -> Option<&'a Evaluation> {
-    evaluations.iter().rev().find(|e| &e.set == set)
-}
-
-/// Metrics of a version as a JSON object per set, for notifications.
-pub fn metrics_json(evaluations: &[Evaluation]) -> serde_json::Value {
-    let mut out: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    for e in evaluations {
-        out.insert(
-            format!("{} by {}", e.set, e.evaluator_version),
-            serde_json::json!(e.metrics),
-        );
-    }
-    serde_json::json!(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -931,10 +760,10 @@ mod tests {
 
     #[test]
     fn request_ids_round_trip() {
-        let (m, n) = parse_request_id("id", "fraud-detector:3").unwrap();
+        let (m, n) = parse_transition_request_id("id", "fraud-detector:3").unwrap();
         assert_eq!((m.as_str(), n), ("fraud-detector", 3));
         for bad in ["", "x", "x:", "x:0", ":3", "Bad:1", "x:-1"] {
-            assert!(parse_request_id("id", bad).is_err(), "{bad}");
+            assert!(parse_transition_request_id("id", bad).is_err(), "{bad}");
         }
     }
 }

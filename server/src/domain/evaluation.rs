@@ -1,18 +1,191 @@
-//! The rules of evaluations: what a set may define, what an evaluation must
-//! report, and when two versions are comparable at all. Pure functions over
-//! domain values; the store supplies the data and applies the outcome.
-//!
-//! Two versions are only ever compared on the same evaluation set *version*
-//! scored by the same *evaluator version*: numbers from different data or
-//! different metric code are refused, never silently compared.
+//! Evaluation sets and evaluations, and the rules of comparing them: what a
+//! set may define, what an evaluation must report, and when two versions are
+//! comparable at all. Two versions are only ever compared on the same
+//! evaluation set *version* scored by the same *evaluator version*: numbers
+//! from different data or different metric code are refused, never silently
+//! compared.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
-use crate::domain::{
-    Comparison, Evaluation, EvaluationSet, MAX_METRICS, MetricComparison, MetricDefinition,
-    Outcome, Violations,
-};
 use crate::error::{Error, PreconditionViolation, Result};
+
+use super::*;
+
+/// A standard evaluation set version's identity: `name@version`.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct SetRef {
+    /// The set name, like a model name.
+    pub name: String,
+    /// The set version, e.g. `2026-06` or `v3`.
+    pub version: String,
+}
+
+impl SetRef {
+    /// Parses the two parts of a set reference in request field `field`.
+    pub fn parse(field: &str, name: &str, version: &str) -> Result<SetRef> {
+        let mut v = Violations::default();
+        let name = v.take(Name::parse(&format!("{field}.name"), name));
+        let version = v.take(parse_set_version(&format!("{field}.version"), version));
+        v.finish()?;
+        Ok(SetRef {
+            name: name.expect("checked").to_string(),
+            version: version.expect("checked"),
+        })
+    }
+}
+
+impl fmt::Display for SetRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.version)
+    }
+}
+
+/// One metric an evaluation set is scored with.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MetricDefinition {
+    /// The metric's name.
+    pub name: String,
+    /// Whether a higher value is better.
+    pub higher_is_better: bool,
+}
+
+/// A standard, versioned evaluation set. Immutable once created.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvaluationSet {
+    /// `name@version`.
+    pub id: SetRef,
+    /// Where the data lives.
+    pub uri: String,
+    /// The data's content digest.
+    pub digest: String,
+    /// The metrics it is scored with, in the order given at creation.
+    pub metrics: Vec<MetricDefinition>,
+    /// Free text.
+    pub description: String,
+    /// Who created it.
+    pub created_by: String,
+    /// µs since the epoch.
+    pub create_time: i64,
+}
+
+impl EvaluationSet {
+    /// Whether `other` asks for exactly this set (ignoring who and when).
+    pub fn same_content(&self, other: &EvaluationSet) -> bool {
+        self.id == other.id
+            && self.uri == other.uri
+            && self.digest == other.digest
+            && self.metrics == other.metrics
+            && self.description == other.description
+    }
+}
+
+/// The metrics of one version on one evaluation set version, scored by one
+/// evaluator version. Immutable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    /// The model.
+    pub model: String,
+    /// The version number.
+    pub version: i64,
+    /// The evaluation set version.
+    pub set: SetRef,
+    /// The version of the metric code.
+    pub evaluator_version: String,
+    /// Metric values, exactly the set's metrics.
+    pub metrics: BTreeMap<String, f64>,
+    /// Where a full report lives.
+    pub report_uri: String,
+    /// Who attached it.
+    pub created_by: String,
+    /// µs since the epoch.
+    pub create_time: i64,
+}
+
+impl Evaluation {
+    /// Whether `other` carries the same result (ignoring who and when).
+    pub fn same_content(&self, other: &Evaluation) -> bool {
+        self.model == other.model
+            && self.version == other.version
+            && self.set == other.set
+            && self.evaluator_version == other.evaluator_version
+            && self.metrics == other.metrics
+            && self.report_uri == other.report_uri
+    }
+}
+
+/// A checked AttachEvaluation.
+#[derive(Debug, Clone)]
+pub struct NewEvaluation {
+    /// The evaluation, with actor and time still to be filled in.
+    pub evaluation: Evaluation,
+    /// AIP-155 request id.
+    pub request_id: Option<String>,
+}
+
+/// A checked CompareVersions.
+#[derive(Debug, Clone)]
+pub struct CompareRequest {
+    /// The model.
+    pub model: Name,
+    /// The candidate version.
+    pub candidate: i64,
+    /// The baseline version; 0 for the current production version.
+    pub baseline: i64,
+    /// The evaluation set; `None` for the model's standard set.
+    pub set: Option<SetRef>,
+    /// The evaluator version; `None` for the one both sides share.
+    pub evaluator_version: Option<String>,
+}
+
+/// How a candidate's metric compares with the baseline's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Better in the metric's direction.
+    Better,
+    /// Worse in the metric's direction.
+    Worse,
+    /// Equal.
+    Equal,
+}
+
+/// One metric of a comparison.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricComparison {
+    /// The metric.
+    pub metric: String,
+    /// Its direction.
+    pub higher_is_better: bool,
+    /// The candidate's value.
+    pub candidate: f64,
+    /// The baseline's value.
+    pub baseline: f64,
+    /// candidate − baseline.
+    pub delta: f64,
+    /// delta / |baseline|, 0 when the baseline is 0.
+    pub relative_delta: f64,
+    /// Better, worse or equal.
+    pub outcome: Outcome,
+}
+
+/// Two versions compared on one set version and evaluator version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Comparison {
+    /// The model.
+    pub model: String,
+    /// The candidate version.
+    pub candidate: i64,
+    /// The baseline version.
+    pub baseline: i64,
+    /// The set both were measured on.
+    pub set: SetRef,
+    /// The evaluator version both were scored by.
+    pub evaluator_version: String,
+    /// One entry per metric of the set, in the set's order.
+    pub metrics: Vec<MetricComparison>,
+}
 
 /// Checks the metric definitions of a new set: at least one, at most
 /// [`MAX_METRICS`], valid and distinct names.
@@ -211,6 +384,23 @@ pub fn compare(
         evaluator_version: candidate.evaluator_version.clone(),
         metrics,
     })
+}
+
+/// A version's evaluations keyed for gate input: the most recent one on `set`.
+pub fn latest_on<'a>(evaluations: &'a [Evaluation], set: &SetRef) -> Option<&'a Evaluation> {
+    evaluations.iter().rev().find(|e| &e.set == set)
+}
+
+/// Metrics of a version as a JSON object per set, for notifications.
+pub fn metrics_json(evaluations: &[Evaluation]) -> serde_json::Value {
+    let mut out: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for e in evaluations {
+        out.insert(
+            format!("{} by {}", e.set, e.evaluator_version),
+            serde_json::json!(e.metrics),
+        );
+    }
+    serde_json::json!(out)
 }
 
 #[cfg(test)]

@@ -1,0 +1,242 @@
+//! The lifecycle: stages, why a version changed stage, which moves are
+//! allowed and what else a move implies, and where a rollback returns to.
+//! Pure functions; the use cases apply a plan in one transaction.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+/// A lifecycle stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Registered, not under evaluation.
+    None,
+    /// Under evaluation.
+    Staging,
+    /// Serving; at most one version per model.
+    Production,
+    /// Retired.
+    Archived,
+}
+
+impl Stage {
+    /// Every stage, in lifecycle order.
+    pub const ALL: [Stage; 4] = [
+        Stage::None,
+        Stage::Staging,
+        Stage::Production,
+        Stage::Archived,
+    ];
+
+    /// The stored and displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::None => "NONE",
+            Stage::Staging => "STAGING",
+            Stage::Production => "PRODUCTION",
+            Stage::Archived => "ARCHIVED",
+        }
+    }
+
+    /// The inverse of [`Stage::as_str`].
+    pub fn from_db(s: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl serde::Serialize for Stage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Stage {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Stage, D::Error> {
+        let s = String::deserialize(d)?;
+        Stage::from_db(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown stage {s:?}")))
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a version changed stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A direct call.
+    Request,
+    /// An approved transition request.
+    Approval,
+    /// Another version entered production.
+    Superseded,
+    /// A rollback.
+    Rollback,
+    /// The policy engine.
+    Policy,
+}
+
+impl Cause {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Request => "REQUEST",
+            Cause::Approval => "APPROVAL",
+            Cause::Superseded => "SUPERSEDED",
+            Cause::Rollback => "ROLLBACK",
+            Cause::Policy => "POLICY",
+        }
+    }
+
+    /// The inverse of [`Cause::as_str`].
+    pub fn from_db(s: &str) -> Option<Cause> {
+        [
+            Cause::Request,
+            Cause::Approval,
+            Cause::Superseded,
+            Cause::Rollback,
+            Cause::Policy,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
+}
+
+/// Where a stage may go by TransitionStage. ARCHIVED→PRODUCTION is a
+/// rollback and is not offered here.
+pub fn allowed_targets(from: Stage) -> &'static [Stage] {
+    match from {
+        Stage::None => &[Stage::Staging, Stage::Archived],
+        Stage::Staging => &[Stage::Production, Stage::Archived, Stage::None],
+        Stage::Production => &[Stage::Archived],
+        Stage::Archived => &[Stage::Staging],
+    }
+}
+
+/// One stage change the store must apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Move {
+    /// The version that moves.
+    pub version: i64,
+    /// Its stage before.
+    pub from: Stage,
+    /// Its stage after.
+    pub to: Stage,
+    /// Why.
+    pub cause: Cause,
+}
+
+/// Plans a requested move of `version` from `from` to `to`, given the model's
+/// current production version (0 when none). Entering production archives
+/// the previous production version in the same plan (cause SUPERSEDED).
+pub fn plan_transition(
+    model: &str,
+    version: i64,
+    from: Stage,
+    to: Stage,
+    production_version: i64,
+) -> Result<Vec<Move>> {
+    if !allowed_targets(from).contains(&to) {
+        let allowed: Vec<&str> = allowed_targets(from).iter().map(|s| s.as_str()).collect();
+        let rollback_hint = if from == Stage::Archived && to == Stage::Production {
+            " (an archived version returns to PRODUCTION only by Rollback)"
+        } else {
+            ""
+        };
+        return Err(Error::precondition(
+            "STAGE_TRANSITION",
+            format!("{model}/{version}"),
+            format!(
+                "version {version} of model {model:?} cannot move from {from} to {to}{rollback_hint}; allowed targets from {from}: {}",
+                allowed.join(", ")
+            ),
+        ));
+    }
+    let mut moves = Vec::with_capacity(2);
+    if to == Stage::Production && production_version != 0 && production_version != version {
+        moves.push(Move {
+            version: production_version,
+            from: Stage::Production,
+            to: Stage::Archived,
+            cause: Cause::Superseded,
+        });
+    }
+    moves.push(Move {
+        version,
+        from,
+        to,
+        cause: Cause::Request,
+    });
+    Ok(moves)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pair_is_either_allowed_or_refused_with_the_allowed_targets() {
+        let allowed = [
+            (Stage::None, Stage::Staging),
+            (Stage::None, Stage::Archived),
+            (Stage::Staging, Stage::Production),
+            (Stage::Staging, Stage::Archived),
+            (Stage::Staging, Stage::None),
+            (Stage::Production, Stage::Archived),
+            (Stage::Archived, Stage::Staging),
+        ];
+        for from in Stage::ALL {
+            for to in Stage::ALL {
+                let plan = plan_transition("m", 2, from, to, 0);
+                assert_eq!(plan.is_ok(), allowed.contains(&(from, to)), "{from}->{to}");
+            }
+        }
+    }
+
+    #[test]
+    fn entering_production_supersedes_the_old_one_first() {
+        let plan = plan_transition("m", 2, Stage::Staging, Stage::Production, 1).unwrap();
+        assert_eq!(plan.len(), 2);
+        assert_eq!(plan[0].version, 1);
+        assert_eq!(plan[0].cause, Cause::Superseded);
+        assert_eq!(plan[1].to, Stage::Production);
+    }
+}
+
+/// One stage change of a model's history, as the rollback choice needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageStep {
+    /// The version.
+    pub version: i64,
+    /// Where it went.
+    pub to: Stage,
+    /// Why.
+    pub cause: Option<Cause>,
+}
+
+/// The version a rollback returns to: the most recent version that was in
+/// production before the current one and was not itself rolled back from
+/// (so two rollbacks in a row go two good versions back). `None` when there
+/// is none.
+pub fn rollback_target(history: &[StageStep], current: i64) -> Option<i64> {
+    let rolled_back: std::collections::BTreeSet<i64> = history
+        .iter()
+        .filter(|s| s.cause == Some(Cause::Rollback) && s.to != Stage::Production)
+        .map(|s| s.version)
+        .collect();
+    history
+        .iter()
+        .rev()
+        .filter(|s| s.to == Stage::Production)
+        .map(|s| s.version)
+        .find(|v| *v != current && !rolled_back.contains(v))
+}
+
+/// Whether `version` has ever been in production.
+pub fn was_in_production(history: &[StageStep], version: i64) -> bool {
+    history
+        .iter()
+        .any(|s| s.version == version && s.to == Stage::Production)
+}

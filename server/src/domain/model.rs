@@ -1,0 +1,320 @@
+//! Models, versions and what is reported about them (deployments, worker
+//! failures, live metrics), as stored and as checked requests.
+
+use std::collections::BTreeMap;
+
+use crate::error::Result;
+
+use super::*;
+
+/// Where a version came from.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Source {
+    /// The commit.
+    pub commit: String,
+    /// The pipeline run's URL.
+    pub pipeline_url: String,
+    /// The training run id.
+    pub run_id: String,
+    /// The repository.
+    pub repository: String,
+}
+
+impl Source {
+    /// Checks each field against [`MAX_TEXT_BYTES`].
+    pub fn parse(field: &str, raw: Source) -> Result<Source> {
+        let mut v = Violations::default();
+        v.take(parse_text(&format!("{field}.commit"), &raw.commit));
+        v.take(parse_link(
+            &format!("{field}.pipeline_url"),
+            &raw.pipeline_url,
+        ));
+        v.take(parse_text(&format!("{field}.run_id"), &raw.run_id));
+        v.take(parse_text(&format!("{field}.repository"), &raw.repository));
+        v.finish()?;
+        Ok(raw)
+    }
+}
+
+/// A model as stored.
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// Unique name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Labels.
+    pub tags: BTreeMap<String, String>,
+    /// Bumped by every change; the etag.
+    pub revision: i64,
+    /// Highest version number assigned.
+    pub latest_version: i64,
+    /// The version in production, 0 when none.
+    pub production_version: i64,
+    /// Alias → version.
+    pub aliases: BTreeMap<String, i64>,
+    /// The policy as set (defaults not filled in).
+    pub policy: crate::domain::Policy,
+    /// Who created it.
+    pub created_by: String,
+    /// Microseconds since the Unix epoch.
+    pub create_time: i64,
+    /// Microseconds since the Unix epoch.
+    pub update_time: i64,
+    /// The production version's deployments, one per environment, so
+    /// GetModel answers "where does production run?" in one call.
+    pub deployments: Vec<Deployment>,
+}
+
+/// A model version as stored.
+#[derive(Debug, Clone)]
+pub struct Version {
+    /// The model's name.
+    pub model: String,
+    /// The version number.
+    pub version: i64,
+    /// Where the artifact lives.
+    pub artifact_uri: String,
+    /// The artifact's digest, or empty.
+    pub artifact_digest: String,
+    /// Where it came from.
+    pub source: Source,
+    /// Training metrics.
+    pub training_metrics: BTreeMap<String, f64>,
+    /// Labels.
+    pub tags: BTreeMap<String, String>,
+    /// Free text.
+    pub description: String,
+    /// Current stage.
+    pub stage: Stage,
+    /// Aliases pointing here.
+    pub aliases: Vec<String>,
+    /// Bumped by every change; the etag.
+    pub revision: i64,
+    /// Who registered it.
+    pub created_by: String,
+    /// Microseconds since the Unix epoch.
+    pub create_time: i64,
+    /// Microseconds since the Unix epoch.
+    pub update_time: i64,
+    /// When it entered its current stage.
+    pub stage_update_time: i64,
+    /// Its evaluations, oldest first (filled in by reads that show them).
+    pub evaluations: Vec<Evaluation>,
+    /// The latest deployment report per environment, in environment order.
+    pub deployments: Vec<Deployment>,
+}
+
+/// A checked CreateModel.
+#[derive(Debug, Clone)]
+pub struct NewModel {
+    /// The name.
+    pub name: Name,
+    /// Free text.
+    pub description: String,
+    /// Labels.
+    pub tags: BTreeMap<String, String>,
+    /// The policy, if one is set.
+    pub policy: Option<crate::domain::Policy>,
+    /// AIP-155 request id.
+    pub request_id: Option<String>,
+}
+
+/// A checked UpdateModel: `None` fields stay as they are.
+#[derive(Debug, Clone)]
+pub struct ModelUpdate {
+    /// The model.
+    pub name: Name,
+    /// New description.
+    pub description: Option<String>,
+    /// New tags (replacing all).
+    pub tags: Option<BTreeMap<String, String>>,
+    /// New policy (replacing the whole policy).
+    pub policy: Option<crate::domain::Policy>,
+    /// Expected revision.
+    pub etag: Option<i64>,
+}
+
+/// A checked RegisterVersion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewVersion {
+    /// The model.
+    pub model: Name,
+    /// Artifact location.
+    pub artifact_uri: String,
+    /// Artifact digest.
+    pub artifact_digest: String,
+    /// Provenance.
+    pub source: Source,
+    /// Training metrics.
+    pub training_metrics: BTreeMap<String, f64>,
+    /// Labels.
+    pub tags: BTreeMap<String, String>,
+    /// Free text.
+    pub description: String,
+    /// AIP-155 request id.
+    pub request_id: Option<String>,
+    /// Stage to enter right after registration (NONE or STAGING).
+    pub target_stage: Stage,
+}
+
+impl NewVersion {
+    /// A digest of everything the request asks for, so a reused request id
+    /// with a different request is told apart from a retry.
+    pub fn fingerprint(&self) -> String {
+        let body = serde_json::json!({
+            "artifact_uri": self.artifact_uri,
+            "artifact_digest": self.artifact_digest,
+            "source": self.source,
+            "training_metrics": self.training_metrics,
+            "tags": self.tags,
+            "description": self.description,
+            "target_stage": self.target_stage.as_str(),
+        });
+        crate::domain::audit::sha256_hex(body.to_string().as_bytes())
+    }
+}
+
+/// A checked TransitionStage.
+#[derive(Debug, Clone)]
+pub struct StageChange {
+    /// The model.
+    pub model: Name,
+    /// The version.
+    pub version: i64,
+    /// Where to.
+    pub target: Stage,
+    /// Why.
+    pub comment: String,
+    /// Expected revision of the version.
+    pub etag: Option<i64>,
+}
+
+/// The state a deployment worker reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeploymentStatus {
+    /// Rollout under way.
+    Deploying,
+    /// Serving.
+    Succeeded,
+    /// The rollout failed.
+    Failed,
+    /// Taken down.
+    Undeployed,
+}
+
+impl DeploymentStatus {
+    /// Every status.
+    pub const ALL: [DeploymentStatus; 4] = [
+        DeploymentStatus::Deploying,
+        DeploymentStatus::Succeeded,
+        DeploymentStatus::Failed,
+        DeploymentStatus::Undeployed,
+    ];
+
+    /// The stored name (the proto enum value without its prefix).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentStatus::Deploying => "DEPLOYING",
+            DeploymentStatus::Succeeded => "SUCCEEDED",
+            DeploymentStatus::Failed => "FAILED",
+            DeploymentStatus::Undeployed => "UNDEPLOYED",
+        }
+    }
+
+    /// The inverse of [`DeploymentStatus::as_str`].
+    pub fn from_db(s: &str) -> Option<DeploymentStatus> {
+        DeploymentStatus::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+}
+
+impl serde::Serialize for DeploymentStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeploymentStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> std::result::Result<DeploymentStatus, D::Error> {
+        let s = String::deserialize(d)?;
+        DeploymentStatus::from_db(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown deployment status {s:?}")))
+    }
+}
+
+/// The latest report of one version in one environment. Serializable because
+/// an idempotent retry answers with the deployment as first recorded.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Deployment {
+    /// The model.
+    pub model: String,
+    /// The version number.
+    pub version: i64,
+    /// The environment, named like a model.
+    pub environment: String,
+    /// The reported state.
+    pub status: DeploymentStatus,
+    /// Where the version serves, if known.
+    pub endpoint: String,
+    /// Detail from the worker (an error tail, say).
+    pub message: String,
+    /// Who reported.
+    pub reported_by: String,
+    /// µs since the epoch.
+    pub report_time: i64,
+}
+
+/// A checked ReportDeployment.
+#[derive(Debug, Clone)]
+pub struct NewDeployment {
+    /// The model.
+    pub model: Name,
+    /// The version number.
+    pub version: i64,
+    /// The environment.
+    pub environment: Name,
+    /// The state reached.
+    pub status: DeploymentStatus,
+    /// Where it serves.
+    pub endpoint: String,
+    /// Detail.
+    pub message: String,
+    /// AIP-155 request id.
+    pub request_id: Option<String>,
+}
+
+/// A checked ReportWorkerFailure.
+#[derive(Debug, Clone)]
+pub struct WorkerFailure {
+    /// The model.
+    pub model: Name,
+    /// The version the failed event concerns.
+    pub version: i64,
+    /// Which worker gave up (`evaluate`, say).
+    pub worker: String,
+    /// The event it was handling.
+    pub event_sequence: u64,
+    /// What went wrong.
+    pub error: String,
+    /// How many times it tried.
+    pub attempts: u32,
+    /// AIP-155 request id.
+    pub request_id: Option<String>,
+}
+
+/// A checked ReportLiveMetric.
+#[derive(Debug, Clone)]
+pub struct LiveObservation {
+    /// The model.
+    pub model: Name,
+    /// The version observed.
+    pub version: i64,
+    /// The metric.
+    pub metric: String,
+    /// The value; finite.
+    pub value: f64,
+    /// When it was observed, µs since the epoch.
+    pub observe_time: i64,
+}
