@@ -4,6 +4,7 @@
 use modelreg_api::v1 as pb;
 use prost_types::{ListValue, Struct, Timestamp, Value, value::Kind};
 
+use crate::app::JudgedComparison;
 use crate::domain::{
     Approval, ArchivalPolicy, Gate, GateResult, LiveMetricAction, LiveMetricRule,
     MAX_ARCHIVE_AFTER_DAYS, MAX_GATES, MAX_LIVE_WINDOW_MICROS, MAX_MIN_APPROVALS,
@@ -14,7 +15,6 @@ use crate::domain::{
     MetricDefinition, Model, Outcome, SetRef, Source, Stage, Version, Violations, etag,
 };
 use crate::error::{Error, Result};
-use crate::store::JudgedComparison;
 
 /// µs since the epoch → `Timestamp`.
 pub fn micros_to_pb(micros: i64) -> Timestamp {

@@ -33,6 +33,7 @@
 //! `127.0.0.1:0` and never sleep.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod auth;
 pub mod convert;
 pub mod dashboard;

@@ -24,8 +24,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::app::TickReport;
 use crate::error::Result;
-use crate::store::{Store, TickReport};
+use crate::store::Store;
 
 /// Where the server reads the time (µs since the Unix epoch) for its
 /// policy decisions and live-metric timestamps.
@@ -110,7 +111,7 @@ impl PolicyEngine {
 
     /// Runs every model's rules once, as at `now` (µs since the epoch).
     pub async fn tick(&self, now: i64) -> Result<TickReport> {
-        let report = self.store.policy_tick(now).await?;
+        let report = crate::app::policy_tick(&self.store, now).await?;
         if report.archived + report.breaches + report.rollbacks + report.failures > 0 {
             tracing::info!(
                 models = report.models,

@@ -15,6 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
+use crate::app::{self, Caller, Decision, RollbackOrder, TransitionOutcome};
 use crate::auth::{Credential, Identity, Role};
 use crate::convert::{
     self, comparison_to_pb, deployment_to_pb, evaluation_set_to_pb, evaluation_to_pb, event_to_pb,
@@ -29,10 +30,7 @@ use crate::domain::{
 };
 use crate::error::Error;
 use crate::policy::Clock;
-use crate::store::{
-    Caller, Decision, ModelFilter, RequestCursor, RollbackOrder, Store, TransitionOutcome,
-    VersionRef,
-};
+use crate::store::{ModelFilter, RequestCursor, Store, VersionRef};
 use crate::watch::{self as watcher, Subscription, Tail, WatchItem};
 
 /// The metadata key naming the caller in local mode (no token file).
@@ -362,19 +360,18 @@ impl ModelRegistryService for RegistryService {
         if policy.is_some() {
             require_admin_for_policy(&id)?;
         }
-        let model = self
-            .store
-            .create_model(
-                NewModel {
-                    name: name.expect("checked"),
-                    description: description.expect("checked"),
-                    tags: tags.expect("checked"),
-                    policy,
-                    request_id: request_id.expect("checked"),
-                },
-                actor,
-            )
-            .await?;
+        let model = app::create_model(
+            &self.store,
+            NewModel {
+                name: name.expect("checked"),
+                description: description.expect("checked"),
+                tags: tags.expect("checked"),
+                policy,
+                request_id: request_id.expect("checked"),
+            },
+            actor,
+        )
+        .await?;
         Ok(Response::new(pb::CreateModelResponse {
             model: Some(model_to_pb(model)),
         }))
@@ -386,7 +383,7 @@ impl ModelRegistryService for RegistryService {
         req: Request<pb::GetModelRequest>,
     ) -> Result<Response<pb::GetModelResponse>, Status> {
         let name = Name::parse("name", &req.get_ref().name)?;
-        let model = self.store.get_model(&name).await?;
+        let model = app::get_model(&self.store, name.as_str()).await?;
         Ok(Response::new(pb::GetModelResponse {
             model: Some(model_to_pb(model)),
         }))
@@ -404,14 +401,13 @@ impl ModelRegistryService for RegistryService {
         let after = v.take(page_token::decode(&r.page_token, "models", &r.filter));
         v.finish()?;
         let size = size.expect("checked");
-        let (models, more) = self
-            .store
-            .list_models(
-                &filter.expect("checked"),
-                after.expect("checked").as_deref(),
-                size,
-            )
-            .await?;
+        let (models, more) = app::list_models(
+            &self.store,
+            &filter.expect("checked"),
+            after.expect("checked").as_deref(),
+            size,
+        )
+        .await?;
         let next_page_token = match (more, models.last()) {
             (true, Some(last)) => page_token::encode("models", &last.name, &r.filter),
             _ => String::new(),
@@ -490,7 +486,7 @@ impl ModelRegistryService for RegistryService {
             policy,
             etag: etag.expect("checked"),
         };
-        let model = self.store.update_model(update, actor).await?;
+        let model = app::update_model(&self.store, update, actor).await?;
         Ok(Response::new(pb::UpdateModelResponse {
             model: Some(model_to_pb(model)),
         }))
@@ -541,7 +537,7 @@ impl ModelRegistryService for RegistryService {
             request_id: request_id.expect("checked"),
             target_stage: target_stage.expect("checked"),
         };
-        let registered = self.store.register_version(new, actor).await?;
+        let registered = app::register_version(&self.store, new, actor).await?;
         Ok(Response::new(pb::RegisterVersionResponse {
             version: Some(version_to_pb(registered.version)),
             request: registered.request.map(request_to_pb),
@@ -576,10 +572,12 @@ impl ModelRegistryService for RegistryService {
             }
         };
         v.finish()?;
-        let version = self
-            .store
-            .get_version(&model.expect("checked"), &which.expect("checked"))
-            .await?;
+        let version = app::get_version(
+            &self.store,
+            model.expect("checked").as_str(),
+            &which.expect("checked"),
+        )
+        .await?;
         Ok(Response::new(pb::GetVersionResponse {
             version: Some(version_to_pb(version)),
         }))
@@ -604,15 +602,14 @@ impl ModelRegistryService for RegistryService {
             .take(page_token::decode(&r.page_token, "versions", &query))
             .map(|k| k.and_then(|k| k.parse::<i64>().ok()).unwrap_or(0));
         v.finish()?;
-        let (versions, more) = self
-            .store
-            .list_versions(
-                &model.expect("checked"),
-                stage.expect("checked"),
-                after.expect("checked"),
-                size.expect("checked"),
-            )
-            .await?;
+        let (versions, more) = app::list_versions(
+            &self.store,
+            model.expect("checked").as_str(),
+            stage.expect("checked"),
+            after.expect("checked"),
+            size.expect("checked"),
+        )
+        .await?;
         let next_page_token = match (more, versions.last()) {
             (true, Some(last)) => page_token::encode("versions", &last.version.to_string(), &query),
             _ => String::new(),
@@ -635,15 +632,14 @@ impl ModelRegistryService for RegistryService {
         let alias = v.take(AliasName::parse("alias", &r.alias));
         let version = v.take(domain::parse_version_number("version", r.version));
         v.finish()?;
-        let model = self
-            .store
-            .set_alias(
-                model.expect("checked"),
-                alias.expect("checked"),
-                version.expect("checked"),
-                actor,
-            )
-            .await?;
+        let model = app::set_alias(
+            &self.store,
+            model.expect("checked"),
+            alias.expect("checked"),
+            version.expect("checked"),
+            actor,
+        )
+        .await?;
         Ok(Response::new(pb::SetAliasResponse {
             model: Some(model_to_pb(model)),
         }))
@@ -660,10 +656,13 @@ impl ModelRegistryService for RegistryService {
         let model = v.take(Name::parse("model", &r.model));
         let alias = v.take(AliasName::parse("alias", &r.alias));
         v.finish()?;
-        let model = self
-            .store
-            .delete_alias(model.expect("checked"), alias.expect("checked"), actor)
-            .await?;
+        let model = app::delete_alias(
+            &self.store,
+            model.expect("checked"),
+            alias.expect("checked"),
+            actor,
+        )
+        .await?;
         Ok(Response::new(pb::DeleteAliasResponse {
             model: Some(model_to_pb(model)),
         }))
@@ -683,19 +682,18 @@ impl ModelRegistryService for RegistryService {
         let comment = v.take(domain::parse_text("comment", &r.comment));
         let etag = v.take(domain::parse_etag("etag", &r.etag));
         v.finish()?;
-        let outcome = self
-            .store
-            .request_transition(
-                StageChange {
-                    model: model.expect("checked"),
-                    version: version.expect("checked"),
-                    target: target.expect("checked"),
-                    comment: comment.expect("checked"),
-                    etag: etag.expect("checked"),
-                },
-                caller,
-            )
-            .await?;
+        let outcome = app::request_transition(
+            &self.store,
+            StageChange {
+                model: model.expect("checked"),
+                version: version.expect("checked"),
+                target: target.expect("checked"),
+                comment: comment.expect("checked"),
+                etag: etag.expect("checked"),
+            },
+            caller,
+        )
+        .await?;
         Ok(Response::new(match outcome {
             TransitionOutcome::Applied(v) => pb::TransitionStageResponse {
                 version: Some(version_to_pb(v)),
@@ -719,7 +717,7 @@ impl ModelRegistryService for RegistryService {
             &req.get_ref().comment,
             false,
         )?;
-        let (request, version) = self.store.approve(decision).await?;
+        let (request, version) = app::approve(&self.store, decision).await?;
         Ok(Response::new(pb::ApproveTransitionResponse {
             request: Some(request_to_pb(request)),
             version: Some(version_to_pb(version)),
@@ -737,10 +735,8 @@ impl ModelRegistryService for RegistryService {
             &req.get_ref().comment,
             true,
         )?;
-        let (request, version) = self
-            .store
-            .close_request(decision, RequestStatus::Rejected)
-            .await?;
+        let (request, version) =
+            app::close_request(&self.store, decision, RequestStatus::Rejected).await?;
         Ok(Response::new(pb::RejectTransitionResponse {
             request: Some(request_to_pb(request)),
             version: Some(version_to_pb(version)),
@@ -758,10 +754,8 @@ impl ModelRegistryService for RegistryService {
             &req.get_ref().comment,
             false,
         )?;
-        let (request, version) = self
-            .store
-            .close_request(decision, RequestStatus::Cancelled)
-            .await?;
+        let (request, version) =
+            app::close_request(&self.store, decision, RequestStatus::Cancelled).await?;
         Ok(Response::new(pb::CancelTransitionResponse {
             request: Some(request_to_pb(request)),
             version: Some(version_to_pb(version)),
@@ -790,10 +784,14 @@ impl ModelRegistryService for RegistryService {
             .flatten()
             .and_then(|key| v.take(request_cursor(&key)));
         v.finish()?;
-        let (requests, more) = self
-            .store
-            .list_requests(model.as_ref(), status, after, size.expect("checked"))
-            .await?;
+        let (requests, more) = app::list_requests(
+            &self.store,
+            model.as_ref().map(Name::as_str),
+            status,
+            after,
+            size.expect("checked"),
+        )
+        .await?;
         let next_page_token = match (more, requests.last()) {
             (true, Some(last)) => page_token::encode(
                 "requests",
@@ -831,15 +829,16 @@ impl ModelRegistryService for RegistryService {
             v.add("reason", "is required: say why production is rolled back");
         }
         v.finish()?;
-        let outcome = self
-            .store
-            .rollback(RollbackOrder {
+        let outcome = app::rollback(
+            &self.store,
+            RollbackOrder {
                 model: model.expect("checked"),
                 version: r.version,
                 reason: reason.expect("checked"),
                 caller,
-            })
-            .await?;
+            },
+        )
+        .await?;
         Ok(Response::new(match outcome {
             TransitionOutcome::Applied(v) => pb::RollbackResponse {
                 version: Some(version_to_pb(v)),
@@ -891,7 +890,7 @@ impl ModelRegistryService for RegistryService {
             created_by: String::new(),
             create_time: 0,
         };
-        let set = self.store.create_evaluation_set(set, actor).await?;
+        let set = app::create_evaluation_set(&self.store, set, actor).await?;
         Ok(Response::new(pb::CreateEvaluationSetResponse {
             evaluation_set: Some(evaluation_set_to_pb(set)),
         }))
@@ -911,7 +910,7 @@ impl ModelRegistryService for RegistryService {
             name: name.expect("checked").to_string(),
             version: version.expect("checked"),
         };
-        let set = self.store.get_evaluation_set(&id).await?;
+        let set = app::get_evaluation_set(&self.store, &id).await?;
         Ok(Response::new(pb::GetEvaluationSetResponse {
             evaluation_set: Some(evaluation_set_to_pb(set)),
         }))
@@ -949,10 +948,13 @@ impl ModelRegistryService for RegistryService {
             }
         };
         let name = name.expect("checked").map(|n| n.to_string());
-        let (sets, more) = self
-            .store
-            .list_evaluation_sets(name.as_deref(), after.as_ref(), size.expect("checked"))
-            .await?;
+        let (sets, more) = app::list_evaluation_sets(
+            &self.store,
+            name.as_deref(),
+            after.as_ref(),
+            size.expect("checked"),
+        )
+        .await?;
         let next_page_token = match (more, sets.last()) {
             (true, Some(last)) => page_token::encode(
                 "evaluation_sets",
@@ -1002,7 +1004,7 @@ impl ModelRegistryService for RegistryService {
             },
             request_id: request_id.expect("checked"),
         };
-        let evaluation = self.store.attach_evaluation(new, actor).await?;
+        let evaluation = app::attach_evaluation(&self.store, new, actor).await?;
         Ok(Response::new(pb::AttachEvaluationResponse {
             evaluation: Some(evaluation_to_pb(evaluation)),
         }))
@@ -1034,10 +1036,15 @@ impl ModelRegistryService for RegistryService {
         };
         let (model, set) = (model.expect("checked"), set.expect("checked"));
         let metric = (!r.metric.is_empty()).then_some(r.metric.as_str());
-        let (evaluations, more) = self
-            .store
-            .list_evaluations(&model, &set, metric, after, size.expect("checked"))
-            .await?;
+        let (evaluations, more) = app::list_evaluations(
+            &self.store,
+            model.as_str(),
+            &set,
+            metric,
+            after,
+            size.expect("checked"),
+        )
+        .await?;
         let next_page_token = match (more, evaluations.last()) {
             (true, Some(last)) => page_token::encode(
                 "evaluations",
@@ -1088,7 +1095,7 @@ impl ModelRegistryService for RegistryService {
             set: set.expect("checked"),
             evaluator_version: evaluator.expect("checked"),
         };
-        let comparison = self.store.compare(&request).await?;
+        let comparison = app::compare(&self.store, &request).await?;
         Ok(Response::new(pb::CompareVersionsResponse {
             comparison: Some(comparison_to_pb(comparison)),
         }))
@@ -1119,7 +1126,7 @@ impl ModelRegistryService for RegistryService {
             message: message.expect("checked"),
             request_id: request_id.expect("checked"),
         };
-        let deployment = self.store.report_deployment(new, actor).await?;
+        let deployment = app::report_deployment(&self.store, new, actor).await?;
         Ok(Response::new(pb::ReportDeploymentResponse {
             deployment: Some(deployment_to_pb(deployment)),
         }))
@@ -1160,15 +1167,17 @@ impl ModelRegistryService for RegistryService {
                 }),
         };
         v.finish()?;
-        self.store
-            .report_live_metric(LiveObservation {
+        app::report_live_metric(
+            &self.store,
+            LiveObservation {
                 model: model.expect("checked"),
                 version: version.expect("checked"),
                 metric: metric.expect("checked"),
                 value: r.value,
                 observe_time: observe_time.expect("checked"),
-            })
-            .await?;
+            },
+        )
+        .await?;
         Ok(Response::new(pb::ReportLiveMetricResponse {}))
     }
 
@@ -1210,7 +1219,7 @@ impl ModelRegistryService for RegistryService {
             attempts: r.attempts as u32,
             request_id: request_id.expect("checked"),
         };
-        let event = self.store.report_worker_failure(failure, actor).await?;
+        let event = app::report_worker_failure(&self.store, failure, actor).await?;
         Ok(Response::new(pb::ReportWorkerFailureResponse {
             event: Some(event_to_pb(event)),
         }))
@@ -1304,7 +1313,7 @@ impl ModelRegistryService for RegistryService {
             .into_iter()
             .map(|a| (a.sequence, a.hash))
             .collect();
-        let report = self.store.verify_chain(&anchors).await?;
+        let report = app::verify_chain(&self.store, &anchors).await?;
         Ok(Response::new(pb::VerifyAuditLogResponse {
             ok: report.ok,
             events_checked: report.checked,

@@ -16,7 +16,6 @@
 #[macro_use]
 mod sql;
 mod cache;
-mod ops;
 mod postgres;
 mod sqlite;
 
@@ -25,18 +24,14 @@ use std::future::Future;
 use tokio::sync::watch;
 
 use crate::domain::{
-    Actor, AliasName, CompareRequest, Deployment, Evaluation, EvaluationSet, Event, EventFilter,
-    LiveObservation, Model, ModelUpdate, Name, NewDeployment, NewEvaluation, NewModel, NewVersion,
-    SetRef, Stage, StageChange, Version, WorkerFailure,
+    AliasName, Deployment, Evaluation, EvaluationSet, Event, EventFilter, LiveObservation, Model,
+    SetRef, Stage, Version,
 };
 use crate::domain::{
     LiveMetricRule, Readings, RequestStatus, StageSince, StageStep, TransitionRequest,
 };
 use crate::error::{Error, Result};
 
-pub use ops::{
-    Caller, Decision, JudgedComparison, Registered, RollbackOrder, TickReport, TransitionOutcome,
-};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -446,9 +441,12 @@ pub struct Store {
     latest: watch::Receiver<u64>,
 }
 
+/// The database behind a [`Store`]; [`crate::app`] runs each use case on it.
 #[derive(Clone)]
-enum Backend {
+pub enum Backend {
+    /// SQLite: one writer, a pool of readers.
     Sqlite(SqliteStore),
+    /// PostgreSQL: any number of replicas on one database.
     Postgres(PgStore),
 }
 
@@ -462,17 +460,6 @@ where
     tokio::spawn(fut)
         .await
         .map_err(|e| Error::Internal(format!("write task failed: {e}")))?
-}
-
-/// Calls `ops::$op(db, args…)` on whichever backend is in use. Writes are
-/// detached from the caller inside `Db::write`, so reads and writes dispatch alike.
-macro_rules! op {
-    ($self:ident, $op:ident ( $($arg:expr),* )) => {{
-        match &$self.backend {
-            Backend::Sqlite(db) => ops::$op(db, $($arg),*).await,
-            Backend::Postgres(db) => ops::$op(db, $($arg),*).await,
-        }
-    }};
 }
 
 impl Store {
@@ -560,68 +547,6 @@ impl Store {
         }
     }
 
-    /// Creates a model.
-    pub async fn create_model(&self, new: NewModel, actor: Actor) -> Result<Model> {
-        op!(self, create_model(new, actor))
-    }
-
-    /// Reads a model.
-    pub async fn get_model(&self, name: &Name) -> Result<Model> {
-        op!(self, get_model(name.as_str()))
-    }
-
-    /// One page of models in name order after `after`; `true` if more follow.
-    pub async fn list_models(
-        &self,
-        filter: &ModelFilter,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<(Vec<Model>, bool)> {
-        op!(self, list_models(filter, after, limit))
-    }
-
-    /// Changes a model's description or tags.
-    pub async fn update_model(&self, update: ModelUpdate, actor: Actor) -> Result<Model> {
-        op!(self, update_model(update, actor))
-    }
-
-    /// Registers a version (or returns the original on a request-id retry).
-    pub async fn register_version(&self, new: NewVersion, actor: Actor) -> Result<Registered> {
-        op!(self, register_version(new, actor))
-    }
-
-    /// Reads a version.
-    pub async fn get_version(&self, model: &Name, which: &VersionRef) -> Result<Version> {
-        op!(self, get_version(model.as_str(), which))
-    }
-
-    /// One page of versions in ascending order after `after`; `true` if more follow.
-    pub async fn list_versions(
-        &self,
-        model: &Name,
-        stage: Option<Stage>,
-        after: i64,
-        limit: usize,
-    ) -> Result<(Vec<Version>, bool)> {
-        op!(self, list_versions(model.as_str(), stage, after, limit))
-    }
-
-    /// Points an alias at a version.
-    pub async fn set_alias(
-        &self,
-        model: Name,
-        alias: AliasName,
-        version: i64,
-        actor: Actor,
-    ) -> Result<Model> {
-        op!(self, set_alias(model, alias, version, actor))
-    }
-
-    /// Removes an alias.
-    pub async fn delete_alias(&self, model: Name, alias: AliasName, actor: Actor) -> Result<Model> {
-        op!(self, delete_alias(model, alias, actor))
-    }
-
     /// Events matching `filter` with sequence in `(after, upto]`, at most
     /// `limit`, in sequence order. `upto = None` means the end of the log.
     pub async fn events(
@@ -637,126 +562,8 @@ impl Store {
         }
     }
 
-    /// Creates an evaluation set version (or returns the identical existing one).
-    pub async fn create_evaluation_set(
-        &self,
-        set: EvaluationSet,
-        actor: Actor,
-    ) -> Result<EvaluationSet> {
-        op!(self, create_evaluation_set(set, actor))
-    }
-
-    /// Reads an evaluation set version.
-    pub async fn get_evaluation_set(&self, set: &SetRef) -> Result<EvaluationSet> {
-        op!(self, get_evaluation_set(set))
-    }
-
-    /// One page of evaluation sets; `true` if more follow.
-    pub async fn list_evaluation_sets(
-        &self,
-        name: Option<&str>,
-        after: Option<&SetRef>,
-        limit: usize,
-    ) -> Result<(Vec<EvaluationSet>, bool)> {
-        op!(self, list_evaluation_sets(name, after, limit))
-    }
-
-    /// Attaches an evaluation (or returns the identical existing one).
-    pub async fn attach_evaluation(&self, new: NewEvaluation, actor: Actor) -> Result<Evaluation> {
-        op!(self, attach_evaluation(new, actor))
-    }
-
-    /// One page of a model's evaluations on one set, narrowed to one metric
-    /// if asked; `true` if more follow.
-    pub async fn list_evaluations(
-        &self,
-        model: &Name,
-        set: &SetRef,
-        metric: Option<&str>,
-        after: Option<(i64, String)>,
-        limit: usize,
-    ) -> Result<(Vec<Evaluation>, bool)> {
-        op!(
-            self,
-            list_evaluations(model.as_str(), set, metric, after, limit)
-        )
-    }
-
-    /// Compares two versions on one set version and evaluator version.
-    pub async fn compare(&self, request: &CompareRequest) -> Result<JudgedComparison> {
-        op!(self, compare(request))
-    }
-
-    /// Asks for a stage move: applied at once, or a pending request when the
-    /// policy needs approval.
-    pub async fn request_transition(
-        &self,
-        change: StageChange,
-        caller: Caller,
-    ) -> Result<TransitionOutcome> {
-        op!(self, request_transition(change, caller))
-    }
-
-    /// Approves a pending request; applies it once enough approvers agree.
-    pub async fn approve(&self, decision: Decision) -> Result<(TransitionRequest, Version)> {
-        op!(self, approve(decision))
-    }
-
-    /// Rejects or cancels a pending request.
-    pub async fn close_request(
-        &self,
-        decision: Decision,
-        status: RequestStatus,
-    ) -> Result<(TransitionRequest, Version)> {
-        op!(self, close_request(decision, status))
-    }
-
-    /// One page of transition requests; `true` if more follow.
-    pub async fn list_requests(
-        &self,
-        model: Option<&Name>,
-        status: Option<RequestStatus>,
-        after: Option<RequestCursor>,
-        limit: usize,
-    ) -> Result<(Vec<TransitionRequest>, bool)> {
-        op!(
-            self,
-            list_requests(model.map(Name::as_str), status, after, limit)
-        )
-    }
-
-    /// Returns an earlier production version to production.
-    pub async fn rollback(&self, rollback: RollbackOrder) -> Result<TransitionOutcome> {
-        op!(self, rollback(rollback))
-    }
-
-    /// Re-computes the whole hash chain.
-    pub async fn verify_chain(&self, anchors: &[(u64, String)]) -> Result<ChainReport> {
-        op!(self, verify_chain(anchors))
-    }
-
-    /// Records a deployment report (or answers a retry as the first time).
-    pub async fn report_deployment(&self, new: NewDeployment, actor: Actor) -> Result<Deployment> {
-        op!(self, report_deployment(new, actor))
-    }
-
-    /// Records a worker's failure as an event; returns it.
-    pub async fn report_worker_failure(
-        &self,
-        failure: WorkerFailure,
-        actor: Actor,
-    ) -> Result<Event> {
-        op!(self, report_worker_failure(failure, actor))
-    }
-
-    /// Stores one observation of a live metric.
-    pub async fn report_live_metric(&self, observation: LiveObservation) -> Result<()> {
-        op!(self, report_live_metric(observation))
-    }
-
-    /// Runs the policy engine's rules once over every model, as at time
-    /// `now` (µs): see [`crate::policy`].
-    pub async fn policy_tick(&self, now: i64) -> Result<TickReport> {
-        op!(self, policy_tick(now))
+    /// The backend, for [`crate::app`] to run a use case on.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 }

@@ -1,0 +1,255 @@
+//! Deciding transition requests: approve (second person, gates judged
+//! again), reject, cancel, and the requests inbox.
+
+use serde_json::json;
+
+use crate::domain::lifecycle;
+use crate::domain::{
+    self, Cause, EventKind, Model, Name, NewEvent, RequestStatus, TransitionRequest, Version,
+    now_micros,
+};
+use crate::error::{Error, Result};
+use crate::store::{Db, RequestCursor, Store, Tx};
+
+use super::*;
+
+/// An approver's or requester's decision on one request.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// The request's model.
+    pub model: Name,
+    /// The request's number.
+    pub number: i64,
+    /// Why.
+    pub comment: String,
+    /// Who decides.
+    pub caller: Caller,
+}
+
+/// Locks the model and reads a request that must still be pending.
+pub(crate) async fn pending_request<T: Tx>(
+    tx: &mut T,
+    model: &str,
+    number: i64,
+    action: &str,
+) -> Result<(Model, TransitionRequest)> {
+    let current = tx
+        .lock_model(model)
+        .await?
+        .ok_or_else(|| request_not_found(model, number))?;
+    let request = tx
+        .fetch_request(model, number)
+        .await?
+        .ok_or_else(|| request_not_found(model, number))?;
+    if request.status != RequestStatus::Pending {
+        return Err(Error::precondition(
+            "REQUEST_CLOSED",
+            request.id(),
+            format!(
+                "request {} is {}; only a PENDING request can be {action}",
+                request.id(),
+                request.status.as_str()
+            ),
+        ));
+    }
+    Ok((current, request))
+}
+
+pub async fn approve(store: &Store, decision: Decision) -> Result<(TransitionRequest, Version)> {
+    write_tx!(store, |tx| approve_in(tx, decision))
+}
+
+pub(crate) async fn approve_in<T: Tx>(
+    tx: &mut T,
+    decision: Decision,
+) -> Result<((TransitionRequest, Version), Option<u64>)> {
+    let name = decision.model.as_str();
+    let (model, mut request) = pending_request(tx, name, decision.number, "approved").await?;
+    let approver = decision.caller.actor.0.clone();
+    let id = request.id();
+    if request.requester == approver && !model.policy.allow_self_approval() {
+        return Err(Error::precondition(
+            "SELF_APPROVAL",
+            id.clone(),
+            format!(
+                "{approver} requested {id} and the policy of model {name:?} forbids approving one's own request; another approver must approve it"
+            ),
+        ));
+    }
+    if request.approvals.iter().any(|a| a.approver == approver) {
+        return Err(Error::precondition(
+            "DUPLICATE_APPROVAL",
+            id.clone(),
+            format!(
+                "{approver} has already approved {id}; it needs {} distinct approvers",
+                model.policy.min_approvals()
+            ),
+        ));
+    }
+    let version = tx
+        .fetch_version(name, request.version)
+        .await?
+        .ok_or_else(|| vanished("version"))?;
+    if version.stage != request.from_stage {
+        return Err(Error::Internal(format!(
+            "pending request {id} for a version no longer in {}",
+            request.from_stage
+        )));
+    }
+    if !request.rollback {
+        // Production may have changed since the request: judge again, today.
+        let judgement = judge(tx, &model, &version).await?;
+        require_gates(name, version.version, &judgement.results)?;
+    }
+    let now = now_micros();
+    request.approvals.push(domain::Approval {
+        approver: approver.clone(),
+        comment: decision.comment.clone(),
+        approve_time: now,
+    });
+    request.update_time = now;
+    let needed = model.policy.min_approvals() as usize;
+    let complete = request.approvals.len() >= needed;
+    let mut approved = NewEvent::new(
+        EventKind::TransitionApproved,
+        name,
+        request.version,
+        json!({
+            "request_id": id,
+            "approvals": request.approvals.len(),
+            "approvals_needed": needed,
+            "complete": complete,
+            "to_stage": request.to_stage.as_str(),
+        }),
+    );
+    approved.comment = decision.comment.clone();
+    approved.transition_request_id = id.clone();
+    let mut events = vec![approved];
+    if complete {
+        request.status = RequestStatus::Approved;
+        request.resolved_by = approver;
+        request.resolution_comment = decision.comment.clone();
+        let production = tx.production_version(name).await?.unwrap_or(0);
+        let moves = if request.rollback {
+            rollback_moves(&version, production)
+        } else {
+            let mut moves = lifecycle::plan_transition(
+                name,
+                version.version,
+                version.stage,
+                request.to_stage,
+                production,
+            )?;
+            if let Some(last) = moves.last_mut() {
+                last.cause = Cause::Approval;
+            }
+            moves
+        };
+        let details = json!({"request_id": id, "requester": request.requester});
+        let comment = request.comment.clone();
+        events.extend(
+            apply_moves(
+                tx,
+                name,
+                &moves,
+                &comment,
+                details,
+                &id,
+                Some(request.number),
+            )
+            .await?,
+        );
+    } else {
+        tx.touch_version(name, version.version, now).await?;
+    }
+    tx.update_request(&request).await?;
+    let seq = append_events(tx, &decision.caller.actor, events).await?;
+    let version = tx
+        .fetch_version(name, request.version)
+        .await?
+        .ok_or_else(|| vanished("version"))?;
+    Ok(((request, version), Some(seq)))
+}
+
+pub async fn close_request(
+    store: &Store,
+    decision: Decision,
+    status: RequestStatus,
+) -> Result<(TransitionRequest, Version)> {
+    write_tx!(store, |tx| close_request_in(tx, decision, status))
+}
+
+pub(crate) async fn close_request_in<T: Tx>(
+    tx: &mut T,
+    decision: Decision,
+    status: RequestStatus,
+) -> Result<((TransitionRequest, Version), Option<u64>)> {
+    let name = decision.model.as_str();
+    let (kind, action) = match status {
+        RequestStatus::Rejected => (EventKind::TransitionRejected, "rejected"),
+        RequestStatus::Cancelled => (EventKind::TransitionCancelled, "cancelled"),
+        other => {
+            return Err(Error::Internal(format!(
+                "cannot close a request as {other:?}"
+            )));
+        }
+    };
+    let (_, mut request) = pending_request(tx, name, decision.number, action).await?;
+    let who = decision.caller.actor.0.clone();
+    if status == RequestStatus::Cancelled && who != request.requester && !decision.caller.admin {
+        return Err(Error::PermissionDenied(format!(
+            "only the requester ({}) or an admin may cancel {}; {who} is neither",
+            request.requester,
+            request.id()
+        )));
+    }
+    let now = now_micros();
+    request.status = status;
+    request.resolved_by = who;
+    request.resolution_comment = decision.comment.clone();
+    request.update_time = now;
+    tx.update_request(&request).await?;
+    tx.touch_version(name, request.version, now).await?;
+    let mut event = NewEvent::new(
+        kind,
+        name,
+        request.version,
+        json!({"request_id": request.id(), "requester": request.requester, "to_stage": request.to_stage.as_str()}),
+    );
+    event.comment = decision.comment;
+    event.transition_request_id = request.id();
+    let seq = append_events(tx, &decision.caller.actor, vec![event]).await?;
+    let version = tx
+        .fetch_version(name, request.version)
+        .await?
+        .ok_or_else(|| vanished("version"))?;
+    Ok(((request, version), Some(seq)))
+}
+
+pub async fn list_requests(
+    store: &Store,
+    model: Option<&str>,
+    status: Option<RequestStatus>,
+    after: Option<RequestCursor>,
+    limit: usize,
+) -> Result<(Vec<TransitionRequest>, bool)> {
+    read_db!(store, |db| list_requests_on(
+        db, model, status, after, limit
+    ))
+}
+
+pub(crate) async fn list_requests_on<D: Db>(
+    db: &D,
+    model: Option<&str>,
+    status: Option<RequestStatus>,
+    after: Option<RequestCursor>,
+    limit: usize,
+) -> Result<(Vec<TransitionRequest>, bool)> {
+    if let Some(m) = model {
+        get_model_on(db, m).await?;
+    }
+    Ok(page(
+        db.list_requests(model, status, after, limit + 1).await?,
+        limit,
+    ))
+}

@@ -1,0 +1,259 @@
+//! Use cases of models: create, read, list, update (description, tags,
+//! policy), and aliases.
+
+use serde_json::json;
+
+use crate::domain::audit::sha256_hex;
+use crate::domain::{
+    self, Actor, AliasName, EventKind, Model, ModelUpdate, Name, NewEvent, NewModel, Policy,
+    now_micros,
+};
+use crate::error::{Error, Result};
+use crate::store::{Db, ModelFilter, Store, StoredRequest, Tx};
+
+use super::*;
+
+pub async fn create_model(store: &Store, new: NewModel, actor: Actor) -> Result<Model> {
+    write_tx!(store, |tx| create_model_in(tx, new, actor))
+}
+
+pub(crate) async fn create_model_in<T: Tx>(
+    tx: &mut T,
+    new: NewModel,
+    actor: Actor,
+) -> Result<(Model, Option<u64>)> {
+    let name = new.name.as_str();
+    tx.lock_key(&format!("model:{name}")).await?;
+    let fingerprint = sha256_hex(
+        json!({"name": name, "description": new.description, "tags": new.tags, "policy": new.policy})
+            .to_string()
+            .as_bytes(),
+    );
+    if let Some(request_id) = &new.request_id
+        && let Some(stored) =
+            find_retry(tx, "CreateModel", &actor, request_id, &fingerprint).await?
+    {
+        return tx
+            .fetch_model(&stored.model)
+            .await?
+            .ok_or_else(|| model_not_found(&stored.model))
+            .map(|v| (v, None));
+    }
+    let policy = new.policy.clone().unwrap_or_default();
+    check_policy(tx, &policy).await?;
+    let now = now_micros();
+    let model = Model {
+        name: name.to_owned(),
+        description: new.description.clone(),
+        tags: new.tags.clone(),
+        policy: policy.clone(),
+        revision: 1,
+        latest_version: 0,
+        production_version: 0,
+        aliases: Default::default(),
+        created_by: actor.0.clone(),
+        create_time: now,
+        update_time: now,
+        deployments: Vec::new(),
+    };
+    if !tx.insert_model(&model).await? {
+        return Err(Error::AlreadyExists {
+            kind: "modelreg.v1.Model",
+            name: name.to_owned(),
+        });
+    }
+    if let Some(request_id) = &new.request_id {
+        let stored = StoredRequest {
+            fingerprint,
+            model: name.to_owned(),
+            version: 0,
+            response: None,
+        };
+        remember_request(tx, "CreateModel", &actor, request_id, &stored).await?;
+    }
+    let event = NewEvent::new(
+        EventKind::ModelCreated,
+        name,
+        0,
+        json!({"description": new.description, "tags": new.tags, "policy": policy.effective()}),
+    );
+    finish_with_model(tx, &actor, vec![event], name).await
+}
+
+pub async fn get_model(store: &Store, name: &str) -> Result<Model> {
+    read_db!(store, |db| get_model_on(db, name))
+}
+
+pub(crate) async fn get_model_on<D: Db>(db: &D, name: &str) -> Result<Model> {
+    db.fetch_model(name)
+        .await?
+        .ok_or_else(|| model_not_found(name))
+}
+
+pub async fn list_models(
+    store: &Store,
+    filter: &ModelFilter,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<Model>, bool)> {
+    read_db!(store, |db| list_models_on(db, filter, after, limit))
+}
+
+pub(crate) async fn list_models_on<D: Db>(
+    db: &D,
+    filter: &ModelFilter,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<Model>, bool)> {
+    Ok(page(db.list_models(filter, after, limit + 1).await?, limit))
+}
+
+pub async fn update_model(store: &Store, update: ModelUpdate, actor: Actor) -> Result<Model> {
+    write_tx!(store, |tx| update_model_in(tx, update, actor))
+}
+
+pub(crate) async fn update_model_in<T: Tx>(
+    tx: &mut T,
+    update: ModelUpdate,
+    actor: Actor,
+) -> Result<(Model, Option<u64>)> {
+    let name = update.name.as_str();
+    let current = tx
+        .lock_model(name)
+        .await?
+        .ok_or_else(|| model_not_found(name))?;
+    check_etag(update.etag, current.revision, "model", name)?;
+    let mut before = serde_json::Map::new();
+    let mut after = serde_json::Map::new();
+    let mut next = current.clone();
+    if let Some(d) = update.description
+        && d != current.description
+    {
+        before.insert("description".into(), json!(current.description));
+        after.insert("description".into(), json!(d));
+        next.description = d;
+    }
+    if let Some(t) = update.tags
+        && t != current.tags
+    {
+        before.insert("tags".into(), json!(current.tags));
+        after.insert("tags".into(), json!(t));
+        next.tags = t;
+    }
+    if let Some(p) = update.policy
+        && p != current.policy
+    {
+        check_policy(tx, &p).await?;
+        before.insert("policy".into(), json!(current.policy.effective()));
+        after.insert("policy".into(), json!(p.effective()));
+        next.policy = p;
+    }
+    if after.is_empty() {
+        // Nothing changes: no write, no event, same etag.
+        return Ok((current, None));
+    }
+    next.update_time = now_micros();
+    tx.update_model(&next).await?;
+    let event = NewEvent::new(
+        EventKind::ModelUpdated,
+        name,
+        0,
+        json!({"before": before, "after": after}),
+    );
+    finish_with_model(tx, &actor, vec![event], name).await
+}
+
+pub async fn set_alias(
+    store: &Store,
+    model: Name,
+    alias: AliasName,
+    version: i64,
+    actor: Actor,
+) -> Result<Model> {
+    write_tx!(store, |tx| set_alias_in(tx, model, alias, version, actor))
+}
+
+pub(crate) async fn set_alias_in<T: Tx>(
+    tx: &mut T,
+    model: Name,
+    alias: AliasName,
+    version: i64,
+    actor: Actor,
+) -> Result<(Model, Option<u64>)> {
+    let name = model.as_str();
+    let current = tx
+        .lock_model(name)
+        .await?
+        .ok_or_else(|| model_not_found(name))?;
+    if tx.fetch_version(name, version).await?.is_none() {
+        return Err(version_not_found(name, &version.to_string()));
+    }
+    let previous = current.aliases.get(alias.as_str()).copied();
+    if previous == Some(version) {
+        return Ok((current, None));
+    }
+    let now = now_micros();
+    tx.upsert_alias(name, alias.as_str(), version).await?;
+    tx.touch_model(name, now).await?;
+    tx.touch_version(name, version, now).await?;
+    if let Some(prev) = previous {
+        tx.touch_version(name, prev, now).await?;
+    }
+    let event = NewEvent::new(
+        EventKind::AliasSet,
+        name,
+        version,
+        json!({"alias": alias.as_str(), "previous_version": previous.unwrap_or(0)}),
+    );
+    finish_with_model(tx, &actor, vec![event], name).await
+}
+
+pub async fn delete_alias(
+    store: &Store,
+    model: Name,
+    alias: AliasName,
+    actor: Actor,
+) -> Result<Model> {
+    write_tx!(store, |tx| delete_alias_in(tx, model, alias, actor))
+}
+
+pub(crate) async fn delete_alias_in<T: Tx>(
+    tx: &mut T,
+    model: Name,
+    alias: AliasName,
+    actor: Actor,
+) -> Result<(Model, Option<u64>)> {
+    let name = model.as_str();
+    let current = tx
+        .lock_model(name)
+        .await?
+        .ok_or_else(|| model_not_found(name))?;
+    let Some(version) = current.aliases.get(alias.as_str()).copied() else {
+        return Err(alias_not_found(name, alias.as_str()));
+    };
+    let now = now_micros();
+    tx.remove_alias(name, alias.as_str()).await?;
+    tx.touch_model(name, now).await?;
+    tx.touch_version(name, version, now).await?;
+    let event = NewEvent::new(
+        EventKind::AliasDeleted,
+        name,
+        version,
+        json!({"alias": alias.as_str()}),
+    );
+    finish_with_model(tx, &actor, vec![event], name).await
+}
+
+/// Checks a policy against the evaluation set it names.
+pub(crate) async fn check_policy<T: Tx>(tx: &mut T, policy: &Policy) -> Result<()> {
+    let set = match &policy.standard_evaluation_set {
+        Some(r) => Some(tx.fetch_evaluation_set(r).await?.ok_or_else(|| {
+            Error::invalid(
+                "policy.standard_evaluation_set",
+                format!("evaluation set {r} does not exist; create it first"),
+            )
+        })?),
+        None => None,
+    };
+    domain::check_policy_against_set("policy", policy, set.as_ref())
+}

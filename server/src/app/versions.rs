@@ -1,0 +1,190 @@
+//! Use cases of versions: register (with a target stage, decided like any
+//! other move), read and list.
+
+use serde_json::json;
+
+use crate::domain::{
+    Actor, EventKind, NewEvent, NewVersion, Stage, TransitionRequest, Version, now_micros,
+};
+use crate::error::Result;
+use crate::store::{Db, Store, StoredRequest, Tx, VersionRef};
+
+use super::*;
+
+/// What RegisterVersion did.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// The version (in its target stage, or in NONE while a request waits).
+    pub version: Version,
+    /// The request opened because the target stage needs approval.
+    pub request: Option<TransitionRequest>,
+}
+
+pub async fn register_version(store: &Store, new: NewVersion, actor: Actor) -> Result<Registered> {
+    write_tx!(store, |tx| register_version_in(tx, new, actor))
+}
+
+pub(crate) async fn register_version_in<T: Tx>(
+    tx: &mut T,
+    new: NewVersion,
+    actor: Actor,
+) -> Result<(Registered, Option<u64>)> {
+    let model = new.model.as_str();
+    // The model lock serializes registrations of one model, so version numbers
+    // and request-id checks never race.
+    let current = tx.lock_model(model).await?;
+    let fingerprint = format!("{model}:{}", new.fingerprint());
+    if let Some(request_id) = &new.request_id
+        && let Some(stored) =
+            find_retry(tx, "RegisterVersion", &actor, request_id, &fingerprint).await?
+    {
+        return registered_before(tx, &stored).await.map(|r| (r, None));
+    }
+    let current = current.ok_or_else(|| model_not_found(model))?;
+    let number = current.latest_version + 1;
+    let now = now_micros();
+    let mut version = Version {
+        model: model.to_owned(),
+        version: number,
+        artifact_uri: new.artifact_uri.clone(),
+        artifact_digest: new.artifact_digest.clone(),
+        source: new.source.clone(),
+        training_metrics: new.training_metrics.clone(),
+        tags: new.tags.clone(),
+        description: new.description.clone(),
+        stage: Stage::None,
+        aliases: Vec::new(),
+        revision: 1,
+        created_by: actor.0.clone(),
+        create_time: now,
+        update_time: now,
+        stage_update_time: now,
+        evaluations: Vec::new(),
+        deployments: Vec::new(),
+    };
+    // Registering straight into a stage is the NONE→stage move, decided by
+    // the same rule as every other move (approval, gates).
+    let decision = match new.target_stage {
+        Stage::None => MoveDecision::Apply(Vec::new()),
+        target => decide_move(tx, &current, &version, target).await?,
+    };
+    if let MoveDecision::Apply(moves) = &decision
+        && let Some(last) = moves.last()
+    {
+        version.stage = last.to;
+    }
+    tx.insert_version(&version).await?;
+    let mut events = vec![NewEvent::new(
+        EventKind::VersionRegistered,
+        model,
+        number,
+        json!({
+            "artifact_uri": new.artifact_uri,
+            "artifact_digest": new.artifact_digest,
+            "source": new.source,
+            "training_metrics": new.training_metrics,
+            "tags": new.tags,
+        }),
+    )];
+    let request = match decision {
+        MoveDecision::Apply(moves) => {
+            for mv in moves {
+                events.push(stage_event(model, &mv, String::new(), json!({})));
+            }
+            None
+        }
+        MoveDecision::NeedsApproval(judgement) => {
+            let ask = Ask {
+                to: new.target_stage,
+                rollback: false,
+                comment: "",
+                judgement,
+            };
+            let (request, event) = open_request(tx, &current, &version, &actor, ask).await?;
+            events.extend(event);
+            Some(request)
+        }
+    };
+    if let Some(request_id) = &new.request_id {
+        let stored = StoredRequest {
+            fingerprint,
+            model: model.to_owned(),
+            version: number,
+            response: request.as_ref().map(|r| r.number.to_string()),
+        };
+        remember_request(tx, "RegisterVersion", &actor, request_id, &stored).await?;
+    }
+    let seq = append_events(tx, &actor, events).await?;
+    // Just inserted: no aliases, no evaluations; nothing to read back.
+    Ok((Registered { version, request }, Some(seq)))
+}
+
+/// The answer to a retried registration: the version and the request it
+/// opened, both as they are now.
+pub(crate) async fn registered_before<T: Tx>(
+    tx: &mut T,
+    stored: &StoredRequest,
+) -> Result<Registered> {
+    let version = tx
+        .fetch_version(&stored.model, stored.version)
+        .await?
+        .ok_or_else(|| version_not_found(&stored.model, &stored.version.to_string()))?;
+    let request = match stored.response.as_deref().map(str::parse::<i64>) {
+        Some(Ok(number)) => tx.fetch_request(&stored.model, number).await?,
+        _ => None,
+    };
+    Ok(Registered { version, request })
+}
+
+pub async fn get_version(store: &Store, model: &str, which: &VersionRef) -> Result<Version> {
+    read_db!(store, |db| get_version_on(db, model, which))
+}
+
+pub(crate) async fn get_version_on<D: Db>(
+    db: &D,
+    model: &str,
+    which: &VersionRef,
+) -> Result<Version> {
+    let number = match which {
+        VersionRef::Number(n) => *n,
+        VersionRef::Alias(alias) => match db.alias_target(model, alias.as_str()).await? {
+            Some(n) => n,
+            None => {
+                get_model_on(db, model).await?;
+                return Err(alias_not_found(model, alias.as_str()));
+            }
+        },
+    };
+    match db.fetch_version(model, number).await? {
+        Some(v) => Ok(v),
+        None => {
+            get_model_on(db, model).await?;
+            Err(version_not_found(model, &number.to_string()))
+        }
+    }
+}
+
+pub async fn list_versions(
+    store: &Store,
+    model: &str,
+    stage: Option<Stage>,
+    after: i64,
+    limit: usize,
+) -> Result<(Vec<Version>, bool)> {
+    read_db!(store, |db| list_versions_on(db, model, stage, after, limit))
+}
+
+pub(crate) async fn list_versions_on<D: Db>(
+    db: &D,
+    model: &str,
+    stage: Option<Stage>,
+    after: i64,
+    limit: usize,
+) -> Result<(Vec<Version>, bool)> {
+    let versions = db.list_versions(model, stage, after, limit + 1).await?;
+    if versions.is_empty() {
+        // An unknown model is NOT_FOUND, not an empty page.
+        get_model_on(db, model).await?;
+    }
+    Ok(page(versions, limit))
+}
