@@ -641,7 +641,8 @@ async fn from_a_ci_commit_to_a_live_deployment_and_back() {
         text.contains("https://registry.example/requests/fraud:1"),
         "{text}"
     );
-    assert!(text.contains("gate pass: auc >= 0.8"), "{text}");
+    // Slack's escaping: shown as `auc >= 0.8`.
+    assert!(text.contains("gate pass: auc &gt;= 0.8"), "{text}");
     assert!(note.body["blocks"].is_array());
 
     // Nobody may approve without the approver role; bob may.
