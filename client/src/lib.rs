@@ -19,6 +19,7 @@
 //!   idempotency keys per event, graceful stop on SIGINT/SIGTERM.
 //! - [`webhook`]: one signed HTTP POST to a webhook, and its retry policy.
 //! - [`slack`]: the Slack-compatible message the notifier posts for an event.
+//! - [`terminal`]: text made safe to print for people (no terminal escapes).
 //!
 //! The generated stubs are re-exported as [`pb`]; this crate adds no second
 //! set of types on top of them.
@@ -30,6 +31,7 @@ pub mod json;
 pub mod names;
 pub mod slack;
 pub mod subscription;
+pub mod terminal;
 pub mod watch;
 pub mod webhook;
 

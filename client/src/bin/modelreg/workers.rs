@@ -14,6 +14,7 @@ use modelreg_client::json::to_json;
 use modelreg_client::names::{parse_stage, stage_label};
 use modelreg_client::slack;
 use modelreg_client::subscription::{CursorFile, Delivery, Start, Subscription, stop_on_signals};
+use modelreg_client::terminal::printable;
 use modelreg_client::watch::is_transient;
 use modelreg_client::webhook::{Outcome, Webhook, backoff};
 use modelreg_client::{RegistryClient, pb};
@@ -156,8 +157,10 @@ pub struct NotifyArgs {
     after: Option<u64>,
 }
 
+/// One log line on stderr: event text, command output and server messages
+/// in it are made printable, and it stays one line.
 fn log(worker: &str, msg: impl std::fmt::Display) {
-    eprintln!("modelreg {worker}: {msg}");
+    eprintln!("modelreg {worker}: {}", printable(&msg.to_string()));
 }
 
 /// Runs `call` until it succeeds or fails for a reason other than the
