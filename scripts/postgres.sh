@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
 # Makes sure a local PostgreSQL server is running for the tests and prints the
-# URL of a superuser role the tests may use to create one database per test.
+# URL of a role the tests may use to create (and drop) one database per test.
+#
+# The role is the script's own, modelreg_test (LOGIN, CREATEDB, a known
+# password), never a role someone else made: an existing `modelreg` role
+# without CREATEDB made every PostgreSQL test fail with "permission denied to
+# create database". The role is created, or given what it lacks, on every run;
+# when it still cannot log in or create databases the script says which right
+# is missing and fails.
 #
 # - A Debian cluster that exists but is stopped is started (pg_ctlcluster).
 # - Without PostgreSQL, and as root, it is installed from Debian's packages.
@@ -10,9 +17,9 @@
 # Everything it changes is local to this machine and safe to repeat.
 set -euo pipefail
 
-ROLE=modelreg
-PASSWORD=modelreg
-DATABASE=modelreg
+ROLE=modelreg_test
+PASSWORD=modelreg_test
+DATABASE=modelreg_test
 log() { echo "postgres.sh: $*" >&2; }
 
 # Only the URL goes to stdout (callers capture it): everything the tools print
@@ -83,17 +90,35 @@ psql_admin() { as_postgres "$BIN/psql" -q -v ON_ERROR_STOP=1 -h "$HOST" -p "$POR
 if ! psql_admin -c 'SELECT 1' >/dev/null 2>&1; then
     psql_admin() { as_postgres "$BIN/psql" -q -v ON_ERROR_STOP=1 -p "$PORT" -d postgres "$@"; }
 fi
-psql_admin <<SQL >/dev/null
+# What the tests need, and no more: log in with the password, and create the
+# databases they then own (and so may migrate, alter and drop).
+if ! psql_admin <<SQL >/dev/null
 DO \$\$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$ROLE') THEN
-        CREATE ROLE $ROLE LOGIN SUPERUSER PASSWORD '$PASSWORD';
+        CREATE ROLE $ROLE;
     END IF;
 END
 \$\$;
+ALTER ROLE $ROLE WITH LOGIN CREATEDB PASSWORD '$PASSWORD';
 SQL
+then
+    log "cannot create the role $ROLE or give it LOGIN and CREATEDB as the postgres user"
+    exit 1
+fi
 if [ -z "$(psql_admin -tAc "SELECT 1 FROM pg_database WHERE datname = '$DATABASE'")" ]; then
     psql_admin -c "CREATE DATABASE $DATABASE OWNER $ROLE" >/dev/null
+fi
+
+# Check as the tests will connect: over TCP with the password.
+rights=$(PGPASSWORD=$PASSWORD "$BIN/psql" -X -q -tA -h "$HOST" -p "$PORT" -U "$ROLE" -d "$DATABASE" \
+    -c "SELECT rolcreatedb FROM pg_roles WHERE rolname = current_user" 2>&1) || {
+    log "role $ROLE cannot log in to database $DATABASE on $HOST:$PORT with its password (LOGIN, CONNECT or pg_hba.conf): $rights"
+    exit 1
+}
+if [ "$rights" != t ]; then
+    log "role $ROLE lacks CREATEDB: the tests create a database each (ALTER ROLE $ROLE CREATEDB as a superuser)"
+    exit 1
 fi
 } >&2
 echo "postgres://$ROLE:$PASSWORD@$HOST:$PORT/$DATABASE"

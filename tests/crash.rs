@@ -54,18 +54,14 @@ fn server_bin() -> PathBuf {
     })
 }
 
-/// A free port on loopback, kept for every restart of the server.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
-}
-
 /// The server process, restarted on the same port and database.
 struct Server {
     /// The running process, if any.
     child: Option<Child>,
-    /// `--listen`.
-    addr: String,
+    /// `--listen`: the address the first start reported in its ready file,
+    /// kept for every restart so clients reconnect to the same place;
+    /// `None` before the first start, which binds port 0.
+    addr: Option<String>,
     /// `--database-url`.
     database_url: String,
     /// Where the server's log goes (one file across restarts).
@@ -74,11 +70,18 @@ struct Server {
     starts: u64,
 }
 
+/// The address on the `grpc=` line of a ready file.
+fn ready_grpc(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("grpc="))
+        .map(str::to_owned)
+}
+
 impl Server {
     fn new(db: &TestDb, log: PathBuf) -> Server {
         Server {
             child: None,
-            addr: format!("127.0.0.1:{}", free_port()),
+            addr: None,
             database_url: db.url.clone(),
             log,
             starts: 0,
@@ -86,10 +89,12 @@ impl Server {
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let addr = self.addr.as_deref().expect("the server was started once");
+        format!("http://{addr}")
     }
 
-    /// Starts the process and waits until it answers a read.
+    /// Starts the process and waits until it answers a read. The first
+    /// start binds port 0 and reads the port from the ready file.
     async fn start(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         'spawn: loop {
@@ -99,8 +104,13 @@ impl Server {
                 .append(true)
                 .open(&self.log)
                 .expect("server log");
+            // A new name per start: an old file must never pass for this start's.
+            let ready = self.log.with_file_name(format!("ready-{}", self.starts));
+            let listen = self.addr.clone().unwrap_or_else(|| "127.0.0.1:0".into());
             let mut child = Command::new(server_bin())
-                .args(["--listen", &self.addr, "--database-url", &self.database_url])
+                .args(["--listen", &listen, "--database-url", &self.database_url])
+                .arg("--ready-file")
+                .arg(&ready)
                 .args(["--heartbeat-interval", "200ms", "--policy-interval", "24h"])
                 // Parallel servers must not fight over the /metrics port 8080.
                 .args(["--http-listen", "off"])
@@ -111,14 +121,40 @@ impl Server {
                 .spawn()
                 .expect("spawn modelreg-server");
             self.starts += 1;
-            let probe = modelreg_client::connect_lazy(&ConnectOptions::new(self.url()))
-                .expect("probe client");
-            loop {
+            let bound = loop {
+                if let Some(addr) = std::fs::read_to_string(&ready)
+                    .ok()
+                    .and_then(|t| ready_grpc(&t))
+                {
+                    break addr;
+                }
                 if let Ok(Some(status)) = child.try_wait() {
+                    assert!(
+                        self.addr.is_some(),
+                        "modelreg-server exited at its first start ({status}):\n{}",
+                        std::fs::read_to_string(&self.log).unwrap_or_default()
+                    );
                     // The port may linger a moment after a kill: start again.
                     eprintln!("modelreg-server exited at start ({status}); starting again");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue 'spawn;
+                }
+                assert!(Instant::now() < deadline, "the server wrote no ready file");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            assert_eq!(
+                *self.addr.get_or_insert_with(|| bound.clone()),
+                bound,
+                "a restart serves where the first start did"
+            );
+            let probe = modelreg_client::connect_lazy(&ConnectOptions::new(self.url()))
+                .expect("probe client");
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "modelreg-server exited after it was ready ({status}):\n{}",
+                        std::fs::read_to_string(&self.log).unwrap_or_default()
+                    );
                 }
                 let mut req = tonic::Request::new(pb::ListModelsRequest {
                     page_size: 1,

@@ -6,7 +6,8 @@
 //! retried with the same request id), with a contiguous, verified log.
 //!
 //! The test runs its own throwaway cluster (initdb into a temporary folder,
-//! on a free port) so stopping it disturbs no other test. Without PostgreSQL
+//! reached by a Unix socket in that folder, no TCP port) so stopping it
+//! disturbs no other test. Without PostgreSQL
 //! binaries it is skipped with a notice, unless `MODELREG_REQUIRE_POSTGRES=1`.
 
 use std::collections::BTreeMap;
@@ -28,14 +29,17 @@ use tonic_health::pb::health_check_response::ServingStatus;
 const CALL_DEADLINE: Duration = Duration::from_secs(15);
 const WRITERS: usize = 4;
 
+/// The port number in the name of the cluster's socket file. It names no TCP
+/// port: the cluster listens only on a Unix socket in a folder of its own,
+/// so no other process can take its address between a stop and a start.
+const SOCKET_PORT: u16 = 5432;
+
 /// A PostgreSQL cluster of this test's own, stopped when dropped.
 struct Cluster {
     /// The PostgreSQL binaries.
     bin: PathBuf,
     /// The data directory (inside `_dir`).
     data: PathBuf,
-    /// The TCP port it listens on, on 127.0.0.1.
-    port: u16,
     /// Holds the folder (data, socket and log) until the end.
     _dir: tempfile::TempDir,
 }
@@ -88,10 +92,6 @@ impl Cluster {
             assert!(ok, "chown the cluster folder to postgres");
         }
         let data = dir.path().join("data");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
         let out = cluster_command(&bin, "initdb")
             .arg("-D")
             .arg(&data)
@@ -106,20 +106,28 @@ impl Cluster {
         let cluster = Cluster {
             bin,
             data,
-            port,
             _dir: dir,
         };
         cluster.start();
         Some(cluster)
     }
 
+    /// The folder of the cluster's Unix socket (and its log).
+    fn socket_dir(&self) -> &Path {
+        self.data.parent().expect("folder")
+    }
+
+    /// The URL of the `postgres` database over the cluster's socket.
     fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        format!(
+            "postgres://postgres@localhost/postgres?host={}&port={SOCKET_PORT}",
+            self.socket_dir().display()
+        )
     }
 
     /// `pg_ctl start`, waiting until it accepts connections.
     fn start(&self) {
-        let socket_dir = self.data.parent().expect("folder");
+        let socket_dir = self.socket_dir();
         let log = socket_dir.join("server.log");
         let out = self
             .command("pg_ctl")
@@ -129,8 +137,7 @@ impl Cluster {
             .arg(&log)
             .arg("-o")
             .arg(format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on",
-                self.port,
+                "-p {SOCKET_PORT} -k {} -c listen_addresses='' -c fsync=on",
                 socket_dir.display()
             ))
             .args(["-w", "-t", "60", "start"])

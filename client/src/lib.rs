@@ -18,6 +18,8 @@
 //! - [`subscription`]: the workers' subscription: a durable cursor file,
 //!   idempotency keys per event, graceful stop on SIGINT/SIGTERM.
 //! - [`webhook`]: one signed HTTP POST to a webhook, and its retry policy.
+//! - [`slack`]: the Slack-compatible message the notifier posts for an event.
+//! - [`terminal`]: text made safe to print for people (no terminal escapes).
 //!
 //! The generated stubs are re-exported as [`pb`]; this crate adds no second
 //! set of types on top of them.
@@ -27,7 +29,9 @@ pub mod audit;
 pub mod errors;
 pub mod json;
 pub mod names;
+pub mod slack;
 pub mod subscription;
+pub mod terminal;
 pub mod watch;
 pub mod webhook;
 

@@ -9,6 +9,8 @@ use tokio::process::Command;
 
 struct Server {
     url: String,
+    /// The server's SQLite database, for tests that change rows behind its back.
+    database_url: String,
     _dir: tempfile::TempDir,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -18,7 +20,7 @@ async fn start_server() -> Server {
     let url = format!("sqlite://{}", dir.path().join("registry.db").display());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = Application::build(Settings::for_database(url))
+    let app = Application::build(Settings::for_database(url.clone()))
         .await
         .unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -27,6 +29,7 @@ async fn start_server() -> Server {
     }));
     Server {
         url: format!("http://{addr}"),
+        database_url: url,
         _dir: dir,
         _stop: tx,
     }
@@ -605,4 +608,98 @@ async fn the_cli_governs_policies_requests_rollbacks_and_the_audit_trail() {
     assert!(verify.contains("audit log intact"), "{verify}");
     let out = modelreg(&server, &["audit"]).await;
     assert!(!out.status.success());
+}
+
+/// Stored text that plays tricks on a terminal: colour, clear screen, a new
+/// window title ended by BEL, a carriage return that overwrites the line, a
+/// C1 CSI that moves the cursor up, a right-to-left override, DEL.
+const TERMINAL_TRICKS: &str =
+    "looks fine\u{1b}[31m\u{1b}[2J\u{1b}]0;pwned\u{7}\rhidden\u{9b}1A\u{202e}gpj.exe\u{7f}";
+
+/// What a person sees must hold no character that acts on the terminal
+/// (line ends aside).
+fn assert_no_terminal_controls(what: &str, out: &Output) {
+    let text = ok_text(out);
+    let bad: Vec<char> = text
+        .chars()
+        .filter(|c| (c.is_control() && *c != '\n') || ('\u{202a}'..='\u{202e}').contains(c))
+        .collect();
+    assert!(bad.is_empty(), "{what} printed raw {bad:?}:\n{text}");
+}
+
+/// Comments and descriptions already stored with terminal escapes (written
+/// here behind the server's back, as data from before the server refused
+/// them), and a comment with a newline and a tab (which the server keeps),
+/// are shown escaped by every human listing: tables, field lists and the
+/// request view; `--json` still carries the exact text.
+#[tokio::test]
+async fn terminal_escapes_in_stored_text_are_not_printed_raw() {
+    // Arrange
+    let server = start_server().await;
+    ok_text(&modelreg(&server, &["model", "create", "esc"]).await);
+    ok_text(
+        &modelreg(
+            &server,
+            &[
+                "version",
+                "register",
+                "esc",
+                "--artifact-uri",
+                "s3://models/esc/1",
+                "--stage",
+                "staging",
+            ],
+        )
+        .await,
+    );
+    ok_text(
+        &modelreg(
+            &server,
+            &[
+                "transition",
+                "esc",
+                "1",
+                "production",
+                "--comment",
+                "first line\nsecond\tcolumn",
+            ],
+        )
+        .await,
+    );
+    {
+        use sqlx::Connection;
+        let mut db = sqlx::SqliteConnection::connect(&server.database_url)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE models SET description = ?1 WHERE name = 'esc'")
+            .bind(TERMINAL_TRICKS)
+            .execute(&mut db)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE transition_requests SET comment = ?1 WHERE model = 'esc'")
+            .bind(TERMINAL_TRICKS)
+            .execute(&mut db)
+            .await
+            .unwrap();
+    }
+
+    // Act and assert
+    let shown = modelreg(&server, &["model", "get", "esc"]).await;
+    assert_no_terminal_controls("model get", &shown);
+    assert!(
+        ok_text(&shown).contains("looks fine\\u{1b}[31m\\u{1b}[2J"),
+        "{}",
+        ok_text(&shown)
+    );
+    let listed = modelreg(&server, &["requests", "list", "--model", "esc"]).await;
+    assert_no_terminal_controls("requests list", &listed);
+    assert!(ok_text(&listed).contains("\\rhidden\\u{9b}1A"));
+    let events = modelreg(&server, &["events", "--model", "esc"]).await;
+    assert_no_terminal_controls("events", &events);
+    assert!(ok_text(&events).contains("first line\\nsecond\\tcolumn"));
+    let cancelled = modelreg(&server, &["cancel", "esc:1"]).await;
+    assert_no_terminal_controls("cancel", &cancelled);
+
+    let json = ok_json(&modelreg(&server, &["--json", "model", "get", "esc"]).await);
+    assert_eq!(json["description"], TERMINAL_TRICKS);
 }

@@ -36,6 +36,54 @@ fn sha256_hex(s: &str) -> String {
         .collect()
 }
 
+/// The addresses a `modelreg-server` reported in its `--ready-file`.
+struct Bound {
+    /// `grpc=` line: where gRPC is served.
+    grpc: String,
+    /// `http=` line: where the HTTP listener is, absent when it is off.
+    http: Option<String>,
+}
+
+/// Reads the ready file's `grpc=ADDR` and `http=ADDR` lines; `None` until
+/// a `grpc=` line is there.
+fn parse_ready(text: &str) -> Option<Bound> {
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
+    Some(Bound {
+        grpc: value("grpc")?,
+        http: value("http"),
+    })
+}
+
+/// Waits until the server `child` has written its ready file at `ready`;
+/// panics with its log if it exits first. The bound only stops a broken run.
+async fn wait_ready(child: &mut Child, ready: &Path, log: &Path) -> Bound {
+    for _ in 0..1200 {
+        if let Some(bound) = std::fs::read_to_string(ready)
+            .ok()
+            .and_then(|t| parse_ready(&t))
+        {
+            return bound;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "modelreg-server exited ({status}) before writing {}:\n{}",
+                ready.display(),
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "modelreg-server wrote no {} within a minute:\n{}",
+        ready.display(),
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
 /// The people and programs of the story, with their roles.
 const PEOPLE: [(&str, &str); 7] = [
     ("ada", "\"admin\""),
@@ -70,12 +118,12 @@ impl Env {
             })
             .collect();
         std::fs::write(dir.path().join("tokens.toml"), tokens).unwrap();
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let server = Command::new(bin("modelreg-server"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+        let ready = dir.path().join("server.ready");
+        let log = dir.path().join("server.log");
+        let mut server = Command::new(bin("modelreg-server"))
+            // Port 0: the server picks a free port itself and reports it.
+            .args(["--listen", "127.0.0.1:0", "--ready-file"])
+            .arg(&ready)
             .arg("--database-url")
             .arg(format!(
                 "sqlite://{}",
@@ -87,12 +135,13 @@ impl Env {
             // Parallel servers must not fight over the /metrics port 8080.
             .args(["--http-listen", "off"])
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
             .kill_on_drop(true)
             .spawn()
             .unwrap();
+        let bound = wait_ready(&mut server, &ready, &log).await;
         let env = Env {
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("http://{}", bound.grpc),
             dir,
             server,
         };
@@ -592,7 +641,8 @@ async fn from_a_ci_commit_to_a_live_deployment_and_back() {
         text.contains("https://registry.example/requests/fraud:1"),
         "{text}"
     );
-    assert!(text.contains("gate pass: auc >= 0.8"), "{text}");
+    // Slack's escaping: shown as `auc >= 0.8`.
+    assert!(text.contains("gate pass: auc &gt;= 0.8"), "{text}");
     assert!(note.body["blocks"].is_array());
 
     // Nobody may approve without the approver role; bob may.
@@ -912,4 +962,63 @@ async fn a_failing_evaluation_is_retried_then_reported() {
         Path::new(&cursor).is_file(),
         "the cursor moved past the reported event"
     );
+}
+
+/// Started on port 0 for gRPC and for HTTP, the server binds ports of its
+/// own and reports both in its `--ready-file`, where they answer: no test
+/// needs to pick a "free" port that another process may take first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_port_zero_reports_the_addresses_it_bound() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("server.ready");
+    let log = dir.path().join("server.log");
+
+    // Act
+    let mut server = Command::new(bin("modelreg-server"))
+        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .arg("--ready-file")
+        .arg(&ready)
+        .arg("--database-url")
+        .arg(format!(
+            "sqlite://{}",
+            dir.path().join("registry.db").display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let bound = wait_ready(&mut server, &ready, &log).await;
+
+    // Assert: real ports, each serving what it should.
+    let grpc: std::net::SocketAddr = bound.grpc.parse().unwrap();
+    assert_ne!(grpc.port(), 0, "{}", bound.grpc);
+    let mut client = connect(&ConnectOptions::new(format!("http://{grpc}")))
+        .await
+        .unwrap();
+    client
+        .list_models(pb::ListModelsRequest::default())
+        .await
+        .unwrap();
+    let http: std::net::SocketAddr = bound
+        .http
+        .expect("an http= line while the HTTP listener is on")
+        .parse()
+        .unwrap();
+    assert_ne!(http.port(), 0);
+    let mut conn = tokio::net::TcpStream::connect(http).await.unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: registry\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Written whole under its final name: no temporary file is left beside it.
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("server.ready"))
+        .collect();
+    assert_eq!(names, ["server.ready"]);
 }

@@ -28,6 +28,7 @@
 //! - [`metrics`]: the Prometheus series and the layer that counts gRPC calls.
 //! - [`error`]: the one mapping from failures to gRPC status codes.
 //! - [`settings`]: flags and their `MODELREG_*` environment variables.
+//! - [`ready`]: the `--ready-file` that reports the addresses actually bound.
 //!
 //! [`run`] takes a bound listener and a shutdown future, so tests bind
 //! `127.0.0.1:0` and never sleep.
@@ -42,6 +43,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod policy;
+pub mod ready;
 pub mod service;
 pub mod settings;
 pub mod store;
@@ -114,6 +116,14 @@ impl Application {
     /// (creating and migrating) the database. A bad token file or unreadable
     /// certificate is an error before the database is touched.
     pub async fn build(settings: Settings) -> Result<Application, StartError> {
+        if let Some(path) = &settings.ready_file {
+            ready::clear(path).map_err(|e| {
+                StartError(format!(
+                    "cannot remove the old ready file {} (--ready-file, MODELREG_READY_FILE): {e}",
+                    path.display()
+                ))
+            })?;
+        }
         let tokens = match &settings.auth_tokens {
             Some(path) => Some(TokenStore::open(path).map_err(|e| StartError(e.to_string()))?),
             None => None,
@@ -183,6 +193,17 @@ impl Application {
                  (MODELREG_AUTH_TOKENS) with the callers' bearer tokens, or listen on a loopback \
                  address such as 127.0.0.1:50051 for local mode"
             )));
+        }
+        if let Some(path) = &settings.ready_file {
+            // Both listeners are bound: connections queue until serving starts.
+            let text = ready::render(local, http.as_ref().map(|h| h.addr));
+            if let Err(e) = ready::write(path, &text) {
+                store.close().await;
+                return Err(StartError(format!(
+                    "cannot write the ready file {} (--ready-file, MODELREG_READY_FILE): {e}",
+                    path.display()
+                )));
+            }
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let auth = match &tokens {

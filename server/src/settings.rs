@@ -30,6 +30,15 @@ pub struct Settings {
     #[arg(long, env = "MODELREG_HTTP_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_http_listen)]
     pub http_listen: HttpListen,
 
+    /// Once the gRPC and HTTP listeners are bound, write the addresses they
+    /// got to this file, one line each: `grpc=127.0.0.1:41234` and (unless
+    /// --http-listen is off) `http=127.0.0.1:41235`. It is written whole
+    /// (a temporary file renamed into place) and removed at start, so a
+    /// script or test that starts the server on port 0 polls for it to learn
+    /// the real ports instead of picking a "free" one that can be taken.
+    #[arg(long, env = "MODELREG_READY_FILE", value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+
     /// The database: sqlite:///absolute/path.db or sqlite://relative/path.db
     /// (created with its folder on first start), or
     /// postgres://user:password@host:5432/database for several replicas.
@@ -110,6 +119,8 @@ impl Settings {
         s.auth_tokens = None;
         s.tls_cert = None;
         s.tls_key = None;
+        // An embedder holds its listeners and knows their addresses.
+        s.ready_file = None;
         // Parallel tests must never fight over port 8080; a test that wants
         // the HTTP listener asks for 127.0.0.1:0.
         s.http_listen = HttpListen::Off;

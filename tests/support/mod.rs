@@ -14,7 +14,8 @@ use modelreg_server::{Application, Settings, StartError};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// The variable naming a PostgreSQL server (a superuser URL) for the
+/// The variable naming a PostgreSQL server (the URL of a role with
+/// CREATEDB: each test creates a database of its own and drops it) for the
 /// PostgreSQL half of the conformance suite; `scripts/test.sh` sets it.
 pub const POSTGRES_URL_VAR: &str = "MODELREG_TEST_POSTGRES_URL";
 /// When set to 1 (as in CI), a missing PostgreSQL fails the tests instead of

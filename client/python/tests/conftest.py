@@ -1,18 +1,20 @@
 """Fixtures: a real modelreg-server process per test, and a Python client to it.
 
 The server is the binary built by cargo (``MODELREG_SERVER_BIN``, default
-``target/debug/modelreg-server`` of this repository) started on a free
-loopback port with a fresh SQLite database in the test's temporary folder.
-Readiness is ``grpc.health.v1.Health/Check`` answering SERVING, polled
-through the client; there is no fixed sleep. A test can stop the process
-(SIGTERM or SIGKILL) and start it again on the same port and database.
+``target/debug/modelreg-server`` of this repository) started on
+``127.0.0.1:0`` with a fresh SQLite database in the test's temporary folder;
+it picks its port itself and reports it in its ``--ready-file``, so no test
+picks a port another process could take first. Readiness is that file, then
+``grpc.health.v1.Health/Check`` answering SERVING, polled through the client;
+there is no fixed sleep. A test can stop the process (SIGTERM or SIGKILL) and
+start it again on the same port (the one the first start reported) and
+database.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -41,11 +43,14 @@ def server_binary() -> Path:
     return target / "debug" / "modelreg-server"
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def read_ready_file(path: Path) -> Optional[dict]:
+    """The ``key=value`` lines of a server's ready file (``grpc``, ``http``), or None before it exists."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    return fields if "grpc" in fields else None
 
 
 class ServerProcess:
@@ -55,7 +60,8 @@ class ServerProcess:
         self.binary = binary
         self.workdir = workdir
         self.database = workdir / "registry.db"
-        self.port = free_port()
+        #: None until the first start reports the port it bound; kept for restarts.
+        self.port: Optional[int] = None
         self.proc: Optional[subprocess.Popen] = None
         self.starts = 0
 
@@ -76,15 +82,22 @@ class ServerProcess:
             return "(no log)"
 
     def start(self) -> None:
-        """Starts the server and returns once it answers SERVING."""
+        """Starts the server and returns once it answers SERVING.
+
+        The first start listens on port 0; later starts on the port it reported."""
         assert self.proc is None, "already running"
         self.starts += 1
+        # A new name per start: an old file must never pass for this start's.
+        ready = self.workdir / f"server-{self.starts}.ready"
+        listen = "127.0.0.1:0" if self.port is None else self.address
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [
                     str(self.binary),
                     "--listen",
-                    self.address,
+                    listen,
+                    "--ready-file",
+                    str(ready),
                     "--database-url",
                     f"sqlite://{self.database}",
                     "--heartbeat-interval",
@@ -99,17 +112,36 @@ class ServerProcess:
                 cwd=self.workdir,
                 env={**os.environ, "NO_COLOR": "1", "RUST_LOG": os.environ.get("RUST_LOG", "info")},
             )
-        self._wait_serving()
-
-    def _wait_serving(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
+        self._wait_ready(ready, deadline)
+        self._wait_serving(deadline)
+
+    def _exited(self) -> None:
+        """Raises if the process has exited."""
+        if self.proc.poll() is not None:
+            code = self.proc.returncode
+            self.proc = None
+            raise RuntimeError(f"modelreg-server exited with {code} while starting:\n{self.log()}")
+
+    def _wait_ready(self, ready: Path, deadline: float) -> None:
+        """Waits for the ready file and takes the gRPC port from it."""
+        while time.monotonic() < deadline:
+            fields = read_ready_file(ready)
+            if fields is not None:
+                port = int(fields["grpc"].rsplit(":", 1)[1])
+                assert self.port in (None, port), f"restarted on {port}, not {self.port}"
+                self.port = port
+                return
+            self._exited()
+            time.sleep(0.02)  # poll interval, not a readiness guess
+        self.stop(signal.SIGKILL)
+        raise RuntimeError(f"modelreg-server wrote no {ready} within {START_TIMEOUT}s:\n{self.log()}")
+
+    def _wait_serving(self, deadline: float) -> None:
         last: object = None
         with modelreg_client.connect(self.address) as probe:
             while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    code = self.proc.returncode
-                    self.proc = None
-                    raise RuntimeError(f"modelreg-server exited with {code} while starting:\n{self.log()}")
+                self._exited()
                 try:
                     last = probe.health(timeout=1.0)
                     if last == modelreg_client.ServingStatus.SERVING:
@@ -145,15 +177,7 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
             "or set MODELREG_SERVER_BIN"
         )
     srv = ServerProcess(binary, tmp_path)
-    for attempt in range(3):
-        try:
-            srv.start()
-            break
-        except RuntimeError:
-            # Another process may have taken the free port between the pick and the bind.
-            if attempt == 2:
-                raise
-            srv.port = free_port()
+    srv.start()
     try:
         yield srv
     finally:

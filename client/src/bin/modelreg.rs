@@ -14,6 +14,7 @@ use modelreg_client::json::to_json;
 use modelreg_client::names::{
     cause_label, event_type_label, parse_event_type, parse_stage, stage_label,
 };
+use modelreg_client::terminal::printable;
 use modelreg_client::watch::{ResumingWatch, WatchItem};
 use modelreg_client::{ConnectOptions, RegistryClient, connect, errors, pb};
 
@@ -536,18 +537,18 @@ async fn main() -> ExitCode {
     let client = match connected {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            print_error(&e.to_string());
             return ExitCode::from(2);
         }
     };
     match run(cli, client).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Status(s)) => {
-            eprintln!("error: {}", errors::describe(&s));
+            print_error(&errors::describe(&s));
             ExitCode::from(exit_code(s.code()))
         }
         Err(Failure::Local(msg)) => {
-            eprintln!("error: {msg}");
+            print_error(&msg);
             ExitCode::FAILURE
         }
     }
@@ -580,7 +581,10 @@ async fn run(cli: Cli, mut client: RegistryClient) -> Result<(), Failure> {
                 print_version(&v, json);
             } else if let Some(r) = resp.request {
                 if !json {
-                    println!("the policy needs approval: request {} waits", r.id);
+                    print_line(&format!(
+                        "the policy needs approval: request {} waits",
+                        r.id
+                    ));
                 }
                 governance::print_request(&r, json);
             }
@@ -689,13 +693,13 @@ async fn run(cli: Cli, mut client: RegistryClient) -> Result<(), Failure> {
                     println!("anchors hold: {anchored}");
                 }
                 if let Some(head) = &r.head {
-                    println!("head {}:{}", head.sequence, head.hash);
+                    print_line(&format!("head {}:{}", head.sequence, head.hash));
                 }
             } else {
-                println!(
+                print_line(&format!(
                     "audit log BROKEN at sequence {} ({} events checked): {}",
                     r.first_bad_sequence, r.events_checked, r.problem
-                );
+                ));
             }
             if r.ok {
                 Ok(())
@@ -922,7 +926,7 @@ async fn compare_cmd(
         return Ok(());
     }
     let set = c.evaluation_set.clone().unwrap_or_default();
-    println!(
+    print_line(&format!(
         "{}: version {} vs version {}{} on {}@{}, evaluator {}",
         c.model,
         c.candidate_version,
@@ -935,7 +939,7 @@ async fn compare_cmd(
         set.name,
         set.version,
         c.evaluator_version
-    );
+    ));
     let rows = c
         .metrics
         .iter()
@@ -1311,6 +1315,23 @@ where
 }
 
 // ---- output ------------------------------------------------------------------
+//
+// Human output goes through `print_fields`, `print_table`, `print_line` and
+// `print_error`, which pass every value through `printable`: stored text may
+// hold terminal escapes, and none may reach the terminal raw.
+
+/// Prints one line for people.
+fn print_line(text: &str) {
+    println!("{}", printable(text));
+}
+
+/// Prints an error for people on stderr, each of its lines made printable.
+fn print_error(text: &str) {
+    for (i, line) in text.split('\n').enumerate() {
+        let lead = if i == 0 { "error: " } else { "" };
+        eprintln!("{lead}{}", printable(line));
+    }
+}
 
 fn print_json(v: &serde_json::Value) {
     println!(
@@ -1405,12 +1426,19 @@ fn print_fields(fields: &[(&str, String)]) {
     let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in fields {
         if !v.is_empty() {
-            println!("{k:<width$}  {v}");
+            println!("{k:<width$}  {}", printable(v));
         }
     }
 }
 
 fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    // Escaped before measuring: each cell is one line of printable characters.
+    let cell = |c: &str| printable(c).into_owned();
+    let headers: Vec<String> = headers.iter().map(|h| cell(h)).collect();
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|row| row.iter().map(|c| cell(c)).collect())
+        .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
         for (i, cell) in row.iter().enumerate() {
@@ -1428,7 +1456,7 @@ fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
             .collect();
         println!("{}", padded.join("  ").trim_end());
     };
-    line(headers.iter().map(|h| h.to_string()).collect());
+    line(headers);
     for row in rows {
         line(row);
     }

@@ -9,7 +9,7 @@ use modelreg_client::{RegistryClient, pb};
 
 use super::{
     Failure, all_pages, dash_if_zero, fmt_num, parse_set_ref, print_fields, print_json,
-    print_json_list, print_table, print_version, time_label,
+    print_json_list, print_line, print_table, print_version, time_label,
 };
 
 /// `model policy`: show a model's policy, or change parts of it.
@@ -451,10 +451,10 @@ pub fn print_request(r: &pb::TransitionRequest, json: bool) {
     }
     if r.status == pb::TransitionRequestStatus::Pending as i32 {
         println!();
-        println!(
+        print_line(&format!(
             "approve: modelreg approve {id}    reject: modelreg reject {id} --comment WHY",
             id = r.id
-        );
+        ));
     }
 }
 
@@ -549,12 +549,12 @@ pub async fn decide_cmd(
     }
     print_request(&request, false);
     println!();
-    println!(
+    print_line(&format!(
         "{}/{} is in {}",
         version.model,
         version.version,
         stage_label(version.stage)
-    );
+    ));
     Ok(())
 }
 
@@ -578,10 +578,10 @@ pub async fn rollback_cmd(
         (Some(v), _) => print_version(&v, json),
         (None, Some(req)) => {
             if !json {
-                println!(
+                print_line(&format!(
                     "the policy needs approval for rollbacks: request {} waits",
                     req.id
-                );
+                ));
             }
             print_request(&req, json);
         }
@@ -637,11 +637,14 @@ pub async fn history_cmd(
             }));
         } else {
             match version {
-                Some(v) => println!("{model}/{v} was in production at {}", time_label(Some(&at))),
-                None => println!(
+                Some(v) => print_line(&format!(
+                    "{model}/{v} was in production at {}",
+                    time_label(Some(&at))
+                )),
+                None => print_line(&format!(
                     "no version of {model} was in production at {}",
                     time_label(Some(&at))
-                ),
+                )),
             }
         }
         return Ok(());

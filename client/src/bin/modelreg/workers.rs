@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 use modelreg_client::json::to_json;
-use modelreg_client::names::{event_type_label, parse_stage, stage_label};
+use modelreg_client::names::{parse_stage, stage_label};
+use modelreg_client::slack;
 use modelreg_client::subscription::{CursorFile, Delivery, Start, Subscription, stop_on_signals};
+use modelreg_client::terminal::printable;
 use modelreg_client::watch::is_transient;
 use modelreg_client::webhook::{Outcome, Webhook, backoff};
 use modelreg_client::{RegistryClient, pb};
@@ -155,8 +157,10 @@ pub struct NotifyArgs {
     after: Option<u64>,
 }
 
+/// One log line on stderr: event text, command output and server messages
+/// in it are made printable, and it stays one line.
 fn log(worker: &str, msg: impl std::fmt::Display) {
-    eprintln!("modelreg {worker}: {msg}");
+    eprintln!("modelreg {worker}: {}", printable(&msg.to_string()));
 }
 
 /// Runs `call` until it succeeds or fails for a reason other than the
@@ -686,113 +690,6 @@ fn worth_notifying(e: &pb::RegistryEvent, details: &serde_json::Value) -> bool {
     }
 }
 
-/// A one-paragraph account of an event for people.
-fn summary(e: &pb::RegistryEvent, details: &serde_json::Value, link_base: Option<&str>) -> String {
-    use pb::EventType as T;
-    let subject = format!("*{}* version {}", e.model, e.version);
-    let id = &e.transition_request_id;
-    let mut lines = Vec::new();
-    match T::try_from(e.r#type).unwrap_or(T::Unspecified) {
-        T::TransitionRequested => {
-            lines.push(format!(
-                "{} requests {} for {subject}{}",
-                e.actor,
-                details["to_stage"].as_str().unwrap_or("?"),
-                if e.comment.is_empty() {
-                    String::new()
-                } else {
-                    format!(": “{}”", e.comment)
-                }
-            ));
-            if let Some(uri) = details["artifact_uri"].as_str() {
-                lines.push(format!("artifact: {uri}"));
-            }
-            if let Some(metrics) = details["metrics"].as_object() {
-                for (set, values) in metrics {
-                    lines.push(format!("metrics on {set}: {values}"));
-                }
-            }
-            if let Some(rows) = details["comparison"]["metrics"].as_array() {
-                let parts: Vec<String> = rows
-                    .iter()
-                    .map(|m| {
-                        format!(
-                            "{} {} → {} ({})",
-                            m["metric"].as_str().unwrap_or("?"),
-                            m["baseline"],
-                            m["candidate"],
-                            m["outcome"].as_str().unwrap_or("?").to_lowercase()
-                        )
-                    })
-                    .collect();
-                lines.push(format!(
-                    "vs production version {}: {}",
-                    details["comparison"]["baseline_version"],
-                    parts.join(", ")
-                ));
-            }
-            if let Some(gates) = details["gate_results"].as_array() {
-                for g in gates {
-                    let mark = if g["passed"].as_bool() == Some(true) {
-                        "pass"
-                    } else {
-                        "FAIL"
-                    };
-                    lines.push(format!(
-                        "gate {mark}: {}",
-                        g["check"].as_str().unwrap_or("?")
-                    ));
-                }
-            }
-            lines.push(format!(
-                "approve: `modelreg approve {id}`   reject: `modelreg reject {id} --comment WHY`"
-            ));
-            if let Some(base) = link_base {
-                lines.push(format!("{}/requests/{id}", base.trim_end_matches('/')));
-            }
-        }
-        T::TransitionApproved => lines.push(format!("{} approved {id} ({subject})", e.actor)),
-        T::TransitionRejected => lines.push(format!(
-            "{} rejected {id} ({subject}): “{}”",
-            e.actor, e.comment
-        )),
-        T::StageChanged => {
-            let cause = modelreg_client::names::cause_label(e.cause);
-            let verb = if cause == "ROLLBACK" {
-                "rolled back to"
-            } else {
-                "is now in"
-            };
-            lines.push(format!(
-                "{subject} {verb} PRODUCTION ({cause}, by {}){}",
-                e.actor,
-                if e.comment.is_empty() {
-                    String::new()
-                } else {
-                    format!(": “{}”", e.comment)
-                }
-            ));
-        }
-        T::WorkerFailed => lines.push(format!(
-            "worker {} gave up on {subject} after {} attempts: {}",
-            details["worker"].as_str().unwrap_or("?"),
-            details["attempts"],
-            details["error"].as_str().unwrap_or("?")
-        )),
-        T::DeploymentReported => lines.push(format!(
-            "deployment of {subject} to {} FAILED: {}",
-            details["environment"].as_str().unwrap_or("?"),
-            details["message"].as_str().unwrap_or("")
-        )),
-        other => lines.push(format!(
-            "{}: {subject} ({})",
-            event_type_label(other as i32),
-            e.actor
-        )),
-    }
-    lines.join("\n")
-}
-
 /// `notify`.
 pub async fn notify(client: RegistryClient, args: NotifyArgs) -> Result<(), Failure> {
     const WORKER: &str = "notify";
@@ -817,59 +714,74 @@ pub async fn notify(client: RegistryClient, args: NotifyArgs) -> Result<(), Fail
         after_sequence: None,
     };
     let stop = stop_on_signals();
-    run_loop(WORKER, &client, filter, args.cursor_file.clone(), args.after, |d| {
-        let hook = hook.clone();
-        let link_base = args.link_base.clone();
-        let format = args.format;
-        let max_backoff = args.max_backoff;
-        let mut stop = stop.clone();
-        async move {
-            let e = &d.event;
-            let json = to_json(e, "modelreg.v1.RegistryEvent");
-            let details = json["details"].clone();
-            if !worth_notifying(e, &details) {
-                return Ok(true);
-            }
-            let (body, content_type) = match format {
-                Format::Json => (json.to_string(), "application/json"),
-                Format::Slack => {
-                    let text = summary(e, &details, link_base.as_deref());
-                    let body = serde_json::json!({
-                        "text": text,
-                        "blocks": [
-                            {"type": "section", "text": {"type": "mrkdwn", "text": text}},
-                            {"type": "context", "elements": [{"type": "mrkdwn", "text": format!("modelreg event {} · {}", e.sequence, event_type_label(e.r#type))}]},
-                        ],
-                    });
-                    (body.to_string(), "application/json")
+    run_loop(
+        WORKER,
+        &client,
+        filter,
+        args.cursor_file.clone(),
+        args.after,
+        |d| {
+            let hook = hook.clone();
+            let link_base = args.link_base.clone();
+            let format = args.format;
+            let max_backoff = args.max_backoff;
+            let mut stop = stop.clone();
+            async move {
+                let e = &d.event;
+                let json = to_json(e, "modelreg.v1.RegistryEvent");
+                let details = json["details"].clone();
+                if !worth_notifying(e, &details) {
+                    return Ok(true);
                 }
-            };
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                match hook.post(body.as_bytes(), content_type, e.sequence).await {
-                    Outcome::Delivered(code) => {
-                        log(WORKER, format!("event {} delivered ({code})", e.sequence));
-                        return Ok(true);
+                let (body, content_type) = match format {
+                    Format::Json => (json.to_string(), "application/json"),
+                    Format::Slack => {
+                        let body = slack::message(e, &details, link_base.as_deref());
+                        (body.to_string(), "application/json")
                     }
-                    Outcome::Rejected(why) => {
-                        // Retrying the same message cannot help; say so loudly and move on.
-                        log(WORKER, format!("event {} NOT delivered, the webhook refused it: {why}", e.sequence));
-                        return Ok(true);
-                    }
-                    Outcome::Retry { reason, retry_after } => {
-                        let wait = backoff(attempt, max_backoff, retry_after);
-                        log(WORKER, format!("event {}: {reason}; retry {attempt} in {wait:?}", e.sequence));
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            // Stopping: the cursor stays before this event, so it is sent after a restart.
-                            _ = stop.changed() => return Ok(false),
+                };
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    match hook.post(body.as_bytes(), content_type, e.sequence).await {
+                        Outcome::Delivered(code) => {
+                            log(WORKER, format!("event {} delivered ({code})", e.sequence));
+                            return Ok(true);
+                        }
+                        Outcome::Rejected(why) => {
+                            // Retrying the same message cannot help; say so loudly and move on.
+                            log(
+                                WORKER,
+                                format!(
+                                    "event {} NOT delivered, the webhook refused it: {why}",
+                                    e.sequence
+                                ),
+                            );
+                            return Ok(true);
+                        }
+                        Outcome::Retry {
+                            reason,
+                            retry_after,
+                        } => {
+                            let wait = backoff(attempt, max_backoff, retry_after);
+                            log(
+                                WORKER,
+                                format!(
+                                    "event {}: {reason}; retry {attempt} in {wait:?}",
+                                    e.sequence
+                                ),
+                            );
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                // Stopping: the cursor stays before this event, so it is sent after a restart.
+                                _ = stop.changed() => return Ok(false),
+                            }
                         }
                     }
                 }
             }
-        }
-    })
+        },
+    )
     .await
 }
 
