@@ -680,6 +680,95 @@ async fn events_stream_feeds_live_refresh() {
     app.stop().await;
 }
 
+/// Sets fraud's gate to `auc >= min` (as the admin).
+async fn set_auc_gate(ada: &mut RegistryClient, min: f64) {
+    ada.update_model(pb::UpdateModelRequest {
+        name: "fraud".into(),
+        policy: Some(pb::Policy {
+            standard_evaluation_set: Some(holdout()),
+            gates: Some(pb::MetricGateList {
+                gates: vec![pb::MetricGate {
+                    metric: "auc".into(),
+                    min_value: Some(min),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["policy".into()],
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("set the gate");
+}
+
+/// The dashboard's Approve is the approval path of the one move rule: when
+/// the gates fail at decision time it is refused exactly as ApproveTransition
+/// is (409, the failing check named, the request still pending, nothing
+/// written), and once they pass it applies with cause APPROVAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_decision_is_decided_like_an_rpc_approval() {
+    // Arrange: fraud:2 (auc 0.93) waits; then the gate is raised to 0.95.
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(Some(dir.path())).await;
+    arrange(&app, true).await;
+    let mut ada = grpc(&app, "ada", true).await;
+    let mut bob_rpc = grpc(&app, "bob", true).await;
+    set_auc_gate(&mut ada, 0.95).await;
+    let mut bob = Browser::new(app.http_addr.unwrap());
+    let page = bob.sign_in("bob", "/requests/fraud:2").await;
+    let csrf = page.csrf();
+    let before = event_count(&mut ada).await;
+
+    // Act
+    let refused = bob
+        .post(
+            "/requests/fraud:2/decide",
+            &[("decision", "approve"), ("csrf", &csrf)],
+        )
+        .await;
+    let rpc = bob_rpc
+        .approve_transition(pb::ApproveTransitionRequest {
+            request_id: "fraud:2".into(),
+            comment: String::new(),
+        })
+        .await
+        .expect_err("the RPC refuses too");
+    let after_refusals = event_count(&mut ada).await;
+    set_auc_gate(&mut ada, 0.8).await;
+    let applied = bob
+        .post(
+            "/requests/fraud:2/decide",
+            &[("decision", "approve"), ("csrf", &csrf)],
+        )
+        .await;
+
+    // Assert
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(refused.body.contains("Not done"), "{}", refused.body);
+    assert!(refused.body.contains("auc &gt;= 0.95"), "{}", refused.body);
+    assert_eq!(rpc.code(), tonic::Code::FailedPrecondition);
+    assert!(rpc.message().contains("auc >= 0.95"), "{rpc:?}");
+    assert_eq!(after_refusals, before, "refusals write nothing");
+    assert_eq!(applied.status, 200, "{}", applied.body);
+    let moved = modelreg_tests::list_events(
+        &mut ada,
+        pb::ListEventsRequest {
+            model: "fraud".into(),
+            version: 2,
+            types: vec![pb::EventType::StageChanged as i32],
+            ..Default::default()
+        },
+    )
+    .await;
+    let last = moved.last().expect("v2 moved");
+    assert_eq!(last.to_stage, pb::Stage::Production as i32);
+    assert_eq!(last.cause, pb::StageChangeCause::Approval as i32);
+    assert_eq!(last.actor, "bob");
+}
+
 /// Reads from `stream` until `needle` arrives; the deadline only bounds a broken run.
 async fn read_until(stream: &mut tokio::net::TcpStream, needle: &str) -> String {
     let mut text = String::new();

@@ -1008,9 +1008,11 @@ async fn a_server_on_port_zero_reports_the_addresses_it_bound() {
         .unwrap();
     assert_ne!(http.port(), 0);
     let mut conn = tokio::net::TcpStream::connect(http).await.unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: registry\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    conn.write_all(
+        format!("GET /metrics HTTP/1.1\r\nhost: {http}\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut answer = String::new();
     conn.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");

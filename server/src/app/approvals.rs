@@ -3,10 +3,8 @@
 
 use serde_json::json;
 
-use crate::domain::lifecycle;
 use crate::domain::{
-    self, Cause, EventKind, Model, Name, NewEvent, RequestStatus, TransitionRequest, Version,
-    now_micros,
+    self, EventKind, Model, Name, NewEvent, RequestStatus, TransitionRequest, Version, now_micros,
 };
 use crate::error::{Error, Result};
 use crate::store::{Db, RequestCursor, Store, Tx};
@@ -96,11 +94,18 @@ pub(crate) async fn approve_in<T: Tx>(
             request.from_stage
         )));
     }
-    if !request.rollback {
-        // Production may have changed since the request: judge again, today.
-        let judgement = judge(tx, &model, &version).await?;
-        require_gates(name, version.version, &judgement.results)?;
-    }
+    // Production may have changed since the request: decided again, today.
+    let path = MovePath::Approved {
+        rollback: request.rollback,
+    };
+    let moves = match decide_move(tx, &model, &version, request.to_stage, path).await? {
+        MoveDecision::Apply(moves) => moves,
+        MoveDecision::NeedsApproval(_) => {
+            return Err(Error::Internal(format!(
+                "an approved request {id} was sent back for approval"
+            )));
+        }
+    };
     let now = now_micros();
     request.approvals.push(domain::Approval {
         approver: approver.clone(),
@@ -129,22 +134,6 @@ pub(crate) async fn approve_in<T: Tx>(
         request.status = RequestStatus::Approved;
         request.resolved_by = approver;
         request.resolution_comment = decision.comment.clone();
-        let production = tx.production_version(name).await?.unwrap_or(0);
-        let moves = if request.rollback {
-            rollback_moves(&version, production)
-        } else {
-            let mut moves = lifecycle::plan_transition(
-                name,
-                version.version,
-                version.stage,
-                request.to_stage,
-                production,
-            )?;
-            if let Some(last) = moves.last_mut() {
-                last.cause = Cause::Approval;
-            }
-            moves
-        };
         let details = json!({"request_id": id, "requester": request.requester});
         let comment = request.comment.clone();
         events.extend(

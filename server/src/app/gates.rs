@@ -12,6 +12,7 @@ use crate::store::{Db, Tx};
 use super::*;
 
 /// What the gates and a notification need to know about a candidate.
+#[derive(Default)]
 pub(crate) struct Judgement {
     /// One result per check.
     pub(crate) results: Vec<GateResult>,

@@ -192,7 +192,18 @@ pub(crate) async fn live_monitor_in<T: Tx>(
                         .fetch_version(&name, target)
                         .await?
                         .ok_or_else(|| vanished("rollback target"))?;
-                    let moves = rollback_moves(&version, production.version);
+                    let model = tx
+                        .fetch_model(&name)
+                        .await?
+                        .ok_or_else(|| vanished("model"))?;
+                    let MoveDecision::Apply(moves) =
+                        decide_move(tx, &model, &version, Stage::Production, MovePath::Policy)
+                            .await?
+                    else {
+                        return Err(Error::Internal(
+                            "the policy engine's rollback was sent for approval".into(),
+                        ));
+                    };
                     let comment = format!("rolled back by the live monitor: {condition}");
                     let details = json!({
                         "rolled_back_from": production.version,

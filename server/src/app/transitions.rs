@@ -234,37 +234,83 @@ pub(crate) async fn open_request<T: Tx>(
     Ok((request, Some(event)))
 }
 
-/// How a requested move is carried out.
+/// Who moves a version: the one thing, besides the model's policy, that
+/// [`decide_move`]'s answer turns on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MovePath {
+    /// Someone asks for a stage (RegisterVersion with a target stage,
+    /// TransitionStage): gates guard every governed stage and production, and
+    /// a stage the policy governs waits for approval.
+    Request,
+    /// A pending request has the approvals it needs (dashboard or RPC): the
+    /// gates are judged again, since production may have changed; a rollback
+    /// request has none.
+    Approved {
+        /// Whether the request is a rollback.
+        rollback: bool,
+    },
+    /// Rollback to an earlier production version: no gates (it is the way
+    /// back from a bad release); it waits only where the policy says
+    /// rollbacks need approval.
+    Rollback,
+    /// The policy engine acting on the model's own policy: it applies.
+    Policy,
+}
+
+/// How a move is carried out.
 pub(crate) enum MoveDecision {
     /// The move applies now: these moves, in order.
     Apply(Vec<lifecycle::Move>),
-    /// The model's policy needs approval for the target stage: open a
-    /// request carrying this verdict of the gates.
+    /// The model's policy needs approval: open a request carrying this
+    /// verdict of the gates.
     NeedsApproval(Judgement),
 }
 
 /// The one answer to "applies now, needs approval, or refused by gates" for
 /// moving `candidate` to `target`, asked by every path that moves a version
-/// on someone's request (registration with a target stage, TransitionStage).
-/// An illegal move and failing gates are errors, with every failed check.
+/// (registration with a target stage, TransitionStage, approval — RPC or
+/// dashboard —, rollback, the policy engine's rollback). An illegal move and
+/// failing gates are errors, with every failed check.
 pub(crate) async fn decide_move<T: Tx>(
     tx: &mut T,
     model: &Model,
     candidate: &Version,
     target: Stage,
+    path: MovePath,
 ) -> Result<MoveDecision> {
     let name = model.name.as_str();
     let production = tx.production_version(name).await?.unwrap_or(0);
-    let moves =
-        lifecycle::plan_transition(name, candidate.version, candidate.stage, target, production)?;
-    let needs_approval = model.policy.needs_approval(target);
-    if needs_approval || target == Stage::Production {
-        // Gates guard every way into production and every governed stage.
+    let rollback = matches!(
+        path,
+        MovePath::Rollback | MovePath::Policy | MovePath::Approved { rollback: true }
+    );
+    let mut moves = if rollback {
+        rollback_moves(candidate, production)
+    } else {
+        lifecycle::plan_transition(name, candidate.version, candidate.stage, target, production)?
+    };
+    let gated = match path {
+        MovePath::Request => model.policy.needs_approval(target) || target == Stage::Production,
+        MovePath::Approved { rollback } => !rollback,
+        MovePath::Rollback | MovePath::Policy => false,
+    };
+    let judgement = if gated {
         let judgement = judge(tx, model, candidate).await?;
         require_gates(name, candidate.version, &judgement.results)?;
-        if needs_approval {
-            return Ok(MoveDecision::NeedsApproval(judgement));
-        }
+        Some(judgement)
+    } else {
+        None
+    };
+    let needs_approval = match path {
+        MovePath::Request => model.policy.needs_approval(target),
+        MovePath::Rollback => model.policy.rollback_requires_approval(),
+        MovePath::Approved { .. } | MovePath::Policy => false,
+    };
+    if needs_approval {
+        return Ok(MoveDecision::NeedsApproval(judgement.unwrap_or_default()));
+    }
+    if let (MovePath::Approved { rollback: false }, Some(last)) = (path, moves.last_mut()) {
+        last.cause = Cause::Approval;
     }
     Ok(MoveDecision::Apply(moves))
 }
@@ -299,7 +345,7 @@ pub(crate) async fn request_transition_in<T: Tx>(
         "version",
         &format!("{name}/{}", change.version),
     )?;
-    let moves = match decide_move(tx, &model, &current, change.target).await? {
+    let moves = match decide_move(tx, &model, &current, change.target, MovePath::Request).await? {
         MoveDecision::Apply(moves) => moves,
         MoveDecision::NeedsApproval(judgement) => {
             let ask = Ask {
@@ -404,20 +450,19 @@ pub(crate) async fn rollback_in<T: Tx>(
             "version {target} was in production but is in stage NONE"
         )));
     }
-    if model.policy.rollback_requires_approval() {
-        let ask = Ask {
-            to: Stage::Production,
-            rollback: true,
-            comment: &order.reason,
-            // Rollback is the way back from a bad release: no gates.
-            judgement: Judgement {
-                results: Vec::new(),
-                comparison: None,
-            },
+    let moves =
+        match decide_move(tx, &model, &version, Stage::Production, MovePath::Rollback).await? {
+            MoveDecision::Apply(moves) => moves,
+            MoveDecision::NeedsApproval(judgement) => {
+                let ask = Ask {
+                    to: Stage::Production,
+                    rollback: true,
+                    comment: &order.reason,
+                    judgement,
+                };
+                return pending(tx, &model, &version, &order.caller.actor, ask).await;
+            }
         };
-        return pending(tx, &model, &version, &order.caller.actor, ask).await;
-    }
-    let moves = rollback_moves(&version, production);
     let details = json!({"rolled_back_from": production, "rolled_back_to": target});
     let events = apply_moves(tx, name, &moves, &order.reason, details, "", None).await?;
     let seq = append_events(tx, &order.caller.actor, events).await?;

@@ -66,7 +66,7 @@ pub(crate) async fn register_version_in<T: Tx>(
     // the same rule as every other move (approval, gates).
     let decision = match new.target_stage {
         Stage::None => MoveDecision::Apply(Vec::new()),
-        target => decide_move(tx, &current, &version, target).await?,
+        target => decide_move(tx, &current, &version, target, MovePath::Request).await?,
     };
     if let MoveDecision::Apply(moves) = &decision
         && let Some(last) = moves.last()

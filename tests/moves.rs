@@ -1,0 +1,503 @@
+//! Every path that moves a version asks one rule (`app::transitions::
+//! decide_move`) "applies now, needs approval, or refused by gates", so for
+//! the same policy each path reaches the same outcome: registration with a
+//! target stage, TransitionStage, approval, rollback and the policy engine
+//! (the dashboard's decision is `tests/dashboard_http.rs`
+//! `a_dashboard_decision_is_decided_like_an_rpc_approval`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use modelreg_client::{RegistryClient, pb};
+use modelreg_server::policy::ManualClock;
+use modelreg_tests::{TestDb, conformance, register, spawn_app, spawn_app_with};
+use pb::{Stage, StageChangeCause as Cause};
+use tonic_types::StatusExt;
+
+conformance!(
+    registration_with_a_target_stage_decides_by_the_rule,
+    transition_decides_by_the_rule,
+    approval_decides_again_when_it_applies,
+    rollback_decides_by_the_rule_without_gates,
+    the_policy_engine_decides_by_the_rule,
+);
+
+/// What a move came to.
+#[derive(Debug, Clone, PartialEq)]
+enum Outcome {
+    /// The version is in its target stage.
+    Applied,
+    /// A request waits for approval.
+    Pending,
+    /// Refused, with the precondition violations' types.
+    Refused(Vec<String>),
+}
+
+fn refused(status: &tonic::Status) -> Outcome {
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    let mut kinds: Vec<String> = status
+        .get_details_precondition_failure()
+        .expect("precondition details")
+        .violations
+        .into_iter()
+        .map(|v| v.r#type)
+        .collect();
+    kinds.dedup();
+    Outcome::Refused(kinds)
+}
+
+fn holdout() -> pb::EvaluationSetRef {
+    pb::EvaluationSetRef {
+        name: "holdout".into(),
+        version: "v1".into(),
+    }
+}
+
+fn stages(s: &[Stage]) -> Option<pb::StageList> {
+    Some(pb::StageList {
+        stages: s.iter().map(|s| *s as i32).collect(),
+    })
+}
+
+fn auc_gate(gate: pb::MetricGate) -> Option<pb::MetricGateList> {
+    Some(pb::MetricGateList {
+        gates: vec![pb::MetricGate {
+            metric: "auc".into(),
+            ..gate
+        }],
+    })
+}
+
+/// Three policies of the same move into STAGING of a version without an
+/// evaluation, and what the rule makes of it under each.
+fn staging_policies() -> Vec<(&'static str, pb::Policy, Outcome)> {
+    let governed = pb::Policy {
+        approval_required_for: stages(&[Stage::Staging, Stage::Production]),
+        ..Default::default()
+    };
+    vec![
+        (
+            "open",
+            pb::Policy {
+                approval_required_for: stages(&[]),
+                ..Default::default()
+            },
+            Outcome::Applied,
+        ),
+        ("governed", governed.clone(), Outcome::Pending),
+        (
+            "gated",
+            pb::Policy {
+                standard_evaluation_set: Some(holdout()),
+                gates: auc_gate(pb::MetricGate {
+                    min_value: Some(0.8),
+                    ..Default::default()
+                }),
+                ..governed
+            },
+            Outcome::Refused(vec!["GATE_FAILED".into()]),
+        ),
+    ]
+}
+
+async fn create_holdout(c: &mut RegistryClient) {
+    c.create_evaluation_set(pb::CreateEvaluationSetRequest {
+        name: "holdout".into(),
+        version: "v1".into(),
+        uri: "s3://datasets/holdout/v1".into(),
+        digest: "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae".into(),
+        metrics: vec![pb::MetricDefinition {
+            name: "auc".into(),
+            higher_is_better: true,
+        }],
+        description: String::new(),
+    })
+    .await
+    .expect("create holdout");
+}
+
+async fn create(c: &mut RegistryClient, name: &str, policy: pb::Policy) {
+    c.create_model(pb::CreateModelRequest {
+        name: name.into(),
+        policy: Some(policy),
+        ..Default::default()
+    })
+    .await
+    .expect("create model");
+}
+
+async fn set_policy(c: &mut RegistryClient, name: &str, policy: pb::Policy) {
+    c.update_model(pb::UpdateModelRequest {
+        name: name.into(),
+        policy: Some(policy),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["policy".into()],
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("set policy");
+}
+
+async fn evaluate(c: &mut RegistryClient, model: &str, version: i64, auc: f64) {
+    c.attach_evaluation(pb::AttachEvaluationRequest {
+        model: model.into(),
+        version,
+        evaluation_set: Some(holdout()),
+        evaluator_version: "eval-1".into(),
+        metrics: HashMap::from([("auc".into(), auc)]),
+        ..Default::default()
+    })
+    .await
+    .expect("attach evaluation");
+}
+
+async fn stage_of(c: &mut RegistryClient, model: &str, version: i64) -> i32 {
+    c.get_version(pb::GetVersionRequest {
+        model: model.into(),
+        version,
+        ..Default::default()
+    })
+    .await
+    .expect("get version")
+    .into_inner()
+    .version
+    .expect("version")
+    .stage
+}
+
+/// Asks TransitionStage for `to`; the outcome and the request, if one waits.
+async fn ask(
+    c: &mut RegistryClient,
+    model: &str,
+    version: i64,
+    to: Stage,
+) -> (Outcome, Option<pb::TransitionRequest>) {
+    match c
+        .transition_stage(pb::TransitionStageRequest {
+            model: model.into(),
+            version,
+            target_stage: to as i32,
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(r) => match r.into_inner() {
+            pb::TransitionStageResponse {
+                version: Some(_), ..
+            } => (Outcome::Applied, None),
+            pb::TransitionStageResponse { request, .. } => (Outcome::Pending, request),
+        },
+        Err(s) => (refused(&s), None),
+    }
+}
+
+async fn approve(c: &mut RegistryClient, id: &str) -> Outcome {
+    match c
+        .approve_transition(pb::ApproveTransitionRequest {
+            request_id: id.into(),
+            comment: "ok".into(),
+        })
+        .await
+    {
+        Ok(_) => Outcome::Applied,
+        Err(s) => refused(&s),
+    }
+}
+
+/// The cause of the newest STAGE_CHANGED event that moved `version`.
+async fn last_cause(c: &mut RegistryClient, model: &str, version: i64) -> i32 {
+    modelreg_tests::list_events(
+        c,
+        pb::ListEventsRequest {
+            model: model.into(),
+            version,
+            types: vec![pb::EventType::StageChanged as i32],
+            ..Default::default()
+        },
+    )
+    .await
+    .last()
+    .expect("a stage change")
+    .cause
+}
+
+/// RegisterVersion(target_stage=STAGING) under each policy: applied, pending
+/// (registered in NONE), or refused by the gates (nothing registered).
+async fn registration_with_a_target_stage_decides_by_the_rule(db: TestDb) {
+    // Arrange
+    let app = spawn_app(&db).await;
+    let mut c = app.client.clone();
+    create_holdout(&mut c).await;
+
+    for (name, policy, expected) in staging_policies() {
+        create(&mut c, name, policy).await;
+
+        // Act
+        let outcome = match c
+            .register_version(pb::RegisterVersionRequest {
+                model: name.into(),
+                artifact_uri: format!("s3://m/{name}/1"),
+                target_stage: Stage::Staging as i32,
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(r) => match r.into_inner() {
+                pb::RegisterVersionResponse {
+                    request: Some(_),
+                    version: Some(v),
+                } => {
+                    assert_eq!(v.stage, Stage::None as i32, "{name}");
+                    Outcome::Pending
+                }
+                pb::RegisterVersionResponse {
+                    version: Some(v), ..
+                } => {
+                    assert_eq!(v.stage, Stage::Staging as i32, "{name}");
+                    Outcome::Applied
+                }
+                other => panic!("{name}: {other:?}"),
+            },
+            Err(s) => refused(&s),
+        };
+
+        // Assert
+        assert_eq!(outcome, expected, "policy {name}");
+    }
+}
+
+/// TransitionStage(NONE→STAGING) of an unevaluated version under the same
+/// policies: the same outcomes as registration.
+async fn transition_decides_by_the_rule(db: TestDb) {
+    // Arrange
+    let app = spawn_app(&db).await;
+    let mut c = app.client.clone();
+    create_holdout(&mut c).await;
+
+    for (name, policy, expected) in staging_policies() {
+        create(&mut c, name, policy).await;
+        let v = register(&mut c, name, Stage::None).await;
+
+        // Act
+        let (outcome, _) = ask(&mut c, name, v.version, Stage::Staging).await;
+
+        // Assert
+        assert_eq!(outcome, expected, "policy {name}");
+        let stage = stage_of(&mut c, name, v.version).await;
+        let moved = expected == Outcome::Applied;
+        assert_eq!(stage == Stage::Staging as i32, moved, "policy {name}");
+    }
+}
+
+/// Approval decides again when it applies: a request whose gates passed when
+/// it was opened is refused at approval, with the same checks TransitionStage
+/// now gives, once production moved ahead; a request whose gates still pass
+/// applies with cause APPROVAL.
+async fn approval_decides_again_when_it_applies(db: TestDb) {
+    // Arrange: auc may not regress by more than 0.01 against production.
+    let app = spawn_app(&db).await;
+    let mut alice = app.client_as("alice").await;
+    let mut bob = app.client_as("bob").await;
+    create_holdout(&mut alice).await;
+    create(
+        &mut alice,
+        "fraud",
+        pb::Policy {
+            standard_evaluation_set: Some(holdout()),
+            gates: auc_gate(pb::MetricGate {
+                max_regression: Some(0.01),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut pending = Vec::new();
+    for auc in [0.85, 0.86, 0.95] {
+        let v = register(&mut alice, "fraud", Stage::Staging).await;
+        evaluate(&mut alice, "fraud", v.version, auc).await;
+        if v.version == 1 {
+            let (_, r) = ask(&mut alice, "fraud", 1, Stage::Production).await;
+            assert_eq!(approve(&mut bob, &r.unwrap().id).await, Outcome::Applied);
+        } else {
+            let (outcome, r) = ask(&mut alice, "fraud", v.version, Stage::Production).await;
+            assert_eq!(outcome, Outcome::Pending, "v{}", v.version);
+            pending.push(r.unwrap().id);
+        }
+    }
+
+    // Act: v3 (0.95) goes first; v2 (0.86) now regresses against it.
+    let v3 = approve(&mut bob, &pending[1]).await;
+    let v2 = approve(&mut bob, &pending[0]).await;
+    let (fresh, _) = ask(&mut alice, "fraud", 2, Stage::Production).await;
+
+    // Assert
+    assert_eq!(v3, Outcome::Applied);
+    assert_eq!(
+        last_cause(&mut alice, "fraud", 3).await,
+        Cause::Approval as i32
+    );
+    assert_eq!(v2, Outcome::Refused(vec!["GATE_FAILED".into()]));
+    assert_eq!(v2, fresh, "approval and TransitionStage decide alike");
+    assert_eq!(
+        stage_of(&mut alice, "fraud", 2).await,
+        Stage::Staging as i32
+    );
+}
+
+/// Rollback under a policy whose gates the rollback target fails: no gates
+/// stop it; it applies at once, or waits where the policy says rollbacks
+/// need approval — and that request, approved, applies without gates.
+async fn rollback_decides_by_the_rule_without_gates(db: TestDb) {
+    // Arrange
+    let app = spawn_app(&db).await;
+    let mut alice = app.client_as("alice").await;
+    let mut bob = app.client_as("bob").await;
+    create_holdout(&mut alice).await;
+    for (name, needs_approval, expected) in [
+        ("quick", false, Outcome::Applied),
+        ("careful", true, Outcome::Pending),
+    ] {
+        create(
+            &mut alice,
+            name,
+            pb::Policy {
+                approval_required_for: stages(&[]),
+                ..Default::default()
+            },
+        )
+        .await;
+        for v in [1, 2] {
+            register(&mut alice, name, Stage::Staging).await;
+            let (outcome, _) = ask(&mut alice, name, v, Stage::Production).await;
+            assert_eq!(outcome, Outcome::Applied);
+        }
+        // Now gates version 1 cannot pass (it has no evaluation at all).
+        set_policy(
+            &mut alice,
+            name,
+            pb::Policy {
+                standard_evaluation_set: Some(holdout()),
+                gates: auc_gate(pb::MetricGate {
+                    min_value: Some(0.99),
+                    ..Default::default()
+                }),
+                rollback_requires_approval: Some(needs_approval),
+                ..Default::default()
+            },
+        )
+        .await;
+
+        // Act
+        let outcome = match alice
+            .rollback(pb::RollbackRequest {
+                model: name.into(),
+                reason: "latency spike".into(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(r) => match r.into_inner() {
+                pb::RollbackResponse {
+                    request: Some(r), ..
+                } => {
+                    assert_eq!(approve(&mut bob, &r.id).await, Outcome::Applied);
+                    Outcome::Pending
+                }
+                _ => Outcome::Applied,
+            },
+            Err(s) => refused(&s),
+        };
+
+        // Assert
+        assert_eq!(outcome, expected, "{name}");
+        assert_eq!(
+            stage_of(&mut alice, name, 1).await,
+            Stage::Production as i32,
+            "{name}: back in production"
+        );
+        assert_eq!(
+            last_cause(&mut alice, name, 1).await,
+            Cause::Rollback as i32
+        );
+    }
+}
+
+/// The policy engine's live-monitor rollback is the model's own policy
+/// acting: it applies even where people's rollbacks need approval and the
+/// target fails the gates.
+async fn the_policy_engine_decides_by_the_rule(db: TestDb) {
+    // Arrange
+    let clock = ManualClock::at(modelreg_server::domain::now_micros());
+    let app = spawn_app_with(&db, |s| s.clock = clock.clock()).await;
+    let mut c = app.client_as("alice").await;
+    create_holdout(&mut c).await;
+    create(
+        &mut c,
+        "ads",
+        pb::Policy {
+            approval_required_for: stages(&[]),
+            ..Default::default()
+        },
+    )
+    .await;
+    for v in [1, 2] {
+        register(&mut c, "ads", Stage::Staging).await;
+        assert_eq!(
+            ask(&mut c, "ads", v, Stage::Production).await.0,
+            Outcome::Applied
+        );
+    }
+    set_policy(
+        &mut c,
+        "ads",
+        pb::Policy {
+            standard_evaluation_set: Some(holdout()),
+            gates: auc_gate(pb::MetricGate {
+                min_value: Some(0.99),
+                ..Default::default()
+            }),
+            rollback_requires_approval: Some(true),
+            archival: Some(pb::ArchivalPolicy {
+                archive_superseded_after_days: None,
+                live_metric: Some(pb::LiveMetricRule {
+                    metric: "ctr".into(),
+                    threshold: 0.02,
+                    higher_is_better: true,
+                    window: Some(prost_types::Duration {
+                        seconds: Duration::from_secs(600).as_secs() as i64,
+                        nanos: 0,
+                    }),
+                    action: pb::LiveMetricAction::Rollback as i32,
+                }),
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let t = clock.now_micros();
+    clock.set(t + 3_600_000_000);
+    for (minutes, value) in [(1, 0.01), (6, 0.015), (11, 0.005)] {
+        c.report_live_metric(pb::ReportLiveMetricRequest {
+            model: "ads".into(),
+            version: 2,
+            metric: "ctr".into(),
+            value,
+            observe_time: Some(prost_types::Timestamp {
+                seconds: (t + minutes * 60_000_000) / 1_000_000,
+                nanos: 0,
+            }),
+        })
+        .await
+        .expect("observe");
+    }
+
+    // Act
+    let report = app.policy.tick(t + 11 * 60_000_000).await.expect("tick");
+
+    // Assert
+    assert_eq!((report.breaches, report.rollbacks), (1, 1));
+    assert_eq!(stage_of(&mut c, "ads", 1).await, Stage::Production as i32);
+    assert_eq!(last_cause(&mut c, "ads", 1).await, Cause::Rollback as i32);
+}
