@@ -874,7 +874,7 @@ fn the_policy_parser_refuses_garbage_with_policy_field_paths() {
         );
     check("policy parser", 256, policy, |raw| {
         use modelreg_server::error::Error;
-        match modelreg_server::convert::policy_from_pb("policy", raw) {
+        match modelreg_server::grpc::convert::policy_from_pb("policy", raw) {
             Ok(_) => {}
             Err(Error::InvalidArgument(violations)) => {
                 prop_assert!(!violations.is_empty(), "a refusal names a field");

@@ -1,4 +1,4 @@
-//! Who is calling, and what they may do (SPEC §7).
+//! Who is calling, and what they may do. Roles and their meaning are documented in the README (Authentication and TLS).
 //!
 //! Every call reaching the service carries an [`Identity`] in its request
 //! extensions. With a token file the identity comes from the bearer token;
@@ -29,7 +29,7 @@ use tonic::codegen::http;
 use tower_layer::Layer;
 
 /// The self-declared caller name of local mode (the service reads the same key).
-const ACTOR_HEADER: &str = "x-modelreg-actor";
+use crate::domain::ACTOR_HEADER;
 
 /// A role from the token file. `Admin` implies every other role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -210,9 +210,9 @@ impl TokenTable {
         for (i, entry) in raw.tokens.into_iter().enumerate() {
             let at = format!("entry {} (identity {:?})", i + 1, entry.identity);
             let name = entry.identity;
-            if name.is_empty() || name.chars().count() > 256 || name.chars().any(char::is_control) {
+            if crate::domain::Actor::parse("identity", &name).is_err() {
                 return Err(fail(format!(
-                    "{at}: identity must be 1 to 256 printable characters"
+                    "{at}: identity must be 1 to 256 bytes of printable characters"
                 )));
             }
             if entry.roles.is_empty() {

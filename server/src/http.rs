@@ -22,8 +22,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::auth::TokenStore;
 use crate::dashboard::{Body, Dashboard};
+use crate::grpc::RegistryService;
 use crate::metrics::Metrics;
-use crate::service::RegistryService;
 use crate::settings::PublicUrl;
 
 /// How long a client may take for its TLS handshake or request head.

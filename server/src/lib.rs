@@ -6,29 +6,51 @@
 //!
 //! # Layout
 //!
-//! Modules follow the data's path through a call:
+//! Data flows one way: edges → use cases → pure rules and statements →
+//! the watch tail. Nothing calls back up.
 //!
-//! - [`service`]: the gRPC edge. Parses requests into domain values, calls the
-//!   store, converts back ([`convert`] holds the mappings).
+//! - Edges, which speak a protocol and hold no rule:
+//!   - [`grpc`]: `ModelRegistryService`, a handler per RPC that identifies
+//!     the caller, parses the request into domain values, calls one [`app`]
+//!     function and converts the answer ([`grpc::convert`]).
+//!   - [`http`]: the HTTP listener (`--http-listen`): `/metrics` and the
+//!     [`dashboard`] (server-rendered pages, sign-in, CSRF-checked decisions,
+//!     live refresh by SSE), to loopback names and `--public-url`'s host only.
+//!   - [`auth`]: bearer tokens, roles, and the tower layer that checks them
+//!     before any handler runs (local mode without a token file, loopback only).
+//! - [`app`]: one async function per use case, the only place where rules
+//!   are put in order; [`app::transitions`]'s `decide_move` is the one
+//!   answer to "applies now, needs approval, or refused by gates" for every
+//!   path that moves a version. [`policy`] runs the policy engine's use
+//!   cases every `--policy-interval` on an injectable clock.
 //! - [`domain`]: the pure vocabulary and rules: names and input limits,
 //!   models and versions, the lifecycle, events and the hash chain
 //!   ([`domain::audit`]), policies and gates, transition requests,
-//!   evaluations and comparisons. No I/O, no protobuf, no SQL.
-//! - [`policy`]: the policy engine, a background task that applies each
-//!   model's archival policy every `--policy-interval`, on an injectable clock.
-//! - [`store`]: one transaction per change, its events appended in the same
-//!   transaction, on SQLite or PostgreSQL; the "new commit" signal for watchers.
-//! - [`watch`]: event log → one subscriber, by sequence.
-//! - [`auth`]: bearer tokens, roles, and the layer that checks them before
-//!   any handler runs (local mode without a token file, loopback only).
-//! - [`http`]: the HTTP listener (`--http-listen`) serving `/metrics` and
-//!   the dashboard, to loopback names and `--public-url`'s host only.
-//! - [`dashboard`]: the approval dashboard: server-rendered pages, sign-in,
-//!   CSRF-checked Approve/Reject through the service, live refresh by SSE.
-//! - [`metrics`]: the Prometheus series and the layer that counts gRPC calls.
-//! - [`error`]: the one mapping from failures to gRPC status codes.
-//! - [`settings`]: flags and their `MODELREG_*` environment variables.
-//! - [`ready`]: the `--ready-file` that reports the addresses actually bound.
+//!   evaluations. No I/O, no protobuf, no SQL.
+//! - [`store`]: statements only, on SQLite or PostgreSQL: one write
+//!   transaction, reads, the event append, and the "new commit" signal.
+//! - [`watch`]: the event log's shared tail → each WatchTransitions subscriber.
+//! - Around them: [`error`] (one error type, one mapping to gRPC codes),
+//!   [`metrics`], [`settings`], [`ready`] (`--ready-file`), [`transport`].
+//!
+//! # The path of a RegisterVersion call
+//!
+//! 1. `auth.rs`: the tower layer maps the bearer token to an `Identity` and
+//!    checks the role `RegisterVersion` needs (publisher).
+//! 2. `grpc/mod.rs` routes the RPC to `grpc/versions.rs`, which parses the
+//!    request into a `domain::NewVersion` (`domain/names.rs`, `domain/model.rs`
+//!    check every field) and names the actor.
+//! 3. `app/versions.rs` `register_version` runs one write transaction: it locks
+//!    the model, replays a retried request id (`app/idempotency.rs`), asks
+//!    `app/transitions.rs` `decide_move` about a target stage (gates from
+//!    `app/gates.rs` and `domain/policy.rs`), inserts the version, opens a
+//!    request if one is needed, and appends the events (`app/mod.rs`, hash
+//!    chain from `domain/audit.rs`).
+//! 4. `store/` executes those statements and commits (group commit on
+//!    SQLite), then signals the new sequence.
+//! 5. `watch.rs` reads the new events once into its tail and feeds every
+//!    subscriber whose filter matches; `grpc/convert.rs` turns the answer
+//!    into a `RegisterVersionResponse`.
 //!
 //! [`run`] takes a bound listener and a shutdown future, so tests bind
 //! `127.0.0.1:0` and never sleep.
@@ -36,15 +58,14 @@
 
 pub mod app;
 pub mod auth;
-pub mod convert;
 pub mod dashboard;
 pub mod domain;
 pub mod error;
+pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod policy;
 pub mod ready;
-pub mod service;
 pub mod settings;
 pub mod store;
 pub mod transport;
@@ -65,8 +86,8 @@ use tonic_health::server::HealthReporter;
 pub use settings::Settings;
 
 use crate::auth::{AuthLayer, TokenStore};
+use crate::grpc::RegistryService;
 use crate::policy::PolicyEngine;
-use crate::service::RegistryService;
 use crate::store::Store;
 
 /// The largest request or response message, in bytes (documented limit).

@@ -1,5 +1,5 @@
 //! Status codes of failures that happen before any handler runs, in the
-//! codes the contract promises (SPEC §6): tonic's decoder answers a message
+//! codes the contract promises (the proto and the README's error table): tonic's decoder answers a message
 //! over the 4 MiB limit with OUT_OF_RANGE and undecodable protobuf with
 //! INTERNAL; the caller's mistake is RESOURCE_EXHAUSTED and INVALID_ARGUMENT.
 

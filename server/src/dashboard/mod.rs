@@ -35,7 +35,7 @@ use tokio_stream::StreamExt;
 use tonic::{Code, Status};
 
 use crate::auth::{self, Credential, Identity, Role, TokenStore};
-use crate::service::RegistryService;
+use crate::grpc::RegistryService;
 use session::{Session, Sessions};
 
 pub use pages::Page;
@@ -44,7 +44,7 @@ pub use pages::Page;
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Where local mode's self-declared name travels (as from gRPC callers).
-const ACTOR_HEADER: &str = "x-modelreg-actor";
+use crate::domain::ACTOR_HEADER;
 
 /// The largest form accepted (a decision's comment is the big field).
 const MAX_FORM_BYTES: usize = 64 * 1024;
@@ -981,9 +981,10 @@ fn sse_event(e: &pb::RegistryEvent) -> String {
     format!("id: {}\nevent: registry\ndata: {data}\n\n", e.sequence)
 }
 
-/// A local-mode name: what the gRPC actor header can carry.
+/// A local-mode name: the one rule for actor names, in the ASCII a gRPC
+/// metadata value can carry (the decision travels as the actor header).
 fn valid_actor(name: &str) -> bool {
-    (1..=128).contains(&name.len()) && name.bytes().all(|b| (0x20..0x7f).contains(&b))
+    crate::domain::Actor::parse("actor", name).is_ok() && name.is_ascii()
 }
 
 /// The visitor's roles, for pages and messages.

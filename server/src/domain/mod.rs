@@ -84,10 +84,30 @@ impl Violations {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor(pub String);
 
+/// The gRPC metadata key naming the caller in local mode (no token file).
+pub const ACTOR_HEADER: &str = "x-modelreg-actor";
+
+/// The longest actor name, in bytes.
+pub const MAX_ACTOR_BYTES: usize = 256;
+
 impl Actor {
     /// The identity used when a caller names none.
     pub fn anonymous() -> Actor {
         Actor("anonymous".into())
+    }
+
+    /// Checks a caller's name, wherever it comes from (the actor header, the
+    /// dashboard's "acting as" field, a token file's identity): 1 to
+    /// [`MAX_ACTOR_BYTES`] bytes without control characters.
+    pub fn parse(field: &str, raw: &str) -> Result<Actor> {
+        if raw.trim().is_empty() || raw.len() > MAX_ACTOR_BYTES || raw.chars().any(char::is_control)
+        {
+            return Err(Error::invalid(
+                field,
+                format!("must be 1 to {MAX_ACTOR_BYTES} bytes of printable characters"),
+            ));
+        }
+        Ok(Actor(raw.to_owned()))
     }
 }
 

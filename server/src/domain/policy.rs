@@ -28,7 +28,7 @@ pub const ARCHIVAL_ACTOR: &str = "policy:archival";
 pub const LIVE_MONITOR_ACTOR: &str = "policy:live-monitor";
 
 /// A model's policy as set by an admin. `None` means "not set: use the
-/// default", which differs from an empty list (SPEC §3).
+/// default", which differs from an empty list; see `Policy` in the proto.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
     /// Stages whose entry needs approval [PRODUCTION].
