@@ -20,7 +20,11 @@ use tonic::transport::{Channel, Endpoint};
 
 /// Load generator for modelreg.
 #[derive(Parser, Clone)]
-#[command(name = "modelreg-bench", version, about)]
+#[command(
+    name = "modelreg-bench",
+    version,
+    about = "The load generator behind modelreg's published performance figures (docs/PERFORMANCE.md)"
+)]
 struct Args {
     /// The server to load.
     #[arg(long, env = "MODELREG_SERVER", default_value = modelreg_client::DEFAULT_SERVER)]

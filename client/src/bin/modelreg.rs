@@ -25,7 +25,11 @@ mod workers;
 
 /// The modelreg command-line tool.
 #[derive(Parser)]
-#[command(name = "modelreg", version, about)]
+#[command(
+    name = "modelreg",
+    version,
+    about = "The modelreg command-line tool: every RPC as a subcommand (tables for people, --json for scripts), and workers that turn the event stream into evaluations, deployments and notifications"
+)]
 struct Cli {
     /// The registry server.
     #[arg(long, global = true, env = "MODELREG_SERVER", default_value = modelreg_client::DEFAULT_SERVER)]

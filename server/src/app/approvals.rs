@@ -65,25 +65,7 @@ pub(crate) async fn approve_in<T: Tx>(
     let (model, mut request) = pending_request(tx, name, decision.number, "approved").await?;
     let approver = decision.caller.actor.0.clone();
     let id = request.id();
-    if request.requester == approver && !model.policy.allow_self_approval() {
-        return Err(Error::precondition(
-            "SELF_APPROVAL",
-            id.clone(),
-            format!(
-                "{approver} requested {id} and the policy of model {name:?} forbids approving one's own request; another approver must approve it"
-            ),
-        ));
-    }
-    if request.approvals.iter().any(|a| a.approver == approver) {
-        return Err(Error::precondition(
-            "DUPLICATE_APPROVAL",
-            id.clone(),
-            format!(
-                "{approver} has already approved {id}; it needs {} distinct approvers",
-                model.policy.min_approvals()
-            ),
-        ));
-    }
+    authz::may_approve(&model.policy, &request, &approver)?;
     let version = tx
         .fetch_version(name, request.version)
         .await?
@@ -185,12 +167,8 @@ pub(crate) async fn close_request_in<T: Tx>(
     };
     let (_, mut request) = pending_request(tx, name, decision.number, action).await?;
     let who = decision.caller.actor.0.clone();
-    if status == RequestStatus::Cancelled && who != request.requester && !decision.caller.admin {
-        return Err(Error::PermissionDenied(format!(
-            "only the requester ({}) or an admin may cancel {}; {who} is neither",
-            request.requester,
-            request.id()
-        )));
+    if status == RequestStatus::Cancelled {
+        authz::may_cancel(&decision.caller, &request)?;
     }
     let now = now_micros();
     request.status = status;

@@ -44,6 +44,7 @@ macro_rules! read_db {
 
 pub mod approvals;
 pub mod audit;
+pub mod authz;
 pub mod deployments;
 pub mod evaluations;
 pub mod gates;

@@ -13,7 +13,12 @@ use crate::store::{Db, ModelFilter, Store, StoredRequest, Tx};
 
 use super::*;
 
-pub async fn create_model(store: &Store, new: NewModel, actor: Actor) -> Result<Model> {
+/// Creates a model; a policy may be set only by an admin.
+pub async fn create_model(store: &Store, new: NewModel, caller: Caller) -> Result<Model> {
+    if new.policy.is_some() {
+        authz::may_set_policy(&caller)?;
+    }
+    let actor = caller.actor;
     write_tx!(store, |tx| create_model_in(tx, new, actor))
 }
 
@@ -108,7 +113,12 @@ pub(crate) async fn list_models_on<D: Db>(
     Ok(page(db.list_models(filter, after, limit + 1).await?, limit))
 }
 
-pub async fn update_model(store: &Store, update: ModelUpdate, actor: Actor) -> Result<Model> {
+/// Updates a model's description, tags or policy (the policy by admins only).
+pub async fn update_model(store: &Store, update: ModelUpdate, caller: Caller) -> Result<Model> {
+    if update.policy.is_some() {
+        authz::may_set_policy(&caller)?;
+    }
+    let actor = caller.actor;
     write_tx!(store, |tx| update_model_in(tx, update, actor))
 }
 

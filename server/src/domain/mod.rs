@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod evaluation;
 pub mod event;
+pub mod gates;
 pub mod lifecycle;
 pub mod model;
 pub mod names;
@@ -18,6 +19,7 @@ pub mod text;
 
 pub use evaluation::*;
 pub use event::*;
+pub use gates::*;
 pub use lifecycle::*;
 pub use model::*;
 pub use names::*;
@@ -87,8 +89,8 @@ pub struct Actor(pub String);
 /// The gRPC metadata key naming the caller in local mode (no token file).
 pub const ACTOR_HEADER: &str = "x-modelreg-actor";
 
-/// The longest actor name, in bytes.
-pub const MAX_ACTOR_BYTES: usize = 256;
+/// The longest actor name, in characters.
+pub const MAX_ACTOR_CHARS: usize = 256;
 
 impl Actor {
     /// The identity used when a caller names none.
@@ -98,13 +100,15 @@ impl Actor {
 
     /// Checks a caller's name, wherever it comes from (the actor header, the
     /// dashboard's "acting as" field, a token file's identity): 1 to
-    /// [`MAX_ACTOR_BYTES`] bytes without control characters.
+    /// [`MAX_ACTOR_CHARS`] characters without control characters.
     pub fn parse(field: &str, raw: &str) -> Result<Actor> {
-        if raw.trim().is_empty() || raw.len() > MAX_ACTOR_BYTES || raw.chars().any(char::is_control)
+        if raw.is_empty()
+            || raw.chars().count() > MAX_ACTOR_CHARS
+            || raw.chars().any(char::is_control)
         {
             return Err(Error::invalid(
                 field,
-                format!("must be 1 to {MAX_ACTOR_BYTES} bytes of printable characters"),
+                format!("must be 1 to {MAX_ACTOR_CHARS} printable characters"),
             ));
         }
         Ok(Actor(raw.to_owned()))

@@ -117,19 +117,6 @@ fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
     })
 }
 
-/// Refuses a policy change by anyone but an admin.
-fn require_admin_for_policy(id: &Identity) -> Result<(), Status> {
-    if id.has(Role::Admin) {
-        Ok(())
-    } else {
-        Err(Error::PermissionDenied(format!(
-            "{} lacks the role \"admin\" needed to set a model policy",
-            id.name
-        ))
-        .into())
-    }
-}
-
 /// Parses the request id and comment of an approve/reject/cancel call.
 fn decision<T>(
     req: &Request<T>,

@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::app::{self};
-use crate::domain::{self, Actor, AliasName, ModelUpdate, Name, NewModel, Violations};
+use crate::domain::{self, AliasName, ModelUpdate, Name, NewModel, Violations};
 use crate::grpc::convert::{self, model_to_pb};
 
 use super::*;
@@ -15,8 +15,7 @@ pub(super) async fn create_model(
     svc: &RegistryService,
     req: Request<pb::CreateModelRequest>,
 ) -> Result<Response<pb::CreateModelResponse>, Status> {
-    let id = identity(&req)?;
-    let actor = Actor(id.name.clone());
+    let caller = caller(&req)?;
     let r = req.into_inner();
     let mut v = Violations::default();
     let name = v.take(Name::parse("name", &r.name));
@@ -28,9 +27,6 @@ pub(super) async fn create_model(
         _ => None,
     };
     v.finish()?;
-    if policy.is_some() {
-        require_admin_for_policy(&id)?;
-    }
     let model = app::create_model(
         &svc.store,
         NewModel {
@@ -40,7 +36,7 @@ pub(super) async fn create_model(
             policy,
             request_id: request_id.expect("checked"),
         },
-        actor,
+        caller,
     )
     .await?;
     Ok(Response::new(pb::CreateModelResponse {
@@ -94,8 +90,7 @@ pub(super) async fn update_model(
     svc: &RegistryService,
     req: Request<pb::UpdateModelRequest>,
 ) -> Result<Response<pb::UpdateModelResponse>, Status> {
-    let id = identity(&req)?;
-    let actor = Actor(id.name.clone());
+    let caller = caller(&req)?;
     let r = req.into_inner();
     let mut v = Violations::default();
     let name = v.take(Name::parse("name", &r.name));
@@ -147,9 +142,6 @@ pub(super) async fn update_model(
         );
     }
     v.finish()?;
-    if policy.is_some() {
-        require_admin_for_policy(&id)?;
-    }
     let update = ModelUpdate {
         name: name.expect("checked"),
         description,
@@ -157,7 +149,7 @@ pub(super) async fn update_model(
         policy,
         etag: etag.expect("checked"),
     };
-    let model = app::update_model(&svc.store, update, actor).await?;
+    let model = app::update_model(&svc.store, update, caller).await?;
     Ok(Response::new(pb::UpdateModelResponse {
         model: Some(model_to_pb(model)),
     }))
