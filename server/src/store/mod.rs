@@ -5,8 +5,8 @@
 //! chosen by the URL at start (`sqlite:` or `postgres:`). The rules of each
 //! change are written once, in [`ops`], over two small traits: [`Db`] (reads
 //! and starting a write) and [`Tx`] (the statements of one write). Those are
-//! implemented once for both engines, generically, in [`statements`] (rows in
-//! [`rows`]); each backend's module holds only what truly differs, behind the
+//! implemented once for both engines, generically, in [`db`] and [`tx`]
+//! (rows in [`rows`]); each backend's module holds only what truly differs, behind the
 //! contracts of [`sql`]: connecting, a few bits of SQL text, locking, the end
 //! of the log, and how other processes learn of new commits.
 //!
@@ -15,12 +15,13 @@
 //! and a retry with the same request id finds it.
 
 mod cache;
+mod db;
 mod ops;
 mod postgres;
 mod rows;
 mod sql;
 mod sqlite;
-mod statements;
+mod tx;
 
 use std::future::Future;
 

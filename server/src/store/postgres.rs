@@ -106,6 +106,7 @@ impl PgStore {
     }
 }
 
+/// Reads and writes on one pool, each write its own transaction.
 impl SqlStore for PgStore {
     type Engine = sqlx::Postgres;
     type Tx = PgTx;

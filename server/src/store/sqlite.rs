@@ -205,16 +205,19 @@ impl SqliteStore {
     }
 }
 
+/// Reads on the read-only pool, writes queued for the one writer task.
 impl SqlStore for SqliteStore {
     type Engine = sqlx::Sqlite;
     type Tx = SqliteTx;
 
-    fn readers(&self) -> &SqlitePool {
-        &self.readers
-    }
-
+    /// The writer invalidates what it changes before anyone learns of a commit.
     fn version_cache(&self) -> Option<&VersionCache> {
         Some(&self.cache)
+    }
+
+    /// The read-only connections; the writer task owns the one that writes.
+    fn readers(&self) -> &SqlitePool {
+        &self.readers
     }
 
     /// Queues `write` for the writer task and waits for its durable answer.
