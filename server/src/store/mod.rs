@@ -6,9 +6,9 @@
 //! change are written once, in [`ops`], over two small traits: [`Db`] (reads
 //! and starting a write) and [`Tx`] (the statements of one write). Those are
 //! implemented once for both engines, generically, in [`db`] and [`tx`]
-//! (rows in [`rows`]); each backend's module holds only what truly differs, behind the
-//! contracts of [`sql`]: connecting, a few bits of SQL text, locking, the end
-//! of the log, and how other processes learn of new commits.
+//! (rows in [`rows`]). Each backend's module holds only what truly differs,
+//! behind the contracts of [`sql`]: connecting, a few bits of SQL text,
+//! locking, the end of the log, and how other processes learn of new commits.
 //!
 //! Every write runs on a spawned task, so a caller that disconnects mid-call
 //! cannot cancel a transaction half way: it is applied whole or not at all,

@@ -3,10 +3,10 @@
 //! (how a backend reads, runs a write and keeps the end of the log), and the
 //! mapping of database errors to domain errors.
 //!
-//! The statements themselves are written once, generic over these contracts:
-//! [`super::db`] and [`super::tx`]; their rows in [`super::rows`]. This module holds
-//! no statement, and no error text of the database ever leaves it: every
-//! failure goes through [`db_err`] or [`json_err`].
+//! The statements themselves are written once, generic over these contracts,
+//! in [`super::db`] and [`super::tx`]; their rows in [`super::rows`]. This
+//! module must hold no statement; every database failure goes through
+//! [`db_err`] or [`json_err`], so no database text reaches a caller.
 
 use std::future::Future;
 
