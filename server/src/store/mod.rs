@@ -1,23 +1,26 @@
 //! Persistence: one transaction per change, with the change's events appended
 //! in that same transaction, and the wake-up signal for watchers.
 //!
-//! The service layer talks only to [`Store`]; which database sits behind it is
-//! chosen by the URL at start (`sqlite:` or `postgres:`). The rules of each
-//! change are written once, in [`ops`], over two small traits: [`Db`] (reads
-//! and starting a write) and [`Tx`] (the statements of one write). The SQL of
-//! those statements is written once too ([`sql`]) and instantiated for each
-//! backend, whose modules hold only what truly differs: connecting, locking,
-//! and how other processes learn of new commits.
+//! Statements only: the use cases ([`crate::app`]) run on [`Store`], whose
+//! database is chosen by the URL at start (`sqlite:` or `postgres:`), through
+//! two small traits: [`Db`] (reads and starting a write) and [`Tx`] (the
+//! statements of one write). Those are
+//! implemented once for both engines, generically, in [`db`] and [`tx`]
+//! (rows in [`rows`]). Each backend's module holds only what truly differs,
+//! behind the contracts of [`sql`]: connecting, a few bits of SQL text,
+//! locking, the end of the log, and how other processes learn of new commits.
 //!
 //! Every write runs on a spawned task, so a caller that disconnects mid-call
 //! cannot cancel a transaction half way: it is applied whole or not at all,
 //! and a retry with the same request id finds it.
 
-#[macro_use]
-mod sql;
 mod cache;
+mod db;
 mod postgres;
+mod rows;
+mod sql;
 mod sqlite;
+mod tx;
 
 use std::future::Future;
 
@@ -34,6 +37,8 @@ use crate::error::{Error, Result};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+
+use sql::SqlStore as _;
 
 /// How a version is named in a lookup.
 #[derive(Debug, Clone)]

@@ -20,11 +20,16 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPoolOptions, PgQueryResult};
+use sqlx::query::Query;
+use sqlx::{PgPool, QueryBuilder};
 use tokio::sync::watch;
 
 use super::StoreOptions;
+use crate::domain::Event;
+use crate::error::{Error, Result};
+use crate::store::cache::VersionCache;
+use crate::store::sql::{Engine, SqlStore, SqlTx, db_err};
 
 /// The notification channel that carries "committed up to sequence N".
 pub const CHANNEL: &str = "modelreg_events";
@@ -99,13 +104,19 @@ impl PgStore {
         self.follower.abort();
         self.pool.close().await;
     }
+}
 
-    pub(super) fn readers(&self) -> &PgPool {
+/// Reads and writes on one pool, each write its own transaction.
+impl SqlStore for PgStore {
+    type Engine = sqlx::Postgres;
+    type Tx = PgTx;
+
+    fn readers(&self) -> &PgPool {
         &self.pool
     }
 
     /// No cache: another replica's writes would not invalidate it.
-    fn version_cache(&self) -> Option<&super::cache::VersionCache> {
+    fn version_cache(&self) -> Option<&VersionCache> {
         None
     }
 
@@ -122,7 +133,7 @@ impl PgStore {
         crate::store::detached(async move {
             let mut tx = PgTx(pool.begin().await.map_err(db_err)?);
             let (result, sequence) = write(&mut tx).await?;
-            tx.commit().await?;
+            SqlTx::commit(tx).await?;
             batch_sizes.observe(1.0);
             if let Some(sequence) = sequence {
                 publish(&latest, sequence);
@@ -216,37 +227,51 @@ async fn follow(
     }
 }
 
-sql_backend! {
-    store: PgStore,
-    tx: PgTx,
-    db: sqlx::Postgres,
-    row: sqlx::postgres::PgRow,
-    model_aliases: "COALESCE((SELECT json_object_agg(a.alias, a.version)::text FROM aliases a WHERE a.model = m.name), '{}')",
-    version_aliases: "COALESCE((SELECT json_agg(a.alias ORDER BY a.alias)::text FROM aliases a \
-        WHERE a.model = v.model AND a.version = v.version), '[]')",
-    version_evaluations: "COALESCE((SELECT json_agg(json_build_object('set_name', e.set_name, \
-        'set_version', e.set_version, 'evaluator_version', e.evaluator_version, 'metrics', e.metrics::json, \
-        'report_uri', e.report_uri, 'created_by', e.created_by, 'create_time', e.create_time) \
-        ORDER BY e.create_time, e.set_name, e.set_version, e.evaluator_version)::text \
-        FROM evaluations e WHERE e.model = v.model AND e.version = v.version), '[]')",
-    model_deployments: "COALESCE((SELECT json_agg(json_build_object('version', d.version, \
+/// PostgreSQL's SQL where it differs from SQLite's: `json_agg` aggregates,
+/// a row lock per model and an advisory lock per key, since other replicas
+/// write too.
+impl Engine for sqlx::Postgres {
+    const MODEL_ALIASES: &'static str = "COALESCE((SELECT json_object_agg(a.alias, a.version)::text FROM aliases a WHERE a.model = m.name), '{}')";
+    const MODEL_DEPLOYMENTS: &'static str = "COALESCE((SELECT json_agg(json_build_object('version', d.version, \
         'environment', d.environment, 'status', d.status, 'endpoint', d.endpoint, 'message', d.message, \
         'reported_by', d.reported_by, 'report_time', d.report_time) ORDER BY d.environment)::text \
         FROM deployments d JOIN versions p ON p.model = d.model AND p.version = d.version \
-        WHERE p.model = m.name AND p.stage = 'PRODUCTION'), '[]')",
-    version_deployments: "COALESCE((SELECT json_agg(json_build_object('version', d.version, \
+        WHERE p.model = m.name AND p.stage = 'PRODUCTION'), '[]')";
+    const VERSION_ALIASES: &'static str = "COALESCE((SELECT json_agg(a.alias ORDER BY a.alias)::text FROM aliases a \
+        WHERE a.model = v.model AND a.version = v.version), '[]')";
+    const VERSION_EVALUATIONS: &'static str = "COALESCE((SELECT json_agg(json_build_object('set_name', e.set_name, \
+        'set_version', e.set_version, 'evaluator_version', e.evaluator_version, 'metrics', e.metrics::json, \
+        'report_uri', e.report_uri, 'created_by', e.created_by, 'create_time', e.create_time) \
+        ORDER BY e.create_time, e.set_name, e.set_version, e.evaluator_version)::text \
+        FROM evaluations e WHERE e.model = v.model AND e.version = v.version), '[]')";
+    const VERSION_DEPLOYMENTS: &'static str = "COALESCE((SELECT json_agg(json_build_object('version', d.version, \
         'environment', d.environment, 'status', d.status, 'endpoint', d.endpoint, 'message', d.message, \
         'reported_by', d.reported_by, 'report_time', d.report_time) ORDER BY d.environment)::text \
-        FROM deployments d WHERE d.model = v.model AND d.version = v.version), '[]')",
+        FROM deployments d WHERE d.model = v.model AND d.version = v.version), '[]')";
     // PostgreSQL streams rows in batches already.
-    events_as_one_row: None,
-    lock_model: Some("SELECT name FROM models WHERE name = $1 FOR UPDATE"),
-    lock_key: Some("SELECT pg_advisory_xact_lock(hashtext($1))"),
+    const EVENT_PAGE_AS_JSON: Option<&'static str> = None;
+    const LOCK_MODEL: Option<&'static str> =
+        Some("SELECT name FROM models WHERE name = $1 FOR UPDATE");
+    const LOCK_KEY: Option<&'static str> = Some("SELECT pg_advisory_xact_lock(hashtext($1))");
+
+    fn build<'q>(q: &'q mut QueryBuilder<'_, Self>) -> Query<'q, Self, PgArguments> {
+        q.build()
+    }
+
+    fn rows_affected(result: &PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
 }
 
-impl PgTx {
+impl SqlTx for PgTx {
+    type Engine = sqlx::Postgres;
+
+    fn conn(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.0
+    }
+
     /// Events need no bookkeeping here: replicas learn of them from the log.
-    fn note_event(&mut self, _event: &crate::domain::Event) {}
+    fn note_event(&mut self, _event: &Event) {}
 
     /// The end of the log, locked until commit: no other transaction can
     /// assign a sequence until this one has committed.
@@ -276,5 +301,9 @@ impl PgTx {
             .await
             .map_err(db_err)?;
         Ok(())
+    }
+
+    async fn commit(self) -> Result<()> {
+        self.0.commit().await.map_err(db_err)
     }
 }

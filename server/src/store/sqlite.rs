@@ -25,12 +25,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::histogram::Histogram;
-use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::query::Query;
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, SqlitePool};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::domain::Event;
+use crate::error::{Error, Result};
 use crate::store::WriteFuture;
 use crate::store::cache::VersionCache;
+use crate::store::sql::{Engine, SqlStore, SqlTx, db_err};
 
 /// Readers in the pool: enough for concurrent RPCs and watchers on 2 cores.
 const READERS: u32 = 8;
@@ -87,13 +94,20 @@ pub struct SqliteTx(
     Vec<String>,
 );
 
-impl SqliteTx {
-    fn note_event(&mut self, event: &crate::domain::Event) {
+impl SqlTx for SqliteTx {
+    type Engine = sqlx::Sqlite;
+
+    fn conn(&mut self) -> &mut sqlx::SqliteConnection {
+        &mut self.0
+    }
+
+    fn note_event(&mut self, event: &Event) {
         if !self.2.contains(&event.model) {
             self.2.push(event.model.clone());
         }
     }
 
+    /// The end of the log as kept in memory: the one writer needs no lock.
     async fn head(&mut self) -> Result<(u64, String)> {
         Ok(self.1.clone())
     }
@@ -101,6 +115,10 @@ impl SqliteTx {
     async fn set_head(&mut self, sequence: u64, hash: &str) -> Result<()> {
         self.1 = (sequence, hash.to_owned());
         Ok(())
+    }
+
+    async fn commit(self) -> Result<()> {
+        self.0.commit().await.map_err(db_err)
     }
 }
 
@@ -185,13 +203,21 @@ impl SqliteStore {
         self.readers.close().await;
         self.writer.close().await;
     }
+}
 
-    pub(super) fn readers(&self) -> &SqlitePool {
-        &self.readers
-    }
+/// Reads on the read-only pool, writes queued for the one writer task.
+impl SqlStore for SqliteStore {
+    type Engine = sqlx::Sqlite;
+    type Tx = SqliteTx;
 
+    /// The writer invalidates what it changes before anyone learns of a commit.
     fn version_cache(&self) -> Option<&VersionCache> {
         Some(&self.cache)
+    }
+
+    /// The read-only connections; the writer task owns the one that writes.
+    fn readers(&self) -> &SqlitePool {
+        &self.readers
     }
 
     /// Queues `write` for the writer task and waits for its durable answer.
@@ -379,36 +405,45 @@ async fn write_batches(
     }
 }
 
-sql_backend! {
-    store: SqliteStore,
-    tx: SqliteTx,
-    db: sqlx::Sqlite,
-    row: sqlx::sqlite::SqliteRow,
-    model_aliases: "COALESCE((SELECT json_group_object(a.alias, a.version) FROM aliases a WHERE a.model = m.name), '{}')",
-    version_aliases: "COALESCE((SELECT json_group_array(a.alias) FROM \
-        (SELECT alias FROM aliases a WHERE a.model = v.model AND a.version = v.version ORDER BY alias) a), '[]')",
-    version_evaluations: "COALESCE((SELECT json_group_array(json_object('set_name', e.set_name, \
-        'set_version', e.set_version, 'evaluator_version', e.evaluator_version, 'metrics', json(e.metrics), \
-        'report_uri', e.report_uri, 'created_by', e.created_by, 'create_time', e.create_time)) FROM \
-        (SELECT * FROM evaluations e WHERE e.model = v.model AND e.version = v.version \
-         ORDER BY e.create_time, e.set_name, e.set_version, e.evaluator_version) e), '[]')",
-    model_deployments: "COALESCE((SELECT json_group_array(json_object('version', d.version, \
+/// SQLite's SQL where it differs from PostgreSQL's: `json_group_*`
+/// aggregates, and no locks (`BEGIN IMMEDIATE` already holds the database's
+/// one write lock).
+impl Engine for sqlx::Sqlite {
+    const MODEL_ALIASES: &'static str = "COALESCE((SELECT json_group_object(a.alias, a.version) FROM aliases a WHERE a.model = m.name), '{}')";
+    const MODEL_DEPLOYMENTS: &'static str = "COALESCE((SELECT json_group_array(json_object('version', d.version, \
         'environment', d.environment, 'status', d.status, 'endpoint', d.endpoint, 'message', d.message, \
         'reported_by', d.reported_by, 'report_time', d.report_time)) FROM \
         (SELECT d.* FROM deployments d JOIN versions p ON p.model = d.model AND p.version = d.version \
-         WHERE p.model = m.name AND p.stage = 'PRODUCTION' ORDER BY d.environment) d), '[]')",
-    version_deployments: "COALESCE((SELECT json_group_array(json_object('version', d.version, \
+         WHERE p.model = m.name AND p.stage = 'PRODUCTION' ORDER BY d.environment) d), '[]')";
+    const VERSION_ALIASES: &'static str = "COALESCE((SELECT json_group_array(a.alias) FROM \
+        (SELECT alias FROM aliases a WHERE a.model = v.model AND a.version = v.version ORDER BY alias) a), '[]')";
+    const VERSION_EVALUATIONS: &'static str = "COALESCE((SELECT json_group_array(json_object('set_name', e.set_name, \
+        'set_version', e.set_version, 'evaluator_version', e.evaluator_version, 'metrics', json(e.metrics), \
+        'report_uri', e.report_uri, 'created_by', e.created_by, 'create_time', e.create_time)) FROM \
+        (SELECT * FROM evaluations e WHERE e.model = v.model AND e.version = v.version \
+         ORDER BY e.create_time, e.set_name, e.set_version, e.evaluator_version) e), '[]')";
+    const VERSION_DEPLOYMENTS: &'static str = "COALESCE((SELECT json_group_array(json_object('version', d.version, \
         'environment', d.environment, 'status', d.status, 'endpoint', d.endpoint, 'message', d.message, \
         'reported_by', d.reported_by, 'report_time', d.report_time)) FROM \
         (SELECT * FROM deployments d WHERE d.model = v.model AND d.version = v.version \
-         ORDER BY d.environment) d), '[]')",
-    events_as_one_row: Some("SELECT json_group_array(json_object('sequence', sequence, 'type', type, \
+         ORDER BY d.environment) d), '[]')";
+    // `details` stays text: the page's objects read like rows of `events`.
+    const EVENT_PAGE_AS_JSON: Option<&'static str> = Some(
+        "SELECT json_group_array(json_object('sequence', sequence, 'type', type, \
         'model', model, 'version', version, 'from_stage', from_stage, 'to_stage', to_stage, 'cause', cause, \
-        'actor', actor, 'comment', comment, 'occur_time', occur_time, 'details', json(details), \
-        'transition_request_id', transition_request_id, 'prev_hash', prev_hash, 'hash', hash)) FROM ({page})"),
-    // BEGIN IMMEDIATE already holds the database's one write lock.
-    lock_model: None,
-    lock_key: None,
+        'actor', actor, 'comment', comment, 'occur_time', occur_time, 'details', details, \
+        'transition_request_id', transition_request_id, 'prev_hash', prev_hash, 'hash', hash)) FROM (",
+    );
+    const LOCK_MODEL: Option<&'static str> = None;
+    const LOCK_KEY: Option<&'static str> = None;
+
+    fn build<'q>(q: &'q mut QueryBuilder<'_, Self>) -> Query<'q, Self, SqliteArguments<'q>> {
+        q.build()
+    }
+
+    fn rows_affected(result: &SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
 }
 
 #[cfg(test)]
