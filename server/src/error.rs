@@ -28,11 +28,13 @@ pub struct PreconditionViolation {
 }
 
 /// Why a call was refused or failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The request is malformed; nothing was changed.
+    #[error("invalid argument: {}", fields(.0))]
     InvalidArgument(Vec<FieldViolation>),
     /// A named resource does not exist.
+    #[error("{kind} {name:?} not found")]
     NotFound {
         /// The resource type, for example `modelreg.v1.Model`.
         kind: &'static str,
@@ -40,6 +42,7 @@ pub enum Error {
         name: String,
     },
     /// A resource the call would create exists already.
+    #[error("{kind} {name:?} already exists")]
     AlreadyExists {
         /// The resource type.
         kind: &'static str,
@@ -48,15 +51,17 @@ pub enum Error {
     },
     /// The system is not in the state the call needs (illegal move, stale
     /// etag, missing evaluation…); every unmet condition is listed.
+    #[error("{}", conditions(.0))]
     FailedPrecondition(Vec<PreconditionViolation>),
-    /// A feature that a later release provides.
-    Unimplemented(&'static str),
     /// The caller is known but may not do this (beyond the role checks of
     /// the auth layer: cancelling someone else's request, setting a policy).
+    #[error("permission denied: {0}")]
     PermissionDenied(String),
     /// The database cannot be reached; the call may be retried.
+    #[error("unavailable: {0}")]
     Unavailable(String),
     /// A bug or an unexpected database failure. Logged, never shown.
+    #[error("internal error: {0}")]
     Internal(String),
 }
 
@@ -83,31 +88,23 @@ impl Error {
     }
 }
 
-impl std::fmt::Display for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Error::InvalidArgument(v) => {
-                let parts: Vec<String> = v
-                    .iter()
-                    .map(|v| format!("{}: {}", v.field, v.description))
-                    .collect();
-                write!(f, "invalid argument: {}", parts.join("; "))
-            }
-            Error::NotFound { kind, name } => write!(f, "{kind} {name:?} not found"),
-            Error::AlreadyExists { kind, name } => write!(f, "{kind} {name:?} already exists"),
-            Error::FailedPrecondition(v) => {
-                let parts: Vec<&str> = v.iter().map(|v| v.description.as_str()).collect();
-                f.write_str(&parts.join("; "))
-            }
-            Error::Unimplemented(what) => write!(f, "{what} is not implemented yet"),
-            Error::PermissionDenied(msg) => write!(f, "permission denied: {msg}"),
-            Error::Unavailable(msg) => write!(f, "unavailable: {msg}"),
-            Error::Internal(msg) => write!(f, "internal error: {msg}"),
-        }
-    }
+/// `field: description; …` of every violation, as error messages show them.
+fn fields(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
-impl std::error::Error for Error {}
+/// The descriptions of every unmet condition, joined.
+fn conditions(violations: &[PreconditionViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| v.description.as_str())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
 
 /// Shorthand used throughout the server.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -116,11 +113,7 @@ impl From<Error> for Status {
     fn from(err: Error) -> Status {
         match err {
             Error::InvalidArgument(violations) => {
-                let message = violations
-                    .iter()
-                    .map(|v| format!("{}: {}", v.field, v.description))
-                    .collect::<Vec<_>>()
-                    .join("; ");
+                let message = fields(&violations);
                 let mut details = ErrorDetails::new();
                 for v in violations {
                     details.add_bad_request_violation(v.field, v.description);
@@ -144,20 +137,13 @@ impl From<Error> for Status {
                 )
             }
             Error::FailedPrecondition(violations) => {
-                let message = violations
-                    .iter()
-                    .map(|v| v.description.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ");
+                let message = conditions(&violations);
                 let mut details = ErrorDetails::new();
                 for v in violations {
                     details.add_precondition_failure_violation(v.kind, v.subject, v.description);
                 }
                 Status::with_error_details(Code::FailedPrecondition, message, details)
             }
-            Error::Unimplemented(what) => Status::unimplemented(format!(
-                "{what} is not implemented in this release of modelreg"
-            )),
             Error::PermissionDenied(msg) => Status::permission_denied(msg),
             Error::Unavailable(msg) => {
                 tracing::warn!(error = %msg, "database unavailable");

@@ -109,11 +109,6 @@ impl Policy {
             archival: Some(self.archival()),
         }
     }
-
-    /// Whether any gate compares with the production version.
-    pub fn has_relative_gates(&self) -> bool {
-        self.gates().iter().any(Gate::is_relative)
-    }
 }
 
 /// One metric gate. Bounds are in the metric's units; the relative bounds
@@ -136,13 +131,6 @@ pub struct Gate {
     /// The candidate must be better than production by at least this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_improvement: Option<f64>,
-}
-
-impl Gate {
-    /// Whether the gate needs a production version to compare with.
-    pub fn is_relative(&self) -> bool {
-        self.max_regression.is_some() || self.min_improvement.is_some()
-    }
 }
 
 /// Checks a policy against the evaluation set it names (already looked up):
