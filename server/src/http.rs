@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -17,7 +18,6 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::TokenStore;
@@ -142,7 +142,7 @@ pub async fn serve(
     hosts: AllowedHosts,
     metrics: Arc<Metrics>,
     service: RegistryService,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let dashboard = Arc::new(Dashboard::new(service, tokens.clone(), tls.is_some()));
     let shared = Shared {
@@ -163,9 +163,9 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = stop.changed() => break,
+            _ = stop.cancelled() => break,
         };
-        if *stop.borrow() {
+        if stop.is_cancelled() {
             break;
         }
         let _ = stream.set_nodelay(true);
@@ -192,7 +192,7 @@ pub async fn serve(
 }
 
 /// Serves one connection's requests until it closes or the server stops.
-async fn serve_connection<IO>(io: IO, shared: Shared, mut stop: watch::Receiver<bool>)
+async fn serve_connection<IO>(io: IO, shared: Shared, stop: CancellationToken)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -207,7 +207,7 @@ where
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => return,
-        _ = stop.wait_for(|stopped| *stopped) => {}
+        _ = stop.cancelled() => {}
     }
     conn.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;

@@ -75,6 +75,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use modelreg_api::v1::model_registry_service_server::ModelRegistryServiceServer;
 use tokio::net::TcpListener;
@@ -226,11 +227,13 @@ impl Application {
                 )));
             }
         }
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        // Fired once at shutdown: every stream, listener and loop ends.
+        let stop = CancellationToken::new();
+
         let auth = match &tokens {
             Some(tokens) => {
                 #[cfg(unix)]
-                auth::reload_on_sighup(tokens.clone(), stop_rx.clone())
+                auth::reload_on_sighup(tokens.clone(), stop.clone())
                     .map_err(|e| StartError(format!("cannot watch for SIGHUP: {e}")))?;
                 tracing::info!(
                     file = %tokens.path().display(),
@@ -253,12 +256,12 @@ impl Application {
         let monitor = tokio::spawn(monitor_database(
             store.clone(),
             health.clone(),
-            stop_rx.clone(),
+            stop.clone(),
         ));
 
         let policy = tokio::spawn(
             PolicyEngine::new(store.clone(), settings.clock.clone())
-                .run(settings.policy_interval, stop_rx.clone()),
+                .run(settings.policy_interval, stop.clone()),
         );
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -278,7 +281,7 @@ impl Application {
 
         let service = RegistryService::new(
             store.clone(),
-            stop_rx.clone(),
+            stop.clone(),
             settings.heartbeat_interval,
             settings.clock.clone(),
         );
@@ -297,7 +300,7 @@ impl Application {
                 hosts,
                 metrics.clone(),
                 service.clone(),
-                stop_rx,
+                stop.clone(),
             ))
         });
         let registry = ModelRegistryServiceServer::new(service)
@@ -310,9 +313,7 @@ impl Application {
             shutdown.await;
             tracing::info!("shutting down: ending watch streams and finishing calls");
             set_health(&signal_health, ServingStatus::NotServing).await;
-            let _ = stop_tx.send(true);
-            // Keep the sender alive so streams see `true`, not a closed channel.
-            std::mem::forget(stop_tx);
+            stop.cancel();
         };
         tracing::info!(address = %local, tls = tls.is_some(), database = %redact(&settings.database_url), "modelreg-server serving");
         let mut builder = Server::builder();
@@ -480,16 +481,12 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
 }
 
 /// Turns health NOT_SERVING while the database does not answer, and back.
-async fn monitor_database(
-    store: Store,
-    health: HealthReporter,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+async fn monitor_database(store: Store, health: HealthReporter, stop: CancellationToken) {
     let mut healthy = true;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
         }
         // A database that does not answer within 2 s counts as down, even
         // while the pool is still waiting out its connection timeout.
@@ -497,7 +494,7 @@ async fn monitor_database(
             tokio::time::timeout(Duration::from_secs(2), store.ping()).await,
             Ok(Ok(()))
         );
-        if ok != healthy && !*stop.borrow() {
+        if ok != healthy && !stop.is_cancelled() {
             healthy = ok;
             if ok {
                 tracing::info!("database reachable again");

@@ -21,8 +21,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
-
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::app::TickReport;
 use crate::error::Result;
@@ -127,16 +126,16 @@ impl PolicyEngine {
 
     /// Ticks every `interval` (the first one after a full interval, so a
     /// server starting up serves before it judges) until `stop` turns true.
-    pub async fn run(self, interval: Duration, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self, interval: Duration, stop: CancellationToken) {
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         // A slow tick delays the next one instead of causing a burst.
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
-                _ = stop.changed() => return,
+                _ = stop.cancelled() => return,
             }
-            if *stop.borrow() {
+            if stop.is_cancelled() {
                 return;
             }
             if let Err(e) = self.tick(self.clock.now_micros()).await {

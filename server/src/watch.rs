@@ -23,6 +23,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -180,7 +181,7 @@ enum FromTail {
 
 impl Tail {
     /// Starts following `store` from its current end until `shutdown`.
-    pub fn spawn(store: Store, shutdown: watch::Receiver<bool>) -> Arc<Tail> {
+    pub fn spawn(store: Store, shutdown: CancellationToken) -> Arc<Tail> {
         let start = store.latest_sequence();
         let tail = Arc::new(Tail {
             state: RwLock::new(TailState {
@@ -237,7 +238,7 @@ impl Tail {
 }
 
 /// Reads each committed event once, in order, into the tail.
-async fn follow(tail: Arc<Tail>, store: Store, mut shutdown: watch::Receiver<bool>) {
+async fn follow(tail: Arc<Tail>, store: Store, shutdown: CancellationToken) {
     let mut latest = store.subscribe();
     let all = EventFilter::default();
     let mut end = *tail.end.borrow();
@@ -258,14 +259,14 @@ async fn follow(tail: Arc<Tail>, store: Store, mut shutdown: watch::Receiver<boo
                     tracing::warn!(error = %e, "cannot read new events; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                        _ = shutdown.changed() => return,
+                        _ = shutdown.cancelled() => return,
                     }
                 }
             }
         }
         tokio::select! {
             changed = latest.changed() => if changed.is_err() { return },
-            _ = shutdown.changed() => return,
+            _ = shutdown.cancelled() => return,
         }
     }
 }
@@ -276,7 +277,7 @@ pub fn spawn<T, F>(
     store: Store,
     tail: Arc<Tail>,
     sub: Subscription,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     convert: F,
 ) -> ReceiverStream<Result<T, Status>>
 where
@@ -299,7 +300,7 @@ where
         ticker.reset(); // the first heartbeat follows the first catch-up instead
         let mut caught_up_once = false;
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_cancelled() {
                 end_with_unavailable(&tx).await;
                 return;
             }
@@ -341,7 +342,7 @@ where
                         sent = tx.send(Ok(convert(WatchItem::Event(event)))) => {
                             if sent.is_err() { return; }
                         }
-                        _ = shutdown.changed() => {
+                        _ = shutdown.cancelled() => {
                             end_with_unavailable(&tx).await;
                             return;
                         }
@@ -385,11 +386,9 @@ where
                     end_with_unauthenticated(&tx).await;
                     return;
                 }
-                stopped = shutdown.changed() => {
-                    if stopped.is_err() {
-                        end_with_unavailable(&tx).await;
-                        return;
-                    }
+                _ = shutdown.cancelled() => {
+                    end_with_unavailable(&tx).await;
+                    return;
                 }
                 _ = tx.closed() => return,
             }

@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -286,17 +287,14 @@ impl Credential {
 /// when this returns (so a SIGHUP no longer ends the process); call it inside
 /// a tokio runtime.
 #[cfg(unix)]
-pub fn reload_on_sighup(
-    store: TokenStore,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> std::io::Result<()> {
+pub fn reload_on_sighup(store: TokenStore, stop: CancellationToken) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 got = hangups.recv() => if got.is_none() { return },
-                _ = stop.changed() => return,
+                _ = stop.cancelled() => return,
             }
             match store.reload() {
                 Ok(n) => {

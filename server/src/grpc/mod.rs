@@ -17,10 +17,10 @@ mod versions;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use modelreg_api::v1 as pb;
 use modelreg_api::v1::model_registry_service_server::ModelRegistryService;
-use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -40,7 +40,7 @@ pub struct RegistryService {
     /// Where everything is kept.
     store: Store,
     /// Flips to true when the server begins shutting down, ending streams.
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     /// How often idle watch streams get a heartbeat.
     heartbeat: Duration,
     /// Recent events shared by every watch stream.
@@ -54,7 +54,7 @@ impl RegistryService {
     /// A service over `store`.
     pub fn new(
         store: Store,
-        shutdown: watch::Receiver<bool>,
+        shutdown: CancellationToken,
         heartbeat: Duration,
         clock: Clock,
     ) -> Self {
