@@ -279,11 +279,17 @@ pub(crate) async fn decide_move<T: Tx>(
     path: MovePath,
 ) -> Result<MoveDecision> {
     let name = model.name.as_str();
-    let production = tx.production_version(name).await?.unwrap_or(0);
     let rollback = matches!(
         path,
         MovePath::Rollback | MovePath::Policy | MovePath::Approved { rollback: true }
     );
+    // Only a move into production supersedes (or rolls back from) the
+    // production version; other moves spare the writer the query.
+    let production = if rollback || target == Stage::Production {
+        tx.production_version(name).await?.unwrap_or(0)
+    } else {
+        0
+    };
     let mut moves = if rollback {
         rollback_moves(candidate, production)
     } else {
