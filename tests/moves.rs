@@ -429,7 +429,7 @@ async fn rollback_decides_by_the_rule_without_gates(db: TestDb) {
 /// target fails the gates.
 async fn the_policy_engine_decides_by_the_rule(db: TestDb) {
     // Arrange
-    let clock = ManualClock::at(modelreg_server::domain::now_micros());
+    let clock = ManualClock::at(modelreg_server::clock::now_micros());
     let app = spawn_app_with(&db, |s| s.clock = clock.clock()).await;
     let mut c = app.client_as("alice").await;
     create_holdout(&mut c).await;

@@ -58,6 +58,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod clock;
 pub mod dashboard;
 pub mod domain;
 pub mod error;
@@ -160,6 +161,7 @@ impl Application {
         };
         let options = store::StoreOptions {
             max_connections: settings.database_max_connections,
+            clock: settings.clock.clone(),
             ..Default::default()
         };
         let store = Store::open(&settings.database_url, &options)
@@ -184,7 +186,7 @@ impl Application {
     /// chosen time, so tests move days ahead without waiting. The server
     /// runs its own ticks every `--policy-interval` as well.
     pub fn policy_engine(&self) -> PolicyEngine {
-        PolicyEngine::new(self.store.clone(), self.settings.clock.clone())
+        PolicyEngine::new(self.store.clone())
     }
 
     /// Serves on `listener` until `shutdown` completes, then ends watch
@@ -260,8 +262,7 @@ impl Application {
         ));
 
         let policy = tokio::spawn(
-            PolicyEngine::new(store.clone(), settings.clock.clone())
-                .run(settings.policy_interval, stop.clone()),
+            PolicyEngine::new(store.clone()).run(settings.policy_interval, stop.clone()),
         );
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -279,12 +280,8 @@ impl Application {
             .build_v1alpha()
             .map_err(|e| StartError(format!("reflection: {e}")))?;
 
-        let service = RegistryService::new(
-            store.clone(),
-            stop.clone(),
-            settings.heartbeat_interval,
-            settings.clock.clone(),
-        );
+        let service =
+            RegistryService::new(store.clone(), stop.clone(), settings.heartbeat_interval);
         let metrics = metrics::Metrics::new(store.clone(), service.watchers());
         let http_task = http.map(|h| {
             tracing::info!(address = %h.addr, tls = h.tls.is_some(), "serving the dashboard and /metrics over HTTP");

@@ -14,98 +14,30 @@
 //! The engine owns no state: whether a rule is due is read from the database
 //! and judged again under the model's lock inside the transaction that acts,
 //! so several replicas ticking at once (PostgreSQL) act once. What "now" is
-//! comes from a [`Clock`], which tests replace with a [`ManualClock`] to run
+//! comes from the store's [`Clock`] (see [`crate::clock`]), which tests replace with a [`ManualClock`] to run
 //! "40 days later" in milliseconds, calling [`PolicyEngine::tick`] themselves.
 //! This module must not decide rules or write SQL.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+pub use crate::clock::{Clock, ManualClock};
 
 use crate::app::TickReport;
 use crate::error::Result;
 use crate::store::Store;
-
-/// Where the server reads the time (µs since the Unix epoch) for its
-/// policy decisions and live-metric timestamps.
-#[derive(Clone)]
-pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
-
-impl Clock {
-    /// The system clock.
-    pub fn system() -> Clock {
-        Clock(Arc::new(crate::domain::now_micros))
-    }
-
-    /// A clock reading `now` each time.
-    pub fn from_fn(now: impl Fn() -> i64 + Send + Sync + 'static) -> Clock {
-        Clock(Arc::new(now))
-    }
-
-    /// The current time, µs since the Unix epoch.
-    pub fn now_micros(&self) -> i64 {
-        (self.0)()
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Clock::system()
-    }
-}
-
-impl std::fmt::Debug for Clock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Clock(now = {})", self.now_micros())
-    }
-}
-
-/// A clock that stands still until told to move: for tests.
-#[derive(Debug, Clone)]
-pub struct ManualClock(Arc<AtomicI64>);
-
-impl ManualClock {
-    /// A clock standing at `micros`.
-    pub fn at(micros: i64) -> ManualClock {
-        ManualClock(Arc::new(AtomicI64::new(micros)))
-    }
-
-    /// Moves it to `micros`.
-    pub fn set(&self, micros: i64) {
-        self.0.store(micros, Ordering::SeqCst);
-    }
-
-    /// Moves it on by `by`.
-    pub fn advance(&self, by: Duration) {
-        self.0.fetch_add(by.as_micros() as i64, Ordering::SeqCst);
-    }
-
-    /// The time it shows.
-    pub fn now_micros(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-
-    /// A [`Clock`] reading this one, to put in the settings.
-    pub fn clock(&self) -> Clock {
-        let inner = self.0.clone();
-        Clock::from_fn(move || inner.load(Ordering::SeqCst))
-    }
-}
 
 /// Runs policy ticks on one store. Cheap to clone.
 #[derive(Clone)]
 pub struct PolicyEngine {
     /// Where the models live.
     store: Store,
-    /// What "now" is for the background loop.
-    clock: Clock,
 }
 
 impl PolicyEngine {
-    /// An engine over `store` reading `clock`.
-    pub fn new(store: Store, clock: Clock) -> PolicyEngine {
-        PolicyEngine { store, clock }
+    /// An engine over `store`, ticking by the store's clock.
+    pub fn new(store: Store) -> PolicyEngine {
+        PolicyEngine { store }
     }
 
     /// Runs every model's rules once, as at `now` (µs since the epoch).
@@ -138,7 +70,7 @@ impl PolicyEngine {
             if stop.is_cancelled() {
                 return;
             }
-            if let Err(e) = self.tick(self.clock.now_micros()).await {
+            if let Err(e) = self.tick(self.store.clock().now_micros()).await {
                 tracing::warn!(error = %e, "policy tick failed; retrying at the next interval");
             }
         }

@@ -106,7 +106,7 @@ pub struct Settings {
     /// What "now" is for policy decisions and unstamped live metrics; the
     /// system clock unless an embedder (a test) sets another.
     #[arg(skip)]
-    pub clock: crate::policy::Clock,
+    pub clock: crate::clock::Clock,
 }
 
 impl Settings {

@@ -140,7 +140,7 @@ impl TestDb {
             "modelreg_test_{}_{}_{}",
             std::process::id(),
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            modelreg_server::domain::now_micros() % 1_000_000
+            modelreg_server::clock::now_micros() % 1_000_000
         );
         let mut admin = sqlx::PgConnection::connect(&admin_url)
             .await

@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use crate::domain::{
-    self, EventKind, Model, Name, NewEvent, RequestStatus, TransitionRequest, Version, now_micros,
+    self, EventKind, Model, Name, NewEvent, RequestStatus, TransitionRequest, Version,
 };
 use crate::error::{Error, Result};
 use crate::store::{Db, RequestCursor, Store, Tx};
@@ -88,7 +88,7 @@ pub(crate) async fn approve_in<T: Tx>(
             )));
         }
     };
-    let now = now_micros();
+    let now = tx.now();
     request.approvals.push(domain::Approval {
         approver: approver.clone(),
         comment: decision.comment.clone(),
@@ -170,7 +170,7 @@ pub(crate) async fn close_request_in<T: Tx>(
     if status == RequestStatus::Cancelled {
         authz::may_cancel(&decision.caller, &request)?;
     }
-    let now = now_micros();
+    let now = tx.now();
     request.status = status;
     request.resolved_by = who;
     request.resolution_comment = decision.comment.clone();

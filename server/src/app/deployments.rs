@@ -5,7 +5,6 @@ use serde_json::json;
 use crate::domain::audit::sha256_hex;
 use crate::domain::{
     Actor, Deployment, Event, EventKind, LiveObservation, NewDeployment, NewEvent, WorkerFailure,
-    now_micros,
 };
 use crate::error::{Error, Result};
 use crate::store::{Store, StoredRequest, Tx};
@@ -51,7 +50,7 @@ pub(crate) async fn report_deployment_in<T: Tx>(
     if tx.fetch_version(name, new.version).await?.is_none() {
         return Err(version_not_found(name, &new.version.to_string()));
     }
-    let now = now_micros();
+    let now = tx.now();
     let deployment = Deployment {
         model: name.to_owned(),
         version: new.version,

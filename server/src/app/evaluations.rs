@@ -6,7 +6,7 @@ use crate::domain::audit::sha256_hex;
 use crate::domain::evaluation;
 use crate::domain::{
     Actor, CompareRequest, Comparison, Evaluation, EvaluationSet, EventKind, GateResult,
-    NewEvaluation, NewEvent, SetRef, now_micros,
+    NewEvaluation, NewEvent, SetRef,
 };
 use crate::error::{Error, Result};
 use crate::store::{Db, Store, StoredRequest, Tx};
@@ -39,7 +39,7 @@ pub(crate) async fn create_evaluation_set_in<T: Tx>(
         };
     }
     set.created_by = actor.0.clone();
-    set.create_time = now_micros();
+    set.create_time = tx.now();
     tx.insert_evaluation_set(&set).await?;
     let event = NewEvent::new(
         EventKind::EvaluationSetCreated,
@@ -153,7 +153,7 @@ pub(crate) async fn attach_evaluation_in<T: Tx>(
         };
     }
     e.created_by = actor.0.clone();
-    e.create_time = now_micros();
+    e.create_time = tx.now();
     tx.insert_evaluation(&e).await?;
     if let Some(request_id) = &new.request_id {
         let stored = StoredRequest {

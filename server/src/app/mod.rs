@@ -12,7 +12,7 @@
 
 use crate::domain::audit::event_hash;
 use crate::domain::lifecycle;
-use crate::domain::{Actor, Event, EventKind, Model, NewEvent, SetRef, etag, now_micros};
+use crate::domain::{Actor, Event, EventKind, Model, NewEvent, SetRef, etag};
 use crate::error::{Error, Result};
 use crate::store::{Tx, WriteFuture};
 
@@ -119,7 +119,7 @@ pub(crate) async fn append_events<T: Tx>(
     events: Vec<NewEvent>,
 ) -> Result<u64> {
     let (mut sequence, mut prev_hash) = tx.log_head().await?;
-    let now = now_micros();
+    let now = tx.now();
     let mut chained = Vec::with_capacity(events.len());
     for ne in events {
         sequence += 1;

@@ -6,7 +6,6 @@ use serde_json::json;
 use crate::domain::audit::sha256_hex;
 use crate::domain::{
     self, Actor, AliasName, EventKind, Model, ModelUpdate, Name, NewEvent, NewModel, Policy,
-    now_micros,
 };
 use crate::error::{Error, Result};
 use crate::store::{Db, ModelFilter, Store, StoredRequest, Tx};
@@ -46,7 +45,7 @@ pub(crate) async fn create_model_in<T: Tx>(
     }
     let policy = new.policy.clone().unwrap_or_default();
     check_policy(tx, &policy).await?;
-    let now = now_micros();
+    let now = tx.now();
     let model = Model {
         name: name.to_owned(),
         description: new.description.clone(),
@@ -162,7 +161,7 @@ pub(crate) async fn update_model_in<T: Tx>(
         // Nothing changes: no write, no event, same etag.
         return Ok((current, None));
     }
-    next.update_time = now_micros();
+    next.update_time = tx.now();
     tx.update_model(&next).await?;
     let event = NewEvent::new(
         EventKind::ModelUpdated,
@@ -202,7 +201,7 @@ pub(crate) async fn set_alias_in<T: Tx>(
     if previous == Some(version) {
         return Ok((current, None));
     }
-    let now = now_micros();
+    let now = tx.now();
     tx.upsert_alias(name, alias.as_str(), version).await?;
     tx.touch_model(name, now).await?;
     tx.touch_version(name, version, now).await?;
@@ -241,7 +240,7 @@ pub(crate) async fn delete_alias_in<T: Tx>(
     let Some(version) = current.aliases.get(alias.as_str()).copied() else {
         return Err(alias_not_found(name, alias.as_str()));
     };
-    let now = now_micros();
+    let now = tx.now();
     tx.remove_alias(name, alias.as_str()).await?;
     tx.touch_model(name, now).await?;
     tx.touch_version(name, version, now).await?;

@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::domain::lifecycle;
 use crate::domain::{
     self, Actor, Cause, Comparison, EventKind, Model, Name, NewEvent, Policy, RequestStatus, Stage,
-    StageChange, TransitionRequest, Version, now_micros,
+    StageChange, TransitionRequest, Version,
 };
 use crate::error::{Error, Result};
 use crate::store::{Store, Tx};
@@ -57,7 +57,7 @@ pub(crate) async fn apply_moves<T: Tx>(
     request_id: &str,
     keep: Option<i64>,
 ) -> Result<Vec<NewEvent>> {
-    let now = now_micros();
+    let now = tx.now();
     let mut events = Vec::with_capacity(moves.len());
     for mv in moves {
         tx.move_stage(model, mv.version, mv.from, mv.to, now)
@@ -210,7 +210,7 @@ pub(crate) async fn open_request<T: Tx>(
             ),
         ));
     }
-    let now = now_micros();
+    let now = tx.now();
     let request = TransitionRequest {
         model: name.to_owned(),
         number: tx.next_request_number(name).await?,

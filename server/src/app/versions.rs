@@ -3,9 +3,7 @@
 
 use serde_json::json;
 
-use crate::domain::{
-    Actor, EventKind, NewEvent, NewVersion, Stage, TransitionRequest, Version, now_micros,
-};
+use crate::domain::{Actor, EventKind, NewEvent, NewVersion, Stage, TransitionRequest, Version};
 use crate::error::Result;
 use crate::store::{Db, Store, StoredRequest, Tx, VersionRef};
 
@@ -42,7 +40,7 @@ pub(crate) async fn register_version_in<T: Tx>(
     }
     let current = current.ok_or_else(|| model_not_found(model))?;
     let number = current.latest_version + 1;
-    let now = now_micros();
+    let now = tx.now();
     let mut version = Version {
         model: model.to_owned(),
         version: number,

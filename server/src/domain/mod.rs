@@ -82,6 +82,47 @@ impl Violations {
     }
 }
 
+/// Parses every field of a request at once: `all((parse_a, parse_b, …))`
+/// gives the values, or one `InvalidArgument` naming every bad field.
+pub fn all<P: Parsed>(parsed: P) -> Result<P::Values> {
+    parsed.all()
+}
+
+/// A tuple of parse results, for [`all`].
+pub trait Parsed {
+    /// The tuple of the parsed values.
+    type Values;
+    /// The values, or every violation of every field.
+    fn all(self) -> Result<Self::Values>;
+}
+
+// One impl per tuple length: the shape of a request is at most this wide.
+macro_rules! parsed_tuple {
+    ($($t:ident $v:ident),+) => {
+        impl<$($t),+> Parsed for ($(Result<$t>,)+) {
+            type Values = ($($t,)+);
+            fn all(self) -> Result<Self::Values> {
+                let mut violations = Violations::default();
+                let ($($v,)+) = self;
+                $(let $v = violations.take($v);)+
+                violations.finish()?;
+                Ok(($($v.expect("no violation, so every field parsed"),)+))
+            }
+        }
+    };
+}
+
+parsed_tuple!(A a);
+parsed_tuple!(A a, B b);
+parsed_tuple!(A a, B b, C c);
+parsed_tuple!(A a, B b, C c, D d);
+parsed_tuple!(A a, B b, C c, D d, E e);
+parsed_tuple!(A a, B b, C c, D d, E e, F f);
+parsed_tuple!(A a, B b, C c, D d, E e, F f, G g);
+parsed_tuple!(A a, B b, C c, D d, E e, F f, G g, H h);
+parsed_tuple!(A a, B b, C c, D d, E e, F f, G g, H h, I i);
+parsed_tuple!(A a, B b, C c, D d, E e, F f, G g, H h, I i, J j);
+
 /// The caller, as recorded in events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor(pub String);

@@ -52,11 +52,3 @@ pub fn human_duration(micros: i64) -> String {
     }
     out
 }
-
-/// Current time in microseconds since the Unix epoch.
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}

@@ -158,6 +158,7 @@ pub(super) async fn watch_transitions(
         Some(n) => n,
     };
     v.finish()?;
+    let clock = svc.store.clock().clone();
     let stream = watcher::spawn(
         svc.store.clone(),
         svc.tail.clone(),
@@ -168,7 +169,7 @@ pub(super) async fn watch_transitions(
             credential,
         },
         svc.shutdown.clone(),
-        |item| pb::WatchTransitionsResponse {
+        move |item| pb::WatchTransitionsResponse {
             kind: Some(match item {
                 WatchItem::Event(e) => pb::watch_transitions_response::Kind::Event(event_to_pb(
                     std::sync::Arc::unwrap_or_clone(e),
@@ -176,7 +177,7 @@ pub(super) async fn watch_transitions(
                 WatchItem::Heartbeat(sequence) => {
                     pb::watch_transitions_response::Kind::Heartbeat(pb::Heartbeat {
                         sequence,
-                        time: Some(convert::micros_to_pb(domain::now_micros())),
+                        time: Some(convert::micros_to_pb(clock.now_micros())),
                     })
                 }
             }),

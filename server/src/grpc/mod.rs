@@ -10,6 +10,7 @@ pub mod convert;
 mod evaluations;
 mod events;
 mod models;
+mod parse;
 mod policy;
 mod reports;
 mod transitions;
@@ -26,9 +27,8 @@ use tonic::{Request, Response, Status};
 
 use crate::app::{Caller, Decision};
 use crate::auth::{Identity, Role};
-use crate::domain::{self, Actor, SetRef, Stage, Violations};
+use crate::domain::{self, Actor, SetRef, Stage};
 use crate::error::Error;
-use crate::policy::Clock;
 use crate::store::{ModelFilter, RequestCursor, Store};
 use crate::watch::Tail;
 
@@ -45,26 +45,17 @@ pub struct RegistryService {
     heartbeat: Duration,
     /// Recent events shared by every watch stream.
     tail: std::sync::Arc<Tail>,
-    /// "Now" for live metrics (their default time and the limit on future
-    /// ones), the same clock the policy engine judges them by.
-    clock: Clock,
 }
 
 impl RegistryService {
     /// A service over `store`.
-    pub fn new(
-        store: Store,
-        shutdown: CancellationToken,
-        heartbeat: Duration,
-        clock: Clock,
-    ) -> Self {
+    pub fn new(store: Store, shutdown: CancellationToken, heartbeat: Duration) -> Self {
         let tail = Tail::spawn(store.clone(), shutdown.clone());
         RegistryService {
             store,
             shutdown,
             heartbeat,
             tail,
-            clock,
         }
     }
 
@@ -125,21 +116,22 @@ fn decision<T>(
     comment_required: bool,
 ) -> Result<Decision, Status> {
     let caller = caller(req)?;
-    let mut v = Violations::default();
-    let id = v.take(domain::parse_transition_request_id(
-        "request_id",
-        request_id,
-    ));
-    let comment = v.take(domain::parse_text("comment", comment));
-    if comment_required && comment.as_deref().is_some_and(|c| c.trim().is_empty()) {
-        v.add("comment", "is required: say why the request is rejected");
-    }
-    v.finish()?;
-    let (model, number) = id.expect("checked");
+    let comment = domain::parse_text("comment", comment).and_then(|comment| {
+        parse::require(
+            !comment_required || !comment.trim().is_empty(),
+            "comment",
+            "is required: say why the request is rejected",
+        )
+        .map(|()| comment)
+    });
+    let ((model, number), comment) = domain::all((
+        domain::parse_transition_request_id("request_id", request_id),
+        comment,
+    ))?;
     Ok(Decision {
         model,
         number,
-        comment: comment.expect("checked"),
+        comment,
         caller,
     })
 }
@@ -167,6 +159,20 @@ mod page_token {
         let bind = &crate::domain::audit::sha256_hex(query.as_bytes())[..16];
         let raw = format!("{kind}\u{1f}{key}\u{1f}{bind}");
         raw.bytes().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The token of the page after `last`, or "" when `more` is false.
+    pub fn next<T>(
+        more: bool,
+        last: Option<&T>,
+        kind: &str,
+        query: &str,
+        key: impl Fn(&T) -> String,
+    ) -> String {
+        match (more, last) {
+            (true, Some(last)) => encode(kind, &key(last), query),
+            _ => String::new(),
+        }
     }
 
     pub fn decode(token: &str, kind: &str, query: &str) -> Result<Option<String>, Error> {

@@ -6,7 +6,7 @@ use tracing::instrument;
 
 use crate::app::{self, RollbackOrder, TransitionOutcome};
 use crate::domain::RequestStatus;
-use crate::domain::{self, Name, StageChange, Violations};
+use crate::domain::{self, Name, StageChange};
 use crate::grpc::convert::{self, request_to_pb, version_to_pb};
 
 use super::*;
@@ -17,26 +17,8 @@ pub(super) async fn transition_stage(
     req: Request<pb::TransitionStageRequest>,
 ) -> Result<Response<pb::TransitionStageResponse>, Status> {
     let caller = caller(&req)?;
-    let r = req.into_inner();
-    let mut v = Violations::default();
-    let model = v.take(Name::parse("model", &r.model));
-    let version = v.take(domain::parse_version_number("version", r.version));
-    let target = v.take(parse_stage_field("target_stage", r.target_stage));
-    let comment = v.take(domain::parse_text("comment", &r.comment));
-    let etag = v.take(domain::parse_etag("etag", &r.etag));
-    v.finish()?;
-    let outcome = app::request_transition(
-        &svc.store,
-        StageChange {
-            model: model.expect("checked"),
-            version: version.expect("checked"),
-            target: target.expect("checked"),
-            comment: comment.expect("checked"),
-            etag: etag.expect("checked"),
-        },
-        caller,
-    )
-    .await?;
+    let change = StageChange::try_from(req.into_inner())?;
+    let outcome = app::request_transition(&svc.store, change, caller).await?;
     Ok(Response::new(match outcome {
         TransitionOutcome::Applied(v) => pb::TransitionStageResponse {
             version: Some(version_to_pb(v)),
@@ -111,41 +93,27 @@ pub(super) async fn list_transition_requests(
     req: Request<pb::ListTransitionRequestsRequest>,
 ) -> Result<Response<pb::ListTransitionRequestsResponse>, Status> {
     let r = req.into_inner();
-    let mut v = Violations::default();
-    let model = if r.model.is_empty() {
-        None
-    } else {
-        v.take(Name::parse("model", &r.model))
+    let model = match r.model.as_str() {
+        "" => Ok(None),
+        raw => Name::parse("model", raw).map(Some),
     };
-    let status = v
-        .take(convert::request_status_from_pb("status", r.status))
-        .flatten();
-    let size = v.take(domain::parse_page_size("page_size", r.page_size));
     let query = format!("{}\u{1e}{}", r.model, r.status);
-    let after = v
-        .take(page_token::decode(&r.page_token, "requests", &query))
-        .flatten()
-        .and_then(|key| v.take(request_cursor(&key)));
-    v.finish()?;
-    let (requests, more) = app::list_requests(
-        &svc.store,
-        model.as_ref().map(Name::as_str),
-        status,
+    let after = page_token::decode(&r.page_token, "requests", &query)
+        .and_then(|key| key.map(|key| request_cursor(&key)).transpose());
+    let (model, status, size, after) = domain::all((
+        model,
+        convert::request_status_from_pb("status", r.status),
+        domain::parse_page_size("page_size", r.page_size),
         after,
-        size.expect("checked"),
-    )
-    .await?;
-    let next_page_token = match (more, requests.last()) {
-        (true, Some(last)) => page_token::encode(
-            "requests",
-            &format!(
-                "{}\u{1e}{}\u{1e}{}",
-                last.create_time, last.model, last.number
-            ),
-            &query,
-        ),
-        _ => String::new(),
-    };
+    ))?;
+    let model = model.as_ref().map(Name::as_str);
+    let (requests, more) = app::list_requests(&svc.store, model, status, after, size).await?;
+    let next_page_token = page_token::next(more, requests.last(), "requests", &query, |last| {
+        format!(
+            "{}\u{1e}{}\u{1e}{}",
+            last.create_time, last.model, last.number
+        )
+    });
     Ok(Response::new(pb::ListTransitionRequestsResponse {
         requests: requests.into_iter().map(request_to_pb).collect(),
         next_page_token,
@@ -159,29 +127,30 @@ pub(super) async fn rollback(
 ) -> Result<Response<pb::RollbackResponse>, Status> {
     let caller = caller(&req)?;
     let r = req.into_inner();
-    let mut v = Violations::default();
-    let model = v.take(Name::parse("model", &r.model));
-    if r.version < 0 {
-        v.add(
+    let reason = domain::parse_text("reason", &r.reason).and_then(|reason| {
+        parse::require(
+            !reason.trim().is_empty(),
+            "reason",
+            "is required: say why production is rolled back",
+        )
+        .map(|()| reason)
+    });
+    let (model, (), reason) = domain::all((
+        Name::parse("model", &r.model),
+        parse::require(
+            r.version >= 0,
             "version",
             "must be a version number, or 0 for the previous production version",
-        );
-    }
-    let reason = v.take(domain::parse_text("reason", &r.reason));
-    if r.reason.trim().is_empty() {
-        v.add("reason", "is required: say why production is rolled back");
-    }
-    v.finish()?;
-    let outcome = app::rollback(
-        &svc.store,
-        RollbackOrder {
-            model: model.expect("checked"),
-            version: r.version,
-            reason: reason.expect("checked"),
-            caller,
-        },
-    )
-    .await?;
+        ),
+        reason,
+    ))?;
+    let order = RollbackOrder {
+        model,
+        version: r.version,
+        reason,
+        caller,
+    };
+    let outcome = app::rollback(&svc.store, order).await?;
     Ok(Response::new(match outcome {
         TransitionOutcome::Applied(v) => pb::RollbackResponse {
             version: Some(version_to_pb(v)),

@@ -43,6 +43,10 @@ where
 {
     type Tx = S::Tx;
 
+    fn now(&self) -> i64 {
+        self.clock().now_micros()
+    }
+
     async fn write<R, F>(&self, write: F) -> Result<R>
     where
         R: Send + 'static,

@@ -26,6 +26,7 @@ use std::future::Future;
 
 use tokio::sync::watch;
 
+use crate::clock::Clock;
 use crate::domain::{
     AliasName, Deployment, Evaluation, EvaluationSet, Event, EventFilter, LiveObservation, Model,
     SetRef, Stage, Version,
@@ -120,6 +121,8 @@ pub struct StoreOptions {
     /// How often a PostgreSQL replica polls for commits of other replicas,
     /// in case a notification was missed.
     pub poll_interval: std::time::Duration,
+    /// Where every "now" comes from.
+    pub clock: Clock,
 }
 
 impl Default for StoreOptions {
@@ -127,6 +130,7 @@ impl Default for StoreOptions {
         StoreOptions {
             max_connections: 10,
             poll_interval: std::time::Duration::from_secs(1),
+            clock: Clock::system(),
         }
     }
 }
@@ -140,6 +144,8 @@ pub type WriteFuture<'t, R> =
 pub trait Db: Clone + Send + Sync + 'static {
     /// One write transaction.
     type Tx: Tx + 'static;
+    /// "Now" from the store's clock, µs since the epoch.
+    fn now(&self) -> i64;
     /// Runs `write` in a transaction and commits it (the SQLite backend may
     /// commit several writes together, answering each only once all are
     /// durable). Watchers are woken after the commit. The write runs to its
@@ -263,6 +269,9 @@ pub trait Db: Clone + Send + Sync + 'static {
 
 /// The statements of one write transaction. Dropping it uncommitted rolls back.
 pub trait Tx: Send {
+    /// "Now" from the store's clock, µs since the epoch: what this
+    /// transaction stamps on what it writes.
+    fn now(&self) -> i64;
     /// Locks the model's row until commit and returns it.
     fn lock_model(&mut self, name: &str) -> impl Future<Output = Result<Option<Model>>> + Send;
     /// Serializes transactions that use the same key (creates of one name).
@@ -471,7 +480,7 @@ impl Store {
     /// Opens (creating if needed) the database at `url` and migrates it.
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Store> {
         if url.starts_with("sqlite:") {
-            let (db, latest) = SqliteStore::open(url).await?;
+            let (db, latest) = SqliteStore::open(url, options.clock.clone()).await?;
             Ok(Store {
                 backend: Backend::Sqlite(db),
                 latest,
@@ -490,6 +499,14 @@ impl Store {
                     crate::domain::truncate(url, 80)
                 ),
             ))
+        }
+    }
+
+    /// The clock every timestamp and time-based rule reads.
+    pub fn clock(&self) -> &Clock {
+        match &self.backend {
+            Backend::Sqlite(db) => sql::SqlStore::clock(db),
+            Backend::Postgres(db) => sql::SqlStore::clock(db),
         }
     }
 

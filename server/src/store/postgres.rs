@@ -26,6 +26,7 @@ use sqlx::{PgPool, QueryBuilder};
 use tokio::sync::watch;
 
 use super::StoreOptions;
+use crate::clock::Clock;
 use crate::domain::Event;
 use crate::error::{Error, Result};
 use crate::store::cache::VersionCache;
@@ -48,10 +49,12 @@ pub struct PgStore {
     follower: Arc<tokio::task::JoinHandle<()>>,
     /// Writes per commit for `/metrics`: always 1 here (no group commit).
     pub(super) batch_sizes: Histogram,
+    /// "Now" for every write and read that needs it.
+    clock: Clock,
 }
 
 /// One write transaction.
-pub struct PgTx(sqlx::Transaction<'static, sqlx::Postgres>);
+pub struct PgTx(sqlx::Transaction<'static, sqlx::Postgres>, Clock);
 
 impl PgStore {
     /// Connects, migrates, and starts following other replicas' commits.
@@ -94,6 +97,7 @@ impl PgStore {
                 latest,
                 follower: Arc::new(follower),
                 batch_sizes: super::sqlite::batch_size_histogram(),
+                clock: options.clock.clone(),
             },
             rx,
         ))
@@ -120,6 +124,10 @@ impl SqlStore for PgStore {
         None
     }
 
+    fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     /// One transaction per write, on a task of its own; replicas serialize
     /// where they must through row locks (see the module documentation).
     async fn run_write<R, F>(&self, write: F) -> Result<R>
@@ -130,8 +138,9 @@ impl SqlStore for PgStore {
         let pool = self.pool.clone();
         let latest = self.latest.clone();
         let batch_sizes = self.batch_sizes.clone();
+        let clock = self.clock.clone();
         crate::store::detached(async move {
-            let mut tx = PgTx(pool.begin().await.map_err(db_err)?);
+            let mut tx = PgTx(pool.begin().await.map_err(db_err)?, clock);
             let (result, sequence) = write(&mut tx).await?;
             SqlTx::commit(tx).await?;
             batch_sizes.observe(1.0);
@@ -268,6 +277,10 @@ impl SqlTx for PgTx {
 
     fn conn(&mut self) -> &mut sqlx::PgConnection {
         &mut self.0
+    }
+
+    fn clock(&self) -> &Clock {
+        &self.1
     }
 
     /// Events need no bookkeeping here: replicas learn of them from the log.

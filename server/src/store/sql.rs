@@ -13,6 +13,7 @@ use std::future::Future;
 use sqlx::query::Query;
 use sqlx::{Database, Decode, Encode, Pool, QueryBuilder, Type};
 
+use crate::clock::Clock;
 use crate::domain::Event;
 use crate::error::{Error, Result};
 use crate::store::WriteFuture;
@@ -104,6 +105,8 @@ pub trait SqlStore: Clone + Send + Sync + 'static {
     fn readers(&self) -> &Pool<Self::Engine>;
     /// Versions read recently, where the backend can keep them coherent.
     fn version_cache(&self) -> Option<&VersionCache>;
+    /// "Now", for reads that judge time.
+    fn clock(&self) -> &Clock;
     /// Runs `write` in a transaction and commits it (see [`super::Db::write`]).
     fn run_write<R, F>(&self, write: F) -> impl Future<Output = Result<R>> + Send
     where
@@ -118,6 +121,8 @@ pub trait SqlTx: Send {
     type Engine: Engine;
     /// The transaction's connection.
     fn conn(&mut self) -> &mut <Self::Engine as Database>::Connection;
+    /// "Now", for everything this transaction stamps.
+    fn clock(&self) -> &Clock;
     /// Called for each event appended, before its statement runs.
     fn note_event(&mut self, event: &Event);
     /// The end of the log (last sequence and hash), as this transaction

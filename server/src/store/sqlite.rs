@@ -33,6 +33,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, SqlitePool};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::clock::Clock;
 use crate::domain::Event;
 use crate::error::{Error, Result};
 use crate::store::WriteFuture;
@@ -81,6 +82,8 @@ pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     /// Versions read recently; the writer invalidates what it changes.
     cache: Arc<VersionCache>,
+    /// "Now" for every write and read that needs it.
+    clock: Clock,
 }
 
 /// One write transaction on the writer connection, with the end of the log
@@ -92,6 +95,8 @@ pub struct SqliteTx(
     (u64, String),
     /// The models this transaction's events name, to invalidate on commit.
     Vec<String>,
+    /// "Now" for this transaction.
+    Clock,
 );
 
 impl SqlTx for SqliteTx {
@@ -99,6 +104,10 @@ impl SqlTx for SqliteTx {
 
     fn conn(&mut self) -> &mut sqlx::SqliteConnection {
         &mut self.0
+    }
+
+    fn clock(&self) -> &Clock {
+        &self.3
     }
 
     fn note_event(&mut self, event: &Event) {
@@ -124,7 +133,7 @@ impl SqlTx for SqliteTx {
 
 impl SqliteStore {
     /// Opens the database, creating its file and folder, and migrates it.
-    pub async fn open(url: &str) -> Result<(SqliteStore, watch::Receiver<u64>)> {
+    pub async fn open(url: &str, clock: Clock) -> Result<(SqliteStore, watch::Receiver<u64>)> {
         if url.contains(":memory:") || url.contains("mode=memory") {
             return Err(Error::invalid(
                 "database_url",
@@ -185,6 +194,7 @@ impl SqliteStore {
             head,
             cache.clone(),
             batch_sizes.clone(),
+            clock.clone(),
         ));
         Ok((
             SqliteStore {
@@ -193,6 +203,7 @@ impl SqliteStore {
                 jobs,
                 cache,
                 batch_sizes,
+                clock,
             },
             rx,
         ))
@@ -213,6 +224,10 @@ impl SqlStore for SqliteStore {
     /// The writer invalidates what it changes before anyone learns of a commit.
     fn version_cache(&self) -> Option<&VersionCache> {
         Some(&self.cache)
+    }
+
+    fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// The read-only connections; the writer task owns the one that writes.
@@ -303,10 +318,11 @@ async fn write_batches(
     mut head: (u64, String),
     cache: Arc<VersionCache>,
     batch_sizes: Histogram,
+    clock: Clock,
 ) {
     while let Some(first) = queue.recv().await {
         let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
-            Ok(tx) => SqliteTx(tx, head.clone(), Vec::new()),
+            Ok(tx) => SqliteTx(tx, head.clone(), Vec::new(), clock.clone()),
             Err(e) => {
                 let message = e.to_string();
                 let mut failed = vec![first];
@@ -466,7 +482,7 @@ mod tests {
             .await
             .unwrap();
         let tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-        let mut tx = SqliteTx(tx, (0, String::new()), Vec::new());
+        let mut tx = SqliteTx(tx, (0, String::new()), Vec::new(), Clock::system());
         savepoint(&mut tx, "SAVEPOINT write").await.unwrap();
         savepoint(&mut tx, "RELEASE SAVEPOINT write; SAVEPOINT write")
             .await

@@ -46,6 +46,10 @@ where
     String: Column<DB>,
     Vec<u8>: Column<DB>,
 {
+    fn now(&self) -> i64 {
+        self.clock().now_micros()
+    }
+
     async fn lock_model(&mut self, name: &str) -> Result<Option<Model>> {
         if let Some(lock) = DB::LOCK_MODEL {
             sqlx::query(lock)
@@ -116,7 +120,7 @@ where
         .bind(stored.fingerprint.as_str())
         .bind(stored.model.as_str())
         .bind(stored.version)
-        .bind(crate::domain::now_micros())
+        .bind(self.now())
         .bind(stored.response.as_deref())
         .execute(self.conn())
         .await;

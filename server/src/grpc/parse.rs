@@ -1,0 +1,384 @@
+//! Requests into domain values: each `TryFrom` checks every field of one
+//! request and reports all bad fields at once (`google.rpc.BadRequest`).
+
+use modelreg_api::v1 as pb;
+
+use crate::domain::evaluation;
+use crate::domain::{
+    self, CompareRequest, Evaluation, EvaluationSet, LiveObservation, ModelUpdate, Name,
+    NewDeployment, NewEvaluation, NewModel, NewVersion, SetRef, Source, Stage, StageChange,
+    Violations, WorkerFailure,
+};
+use crate::error::{Error, Result};
+use crate::grpc::convert;
+
+use super::{parse_set_ref, parse_stage_field, required_set_ref, to_btree};
+
+impl TryFrom<pb::CreateModelRequest> for NewModel {
+    type Error = Error;
+
+    fn try_from(r: pb::CreateModelRequest) -> Result<NewModel> {
+        let policy = match r.policy {
+            Some(p) if p != pb::Policy::default() => convert::policy_from_pb("policy", p).map(Some),
+            _ => Ok(None),
+        };
+        let (name, description, tags, request_id, policy) = domain::all((
+            Name::parse("name", &r.name),
+            domain::parse_text("description", &r.description),
+            domain::parse_tags("tags", &to_btree(&r.tags)),
+            domain::parse_request_id("request_id", &r.request_id),
+            policy,
+        ))?;
+        Ok(NewModel {
+            name,
+            description,
+            tags,
+            policy,
+            request_id,
+        })
+    }
+}
+
+impl TryFrom<pb::UpdateModelRequest> for ModelUpdate {
+    type Error = Error;
+
+    fn try_from(r: pb::UpdateModelRequest) -> Result<ModelUpdate> {
+        let mut v = Violations::default();
+        let name = v.take(Name::parse("name", &r.name));
+        let etag = v.take(domain::parse_etag("etag", &r.etag));
+        // AIP-134: without a mask, every field that is set is updated.
+        let paths: Vec<String> = match &r.update_mask {
+            Some(mask) if !mask.paths.is_empty() => mask.paths.clone(),
+            _ => [
+                (!r.description.is_empty(), "description"),
+                (!r.tags.is_empty(), "tags"),
+                (r.policy.is_some(), "policy"),
+            ]
+            .into_iter()
+            .filter(|(set, _)| *set)
+            .map(|(_, path)| path.to_owned())
+            .collect(),
+        };
+        let (mut description, mut tags, mut policy) = (None, None, None);
+        for path in &paths {
+            match path.as_str() {
+                "description" => {
+                    description = v.take(domain::parse_text("description", &r.description))
+                }
+                "tags" => tags = v.take(domain::parse_tags("tags", &to_btree(&r.tags))),
+                "policy" => {
+                    // In the mask but unset: back to the defaults (AIP-134).
+                    policy = v.take(convert::policy_from_pb(
+                        "policy",
+                        r.policy.clone().unwrap_or_default(),
+                    ))
+                }
+                other => v.add(
+                    "update_mask",
+                    format!(
+                        "{:?} cannot be updated: use description, tags or policy",
+                        domain::truncate(other, 64)
+                    ),
+                ),
+            }
+        }
+        if paths.is_empty() {
+            v.add(
+                "update_mask",
+                "names no field and the request sets none: nothing to update",
+            );
+        }
+        v.finish()?;
+        Ok(ModelUpdate {
+            name: name.expect("checked"),
+            description,
+            tags,
+            policy,
+            etag: etag.expect("checked"),
+        })
+    }
+}
+
+/// A new version may enter NONE or STAGING; later stages are moves.
+fn registration_stage(raw: i32) -> Result<Stage> {
+    match pb::Stage::try_from(raw) {
+        Ok(pb::Stage::Unspecified) | Ok(pb::Stage::None) => Ok(Stage::None),
+        Ok(pb::Stage::Staging) => Ok(Stage::Staging),
+        _ => Err(Error::invalid(
+            "target_stage",
+            "a new version may only enter STAGE_NONE or STAGE_STAGING; promote it with TransitionStage",
+        )),
+    }
+}
+
+impl TryFrom<pb::RegisterVersionRequest> for NewVersion {
+    type Error = Error;
+
+    fn try_from(r: pb::RegisterVersionRequest) -> Result<NewVersion> {
+        let source = r.source.map(convert::source_from_pb).unwrap_or_default();
+        let (
+            model,
+            artifact_uri,
+            artifact_digest,
+            source,
+            training_metrics,
+            tags,
+            description,
+            request_id,
+            target_stage,
+        ) = domain::all((
+            Name::parse("model", &r.model),
+            domain::parse_artifact_uri("artifact_uri", &r.artifact_uri),
+            domain::parse_digest("artifact_digest", &r.artifact_digest),
+            Source::parse("source", source),
+            domain::parse_metrics("training_metrics", &to_btree(&r.training_metrics)),
+            domain::parse_tags("tags", &to_btree(&r.tags)),
+            domain::parse_text("description", &r.description),
+            domain::parse_request_id("request_id", &r.request_id),
+            registration_stage(r.target_stage),
+        ))?;
+        Ok(NewVersion {
+            model,
+            artifact_uri,
+            artifact_digest,
+            source,
+            training_metrics,
+            tags,
+            description,
+            request_id,
+            target_stage,
+        })
+    }
+}
+
+impl TryFrom<pb::ReportDeploymentRequest> for NewDeployment {
+    type Error = Error;
+
+    fn try_from(r: pb::ReportDeploymentRequest) -> Result<NewDeployment> {
+        let (model, version, environment, status, endpoint, message, request_id) = domain::all((
+            Name::parse("model", &r.model),
+            domain::parse_version_number("version", r.version),
+            Name::parse("environment", &r.environment),
+            convert::deployment_status_from_pb("status", r.status),
+            domain::parse_text("endpoint", &r.endpoint),
+            domain::parse_text("message", &r.message),
+            domain::parse_request_id("request_id", &r.request_id),
+        ))?;
+        Ok(NewDeployment {
+            model,
+            version,
+            environment,
+            status,
+            endpoint,
+            message,
+            request_id,
+        })
+    }
+}
+
+/// Checks a condition of one field: `Ok(())`, or its violation.
+pub(super) fn require(ok: bool, field: &str, description: impl Into<String>) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(field, description))
+    }
+}
+
+/// A live reading, checked against the server's time `now`.
+pub(super) fn live_observation(
+    r: pb::ReportLiveMetricRequest,
+    now: i64,
+) -> Result<LiveObservation> {
+    let observe_time = match &r.observe_time {
+        None => Ok(now),
+        Some(t) => convert::micros_from_pb("observe_time", t).and_then(|t| {
+            require(
+                t <= now + super::MAX_OBSERVATION_LEAD_MICROS,
+                "observe_time",
+                format!(
+                    "{} is more than 5 minutes in the future (the server's time is {})",
+                    domain::rfc3339(t),
+                    domain::rfc3339(now)
+                ),
+            )
+            .map(|()| t)
+        }),
+    };
+    let (model, version, metric, (), observe_time) = domain::all((
+        Name::parse("model", &r.model),
+        domain::parse_version_number("version", r.version),
+        domain::parse_short_text("metric", &r.metric),
+        require(
+            r.value.is_finite(),
+            "value",
+            format!("must be a finite number; got {}", r.value),
+        ),
+        observe_time,
+    ))?;
+    Ok(LiveObservation {
+        model,
+        version,
+        metric,
+        value: r.value,
+        observe_time,
+    })
+}
+
+impl TryFrom<pb::ReportWorkerFailureRequest> for WorkerFailure {
+    type Error = Error;
+
+    fn try_from(r: pb::ReportWorkerFailureRequest) -> Result<WorkerFailure> {
+        let error = domain::parse_text("error", &r.error).and_then(|e| {
+            require(
+                !e.trim().is_empty(),
+                "error",
+                "is required: say what went wrong",
+            )
+            .map(|()| e)
+        });
+        let (model, version, worker, (), error, (), request_id) = domain::all((
+            Name::parse("model", &r.model),
+            domain::parse_version_number("version", r.version),
+            domain::parse_short_text("worker", &r.worker),
+            require(
+                r.event_sequence != 0,
+                "event_sequence",
+                "is required: the sequence of the event the worker was handling",
+            ),
+            error,
+            require(
+                r.attempts >= 1,
+                "attempts",
+                format!("must be at least 1; got {}", r.attempts),
+            ),
+            domain::parse_request_id("request_id", &r.request_id),
+        ))?;
+        Ok(WorkerFailure {
+            model,
+            version,
+            worker,
+            event_sequence: r.event_sequence,
+            error,
+            attempts: r.attempts as u32,
+            request_id,
+        })
+    }
+}
+
+impl TryFrom<pb::TransitionStageRequest> for StageChange {
+    type Error = Error;
+
+    fn try_from(r: pb::TransitionStageRequest) -> Result<StageChange> {
+        let (model, version, target, comment, etag) = domain::all((
+            Name::parse("model", &r.model),
+            domain::parse_version_number("version", r.version),
+            parse_stage_field("target_stage", r.target_stage),
+            domain::parse_text("comment", &r.comment),
+            domain::parse_etag("etag", &r.etag),
+        ))?;
+        Ok(StageChange {
+            model,
+            version,
+            target,
+            comment,
+            etag,
+        })
+    }
+}
+
+/// Reports the request's own field names, not those of the nested message.
+fn unnest(prefix: &str, e: Error) -> Error {
+    match e {
+        Error::InvalidArgument(mut vs) => {
+            for x in &mut vs {
+                x.field = x.field.trim_start_matches(prefix).to_owned();
+            }
+            Error::InvalidArgument(vs)
+        }
+        other => other,
+    }
+}
+
+impl TryFrom<pb::CreateEvaluationSetRequest> for EvaluationSet {
+    type Error = Error;
+
+    fn try_from(r: pb::CreateEvaluationSetRequest) -> Result<EvaluationSet> {
+        let (id, uri, digest, metrics, description) = domain::all((
+            SetRef::parse("evaluation_set", &r.name, &r.version)
+                .map_err(|e| unnest("evaluation_set.", e)),
+            domain::parse_artifact_uri("uri", &r.uri),
+            domain::parse_required_digest("digest", &r.digest),
+            evaluation::parse_definitions("metrics", convert::definitions_from_pb(r.metrics)),
+            domain::parse_text("description", &r.description),
+        ))?;
+        Ok(EvaluationSet {
+            id,
+            uri,
+            digest,
+            metrics,
+            description,
+            created_by: String::new(),
+            create_time: 0,
+        })
+    }
+}
+
+impl TryFrom<pb::AttachEvaluationRequest> for NewEvaluation {
+    type Error = Error;
+
+    fn try_from(r: pb::AttachEvaluationRequest) -> Result<NewEvaluation> {
+        let (model, version, set, evaluator_version, metrics, report_uri, request_id) =
+            domain::all((
+                Name::parse("model", &r.model),
+                domain::parse_version_number("version", r.version),
+                required_set_ref("evaluation_set", r.evaluation_set.as_ref()),
+                domain::parse_evaluator_version("evaluator_version", &r.evaluator_version),
+                domain::parse_metrics("metrics", &to_btree(&r.metrics)),
+                domain::parse_optional_uri("report_uri", &r.report_uri),
+                domain::parse_request_id("request_id", &r.request_id),
+            ))?;
+        Ok(NewEvaluation {
+            evaluation: Evaluation {
+                model: model.to_string(),
+                version,
+                set,
+                evaluator_version,
+                metrics,
+                report_uri,
+                created_by: String::new(),
+                create_time: 0,
+            },
+            request_id,
+        })
+    }
+}
+
+impl TryFrom<pb::CompareVersionsRequest> for CompareRequest {
+    type Error = Error;
+
+    fn try_from(r: pb::CompareVersionsRequest) -> Result<CompareRequest> {
+        let evaluator_version = match r.evaluator_version.as_str() {
+            "" => Ok(None),
+            raw => domain::parse_evaluator_version("evaluator_version", raw).map(Some),
+        };
+        let (model, candidate, (), set, evaluator_version) = domain::all((
+            Name::parse("model", &r.model),
+            domain::parse_version_number("candidate_version", r.candidate_version),
+            require(
+                r.baseline_version >= 0,
+                "baseline_version",
+                "must be 0 (the production version) or a version number",
+            ),
+            parse_set_ref("evaluation_set", r.evaluation_set.as_ref()),
+            evaluator_version,
+        ))?;
+        Ok(CompareRequest {
+            model,
+            candidate,
+            baseline: r.baseline_version,
+            set,
+            evaluator_version,
+        })
+    }
+}
