@@ -4,7 +4,10 @@
 use super::*;
 
 /// What an event records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::EnumString, strum::Display,
+)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum EventKind {
     /// A model was created.
     ModelCreated,
@@ -63,29 +66,12 @@ impl EventKind {
 
     /// The stored name (the proto enum value without its prefix).
     pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::ModelCreated => "MODEL_CREATED",
-            EventKind::ModelUpdated => "MODEL_UPDATED",
-            EventKind::VersionRegistered => "VERSION_REGISTERED",
-            EventKind::StageChanged => "STAGE_CHANGED",
-            EventKind::TransitionRequested => "TRANSITION_REQUESTED",
-            EventKind::TransitionApproved => "TRANSITION_APPROVED",
-            EventKind::TransitionRejected => "TRANSITION_REJECTED",
-            EventKind::TransitionCancelled => "TRANSITION_CANCELLED",
-            EventKind::EvaluationAttached => "EVALUATION_ATTACHED",
-            EventKind::DeploymentReported => "DEPLOYMENT_REPORTED",
-            EventKind::AliasSet => "ALIAS_SET",
-            EventKind::AliasDeleted => "ALIAS_DELETED",
-            EventKind::EvaluationSetCreated => "EVALUATION_SET_CREATED",
-            EventKind::WorkerFailed => "WORKER_FAILED",
-            EventKind::TransitionSuperseded => "TRANSITION_SUPERSEDED",
-            EventKind::LiveMetricBreach => "LIVE_METRIC_BREACH",
-        }
+        self.into()
     }
 
     /// The inverse of [`EventKind::as_str`].
     pub fn from_db(s: &str) -> Option<EventKind> {
-        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
+        s.parse().ok()
     }
 }
 

@@ -2,12 +2,24 @@
 //! allowed and what else a move implies, and where a rollback returns to.
 //! Pure functions; the use cases apply a plan in one transaction.
 
-use std::fmt;
-
 use crate::error::{Error, Result};
 
 /// A lifecycle stage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Stage {
     /// Registered, not under evaluation.
     None,
@@ -30,41 +42,20 @@ impl Stage {
 
     /// The stored and displayed name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::None => "NONE",
-            Stage::Staging => "STAGING",
-            Stage::Production => "PRODUCTION",
-            Stage::Archived => "ARCHIVED",
-        }
+        self.into()
     }
 
     /// The inverse of [`Stage::as_str`].
     pub fn from_db(s: &str) -> Option<Stage> {
-        Stage::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-}
-
-impl serde::Serialize for Stage {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Stage {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Stage, D::Error> {
-        let s = String::deserialize(d)?;
-        Stage::from_db(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown stage {s:?}")))
-    }
-}
-
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        s.parse().ok()
     }
 }
 
 /// Why a version changed stage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString, strum::Display,
+)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum Cause {
     /// A direct call.
     Request,
@@ -81,26 +72,12 @@ pub enum Cause {
 impl Cause {
     /// The stored name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Cause::Request => "REQUEST",
-            Cause::Approval => "APPROVAL",
-            Cause::Superseded => "SUPERSEDED",
-            Cause::Rollback => "ROLLBACK",
-            Cause::Policy => "POLICY",
-        }
+        self.into()
     }
 
     /// The inverse of [`Cause::as_str`].
     pub fn from_db(s: &str) -> Option<Cause> {
-        [
-            Cause::Request,
-            Cause::Approval,
-            Cause::Superseded,
-            Cause::Rollback,
-            Cause::Policy,
-        ]
-        .into_iter()
-        .find(|c| c.as_str() == s)
+        s.parse().ok()
     }
 }
 

@@ -191,7 +191,20 @@ pub struct StageChange {
 }
 
 /// The state a deployment worker reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum DeploymentStatus {
     /// Rollout under way.
     Deploying,
@@ -214,33 +227,12 @@ impl DeploymentStatus {
 
     /// The stored name (the proto enum value without its prefix).
     pub fn as_str(self) -> &'static str {
-        match self {
-            DeploymentStatus::Deploying => "DEPLOYING",
-            DeploymentStatus::Succeeded => "SUCCEEDED",
-            DeploymentStatus::Failed => "FAILED",
-            DeploymentStatus::Undeployed => "UNDEPLOYED",
-        }
+        self.into()
     }
 
     /// The inverse of [`DeploymentStatus::as_str`].
     pub fn from_db(s: &str) -> Option<DeploymentStatus> {
-        DeploymentStatus::ALL.into_iter().find(|d| d.as_str() == s)
-    }
-}
-
-impl serde::Serialize for DeploymentStatus {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for DeploymentStatus {
-    fn deserialize<D: serde::Deserializer<'de>>(
-        d: D,
-    ) -> std::result::Result<DeploymentStatus, D::Error> {
-        let s = String::deserialize(d)?;
-        DeploymentStatus::from_db(&s)
-            .ok_or_else(|| serde::de::Error::custom(format!("unknown deployment status {s:?}")))
+        s.parse().ok()
     }
 }
 

@@ -7,7 +7,10 @@ use serde::{Deserialize, Serialize};
 use super::*;
 
 /// The status of a transition request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::EnumString, strum::Display,
+)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum RequestStatus {
     /// Waiting for approvals.
     Pending,
@@ -33,18 +36,12 @@ impl RequestStatus {
 
     /// The stored name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            RequestStatus::Pending => "PENDING",
-            RequestStatus::Approved => "APPROVED",
-            RequestStatus::Rejected => "REJECTED",
-            RequestStatus::Cancelled => "CANCELLED",
-            RequestStatus::Superseded => "SUPERSEDED",
-        }
+        self.into()
     }
 
     /// The inverse of [`RequestStatus::as_str`].
     pub fn from_db(s: &str) -> Option<RequestStatus> {
-        RequestStatus::ALL.into_iter().find(|r| r.as_str() == s)
+        s.parse().ok()
     }
 }
 
