@@ -13,31 +13,44 @@ use super::*;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Name(String);
 
+/// Checks an identifier: 1 to `max` bytes of `[a-z0-9._-]` whose first byte
+/// passes `first`; `pattern` says the rule in the error.
+fn identifier(
+    field: &str,
+    raw: &str,
+    max: usize,
+    first: fn(u8) -> bool,
+    pattern: &str,
+) -> Result<String> {
+    let valid = !raw.is_empty()
+        && raw.len() <= max
+        && raw.bytes().next().is_some_and(first)
+        && raw.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        });
+    if valid {
+        Ok(raw.to_owned())
+    } else if raw.is_empty() {
+        Err(Error::invalid(field, "is required"))
+    } else {
+        Err(Error::invalid(
+            field,
+            format!("{:?} is not a valid {pattern}", truncate(raw, 64)),
+        ))
+    }
+}
+
 impl Name {
     /// Parses `raw` as the value of request field `field`.
     pub fn parse(field: &str, raw: &str) -> Result<Name> {
-        let valid = !raw.is_empty()
-            && raw.len() <= 128
-            && raw
-                .bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            && raw.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
-            });
-        if valid {
-            Ok(Name(raw.to_owned()))
-        } else if raw.is_empty() {
-            Err(Error::invalid(field, "is required"))
-        } else {
-            Err(Error::invalid(
-                field,
-                format!(
-                    "{:?} is not a valid name: use 1 to 128 characters of [a-z0-9._-], starting with a letter or digit",
-                    truncate(raw, 64)
-                ),
-            ))
-        }
+        identifier(
+            field,
+            raw,
+            128,
+            |b| b.is_ascii_lowercase() || b.is_ascii_digit(),
+            "name: use 1 to 128 characters of [a-z0-9._-], starting with a letter or digit",
+        )
+        .map(Name)
     }
 
     /// The name as text.
@@ -60,25 +73,14 @@ pub struct AliasName(String);
 impl AliasName {
     /// Parses `raw` as the value of request field `field`.
     pub fn parse(field: &str, raw: &str) -> Result<AliasName> {
-        let valid = !raw.is_empty()
-            && raw.len() <= 64
-            && raw.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
-            && raw.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
-            });
-        if valid {
-            Ok(AliasName(raw.to_owned()))
-        } else if raw.is_empty() {
-            Err(Error::invalid(field, "is required"))
-        } else {
-            Err(Error::invalid(
-                field,
-                format!(
-                    "{:?} is not a valid alias: use 1 to 64 characters of [a-z0-9._-], starting with a letter",
-                    truncate(raw, 64)
-                ),
-            ))
-        }
+        identifier(
+            field,
+            raw,
+            64,
+            |b| b.is_ascii_lowercase(),
+            "alias: use 1 to 64 characters of [a-z0-9._-], starting with a letter",
+        )
+        .map(AliasName)
     }
 
     /// The alias as text.

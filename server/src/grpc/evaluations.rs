@@ -75,11 +75,10 @@ pub(super) async fn list_evaluation_sets(
     ))?;
     let (sets, more) =
         app::list_evaluation_sets(&svc.store, name.as_deref(), after.as_ref(), size).await?;
-    let next_page_token = page_token::next(more, sets.last(), "evaluation_sets", &r.name, |l| {
-        format!("{}\u{1e}{}", l.id.name, l.id.version)
-    });
+    let (evaluation_sets, next_page_token) =
+        page_token::page(sets, more, "evaluation_sets", &r.name, evaluation_set_to_pb);
     Ok(Response::new(pb::ListEvaluationSetsResponse {
-        evaluation_sets: sets.into_iter().map(evaluation_set_to_pb).collect(),
+        evaluation_sets,
         next_page_token,
     }))
 }
@@ -120,11 +119,10 @@ pub(super) async fn list_evaluations(
     let metric = (!r.metric.is_empty()).then_some(r.metric.as_str());
     let (evaluations, more) =
         app::list_evaluations(&svc.store, model.as_str(), &set, metric, after, size).await?;
-    let next_page_token = page_token::next(more, evaluations.last(), "evaluations", &query, |l| {
-        format!("{}\u{1e}{}", l.version, l.evaluator_version)
-    });
+    let (evaluations, next_page_token) =
+        page_token::page(evaluations, more, "evaluations", &query, evaluation_to_pb);
     Ok(Response::new(pb::ListEvaluationsResponse {
-        evaluations: evaluations.into_iter().map(evaluation_to_pb).collect(),
+        evaluations,
         next_page_token,
     }))
 }

@@ -58,12 +58,9 @@ pub(super) async fn list_events(
     let mut events = svc.store.events(&filter, after, None, size + 1).await?;
     let more = events.len() > size;
     events.truncate(size);
-    let next_page_token = match (more, events.last()) {
-        (true, Some(last)) => page_token::encode("events", &last.sequence.to_string(), &query),
-        _ => String::new(),
-    };
+    let (events, next_page_token) = page_token::page(events, more, "events", &query, event_to_pb);
     Ok(Response::new(pb::ListEventsResponse {
-        events: events.into_iter().map(event_to_pb).collect(),
+        events,
         next_page_token,
     }))
 }

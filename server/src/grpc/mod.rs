@@ -153,6 +153,7 @@ fn parse_stage_field(field: &str, raw: i32) -> Result<Stage, Error> {
 /// Opaque AIP-158 page tokens: the last key of the page, bound to the request's
 /// filter so a token cannot be replayed against a different query.
 mod page_token {
+    use crate::domain;
     use crate::error::Error;
 
     pub fn encode(kind: &str, key: &str, query: &str) -> String {
@@ -161,17 +162,65 @@ mod page_token {
         raw.bytes().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// The token of the page after `last`, or "" when `more` is false.
-    pub fn next<T>(
+    /// One page for the response: the items in their protobuf form, and the
+    /// token of the next page ("" when `more` is false).
+    pub fn page<T: Keyed, P>(
+        items: Vec<T>,
         more: bool,
-        last: Option<&T>,
         kind: &str,
         query: &str,
-        key: impl Fn(&T) -> String,
-    ) -> String {
-        match (more, last) {
-            (true, Some(last)) => encode(kind, &key(last), query),
+        to_pb: fn(T) -> P,
+    ) -> (Vec<P>, String) {
+        let token = match (more, items.last()) {
+            (true, Some(last)) => encode(kind, &last.page_key(), query),
             _ => String::new(),
+        };
+        (items.into_iter().map(to_pb).collect(), token)
+    }
+
+    /// What a page token records of a page's last item: where the next
+    /// page starts.
+    pub trait Keyed {
+        /// The key, as `decode` gives it back.
+        fn page_key(&self) -> String;
+    }
+
+    impl Keyed for domain::Model {
+        fn page_key(&self) -> String {
+            self.name.clone()
+        }
+    }
+
+    impl Keyed for domain::Version {
+        fn page_key(&self) -> String {
+            self.version.to_string()
+        }
+    }
+
+    impl Keyed for domain::TransitionRequest {
+        fn page_key(&self) -> String {
+            format!(
+                "{}\u{1e}{}\u{1e}{}",
+                self.create_time, self.model, self.number
+            )
+        }
+    }
+
+    impl Keyed for domain::EvaluationSet {
+        fn page_key(&self) -> String {
+            format!("{}\u{1e}{}", self.id.name, self.id.version)
+        }
+    }
+
+    impl Keyed for domain::Evaluation {
+        fn page_key(&self) -> String {
+            format!("{}\u{1e}{}", self.version, self.evaluator_version)
+        }
+    }
+
+    impl Keyed for domain::Event {
+        fn page_key(&self) -> String {
+            self.sequence.to_string()
         }
     }
 

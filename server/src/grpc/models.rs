@@ -45,10 +45,10 @@ pub(super) async fn list_models(
         page_token::decode(&r.page_token, "models", &r.filter),
     ))?;
     let (models, more) = app::list_models(&svc.store, &filter, after.as_deref(), size).await?;
-    let next_page_token =
-        page_token::next(more, models.last(), "models", &r.filter, |m| m.name.clone());
+    let (models, next_page_token) =
+        page_token::page(models, more, "models", &r.filter, model_to_pb);
     Ok(Response::new(pb::ListModelsResponse {
-        models: models.into_iter().map(model_to_pb).collect(),
+        models,
         next_page_token,
     }))
 }

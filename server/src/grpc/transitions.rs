@@ -36,16 +36,12 @@ pub(super) async fn approve_transition(
     svc: &RegistryService,
     req: Request<pb::ApproveTransitionRequest>,
 ) -> Result<Response<pb::ApproveTransitionResponse>, Status> {
-    let decision = decision(
-        &req,
-        &req.get_ref().request_id,
-        &req.get_ref().comment,
-        false,
-    )?;
-    let (request, version) = app::approve(&svc.store, decision).await?;
+    let r = req.get_ref();
+    let status = RequestStatus::Approved;
+    let (request, version) = decide(svc, &req, &r.request_id, &r.comment, status).await?;
     Ok(Response::new(pb::ApproveTransitionResponse {
-        request: Some(request_to_pb(request)),
-        version: Some(version_to_pb(version)),
+        request,
+        version,
     }))
 }
 
@@ -54,17 +50,12 @@ pub(super) async fn reject_transition(
     svc: &RegistryService,
     req: Request<pb::RejectTransitionRequest>,
 ) -> Result<Response<pb::RejectTransitionResponse>, Status> {
-    let decision = decision(
-        &req,
-        &req.get_ref().request_id,
-        &req.get_ref().comment,
-        true,
-    )?;
-    let (request, version) =
-        app::close_request(&svc.store, decision, RequestStatus::Rejected).await?;
+    let r = req.get_ref();
+    let status = RequestStatus::Rejected;
+    let (request, version) = decide(svc, &req, &r.request_id, &r.comment, status).await?;
     Ok(Response::new(pb::RejectTransitionResponse {
-        request: Some(request_to_pb(request)),
-        version: Some(version_to_pb(version)),
+        request,
+        version,
     }))
 }
 
@@ -73,17 +64,12 @@ pub(super) async fn cancel_transition(
     svc: &RegistryService,
     req: Request<pb::CancelTransitionRequest>,
 ) -> Result<Response<pb::CancelTransitionResponse>, Status> {
-    let decision = decision(
-        &req,
-        &req.get_ref().request_id,
-        &req.get_ref().comment,
-        false,
-    )?;
-    let (request, version) =
-        app::close_request(&svc.store, decision, RequestStatus::Cancelled).await?;
+    let r = req.get_ref();
+    let status = RequestStatus::Cancelled;
+    let (request, version) = decide(svc, &req, &r.request_id, &r.comment, status).await?;
     Ok(Response::new(pb::CancelTransitionResponse {
-        request: Some(request_to_pb(request)),
-        version: Some(version_to_pb(version)),
+        request,
+        version,
     }))
 }
 
@@ -108,14 +94,10 @@ pub(super) async fn list_transition_requests(
     ))?;
     let model = model.as_ref().map(Name::as_str);
     let (requests, more) = app::list_requests(&svc.store, model, status, after, size).await?;
-    let next_page_token = page_token::next(more, requests.last(), "requests", &query, |last| {
-        format!(
-            "{}\u{1e}{}\u{1e}{}",
-            last.create_time, last.model, last.number
-        )
-    });
+    let (requests, next_page_token) =
+        page_token::page(requests, more, "requests", &query, request_to_pb);
     Ok(Response::new(pb::ListTransitionRequestsResponse {
-        requests: requests.into_iter().map(request_to_pb).collect(),
+        requests,
         next_page_token,
     }))
 }
@@ -161,4 +143,20 @@ pub(super) async fn rollback(
             request: Some(request_to_pb(r)),
         },
     }))
+}
+
+/// Approves, rejects or cancels a request: one shape for the three decisions.
+async fn decide<T>(
+    svc: &RegistryService,
+    req: &Request<T>,
+    request_id: &str,
+    comment: &str,
+    status: RequestStatus,
+) -> Result<(Option<pb::TransitionRequest>, Option<pb::ModelVersion>), Status> {
+    let decision = decision(req, request_id, comment, status == RequestStatus::Rejected)?;
+    let (request, version) = match status {
+        RequestStatus::Approved => app::approve(&svc.store, decision).await?,
+        closed => app::close_request(&svc.store, decision, closed).await?,
+    };
+    Ok((Some(request_to_pb(request)), Some(version_to_pb(version))))
 }

@@ -71,11 +71,10 @@ pub(super) async fn list_versions(
     let after = after.and_then(|k| k.parse::<i64>().ok()).unwrap_or(0);
     let (versions, more) =
         app::list_versions(&svc.store, model.as_str(), stage, after, size).await?;
-    let next_page_token = page_token::next(more, versions.last(), "versions", &query, |v| {
-        v.version.to_string()
-    });
+    let (versions, next_page_token) =
+        page_token::page(versions, more, "versions", &query, version_to_pb);
     Ok(Response::new(pb::ListVersionsResponse {
-        versions: versions.into_iter().map(version_to_pb).collect(),
+        versions,
         next_page_token,
     }))
 }
