@@ -3,7 +3,7 @@
 //! backend keeps one), and handing a write to the backend. [`Reads`] holds
 //! the reads that [`super::Tx`] offers too, so each is written once.
 //!
-//! It must not decide anything (that is [`super::ops`]) nor know which engine
+//! It must not decide anything (that is [`crate::app`]) nor know which engine
 //! it runs on: the SQL text that differs comes from [`Engine`]. Errors leave
 //! only through [`db_err`] and [`json_err`].
 //!

@@ -1,7 +1,7 @@
 //! The one implementation of [`Tx`], for every backend that fulfils
 //! [`SqlTx`]: the statements of one write transaction.
 //!
-//! It must not decide anything (that is [`super::ops`]) nor know which engine
+//! It must not decide anything (that is [`crate::app`]) nor know which engine
 //! it runs on: locks come from [`Engine`], the end of the log from the
 //! backend's [`SqlTx`]. Errors leave only through [`db_err`] and [`json_err`];
 //! a constraint violation becomes a domain answer only where a caller asks
