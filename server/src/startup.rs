@@ -143,48 +143,14 @@ impl Application {
         let local = listener
             .local_addr()
             .map_err(|e| StartError(e.to_string()))?;
-        if tokens.is_none() && !local.ip().to_canonical().is_loopback() {
+        if let Err(e) = check_start(&settings, tokens.is_some(), local, http.as_ref()) {
             store.close().await;
-            return Err(StartError(format!(
-                "refusing to serve on {local} without authentication: pass --auth-tokens FILE \
-                 (MODELREG_AUTH_TOKENS) with the callers' bearer tokens, or listen on a loopback \
-                 address such as 127.0.0.1:50051 for local mode"
-            )));
-        }
-        if let Some(path) = &settings.ready_file {
-            // Both listeners are bound: connections queue until serving starts.
-            let text = ready::render(local, http.as_ref().map(|h| h.addr));
-            if let Err(e) = ready::write(path, &text) {
-                store.close().await;
-                return Err(StartError(format!(
-                    "cannot write the ready file {} (--ready-file, MODELREG_READY_FILE): {e}",
-                    path.display()
-                )));
-            }
+            return Err(e);
         }
         // Fired once at shutdown: every stream, listener and loop ends.
         let stop = CancellationToken::new();
 
-        let auth = match &tokens {
-            Some(tokens) => {
-                #[cfg(unix)]
-                auth::reload_on_sighup(tokens.clone(), stop.clone())
-                    .map_err(|e| StartError(format!("cannot watch for SIGHUP: {e}")))?;
-                tracing::info!(
-                    file = %tokens.path().display(),
-                    tokens = tokens.current().len(),
-                    "bearer tokens required; SIGHUP reloads the token file"
-                );
-                AuthLayer::tokens(tokens.clone())
-            }
-            None => {
-                tracing::warn!(
-                    "local mode (no --auth-tokens): anyone on this machine can act as anyone, \
-                     with every role; only loopback addresses are served"
-                );
-                AuthLayer::local()
-            }
-        };
+        let auth = auth_layer(tokens.as_ref(), &stop)?;
 
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::Serving).await;
@@ -198,18 +164,10 @@ impl Application {
             PolicyEngine::new(store.clone()).run(settings.policy_interval, stop.clone()),
         );
 
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(modelreg_api::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            // google.rpc error details, so grpcurl can decode BadRequest and friends.
-            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        let reflection_v1 = reflection()
             .build_v1()
             .map_err(|e| StartError(format!("reflection: {e}")))?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(modelreg_api::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            // google.rpc error details, so grpcurl can decode BadRequest and friends.
-            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        let reflection_v1alpha = reflection()
             .build_v1alpha()
             .map_err(|e| StartError(format!("reflection: {e}")))?;
 
@@ -280,6 +238,66 @@ impl Application {
         tracing::info!("modelreg-server stopped");
         served.map_err(|e| StartError(format!("server failed: {e}")))
     }
+}
+
+/// What must hold before serving: authentication unless on loopback, and
+/// the ready file written (both listeners are bound, so connections queue
+/// until serving starts).
+fn check_start(
+    settings: &Settings,
+    authenticated: bool,
+    local: SocketAddr,
+    http: Option<&HttpListener>,
+) -> Result<(), StartError> {
+    if !authenticated && !local.ip().to_canonical().is_loopback() {
+        return Err(StartError(format!(
+            "refusing to serve on {local} without authentication: pass --auth-tokens FILE \
+             (MODELREG_AUTH_TOKENS) with the callers' bearer tokens, or listen on a loopback \
+             address such as 127.0.0.1:50051 for local mode"
+        )));
+    }
+    if let Some(path) = &settings.ready_file {
+        let text = ready::render(local, http.map(|h| h.addr));
+        ready::write(path, &text).map_err(|e| {
+            StartError(format!(
+                "cannot write the ready file {} (--ready-file, MODELREG_READY_FILE): {e}",
+                path.display()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// The auth layer: bearer tokens (reloaded on SIGHUP until `stop`), or local mode.
+fn auth_layer(
+    tokens: Option<&TokenStore>,
+    stop: &CancellationToken,
+) -> Result<AuthLayer, StartError> {
+    let Some(tokens) = tokens else {
+        tracing::warn!(
+            "local mode (no --auth-tokens): anyone on this machine can act as anyone, \
+             with every role; only loopback addresses are served"
+        );
+        return Ok(AuthLayer::local());
+    };
+    #[cfg(unix)]
+    auth::reload_on_sighup(tokens.clone(), stop.clone())
+        .map_err(|e| StartError(format!("cannot watch for SIGHUP: {e}")))?;
+    tracing::info!(
+        file = %tokens.path().display(),
+        tokens = tokens.current().len(),
+        "bearer tokens required; SIGHUP reloads the token file"
+    );
+    Ok(AuthLayer::tokens(tokens.clone()))
+}
+
+/// Server reflection over the registry, health and the google.rpc error
+/// details, so grpcurl can decode BadRequest and friends.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(modelreg_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// Opens the database, then serves on `listener` until `shutdown` completes.

@@ -179,40 +179,15 @@ pub(crate) async fn live_monitor_in<T: Tx>(
     let (rolled_back_to, outcome) = match rule.action {
         LiveMetricAction::Alert => (0, "alert only (action ALERT)".to_owned()),
         LiveMetricAction::Rollback => {
-            let history = tx.stage_history(&name).await?;
-            match domain::rollback_target(&history, production.version) {
+            match monitor_rollback(tx, &name, production.version, &rule, &condition).await? {
                 None => (
                     0,
                     format!(
                         "alert only: action ROLLBACK, but model {name:?} has no earlier good production version to roll back to"
                     ),
                 ),
-                Some(target) => {
-                    let version = tx
-                        .fetch_version(&name, target)
-                        .await?
-                        .ok_or_else(|| vanished("rollback target"))?;
-                    let model = tx
-                        .fetch_model(&name)
-                        .await?
-                        .ok_or_else(|| vanished("model"))?;
-                    let MoveDecision::Apply(moves) =
-                        decide_move(tx, &model, &version, Stage::Production, MovePath::Policy)
-                            .await?
-                    else {
-                        return Err(Error::Internal(
-                            "the policy engine's rollback was sent for approval".into(),
-                        ));
-                    };
-                    let comment = format!("rolled back by the live monitor: {condition}");
-                    let details = json!({
-                        "rolled_back_from": production.version,
-                        "rolled_back_to": target,
-                        "rule": "live_metric",
-                        "metric": rule.metric,
-                    });
-                    moves_events =
-                        apply_moves(tx, &name, &moves, &comment, details, "", None).await?;
+                Some((target, events)) => {
+                    moves_events = events;
                     report.rollbacks = 1;
                     (
                         target,
@@ -249,6 +224,46 @@ pub(crate) async fn live_monitor_in<T: Tx>(
     events.extend(moves_events);
     let seq = append_events(tx, &Actor(domain::LIVE_MONITOR_ACTOR.into()), events).await?;
     Ok((report, Some(seq)))
+}
+
+/// The live monitor's rollback of `name` from production version `from` to
+/// the previous good one, decided as the policy's own move: the target and
+/// the events of the moves, or `None` when there is no version to go back to.
+async fn monitor_rollback<T: Tx>(
+    tx: &mut T,
+    name: &str,
+    from: i64,
+    rule: &domain::LiveMetricRule,
+    condition: &str,
+) -> Result<Option<(i64, Vec<NewEvent>)>> {
+    let history = tx.stage_history(name).await?;
+    let Some(target) = domain::rollback_target(&history, from) else {
+        return Ok(None);
+    };
+    let version = tx
+        .fetch_version(name, target)
+        .await?
+        .ok_or_else(|| vanished("rollback target"))?;
+    let model = tx
+        .fetch_model(name)
+        .await?
+        .ok_or_else(|| vanished("model"))?;
+    let MoveDecision::Apply(moves) =
+        decide_move(tx, &model, &version, Stage::Production, MovePath::Policy).await?
+    else {
+        return Err(Error::Internal(
+            "the policy engine's rollback was sent for approval".into(),
+        ));
+    };
+    let comment = format!("rolled back by the live monitor: {condition}");
+    let details = json!({
+        "rolled_back_from": from,
+        "rolled_back_to": target,
+        "rule": "live_metric",
+        "metric": rule.metric,
+    });
+    let events = apply_moves(tx, name, &moves, &comment, details, "", None).await?;
+    Ok(Some((target, events)))
 }
 
 /// The archival rule's write: under the model lock, finds the passed-over

@@ -68,20 +68,16 @@ pub fn run_gates(policy: &Policy, inputs: &GateInputs<'_>) -> Vec<GateResult> {
                 message,
             })
         };
+        let missing = format!(
+            "version {} has no evaluation on {set_name}",
+            inputs.candidate
+        );
         let absolute = [(gate.min_value, ">=", true), (gate.max_value, "<=", false)];
         for (bound, op, at_least) in absolute {
             let Some(bound) = bound else { continue };
             let check = format!("{metric} {op} {bound}");
             match value {
-                None => push(
-                    check,
-                    false,
-                    None,
-                    format!(
-                        "version {} has no evaluation on {set_name}",
-                        inputs.candidate
-                    ),
-                ),
+                None => push(check, false, None, missing.clone()),
                 Some(v) => {
                     let ok = if at_least { v >= bound } else { v <= bound };
                     let verdict = if ok { "meets" } else { "fails" };
@@ -94,71 +90,63 @@ pub fn run_gates(policy: &Policy, inputs: &GateInputs<'_>) -> Vec<GateResult> {
                 }
             }
         }
-        let relative = [
+        let relatives = [
             (gate.max_regression, "regression", "<="),
             (gate.min_improvement, "improvement", ">="),
         ];
-        for (bound, what, op) in relative {
+        for (bound, what, op) in relatives {
             let Some(bound) = bound else { continue };
             let check = format!("{metric} {what} vs production {op} {bound}");
-            if value.is_none() {
-                push(
-                    check,
-                    false,
-                    None,
-                    format!(
-                        "version {} has no evaluation on {set_name}",
-                        inputs.candidate
-                    ),
-                );
-                continue;
-            }
-            if inputs.production == 0 || inputs.production == inputs.candidate {
-                push(
-                    check,
-                    true,
-                    None,
-                    "no other version is in production: nothing to compare with".to_owned(),
-                );
-                continue;
-            }
-            match &inputs.comparison {
-                Err(why) => push(check, false, None, why.clone()),
-                Ok(cmp) => {
-                    let Some(m) = cmp.metrics.iter().find(|m| m.metric == metric) else {
-                        push(
-                            check,
-                            false,
-                            None,
-                            format!("{metric} is missing from the comparison"),
-                        );
-                        continue;
-                    };
-                    // Improvement in the metric's direction; regression is its negation.
-                    let improvement = if higher_is_better { m.delta } else { -m.delta };
-                    let (measured, ok) = if what == "regression" {
-                        (-improvement, -improvement <= bound + f64::EPSILON)
-                    } else {
-                        (improvement, improvement + f64::EPSILON >= bound)
-                    };
-                    let verdict = if ok { "within" } else { "outside" };
-                    push(
-                        check,
-                        ok,
-                        Some(m.baseline),
-                        format!(
-                            "{metric} {what} vs production version {} is {} ({} vs {}), {verdict} {op} {bound}",
-                            inputs.production,
-                            crate::domain::decimal(measured, 6),
-                            m.candidate,
-                            m.baseline
-                        ),
-                    );
-                }
-            }
+            let (passed, baseline, message) = match value {
+                None => (false, None, missing.clone()),
+                Some(_) => relative(inputs, metric, higher_is_better, (bound, what, op)),
+            };
+            push(check, passed, baseline, message);
         }
     }
     results
+}
+
+/// Judges a relative gate (`what` is "regression" or "improvement", `op`
+/// its comparison with `bound`) of a candidate that has a value: whether it
+/// passes, the production value, and why.
+fn relative(
+    inputs: &GateInputs<'_>,
+    metric: &str,
+    higher_is_better: bool,
+    (bound, what, op): (f64, &str, &str),
+) -> (bool, Option<f64>, String) {
+    if inputs.production == 0 || inputs.production == inputs.candidate {
+        let message = "no other version is in production: nothing to compare with";
+        return (true, None, message.to_owned());
+    }
+    let cmp = match &inputs.comparison {
+        Err(why) => return (false, None, why.clone()),
+        Ok(cmp) => cmp,
+    };
+    let Some(m) = cmp.metrics.iter().find(|m| m.metric == metric) else {
+        return (
+            false,
+            None,
+            format!("{metric} is missing from the comparison"),
+        );
+    };
+    // Improvement in the metric's direction; regression is its negation.
+    let improvement = if higher_is_better { m.delta } else { -m.delta };
+    let (measured, ok) = if what == "regression" {
+        (-improvement, -improvement <= bound + f64::EPSILON)
+    } else {
+        (improvement, improvement + f64::EPSILON >= bound)
+    };
+    let verdict = if ok { "within" } else { "outside" };
+    let message = format!(
+        "{metric} {what} vs production version {} is {} ({} vs {}), {verdict} {op} {bound}",
+        inputs.production,
+        crate::domain::decimal(measured, 6),
+        m.candidate,
+        m.baseline
+    );
+    (ok, Some(m.baseline), message)
 }
 
 /// The failed results as precondition violations (kind `GATE_FAILED`).

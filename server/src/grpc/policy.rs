@@ -7,7 +7,8 @@ use modelreg_api::v1 as pb;
 use super::convert::*;
 use crate::domain::{
     ArchivalPolicy, Gate, LiveMetricAction, LiveMetricRule, MAX_ARCHIVE_AFTER_DAYS, MAX_GATES,
-    MAX_LIVE_WINDOW_MICROS, MAX_MIN_APPROVALS, MIN_LIVE_WINDOW_MICROS, Policy, SetRef, Violations,
+    MAX_LIVE_WINDOW_MICROS, MAX_MIN_APPROVALS, MIN_LIVE_WINDOW_MICROS, Policy, SetRef, Stage,
+    Violations,
 };
 use crate::error::Result;
 
@@ -75,63 +76,9 @@ fn archival_from_pb(
             None
         }
     });
-    let live_metric = raw.live_metric.and_then(|r| {
-        let at = format!("{field}.live_metric");
-        let metric = v.take(crate::domain::parse_short_text(
-            &format!("{at}.metric"),
-            &r.metric,
-        ));
-        if !r.threshold.is_finite() {
-            v.add(format!("{at}.threshold"), "must be a finite number");
-        }
-        let window = match r.window {
-            None => {
-                v.add(
-                    format!("{at}.window"),
-                    "is required: how long the metric must stay bad, from 1s to 30 days",
-                );
-                None
-            }
-            Some(w) => {
-                let micros = i128::from(w.seconds) * 1_000_000 + i128::from(w.nanos) / 1000;
-                let valid = (0..1_000_000_000).contains(&w.nanos)
-                    && (i128::from(MIN_LIVE_WINDOW_MICROS)..=i128::from(MAX_LIVE_WINDOW_MICROS))
-                        .contains(&micros);
-                if valid {
-                    Some(micros as i64)
-                } else {
-                    v.add(
-                        format!("{at}.window"),
-                        "must be from 1 second to 30 days",
-                    );
-                    None
-                }
-            }
-        };
-        let action = match pb::LiveMetricAction::try_from(r.action) {
-            Ok(pb::LiveMetricAction::Unspecified | pb::LiveMetricAction::Alert) => {
-                Some(LiveMetricAction::Alert)
-            }
-            Ok(pb::LiveMetricAction::Rollback) => Some(LiveMetricAction::Rollback),
-            Err(_) => {
-                v.add(
-                    format!("{at}.action"),
-                    format!(
-                        "{} is not a valid action: use LIVE_METRIC_ACTION_ALERT or LIVE_METRIC_ACTION_ROLLBACK",
-                        r.action
-                    ),
-                );
-                None
-            }
-        };
-        Some(LiveMetricRule {
-            metric: metric?,
-            threshold: r.threshold,
-            higher_is_better: r.higher_is_better,
-            window_micros: window?,
-            action: action?,
-        })
-    });
+    let live_metric = raw
+        .live_metric
+        .and_then(|r| live_metric_from_pb(&format!("{field}.live_metric"), r, v));
     let policy = ArchivalPolicy {
         archive_superseded_after_days: days,
         live_metric,
@@ -139,28 +86,152 @@ fn archival_from_pb(
     (policy != ArchivalPolicy::default()).then_some(policy)
 }
 
+/// Checks the live-metric rule of an archival policy (at `field`).
+fn live_metric_from_pb(
+    field: &str,
+    r: pb::LiveMetricRule,
+    v: &mut Violations,
+) -> Option<LiveMetricRule> {
+    let at = field;
+    let metric = v.take(crate::domain::parse_short_text(
+        &format!("{at}.metric"),
+        &r.metric,
+    ));
+    if !r.threshold.is_finite() {
+        v.add(format!("{at}.threshold"), "must be a finite number");
+    }
+    let window = match r.window {
+        None => {
+            v.add(
+                format!("{at}.window"),
+                "is required: how long the metric must stay bad, from 1s to 30 days",
+            );
+            None
+        }
+        Some(w) => {
+            let micros = i128::from(w.seconds) * 1_000_000 + i128::from(w.nanos) / 1000;
+            let valid = (0..1_000_000_000).contains(&w.nanos)
+                && (i128::from(MIN_LIVE_WINDOW_MICROS)..=i128::from(MAX_LIVE_WINDOW_MICROS))
+                    .contains(&micros);
+            if valid {
+                Some(micros as i64)
+            } else {
+                v.add(format!("{at}.window"), "must be from 1 second to 30 days");
+                None
+            }
+        }
+    };
+    let action = match pb::LiveMetricAction::try_from(r.action) {
+        Ok(pb::LiveMetricAction::Unspecified | pb::LiveMetricAction::Alert) => {
+            Some(LiveMetricAction::Alert)
+        }
+        Ok(pb::LiveMetricAction::Rollback) => Some(LiveMetricAction::Rollback),
+        Err(_) => {
+            v.add(
+                format!("{at}.action"),
+                format!(
+                    "{} is not a valid action: use LIVE_METRIC_ACTION_ALERT or LIVE_METRIC_ACTION_ROLLBACK",
+                    r.action
+                ),
+            );
+            None
+        }
+    };
+    Some(LiveMetricRule {
+        metric: metric?,
+        threshold: r.threshold,
+        higher_is_better: r.higher_is_better,
+        window_micros: window?,
+        action: action?,
+    })
+}
+
+/// Checks the stages that need approval (at `field`): known, each once.
+fn stages_from_pb(field: &str, list: pb::StageList, v: &mut Violations) -> Vec<Stage> {
+    let mut stages = Vec::new();
+    for (i, s) in list.stages.iter().enumerate() {
+        match stage_from_pb(*s) {
+            Some(stage) if !stages.contains(&stage) => stages.push(stage),
+            Some(stage) => v.add(
+                format!("{field}.approval_required_for.stages[{i}]"),
+                format!("{stage} is listed twice"),
+            ),
+            None => v.add(
+                format!("{field}.approval_required_for.stages[{i}]"),
+                format!("{s} is not a valid stage"),
+            ),
+        }
+    }
+    stages
+}
+
+/// Checks the gates of a wire policy (at `field`).
+fn gates_from_pb(field: &str, list: pb::MetricGateList, v: &mut Violations) -> Vec<Gate> {
+    if list.gates.len() > MAX_GATES {
+        v.add(
+            format!("{field}.gates.gates"),
+            format!("at most {MAX_GATES} gates are allowed"),
+        );
+    }
+    let mut gates = Vec::new();
+    for (i, g) in list.gates.into_iter().enumerate() {
+        let at = format!("{field}.gates.gates[{i}]");
+        v.take(crate::domain::parse_short_text(
+            &format!("{at}.metric"),
+            &g.metric,
+        ));
+        let bounds = [
+            ("min_value", g.min_value),
+            ("max_value", g.max_value),
+            ("max_regression", g.max_regression),
+            ("min_improvement", g.min_improvement),
+        ];
+        if bounds.iter().all(|(_, b)| b.is_none()) {
+            v.add(
+                at.clone(),
+                "a gate needs at least one of min_value, max_value, max_regression, min_improvement",
+            );
+        }
+        for (name, bound) in bounds {
+            match bound {
+                Some(b) if !b.is_finite() => {
+                    v.add(format!("{at}.{name}"), "must be a finite number")
+                }
+                Some(b) if b < 0.0 && (name == "max_regression" || name == "min_improvement") => v
+                    .add(
+                        format!("{at}.{name}"),
+                        "is a distance in the metric's better direction and must not be negative",
+                    ),
+                _ => {}
+            }
+        }
+        if let (Some(lo), Some(hi)) = (g.min_value, g.max_value)
+            && lo > hi
+        {
+            v.add(
+                format!("{at}.min_value"),
+                format!("{lo} is above max_value {hi}: no value could pass"),
+            );
+        }
+        gates.push(Gate {
+            metric: g.metric,
+            min_value: g.min_value,
+            max_value: g.max_value,
+            max_regression: g.max_regression,
+            min_improvement: g.min_improvement,
+        });
+    }
+    gates
+}
+
 /// Checks a wire policy (request field `field`), collecting every violation.
 /// Whether the standard set exists and defines the gated metrics is checked
 /// by the store, which can read it.
 pub fn policy_from_pb(field: &str, raw: pb::Policy) -> Result<Policy> {
     let mut v = Violations::default();
-    let approval_required_for = raw.approval_required_for.map(|list| {
-        let mut stages = Vec::new();
-        for (i, s) in list.stages.iter().enumerate() {
-            match stage_from_pb(*s) {
-                Some(stage) if !stages.contains(&stage) => stages.push(stage),
-                Some(stage) => v.add(
-                    format!("{field}.approval_required_for.stages[{i}]"),
-                    format!("{stage} is listed twice"),
-                ),
-                None => v.add(
-                    format!("{field}.approval_required_for.stages[{i}]"),
-                    format!("{s} is not a valid stage"),
-                ),
-            }
-        }
-        stages
-    });
+    let approval_required_for = raw
+        .approval_required_for
+        .map(|list| stages_from_pb(field, list, &mut v));
     let min_approvals = raw.min_approvals.and_then(|n| {
         if (1..=MAX_MIN_APPROVALS as i32).contains(&n) {
             Some(n as u32)
@@ -181,64 +252,7 @@ pub fn policy_from_pb(field: &str, raw: pb::Policy) -> Result<Policy> {
             &s.version,
         ))
     });
-    let gates = raw.gates.map(|list| {
-        if list.gates.len() > MAX_GATES {
-            v.add(
-                format!("{field}.gates.gates"),
-                format!("at most {MAX_GATES} gates are allowed"),
-            );
-        }
-        let mut gates = Vec::new();
-        for (i, g) in list.gates.into_iter().enumerate() {
-            let at = format!("{field}.gates.gates[{i}]");
-            v.take(crate::domain::parse_short_text(
-                &format!("{at}.metric"),
-                &g.metric,
-            ));
-            let bounds = [
-                ("min_value", g.min_value),
-                ("max_value", g.max_value),
-                ("max_regression", g.max_regression),
-                ("min_improvement", g.min_improvement),
-            ];
-            if bounds.iter().all(|(_, b)| b.is_none()) {
-                v.add(
-                    at.clone(),
-                    "a gate needs at least one of min_value, max_value, max_regression, min_improvement",
-                );
-            }
-            for (name, bound) in bounds {
-                match bound {
-                    Some(b) if !b.is_finite() => {
-                        v.add(format!("{at}.{name}"), "must be a finite number")
-                    }
-                    Some(b) if b < 0.0 && (name == "max_regression" || name == "min_improvement") => {
-                        v.add(
-                            format!("{at}.{name}"),
-                            "is a distance in the metric's better direction and must not be negative",
-                        )
-                    }
-                    _ => {}
-                }
-            }
-            if let (Some(lo), Some(hi)) = (g.min_value, g.max_value)
-                && lo > hi
-            {
-                v.add(
-                    format!("{at}.min_value"),
-                    format!("{lo} is above max_value {hi}: no value could pass"),
-                );
-            }
-            gates.push(Gate {
-                metric: g.metric,
-                min_value: g.min_value,
-                max_value: g.max_value,
-                max_regression: g.max_regression,
-                min_improvement: g.min_improvement,
-            });
-        }
-        gates
-    });
+    let gates = raw.gates.map(|list| gates_from_pb(field, list, &mut v));
     let archival = raw
         .archival
         .and_then(|a| archival_from_pb(&format!("{field}.archival"), a, &mut v));
