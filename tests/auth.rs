@@ -12,12 +12,18 @@ use std::time::Duration;
 use modelreg_client::{ConnectOptions, connect, pb};
 use modelreg_server::auth::{Identity, Role, required_role};
 use modelreg_server::{Application, Settings, StartError};
-use modelreg_tests::{TEST_HEARTBEAT, TestDb, list_events, spawn_app_with};
+use modelreg_tests::{
+    TEST_HEARTBEAT, TestDb, events_by_actor, events_of_model, spawn_app_with, update_policy,
+};
 use pb::model_registry_service_client::ModelRegistryServiceClient;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
+
+#[path = "support/pki.rs"]
+mod pki;
+use pki::Pki;
 
 /// Every method of `ModelRegistryService` with the role it needs, written
 /// out from the documented table (not read from the server's), so the matrix
@@ -390,26 +396,12 @@ async fn the_token_names_the_actor() {
         .expect("publisher creates a model");
 
     // Assert
-    let events = list_events(
-        &mut paul.clone(),
-        pb::ListEventsRequest {
-            model: "audited".into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let events = events_of_model(&mut paul.clone(), "audited").await;
     assert!(!events.is_empty(), "CreateModel records an event");
     for e in &events {
         assert_eq!(e.actor, "paul", "{e:?}");
     }
-    let by_mallory = list_events(
-        &mut paul.clone(),
-        pb::ListEventsRequest {
-            actor: "mallory".into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let by_mallory = events_by_actor(&mut paul.clone(), "mallory").await;
     assert!(by_mallory.is_empty(), "{by_mallory:?}");
 }
 
@@ -680,55 +672,6 @@ async fn sighup_reloads_the_token_file() {
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
 }
 
-/// A CA and a server certificate for `localhost` and 127.0.0.1, as PEM files.
-struct Pki {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl Pki {
-    fn generate(dir: &Path) -> Pki {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-            KeyPair, KeyUsagePurpose,
-        };
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "modelreg test CA");
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = params.signed_by(&key, &issuer).unwrap();
-
-        let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
-        let pki = Pki {
-            ca: dir.join(format!("ca-{n}.pem")),
-            cert: dir.join(format!("server-{n}.pem")),
-            key: dir.join(format!("server-{n}.key")),
-        };
-        std::fs::write(&pki.ca, ca_cert.pem()).unwrap();
-        std::fs::write(&pki.cert, cert.pem()).unwrap();
-        std::fs::write(&pki.key, key.serialize_pem()).unwrap();
-        pki
-    }
-}
-
 /// With --tls-cert/--tls-key the server speaks TLS: the client library
 /// trusting the CA connects to https://localhost and https://127.0.0.1 and
 /// works; a plaintext client, a client trusting another CA, and an https
@@ -867,15 +810,7 @@ async fn the_governed_path_with_tokens() {
         })
         .await
         .unwrap();
-    let refused = alice
-        .update_model(pb::UpdateModelRequest {
-            name: "fraud".into(),
-            policy: Some(pb::Policy::default()),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["policy".into()],
-            }),
-            ..Default::default()
-        })
+    let refused = update_policy(&mut alice, "fraud", pb::Policy::default(), "")
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
@@ -932,14 +867,7 @@ async fn the_governed_path_with_tokens() {
     assert!(refused.message().contains("alice"), "{refused:?}");
     ada.cancel_transition(cancel(&id2)).await.unwrap();
 
-    let events = list_events(
-        &mut ada,
-        pb::ListEventsRequest {
-            model: "fraud".into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let events = events_of_model(&mut ada, "fraud").await;
     let who: Vec<(String, &str)> = events
         .iter()
         .map(|e| {

@@ -10,8 +10,9 @@ use modelreg_client::errors::violated_fields;
 use modelreg_client::{RegistryClient, pb};
 use modelreg_server::policy::ManualClock;
 use modelreg_tests::{
-    Engine, TestApp, TestDb, all_events, conformance, create_model, list_events, register,
-    spawn_app, spawn_app_with, transition, ungoverned,
+    Engine, TestApp, TestDb, all_events, conformance, create_model, create_model_with, get_model,
+    get_version, list_events, register, spawn_app, spawn_app_with, transition, ungoverned,
+    update_policy, verify_audit,
 };
 use pb::{DeploymentStatus, EventType, Stage, StageChangeCause as Cause};
 use tokio_stream::StreamExt;
@@ -69,25 +70,9 @@ async fn in_production(c: &mut RegistryClient, model: &str) -> pb::ModelVersion 
 }
 
 async fn create_with_policy(c: &mut RegistryClient, name: &str, policy: pb::Policy) -> pb::Model {
-    c.create_model(pb::CreateModelRequest {
-        name: name.into(),
-        policy: Some(policy),
-        ..Default::default()
-    })
-    .await
-    .expect("create model")
-    .into_inner()
-    .model
-    .unwrap()
-}
-
-async fn get_model(c: &mut RegistryClient, name: &str) -> pb::Model {
-    c.get_model(pb::GetModelRequest { name: name.into() })
+    create_model_with(c, name, policy)
         .await
-        .expect("get model")
-        .into_inner()
-        .model
-        .unwrap()
+        .expect("create model")
 }
 
 /// The stages of versions 1..=n.
@@ -98,19 +83,6 @@ async fn stages(c: &mut RegistryClient, model: &str, n: i64) -> Vec<Stage> {
         out.push(Stage::try_from(stage).unwrap());
     }
     out
-}
-
-async fn get_version(c: &mut RegistryClient, model: &str, version: i64) -> pb::ModelVersion {
-    c.get_version(pb::GetVersionRequest {
-        model: model.into(),
-        version,
-        alias: String::new(),
-    })
-    .await
-    .expect("get version")
-    .into_inner()
-    .version
-    .unwrap()
 }
 
 fn report(
@@ -718,11 +690,7 @@ async fn passed_over_candidates_are_archived_after_their_days(db: TestDb) {
     let again = app.policy.tick(since + 31 * DAY).await.unwrap();
     assert_eq!((again.archived, again.failures), (0, 0));
     assert_eq!(all_events(&mut alice).await.len(), events.len());
-    let audit = alice
-        .verify_audit_log(pb::VerifyAuditLogRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let audit = verify_audit(&mut alice).await;
     assert!(audit.ok);
 }
 
@@ -946,11 +914,7 @@ async fn a_rollback_rule_returns_the_previous_production_version(db: TestDb) {
         all_events(&mut c).await.last().unwrap().sequence,
         before + 3
     );
-    let audit = c
-        .verify_audit_log(pb::VerifyAuditLogRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let audit = verify_audit(&mut c).await;
     assert!(audit.ok);
 }
 
@@ -1078,14 +1042,6 @@ async fn archival_policies_are_validated_and_shown_with_their_defaults(db: TestD
             live_metric: None,
         })
     );
-    let update = |policy: pb::Policy| pb::UpdateModelRequest {
-        name: "plain".into(),
-        policy: Some(policy),
-        update_mask: Some(prost_types::FieldMask {
-            paths: vec!["policy".into()],
-        }),
-        ..Default::default()
-    };
     let mut good = live_rule(
         "error_rate",
         0.05,
@@ -1099,12 +1055,8 @@ async fn archival_policies_are_validated_and_shown_with_their_defaults(db: TestD
         .archive_superseded_after_days = Some(7);
 
     // Act
-    let updated = c
-        .update_model(update(good.clone()))
+    let updated = update_policy(&mut c, "plain", good.clone(), "")
         .await
-        .unwrap()
-        .into_inner()
-        .model
         .unwrap();
 
     // Assert
@@ -1175,17 +1127,14 @@ async fn archival_policies_are_validated_and_shown_with_their_defaults(db: TestD
         ),
     ];
     for (policy, fields) in bad {
-        let s = c.update_model(update(policy.clone())).await.unwrap_err();
+        let s = update_policy(&mut c, "plain", policy.clone(), "")
+            .await
+            .unwrap_err();
         assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
         let mut got = violated_fields(&s);
         got.sort();
         assert_eq!(got, fields, "{policy:?}");
-        let s = c
-            .create_model(pb::CreateModelRequest {
-                name: "other".into(),
-                policy: Some(policy),
-                ..Default::default()
-            })
+        let s = create_model_with(&mut c, "other", policy)
             .await
             .unwrap_err();
         assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");

@@ -7,7 +7,9 @@ use std::pin::Pin;
 
 use modelreg_client::errors::violated_fields;
 use modelreg_client::{RegistryClient, pb};
-use modelreg_tests::{TestDb, all_events, conformance, create_model, register, spawn_app};
+use modelreg_tests::{
+    TestDb, all_events, conformance, create_model, list_models, list_versions, register, spawn_app,
+};
 
 conformance!(
     malformed_requests_are_refused_with_field_violations_and_change_nothing,
@@ -64,21 +66,8 @@ async fn snapshot(
     Vec<pb::ModelVersion>,
 ) {
     let events = all_events(c).await;
-    let models = c
-        .list_models(pb::ListModelsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .models;
-    let versions = c
-        .list_versions(pb::ListVersionsRequest {
-            model: "known".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .versions;
+    let models = list_models(c).await;
+    let versions = list_versions(c, "known").await.versions;
     (events, models, versions)
 }
 

@@ -9,7 +9,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use modelreg_client::{RegistryClient, pb, pb::Stage};
-use modelreg_tests::{Rng, TestDb, all_events, all_pages, conformance, create_model, spawn_app};
+use modelreg_tests::{
+    Rng, TestDb, all_events, all_versions, conformance, create_model, evaluation_set, spawn_app,
+    verify_audit,
+};
 use tonic::{Code, Status};
 
 conformance!(cancelled_and_timed_out_writes_apply_exactly_once);
@@ -168,15 +171,8 @@ async fn cancelled_and_timed_out_writes_apply_exactly_once(db: TestDb) {
     let app = spawn_app(&db).await;
     let mut c = app.client.clone();
     c.create_evaluation_set(pb::CreateEvaluationSetRequest {
-        name: "cancel-set".into(),
-        version: "v1".into(),
         uri: "s3://datasets/cancel/v1".into(),
-        digest: "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae".into(),
-        metrics: vec![pb::MetricDefinition {
-            name: "accuracy".into(),
-            higher_is_better: true,
-        }],
-        ..Default::default()
+        ..evaluation_set("cancel-set", "v1", &[("accuracy", true)])
     })
     .await
     .expect("create evaluation set");
@@ -210,11 +206,7 @@ async fn cancelled_and_timed_out_writes_apply_exactly_once(db: TestDb) {
         (1..=log.len() as u64).collect::<Vec<_>>(),
         "log not 1..N"
     );
-    let audit = c
-        .verify_audit_log(pb::VerifyAuditLogRequest::default())
-        .await
-        .expect("verify")
-        .into_inner();
+    let audit = verify_audit(&mut c).await;
     assert!(audit.ok, "audit log broken at {}", audit.first_bad_sequence);
     let count = |t: pb::EventType, model: &str, version: i64| {
         log.iter()
@@ -222,24 +214,7 @@ async fn cancelled_and_timed_out_writes_apply_exactly_once(db: TestDb) {
             .count()
     };
     for m in &models {
-        let versions = all_pages(|page_token| {
-            let mut c = c.clone();
-            let model = m.clone();
-            async move {
-                let r = c
-                    .list_versions(pb::ListVersionsRequest {
-                        model,
-                        page_size: 1000,
-                        page_token,
-                        ..Default::default()
-                    })
-                    .await
-                    .expect("list versions")
-                    .into_inner();
-                (r.versions, r.next_page_token)
-            }
-        })
-        .await;
+        let versions = all_versions(&mut c, m).await;
         let uris: Vec<String> = versions.iter().map(|v| v.artifact_uri.clone()).collect();
         let expected: Vec<String> = (1..=ROUNDS)
             .map(|n| format!("s3://cancel/{m}-{n}"))

@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 
 use modelreg_client::watch::{ResumingWatch, WatchItem};
 use modelreg_client::{ConnectOptions, RegistryClient, pb, pb::Stage};
-use modelreg_tests::{Rng, TestDb, all_events, all_pages, conformance, ungoverned};
+use modelreg_tests::{
+    Rng, TestDb, all_events, all_versions, conformance, create_model_with, evaluation_set,
+    ungoverned, verify_audit,
+};
 use tokio::process::{Child, Command};
 use tonic::{Code, Status};
 
@@ -535,12 +538,7 @@ async fn acknowledged_writes_survive_random_sigkills(db: TestDb) {
     // Arrange
     let mut admin = modelreg_client::connect_lazy(&ConnectOptions::new(url.clone()).actor("admin"))
         .expect("client");
-    admin
-        .create_model(pb::CreateModelRequest {
-            name: FREE.into(),
-            policy: Some(ungoverned()),
-            ..Default::default()
-        })
+    create_model_with(&mut admin, FREE, ungoverned())
         .await
         .expect("create model");
     admin
@@ -550,19 +548,12 @@ async fn acknowledged_writes_survive_random_sigkills(db: TestDb) {
         })
         .await
         .expect("create governed model");
+    let set = pb::CreateEvaluationSetRequest {
+        uri: "s3://datasets/crash/v1".into(),
+        ..evaluation_set("crash-set", "v1", &[("accuracy", true)])
+    };
     admin
-        .create_evaluation_set(pb::CreateEvaluationSetRequest {
-            name: "crash-set".into(),
-            version: "v1".into(),
-            uri: "s3://datasets/crash/v1".into(),
-            digest: "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
-                .into(),
-            metrics: vec![pb::MetricDefinition {
-                name: "accuracy".into(),
-                higher_is_better: true,
-            }],
-            ..Default::default()
-        })
+        .create_evaluation_set(set)
         .await
         .expect("create evaluation set");
     let (target_tx, target_rx) = tokio::sync::watch::channel(None);
@@ -634,11 +625,7 @@ async fn acknowledged_writes_survive_random_sigkills(db: TestDb) {
         (1..=log.len() as u64).collect::<Vec<_>>(),
         "event sequences are not exactly 1..N"
     );
-    let audit = c
-        .verify_audit_log(pb::VerifyAuditLogRequest::default())
-        .await
-        .expect("verify")
-        .into_inner();
+    let audit = verify_audit(&mut c).await;
     assert!(audit.ok, "audit log broken at {}", audit.first_bad_sequence);
     assert_eq!(audit.events_checked, log.len() as u64);
 
@@ -648,23 +635,7 @@ async fn acknowledged_writes_survive_random_sigkills(db: TestDb) {
     // producing two, each version registered by exactly one event.
     let mut versions = Vec::new();
     for model in [FREE, GOVERNED] {
-        let page = all_pages(|page_token| {
-            let mut c = c.clone();
-            async move {
-                let r = c
-                    .list_versions(pb::ListVersionsRequest {
-                        model: model.into(),
-                        page_size: 1000,
-                        page_token,
-                        ..Default::default()
-                    })
-                    .await
-                    .expect("list versions")
-                    .into_inner();
-                (r.versions, r.next_page_token)
-            }
-        })
-        .await;
+        let page = all_versions(&mut c, model).await;
         versions.extend(page);
     }
     let mut by_uri: HashMap<&str, Vec<&pb::ModelVersion>> = HashMap::new();

@@ -13,14 +13,16 @@
 //! It runs the `modelreg` binary, which `cargo build --workspace --bins`
 //! builds (as `scripts/test.sh` does first).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use modelreg_client::{ConnectOptions, RegistryClient, connect, pb};
 use modelreg_server::settings::HttpListen;
-use modelreg_tests::{TestDb, list_events, register, spawn_app_with};
+use modelreg_tests::{
+    TestDb, auc_gate, evaluate, evaluation_set, events_of_model, holdout, register, spawn_app_with,
+    stage_of, stages,
+};
 use pb::{EventType, Stage, TransitionRequestStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
@@ -124,44 +126,19 @@ async fn client_for(url: &str, who: &str) -> RegistryClient {
         .unwrap_or_else(|e| panic!("connect as {who}: {e}"))
 }
 
-fn holdout() -> pb::EvaluationSetRef {
-    pb::EvaluationSetRef {
-        name: "holdout".into(),
-        version: "v1".into(),
-    }
-}
-
 /// Standard set holdout@v1, approval for production, auc ≥ 0.8 and no
 /// regression of more than 0.05 against production.
 fn fraud_policy() -> pb::Policy {
     pb::Policy {
         standard_evaluation_set: Some(holdout()),
-        approval_required_for: Some(pb::StageList {
-            stages: vec![Stage::Production as i32],
-        }),
-        gates: Some(pb::MetricGateList {
-            gates: vec![pb::MetricGate {
-                metric: "auc".into(),
-                min_value: Some(0.8),
-                max_regression: Some(0.05),
-                ..Default::default()
-            }],
+        approval_required_for: stages(&[Stage::Production]),
+        gates: auc_gate(pb::MetricGate {
+            min_value: Some(0.8),
+            max_regression: Some(0.05),
+            ..Default::default()
         }),
         ..Default::default()
     }
-}
-
-async fn evaluate(eve: &mut RegistryClient, version: i64, auc: f64) {
-    eve.attach_evaluation(pb::AttachEvaluationRequest {
-        model: "fraud".into(),
-        version,
-        evaluation_set: Some(holdout()),
-        evaluator_version: "eval-1".into(),
-        metrics: HashMap::from([("auc".into(), auc)]),
-        ..Default::default()
-    })
-    .await
-    .expect("attach evaluation");
 }
 
 /// Asks for production; the policy makes it a pending request.
@@ -181,21 +158,6 @@ async fn request_production(alice: &mut RegistryClient, version: i64) -> pb::Tra
     let request = resp.request.expect("a pending request");
     assert_eq!(request.status, TransitionRequestStatus::Pending as i32);
     request
-}
-
-async fn stage_of(client: &mut RegistryClient, version: i64) -> i32 {
-    client
-        .get_version(pb::GetVersionRequest {
-            model: "fraud".into(),
-            version,
-            ..Default::default()
-        })
-        .await
-        .expect("get version")
-        .into_inner()
-        .version
-        .expect("version")
-        .stage
 }
 
 /// A webhook receiver on 127.0.0.1: answers 200 to every POST and passes on
@@ -296,15 +258,8 @@ async fn an_approver_approves_from_the_notification_link() {
 
     // Arrange: the standard set and the governed model.
     ada.create_evaluation_set(pb::CreateEvaluationSetRequest {
-        name: "holdout".into(),
-        version: "v1".into(),
-        uri: "s3://datasets/holdout/v1".into(),
-        digest: "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae".into(),
-        metrics: vec![pb::MetricDefinition {
-            name: "auc".into(),
-            higher_is_better: true,
-        }],
         description: "the fraud holdout".into(),
+        ..evaluation_set("holdout", "v1", &[("auc", true)])
     })
     .await
     .expect("create holdout@v1");
@@ -319,7 +274,7 @@ async fn an_approver_approves_from_the_notification_link() {
 
     // Arrange: version 1 goes to production through an approval by bob.
     let v1 = register(&mut alice, "fraud", Stage::Staging).await.version;
-    evaluate(&mut eve, v1, 0.91).await;
+    evaluate(&mut eve, "fraud", v1, 0.91).await;
     let first = request_production(&mut alice, v1).await;
     bob.approve_transition(pb::ApproveTransitionRequest {
         request_id: first.id.clone(),
@@ -327,12 +282,15 @@ async fn an_approver_approves_from_the_notification_link() {
     })
     .await
     .expect("bob approves version 1");
-    assert_eq!(stage_of(&mut bob, v1).await, Stage::Production as i32);
+    assert_eq!(
+        stage_of(&mut bob, "fraud", v1).await,
+        Stage::Production as i32
+    );
 
     // Arrange: version 2 is better and waits for approval.
     let v2 = register(&mut alice, "fraud", Stage::Staging).await.version;
     assert_eq!(v2, 2);
-    evaluate(&mut eve, v2, 0.93).await;
+    evaluate(&mut eve, "fraud", v2, 0.93).await;
     let pending = request_production(&mut alice, v2).await;
     assert_eq!(pending.id, "fraud:2");
 
@@ -412,15 +370,11 @@ async fn an_approver_approves_from_the_notification_link() {
 
     // Assert: version 2 is in production, approved once, by bob, with the
     // comment typed in the browser; the forged posts left no trace.
-    assert_eq!(stage_of(&mut bob, v2).await, Stage::Production as i32);
-    let events = list_events(
-        &mut ada,
-        pb::ListEventsRequest {
-            model: "fraud".into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    assert_eq!(
+        stage_of(&mut bob, "fraud", v2).await,
+        Stage::Production as i32
+    );
+    let events = events_of_model(&mut ada, "fraud").await;
     let approvals: Vec<&pb::RegistryEvent> = events
         .iter()
         .filter(|e| {

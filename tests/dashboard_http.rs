@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use modelreg_client::{ConnectOptions, RegistryClient, connect, pb};
 use modelreg_server::settings::HttpListen;
-use modelreg_tests::{TestApp, TestDb, register, spawn_app_with};
+use modelreg_tests::{
+    TestApp, TestDb, auc_gated, create_holdout, evaluate, get_version, register, spawn_app_with,
+    update_policy,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const DIGEST: &str = "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
 
 /// Who may sign in: name, role, token.
 const PEOPLE: [(&str, &str, &str); 4] = [
@@ -76,33 +77,11 @@ async fn grpc(app: &TestApp, who: &str, tokens: bool) -> RegistryClient {
 /// (approved by bob), v2 evaluated and requested for production by alice.
 async fn arrange(app: &TestApp, tokens: bool) {
     let mut ada = grpc(app, "ada", tokens).await;
-    ada.create_evaluation_set(pb::CreateEvaluationSetRequest {
-        name: "holdout".into(),
-        version: "v1".into(),
-        uri: "s3://datasets/holdout/v1".into(),
-        digest: DIGEST.into(),
-        metrics: vec![pb::MetricDefinition {
-            name: "auc".into(),
-            higher_is_better: true,
-        }],
-        description: String::new(),
-    })
-    .await
-    .unwrap();
+    create_holdout(&mut ada).await;
     ada.create_model(pb::CreateModelRequest {
         name: "fraud".into(),
         description: "Card fraud <script>alert('x')</script> scorer".into(),
-        policy: Some(pb::Policy {
-            standard_evaluation_set: Some(holdout()),
-            gates: Some(pb::MetricGateList {
-                gates: vec![pb::MetricGate {
-                    metric: "auc".into(),
-                    min_value: Some(0.8),
-                    ..Default::default()
-                }],
-            }),
-            ..Default::default()
-        }),
+        policy: Some(auc_gated(0.8)),
         ..Default::default()
     })
     .await
@@ -111,16 +90,7 @@ async fn arrange(app: &TestApp, tokens: bool) {
     let mut bob = grpc(app, "bob", tokens).await;
     for (version, auc) in [(1, 0.91), (2, 0.93)] {
         register(&mut alice, "fraud", pb::Stage::Staging).await;
-        ada.attach_evaluation(pb::AttachEvaluationRequest {
-            model: "fraud".into(),
-            version,
-            evaluation_set: Some(holdout()),
-            evaluator_version: "eval-1".into(),
-            metrics: HashMap::from([("auc".into(), auc)]),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        evaluate(&mut ada, "fraud", version, auc).await;
         let asked = alice
             .transition_stage(pb::TransitionStageRequest {
                 model: "fraud".into(),
@@ -141,13 +111,6 @@ async fn arrange(app: &TestApp, tokens: bool) {
             .await
             .unwrap();
         }
-    }
-}
-
-fn holdout() -> pb::EvaluationSetRef {
-    pb::EvaluationSetRef {
-        name: "holdout".into(),
-        version: "v1".into(),
     }
 }
 
@@ -459,17 +422,7 @@ async fn sign_in_decide_and_refuse_forgeries() {
         "{}",
         done.body
     );
-    let v2 = ada
-        .get_version(pb::GetVersionRequest {
-            model: "fraud".into(),
-            version: 2,
-            alias: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .version
-        .unwrap();
+    let v2 = get_version(&mut ada, "fraud", 2).await;
     assert_eq!(v2.stage, pb::Stage::Production as i32);
     let events = modelreg_tests::all_events(&mut ada).await;
     let approval = events
@@ -682,26 +635,9 @@ async fn events_stream_feeds_live_refresh() {
 
 /// Sets fraud's gate to `auc >= min` (as the admin).
 async fn set_auc_gate(ada: &mut RegistryClient, min: f64) {
-    ada.update_model(pb::UpdateModelRequest {
-        name: "fraud".into(),
-        policy: Some(pb::Policy {
-            standard_evaluation_set: Some(holdout()),
-            gates: Some(pb::MetricGateList {
-                gates: vec![pb::MetricGate {
-                    metric: "auc".into(),
-                    min_value: Some(min),
-                    ..Default::default()
-                }],
-            }),
-            ..Default::default()
-        }),
-        update_mask: Some(prost_types::FieldMask {
-            paths: vec!["policy".into()],
-        }),
-        ..Default::default()
-    })
-    .await
-    .expect("set the gate");
+    update_policy(ada, "fraud", auc_gated(min), "")
+        .await
+        .expect("set the gate");
 }
 
 /// The dashboard's Approve is the approval path of the one move rule: when
@@ -753,16 +689,7 @@ async fn a_dashboard_decision_is_decided_like_an_rpc_approval() {
     assert!(rpc.message().contains("auc >= 0.95"), "{rpc:?}");
     assert_eq!(after_refusals, before, "refusals write nothing");
     assert_eq!(applied.status, 200, "{}", applied.body);
-    let moved = modelreg_tests::list_events(
-        &mut ada,
-        pb::ListEventsRequest {
-            model: "fraud".into(),
-            version: 2,
-            types: vec![pb::EventType::StageChanged as i32],
-            ..Default::default()
-        },
-    )
-    .await;
+    let moved = modelreg_tests::stage_changes(&mut ada, "fraud", 2).await;
     let last = moved.last().expect("v2 moved");
     assert_eq!(last.to_stage, pb::Stage::Production as i32);
     assert_eq!(last.cause, pb::StageChangeCause::Approval as i32);

@@ -6,11 +6,10 @@ use std::collections::HashMap;
 use modelreg_client::errors::violated_fields;
 use modelreg_client::{RegistryClient, pb};
 use modelreg_tests::{
-    TestDb, all_events, all_pages, conformance, create_model, list_events, register, spawn_app,
-    transition,
+    TestDb, all_events, all_pages, conformance, create_model, events_of_type, get_version,
+    precondition_violations, register, spawn_app, transition,
 };
 use tonic::Code;
-use tonic_types::StatusExt;
 
 conformance!(
     evaluation_sets_are_immutable_and_idempotent,
@@ -116,14 +115,7 @@ async fn evaluation_sets_are_immutable_and_idempotent(db: TestDb) {
         .evaluation_set
         .unwrap();
     assert_eq!(again, first);
-    let created = list_events(
-        c,
-        pb::ListEventsRequest {
-            types: vec![pb::EventType::EvaluationSetCreated as i32],
-            ..Default::default()
-        },
-    )
-    .await;
+    let created = events_of_type(c, pb::EventType::EvaluationSetCreated).await;
     assert_eq!(created.len(), 1);
 
     let mut different = holdout("v1");
@@ -347,31 +339,14 @@ async fn evaluations_are_validated_immutable_and_shown_on_versions(db: TestDb) {
         .await
         .unwrap();
 
-    let attached = list_events(
-        c,
-        pb::ListEventsRequest {
-            types: vec![pb::EventType::EvaluationAttached as i32],
-            ..Default::default()
-        },
-    )
-    .await;
+    let attached = events_of_type(c, pb::EventType::EvaluationAttached).await;
     assert_eq!(attached.len(), 2, "one event per distinct evaluation");
     assert_eq!(
         (attached[0].model.as_str(), attached[0].version),
         ("fraud", 1)
     );
 
-    let v = c
-        .get_version(pb::GetVersionRequest {
-            model: "fraud".into(),
-            version: 1,
-            alias: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .version
-        .unwrap();
+    let v = get_version(c, "fraud", 1).await;
     let evaluators: Vec<&str> = v
         .evaluations
         .iter()
@@ -474,11 +449,7 @@ async fn comparisons_are_direction_aware_and_default_to_production(db: TestDb) {
 }
 
 fn precondition_kinds(status: &tonic::Status) -> Vec<(String, String)> {
-    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-    status
-        .get_details_precondition_failure()
-        .expect("precondition details")
-        .violations
+    precondition_violations(status)
         .into_iter()
         .map(|v| (v.r#type, v.subject))
         .collect()

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use modelreg_client::{RegistryClient, pb};
 use modelreg_tests::{
     Engine, REQUIRE_POSTGRES_VAR, TestApp, TestDb, all_events, create_model, spawn_app,
+    verify_audit,
 };
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -382,23 +383,7 @@ async fn postgres_stopped_and_started_under_load_loses_nothing() {
     );
 
     // Assert: every acknowledged write is there once; retries doubled none.
-    let versions = modelreg_tests::all_pages(|page_token| {
-        let mut c = app.client.clone();
-        async move {
-            let r = c
-                .list_versions(pb::ListVersionsRequest {
-                    model: "faulty".into(),
-                    page_size: 1000,
-                    page_token,
-                    ..Default::default()
-                })
-                .await
-                .expect("list versions")
-                .into_inner();
-            (r.versions, r.next_page_token)
-        }
-    })
-    .await;
+    let versions = modelreg_tests::all_versions(&mut app.client, "faulty").await;
     let acked: Vec<i64> = {
         let mut v: Vec<i64> = ledger.acked.values().copied().collect();
         v.sort();
@@ -447,12 +432,7 @@ async fn postgres_stopped_and_started_under_load_loses_nothing() {
         acked.len() + 1,
         "one event per version, plus the model's"
     );
-    let audit = app
-        .client
-        .verify_audit_log(pb::VerifyAuditLogRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let audit = verify_audit(&mut app.client).await;
     assert!(audit.ok, "audit log verifies: {audit:?}");
 
     let fastest = unavailable.iter().min().unwrap();
@@ -636,17 +616,7 @@ async fn sqlite_disk_full_refuses_writes_and_recovers() {
     let recovered_after = recovery.elapsed();
 
     // Assert: each acknowledged write once, the log contiguous and verified.
-    let versions = app
-        .client
-        .list_versions(pb::ListVersionsRequest {
-            model: "full".into(),
-            page_size: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .versions;
+    let versions = modelreg_tests::all_versions(&mut app.client, "full").await;
     let mut want: Vec<i64> = acked.values().copied().collect();
     want.sort();
     assert_eq!(versions.iter().map(|v| v.version).collect::<Vec<_>>(), want);
@@ -655,12 +625,7 @@ async fn sqlite_disk_full_refuses_writes_and_recovers() {
         assert_eq!(e.sequence, i as u64 + 1, "events are contiguous");
     }
     assert_eq!(events.len(), want.len() + 1);
-    let audit = app
-        .client
-        .verify_audit_log(pb::VerifyAuditLogRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let audit = verify_audit(&mut app.client).await;
     assert!(audit.ok, "{audit:?}");
     eprintln!(
         "sqlite disk full: {} writes acknowledged, {} refused while full ({:?}), all accepted again {recovered_after:?} after space returned",

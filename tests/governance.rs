@@ -2,16 +2,15 @@
 //! and the audit trail. Callers are told apart by the actor header (local
 //! mode); `tests/auth.rs` covers tokens and roles.
 
-use std::collections::HashMap;
-
 use modelreg_client::errors::violated_fields;
 use modelreg_client::{RegistryClient, pb};
 use modelreg_tests::{
-    Engine, TestDb, all_events, conformance, create_model, register, spawn_app, transition,
+    Engine, TestDb, all_events, conformance, create_model, create_model_with, evaluation,
+    evaluation_set, holdout, precondition_violations, register, spawn_app, stage_of, transition,
+    transition_requests, update_policy,
 };
 use pb::{Stage, StageChangeCause as Cause, TransitionRequestStatus as Status};
 use tonic::Code;
-use tonic_types::StatusExt;
 
 conformance!(
     policies_are_shown_validated_and_audited,
@@ -24,36 +23,12 @@ conformance!(
     the_audit_chain_survives_a_long_history_and_catches_edits_and_deletions,
 );
 
-const DIGEST: &str = "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
-
 /// The standard set: `auc` (higher is better) and `latency_ms` (lower is better).
 async fn create_holdout(c: &mut RegistryClient) {
-    c.create_evaluation_set(pb::CreateEvaluationSetRequest {
-        name: "holdout".into(),
-        version: "v1".into(),
-        uri: "s3://datasets/holdout/v1".into(),
-        digest: DIGEST.into(),
-        metrics: vec![
-            pb::MetricDefinition {
-                name: "auc".into(),
-                higher_is_better: true,
-            },
-            pb::MetricDefinition {
-                name: "latency_ms".into(),
-                higher_is_better: false,
-            },
-        ],
-        description: String::new(),
-    })
-    .await
-    .expect("create holdout");
-}
-
-fn holdout() -> pb::EvaluationSetRef {
-    pb::EvaluationSetRef {
-        name: "holdout".into(),
-        version: "v1".into(),
-    }
+    let metrics = [("auc", true), ("latency_ms", false)];
+    c.create_evaluation_set(evaluation_set("holdout", "v1", &metrics))
+        .await
+        .expect("create holdout");
 }
 
 /// The policy of the governed tests: default approvals, gated on the
@@ -82,29 +57,16 @@ fn gated_policy() -> pb::Policy {
 }
 
 async fn create_governed(c: &mut RegistryClient, name: &str, policy: pb::Policy) -> pb::Model {
-    c.create_model(pb::CreateModelRequest {
-        name: name.into(),
-        policy: Some(policy),
-        ..Default::default()
-    })
-    .await
-    .expect("create governed model")
-    .into_inner()
-    .model
-    .unwrap()
+    create_model_with(c, name, policy)
+        .await
+        .expect("create governed model")
 }
 
 async fn evaluate(c: &mut RegistryClient, model: &str, version: i64, auc: f64, latency: f64) {
-    c.attach_evaluation(pb::AttachEvaluationRequest {
-        model: model.into(),
-        version,
-        evaluation_set: Some(holdout()),
-        evaluator_version: "eval-1".into(),
-        metrics: HashMap::from([("auc".into(), auc), ("latency_ms".into(), latency)]),
-        ..Default::default()
-    })
-    .await
-    .expect("attach evaluation");
+    let metrics = [("auc", auc), ("latency_ms", latency)];
+    c.attach_evaluation(evaluation(model, version, &metrics))
+        .await
+        .expect("attach evaluation");
 }
 
 /// Asks for a move; returns the whole response.
@@ -147,44 +109,9 @@ async fn approve(
     .map(|r| r.into_inner())
 }
 
-async fn stage_of(c: &mut RegistryClient, model: &str, version: i64) -> i32 {
-    c.get_version(pb::GetVersionRequest {
-        model: model.into(),
-        version,
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .version
-    .unwrap()
-    .stage
-}
-
-async fn requests(
-    c: &mut RegistryClient,
-    model: &str,
-    status: Status,
-) -> Vec<pb::TransitionRequest> {
-    c.list_transition_requests(pb::ListTransitionRequestsRequest {
-        model: model.into(),
-        status: status as i32,
-        page_size: 1000,
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .requests
-}
-
 /// `(type, subject, description)` of each precondition violation.
 fn preconditions(status: &tonic::Status) -> Vec<(String, String, String)> {
-    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-    status
-        .get_details_precondition_failure()
-        .expect("precondition details")
-        .violations
+    precondition_violations(status)
         .into_iter()
         .map(|v| (v.r#type, v.subject, v.description))
         .collect()
@@ -319,27 +246,14 @@ async fn policies_are_shown_validated_and_audited(db: TestDb) {
         ),
     ];
     for (policy, fields) in bad {
-        let s = c
-            .update_model(pb::UpdateModelRequest {
-                name: "plain".into(),
-                policy: Some(policy.clone()),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["policy".into()],
-                }),
-                ..Default::default()
-            })
+        let s = update_policy(&mut c, "plain", policy.clone(), "")
             .await
             .unwrap_err();
         assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
         let mut got = violated_fields(&s);
         got.sort();
         assert_eq!(got, fields, "{policy:?}: {s:?}");
-        let s = c
-            .create_model(pb::CreateModelRequest {
-                name: "other".into(),
-                policy: Some(policy),
-                ..Default::default()
-            })
+        let s = create_model_with(&mut c, "other", policy)
             .await
             .unwrap_err();
         assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
@@ -350,20 +264,8 @@ async fn policies_are_shown_validated_and_audited(db: TestDb) {
         "refusals change nothing"
     );
 
-    let updated = c
-        .update_model(pb::UpdateModelRequest {
-            name: "plain".into(),
-            policy: Some(gated_policy()),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["policy".into()],
-            }),
-            etag: plain.etag.clone(),
-            ..Default::default()
-        })
+    let updated = update_policy(&mut c, "plain", gated_policy(), &plain.etag)
         .await
-        .unwrap()
-        .into_inner()
-        .model
         .unwrap();
     let p = updated.policy.unwrap();
     assert_eq!(p.standard_evaluation_set, Some(holdout()));
@@ -383,19 +285,8 @@ async fn policies_are_shown_validated_and_audited(db: TestDb) {
         "holdout"
     );
     // The same policy again changes nothing: no event, same etag.
-    let again = c
-        .update_model(pb::UpdateModelRequest {
-            name: "plain".into(),
-            policy: Some(gated_policy()),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["policy".into()],
-            }),
-            ..Default::default()
-        })
+    let again = update_policy(&mut c, "plain", gated_policy(), "")
         .await
-        .unwrap()
-        .into_inner()
-        .model
         .unwrap();
     assert_eq!(again.etag, updated.etag);
     assert_eq!(all_events(&mut c).await.len(), events.len());
@@ -430,7 +321,12 @@ async fn the_governed_path_needs_a_second_person(db: TestDb) {
     // Asking again returns the same open request.
     let again = request(&mut alice, "fraud", 1).await;
     assert_eq!(again.id, r1.id);
-    assert_eq!(requests(&mut root, "fraud", Status::Pending).await.len(), 1);
+    assert_eq!(
+        transition_requests(&mut root, "fraud", Status::Pending)
+            .await
+            .len(),
+        1
+    );
 
     let before = count_events(&mut root).await;
     let s = approve(&mut alice, &r1.id).await.unwrap_err();
@@ -496,7 +392,9 @@ async fn the_governed_path_needs_a_second_person(db: TestDb) {
     assert_eq!(tail[2].transition_request_id, "fraud:2");
     assert_eq!(tail[1].occur_time, tail[2].occur_time, "one commit");
     assert_eq!(
-        requests(&mut root, "fraud", Status::Approved).await.len(),
+        transition_requests(&mut root, "fraud", Status::Approved)
+            .await
+            .len(),
         2
     );
 
@@ -581,7 +479,9 @@ async fn gates_refuse_with_every_failing_check(db: TestDb) {
         "only the two evaluations"
     );
     assert_eq!(
-        requests(&mut c, "fraud", Status::Unspecified).await.len(),
+        transition_requests(&mut c, "fraud", Status::Unspecified)
+            .await
+            .len(),
         1
     );
     for v in 2..=4 {
@@ -642,7 +542,7 @@ async fn gates_are_judged_again_at_approval(db: TestDb) {
     assert_eq!(v.len(), 1, "{v:?}");
     assert!(v[0].2.contains("production version 3"), "{v:?}");
     assert_eq!(count_events(&mut alice).await, before);
-    let pending = requests(&mut alice, "fraud", Status::Pending).await;
+    let pending = transition_requests(&mut alice, "fraud", Status::Pending).await;
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].id, r2.id);
     assert!(pending[0].approvals.is_empty());
@@ -702,7 +602,7 @@ async fn requests_are_rejected_cancelled_or_superseded(db: TestDb) {
     transition(&mut alice, "m", 3, Stage::Archived)
         .await
         .unwrap();
-    let closed = requests(&mut alice, "m", Status::Superseded).await;
+    let closed = transition_requests(&mut alice, "m", Status::Superseded).await;
     assert_eq!(closed.len(), 1);
     assert_eq!(closed[0].id, r3.id);
     let s = approve(&mut bob, &r3.id).await.unwrap_err();
@@ -727,7 +627,9 @@ async fn requests_are_rejected_cancelled_or_superseded(db: TestDb) {
         ]
     );
     assert_eq!(
-        requests(&mut alice, "m", Status::Unspecified).await.len(),
+        transition_requests(&mut alice, "m", Status::Unspecified)
+            .await
+            .len(),
         3
     );
     // Bad ids and unknown requests.

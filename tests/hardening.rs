@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use modelreg_client::errors::violated_fields;
 use modelreg_client::{RegistryClient, pb};
 use modelreg_tests::{
-    TestDb, all_events, all_pages, conformance, create_model, register, spawn_app,
+    DIGEST, TestDb, all_events, all_pages, auc_gated, conformance, create_holdout, create_model,
+    create_model_with, evaluate, register, spawn_app, stages, transition_requests, watch_after,
 };
 use pb::{Stage, TransitionRequestStatus as Status};
 use tonic::Code;
@@ -24,55 +25,8 @@ conformance!(
     request_ids_are_scoped_to_the_caller,
 );
 
-const DIGEST: &str = "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
-
-fn holdout() -> pb::EvaluationSetRef {
-    pb::EvaluationSetRef {
-        name: "holdout".into(),
-        version: "v1".into(),
-    }
-}
-
-async fn create_holdout(c: &mut RegistryClient) {
-    c.create_evaluation_set(pb::CreateEvaluationSetRequest {
-        name: "holdout".into(),
-        version: "v1".into(),
-        uri: "s3://datasets/holdout/v1".into(),
-        digest: DIGEST.into(),
-        metrics: vec![pb::MetricDefinition {
-            name: "auc".into(),
-            higher_is_better: true,
-        }],
-        description: String::new(),
-    })
-    .await
-    .expect("create holdout");
-}
-
-async fn evaluate(c: &mut RegistryClient, model: &str, version: i64, auc: f64) {
-    c.attach_evaluation(pb::AttachEvaluationRequest {
-        model: model.into(),
-        version,
-        evaluation_set: Some(holdout()),
-        evaluator_version: "eval-1".into(),
-        metrics: HashMap::from([("auc".into(), auc)]),
-        ..Default::default()
-    })
-    .await
-    .expect("attach evaluation");
-}
-
 async fn pending_requests(c: &mut RegistryClient, model: &str) -> Vec<pb::TransitionRequest> {
-    c.list_transition_requests(pb::ListTransitionRequestsRequest {
-        model: model.into(),
-        status: Status::Pending as i32,
-        page_size: 1000,
-        ..Default::default()
-    })
-    .await
-    .expect("list requests")
-    .into_inner()
-    .requests
+    transition_requests(c, model, Status::Pending).await
 }
 
 /// Defect 1 (approval bypass on registration): with STAGING among the stages
@@ -83,18 +37,13 @@ async fn registering_into_a_stage_that_needs_approval_opens_a_request(db: TestDb
     // Arrange
     let app = spawn_app(&db).await;
     let mut c = app.client.clone();
-    c.create_model(pb::CreateModelRequest {
-        name: "m".into(),
-        policy: Some(pb::Policy {
-            approval_required_for: Some(pb::StageList {
-                stages: vec![Stage::Staging as i32, Stage::Production as i32],
-            }),
-            ..Default::default()
-        }),
+    let governed = pb::Policy {
+        approval_required_for: stages(&[Stage::Staging, Stage::Production]),
         ..Default::default()
-    })
-    .await
-    .expect("create governed model");
+    };
+    create_model_with(&mut c, "m", governed)
+        .await
+        .expect("create governed model");
     let before = all_events(&mut c).await.len();
 
     // Act
@@ -171,24 +120,13 @@ async fn compare_versions_reports_the_gates_it_judged(db: TestDb) {
     let app = spawn_app(&db).await;
     let mut c = app.client.clone();
     create_holdout(&mut c).await;
-    c.create_model(pb::CreateModelRequest {
-        name: "fraud".into(),
-        policy: Some(pb::Policy {
-            approval_required_for: Some(pb::StageList { stages: vec![] }),
-            standard_evaluation_set: Some(holdout()),
-            gates: Some(pb::MetricGateList {
-                gates: vec![pb::MetricGate {
-                    metric: "auc".into(),
-                    min_value: Some(0.8),
-                    ..Default::default()
-                }],
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await
-    .expect("create model");
+    let gated = pb::Policy {
+        approval_required_for: stages(&[]),
+        ..auc_gated(0.8)
+    };
+    create_model_with(&mut c, "fraud", gated)
+        .await
+        .expect("create model");
     for (auc, stage) in [
         (0.9, Stage::Production),
         (0.5, Stage::Staging),
@@ -245,18 +183,13 @@ async fn transition_requests_are_listed_newest_first(db: TestDb) {
     let app = spawn_app(&db).await;
     let mut c = app.client.clone();
     for m in ["alpha", "beta"] {
-        c.create_model(pb::CreateModelRequest {
-            name: m.into(),
-            policy: Some(pb::Policy {
-                approval_required_for: Some(pb::StageList {
-                    stages: vec![Stage::Staging as i32],
-                }),
-                ..Default::default()
-            }),
+        let governed = pb::Policy {
+            approval_required_for: stages(&[Stage::Staging]),
             ..Default::default()
-        })
-        .await
-        .expect("create model");
+        };
+        create_model_with(&mut c, m, governed)
+            .await
+            .expect("create model");
     }
     let mut opened = Vec::new();
     for i in 0..7 {
@@ -561,11 +494,7 @@ async fn cursors_at_and_beyond_two_to_the_63_never_wrap(db: TestDb) {
             page.events.len()
         );
         assert!(page.next_page_token.is_empty());
-        let watch = c
-            .watch_transitions(pb::WatchTransitionsRequest {
-                after_sequence: Some(after.max(latest + 1)),
-                ..Default::default()
-            })
+        let watch = watch_after(&mut c, after.max(latest + 1))
             .await
             .expect_err("a cursor beyond the log is refused");
         assert_eq!(watch.code(), Code::InvalidArgument);

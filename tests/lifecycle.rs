@@ -4,7 +4,8 @@
 
 use modelreg_client::pb::{self, Stage};
 use modelreg_tests::{
-    TestDb, all_events, conformance, create_model, register, spawn_app, transition,
+    TestDb, all_events, conformance, create_model, get_version, list_versions, list_versions_in,
+    register, spawn_app, transition,
 };
 
 conformance!(
@@ -71,17 +72,7 @@ async fn every_allowed_and_every_forbidden_move(db: TestDb) {
             );
             create_model(c, &model).await;
             let v = version_in(c, &model, from).await;
-            let before = c
-                .get_version(pb::GetVersionRequest {
-                    model: model.clone(),
-                    version: v,
-                    alias: String::new(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .version
-                .unwrap();
+            let before = get_version(c, &model, v).await;
             let events_before = all_events(c).await.len();
 
             // Act
@@ -112,17 +103,7 @@ async fn every_allowed_and_every_forbidden_move(db: TestDb) {
                     .get_details_precondition_failure()
                     .expect("precondition details");
                 assert_eq!(pre.violations[0].r#type, "STAGE_TRANSITION");
-                let after = c
-                    .get_version(pb::GetVersionRequest {
-                        model: model.clone(),
-                        version: v,
-                        alias: String::new(),
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .version
-                    .unwrap();
+                let after = get_version(c, &model, v).await;
                 assert_eq!(
                     after, before,
                     "{from:?}->{to:?}: refused move changed the version"
@@ -154,17 +135,7 @@ async fn promoting_archives_the_previous_production_version_atomically(db: TestD
 
     // Assert
     assert_eq!(promoted.stage, Stage::Production as i32);
-    let old = c
-        .get_version(pb::GetVersionRequest {
-            model: "fraud".into(),
-            version: v1,
-            alias: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .version
-        .unwrap();
+    let old = get_version(c, "fraud", v1).await;
     assert_eq!(old.stage, Stage::Archived as i32);
     let model = c
         .get_model(pb::GetModelRequest {
@@ -176,15 +147,8 @@ async fn promoting_archives_the_previous_production_version_atomically(db: TestD
         .model
         .unwrap();
     assert_eq!(model.production_version, v2);
-    let prod = c
-        .list_versions(pb::ListVersionsRequest {
-            model: "fraud".into(),
-            stage: Stage::Production as i32,
-            ..Default::default()
-        })
+    let prod = list_versions_in(c, "fraud", Stage::Production)
         .await
-        .unwrap()
-        .into_inner()
         .versions;
     assert_eq!(prod.iter().map(|v| v.version).collect::<Vec<_>>(), vec![v2]);
 
@@ -284,15 +248,7 @@ async fn concurrent_promotions_leave_one_production_version(db: TestDb) {
     }
 
     // Assert
-    let versions = c
-        .list_versions(pb::ListVersionsRequest {
-            model: "busy".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .versions;
+    let versions = list_versions(&mut c, "busy").await.versions;
     let prod: Vec<_> = versions
         .iter()
         .filter(|v| v.stage == Stage::Production as i32)

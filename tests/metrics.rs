@@ -5,14 +5,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use modelreg_client::{ConnectOptions, connect, pb};
 use modelreg_server::settings::HttpListen;
 use modelreg_server::{Application, Settings};
-use modelreg_tests::{TestDb, conformance, register, spawn_app_with};
+use modelreg_tests::{TestApp, TestDb, conformance, register, spawn_app_with, watch_after};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
+
+#[path = "support/pki.rs"]
+mod pki;
+use pki::Pki;
 
 conformance!(the_series_are_served_and_move_with_traffic);
 
@@ -283,6 +286,27 @@ fn http_on() -> HttpListen {
     HttpListen::On("127.0.0.1:0".parse().unwrap())
 }
 
+/// A server with the HTTP listener on and a token file of one identity,
+/// `rita` (reader, token `rita-token`); the folder holds the file.
+async fn app_with_a_reader_token() -> (tempfile::TempDir, TestApp) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[tokens]]\nidentity = \"rita\"\nroles = [\"reader\"]\ntoken_sha256 = {:?}\n",
+            modelreg_server::domain::audit::sha256_hex(b"rita-token")
+        ),
+    )
+    .unwrap();
+    let app = spawn_app_with(&TestDb::sqlite(), |s| {
+        s.auth_tokens = Some(path);
+        s.http_listen = http_on();
+    })
+    .await;
+    (dir, app)
+}
+
 /// `/metrics` carries every documented series, and after traffic the
 /// request counters (by method and code), the event counters, open watch
 /// streams and pending requests have moved.
@@ -311,14 +335,7 @@ async fn the_series_are_served_and_move_with_traffic(db: TestDb) {
     .expect("create model");
     register(&mut c, "churn", pb::Stage::Staging).await;
     register(&mut c, "churn", pb::Stage::None).await;
-    let mut watch = bob
-        .watch_transitions(pb::WatchTransitionsRequest {
-            after_sequence: Some(0),
-            ..Default::default()
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut watch = watch_after(&mut bob, 0).await.expect("watch");
     watch.message().await.expect("first message").expect("open");
     let missing = c
         .get_model(pb::GetModelRequest {
@@ -392,21 +409,7 @@ async fn the_series_are_served_and_move_with_traffic(db: TestDb) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_need_a_token_when_the_server_has_tokens() {
     // Arrange
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tokens.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[[tokens]]\nidentity = \"rita\"\nroles = [\"reader\"]\ntoken_sha256 = {:?}\n",
-            modelreg_server::domain::audit::sha256_hex(b"rita-token")
-        ),
-    )
-    .unwrap();
-    let app = spawn_app_with(&TestDb::sqlite(), |s| {
-        s.auth_tokens = Some(path);
-        s.http_listen = http_on();
-    })
-    .await;
+    let (_dir, app) = app_with_a_reader_token().await;
     let http = app.http_addr.expect("the HTTP listener is on");
 
     // The gRPC port takes the same token.
@@ -472,21 +475,7 @@ fn call_series(m: &Exposition) -> Vec<BTreeMap<String, String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_methods_never_add_series() {
     // Arrange: token mode, where the auth layer answers first.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tokens.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[[tokens]]\nidentity = \"rita\"\nroles = [\"reader\"]\ntoken_sha256 = {:?}\n",
-            modelreg_server::domain::audit::sha256_hex(b"rita-token")
-        ),
-    )
-    .unwrap();
-    let app = spawn_app_with(&TestDb::sqlite(), |s| {
-        s.auth_tokens = Some(path);
-        s.http_listen = http_on();
-    })
-    .await;
+    let (_dir, app) = app_with_a_reader_token().await;
     let http = app.http_addr.expect("the HTTP listener is on");
     let channel = tonic::transport::Endpoint::from_shared(app.url.clone())
         .unwrap()
@@ -601,7 +590,7 @@ async fn the_listener_uses_the_grpc_ports_certificate() {
 
     // Arrange
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = generate_pki(dir.path());
+    let Pki { ca, cert, key } = Pki::generate(dir.path());
     let app = spawn_app_with(&TestDb::sqlite(), |s| {
         s.tls_cert = Some(cert);
         s.tls_key = Some(key);
@@ -663,41 +652,4 @@ async fn the_listener_uses_the_grpc_ports_certificate() {
         !String::from_utf8_lossy(&plain).contains("modelreg_"),
         "plaintext must not be answered with metrics"
     );
-}
-
-/// A CA and a server certificate for localhost signed by it: (ca, cert, key) PEM files.
-fn generate_pki(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "modelreg metrics test CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-    );
-    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
-    std::fs::write(&paths.1, cert.pem()).unwrap();
-    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
-    paths
 }

@@ -5,8 +5,10 @@ use std::collections::{HashMap, HashSet};
 
 use modelreg_client::pb::{self, Stage};
 use modelreg_tests::{
-    Engine, TestDb, all_events, all_pages, conformance, create_model, list_events, register,
-    spawn_app,
+    Engine, TestDb, all_events, all_pages, conformance, create_model, events_after,
+    events_by_actor, events_of_type, events_of_version, get_model, get_version, list_models,
+    list_versions, list_versions_in, register, set_alias, spawn_app, verify_audit,
+    version_by_alias,
 };
 
 conformance!(
@@ -59,15 +61,7 @@ async fn register_version_is_idempotent_under_concurrent_retries(db: TestDb) {
 
     // Assert
     assert_eq!(versions, HashSet::from([1]));
-    let listed = c
-        .list_versions(pb::ListVersionsRequest {
-            model: "idem".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .versions;
+    let listed = list_versions(&mut c, "idem").await.versions;
     assert_eq!(listed.len(), 1);
     let registered = all_events(&mut c)
         .await
@@ -247,23 +241,10 @@ async fn update_model_honours_etags(db: TestDb) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    let now = c
-        .get_model(pb::GetModelRequest { name: "upd".into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .model
-        .unwrap();
+    let now = get_model(c, "upd").await;
     assert_eq!(now, updated);
 
-    let events = list_events(
-        c,
-        pb::ListEventsRequest {
-            types: vec![pb::EventType::ModelUpdated as i32],
-            ..Default::default()
-        },
-    )
-    .await;
+    let events = events_of_type(c, pb::EventType::ModelUpdated).await;
     assert_eq!(events.len(), 1);
     let details = events[0].details.as_ref().expect("details");
     assert!(details.fields.contains_key("before") && details.fields.contains_key("after"));
@@ -277,57 +258,18 @@ async fn aliases_point_at_versions(db: TestDb) {
     create_model(c, "ali").await;
     register(c, "ali", Stage::None).await;
     register(c, "ali", Stage::None).await;
-    let set = |version| pb::SetAliasRequest {
-        model: "ali".into(),
-        alias: "champion".into(),
-        version,
-    };
-
-    let m = c
-        .set_alias(set(1))
-        .await
-        .unwrap()
-        .into_inner()
-        .model
-        .unwrap();
+    let m = set_alias(c, "ali", "champion", 1).await.unwrap();
     assert_eq!(m.aliases.get("champion"), Some(&1));
-    let by_alias = |alias: &str| pb::GetVersionRequest {
-        model: "ali".into(),
-        version: 0,
-        alias: alias.into(),
-    };
-    let v = c
-        .get_version(by_alias("champion"))
-        .await
-        .unwrap()
-        .into_inner()
-        .version
-        .unwrap();
+    let v = version_by_alias(c, "ali", "champion").await;
     assert_eq!(
         (v.version, v.aliases.clone()),
         (1, vec!["champion".to_string()])
     );
 
-    c.set_alias(set(2)).await.unwrap();
-    let v = c
-        .get_version(by_alias("champion"))
-        .await
-        .unwrap()
-        .into_inner()
-        .version
-        .unwrap();
+    set_alias(c, "ali", "champion", 2).await.unwrap();
+    let v = version_by_alias(c, "ali", "champion").await;
     assert_eq!(v.version, 2);
-    let v1 = c
-        .get_version(pb::GetVersionRequest {
-            model: "ali".into(),
-            version: 1,
-            alias: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .version
-        .unwrap();
+    let v1 = get_version(c, "ali", 1).await;
     assert!(v1.aliases.is_empty());
 
     let m = c
@@ -372,15 +314,8 @@ async fn list_versions_and_events_filter_and_page(db: TestDb) {
         )
         .await;
     }
-    let staged: Vec<i64> = alice
-        .list_versions(pb::ListVersionsRequest {
-            model: "lv".into(),
-            stage: Stage::Staging as i32,
-            ..Default::default()
-        })
+    let staged: Vec<i64> = list_versions_in(&mut alice, "lv", Stage::Staging)
         .await
-        .unwrap()
-        .into_inner()
         .versions
         .into_iter()
         .map(|v| v.version)
@@ -402,34 +337,12 @@ async fn list_versions_and_events_filter_and_page(db: TestDb) {
     .await;
     assert_eq!(paged, all_events(&mut alice).await);
 
-    let bobs = list_events(
-        &mut alice,
-        pb::ListEventsRequest {
-            actor: "bob".into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let bobs = events_by_actor(&mut alice, "bob").await;
     assert_eq!(bobs.len(), 8, "six registrations, two of them staged");
     assert!(bobs.iter().all(|e| e.actor == "bob"));
-    let v4 = list_events(
-        &mut alice,
-        pb::ListEventsRequest {
-            model: "lv".into(),
-            version: 4,
-            ..Default::default()
-        },
-    )
-    .await;
+    let v4 = events_of_version(&mut alice, "lv", 4).await;
     assert_eq!(v4.len(), 2, "registered and staged");
-    let after = list_events(
-        &mut alice,
-        pb::ListEventsRequest {
-            after_sequence: 10,
-            ..Default::default()
-        },
-    )
-    .await;
+    let after = events_after(&mut alice, 10).await;
     assert_eq!(after.first().map(|e| e.sequence), Some(11));
 }
 
@@ -441,11 +354,7 @@ async fn the_audit_chain_detects_tampering(db: TestDb) {
     let mut c = app.client.clone();
     create_model(&mut c, "audit").await;
     register(&mut c, "audit", Stage::Staging).await;
-    let ok = c
-        .verify_audit_log(pb::VerifyAuditLogRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let ok = verify_audit(&mut c).await;
     assert!(ok.ok);
     assert_eq!(ok.events_checked, 3);
     let db = app.stop().await;
@@ -464,13 +373,7 @@ async fn the_audit_chain_detects_tampering(db: TestDb) {
         .unwrap();
 
     let app = spawn_app(&db).await;
-    let report = app
-        .client
-        .clone()
-        .verify_audit_log(pb::VerifyAuditLogRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let report = verify_audit(&mut app.client.clone()).await;
     assert!(!report.ok);
     assert_eq!(report.first_bad_sequence, 2);
 }
@@ -583,15 +486,7 @@ async fn refused_writes_among_concurrent_ones_change_nothing(db: TestDb) {
     }
 
     assert_eq!(applied, 20);
-    let versions = c
-        .list_versions(pb::ListVersionsRequest {
-            model: "mixed".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .versions;
+    let versions = list_versions(&mut c, "mixed").await.versions;
     assert_eq!(
         versions.iter().map(|v| v.version).collect::<Vec<_>>(),
         (1..=20).collect::<Vec<_>>()
@@ -604,18 +499,9 @@ async fn refused_writes_among_concurrent_ones_change_nothing(db: TestDb) {
             .enumerate()
             .all(|(i, e)| e.sequence == i as u64 + 1)
     );
-    let verify = c
-        .verify_audit_log(pb::VerifyAuditLogRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let verify = verify_audit(&mut c).await;
     assert!(verify.ok);
-    let models = c
-        .list_models(pb::ListModelsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .models;
+    let models = list_models(&mut c).await;
     assert_eq!(models.len(), 1, "no model was created by a refused write");
 }
 
@@ -630,18 +516,7 @@ async fn reads_reflect_every_committed_write(db: TestDb) {
     register(&mut c, "fresh", Stage::Staging).await;
     let get = |c: &mut modelreg_client::RegistryClient, version: i64| {
         let mut c = c.clone();
-        async move {
-            c.get_version(pb::GetVersionRequest {
-                model: "fresh".into(),
-                version,
-                alias: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .version
-            .unwrap()
-        }
+        async move { get_version(&mut c, "fresh", version).await }
     };
     assert_eq!(get(&mut c, 1).await.stage, Stage::None as i32);
 

@@ -5,14 +5,15 @@
 //! (the dashboard's decision is `tests/dashboard_http.rs`
 //! `a_dashboard_decision_is_decided_like_an_rpc_approval`).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use modelreg_client::{RegistryClient, pb};
 use modelreg_server::policy::ManualClock;
-use modelreg_tests::{TestDb, conformance, register, spawn_app, spawn_app_with};
+use modelreg_tests::{
+    TestDb, auc_gate, conformance, create_holdout, create_model_with, evaluate, holdout,
+    precondition_violations, register, spawn_app, spawn_app_with, stage_of, stages, update_policy,
+};
 use pb::{Stage, StageChangeCause as Cause};
-use tonic_types::StatusExt;
 
 conformance!(
     registration_with_a_target_stage_decides_by_the_rule,
@@ -34,38 +35,12 @@ enum Outcome {
 }
 
 fn refused(status: &tonic::Status) -> Outcome {
-    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
-    let mut kinds: Vec<String> = status
-        .get_details_precondition_failure()
-        .expect("precondition details")
-        .violations
+    let mut kinds: Vec<String> = precondition_violations(status)
         .into_iter()
         .map(|v| v.r#type)
         .collect();
     kinds.dedup();
     Outcome::Refused(kinds)
-}
-
-fn holdout() -> pb::EvaluationSetRef {
-    pb::EvaluationSetRef {
-        name: "holdout".into(),
-        version: "v1".into(),
-    }
-}
-
-fn stages(s: &[Stage]) -> Option<pb::StageList> {
-    Some(pb::StageList {
-        stages: s.iter().map(|s| *s as i32).collect(),
-    })
-}
-
-fn auc_gate(gate: pb::MetricGate) -> Option<pb::MetricGateList> {
-    Some(pb::MetricGateList {
-        gates: vec![pb::MetricGate {
-            metric: "auc".into(),
-            ..gate
-        }],
-    })
 }
 
 /// Three policies of the same move into STAGING of a version without an
@@ -100,70 +75,16 @@ fn staging_policies() -> Vec<(&'static str, pb::Policy, Outcome)> {
     ]
 }
 
-async fn create_holdout(c: &mut RegistryClient) {
-    c.create_evaluation_set(pb::CreateEvaluationSetRequest {
-        name: "holdout".into(),
-        version: "v1".into(),
-        uri: "s3://datasets/holdout/v1".into(),
-        digest: "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae".into(),
-        metrics: vec![pb::MetricDefinition {
-            name: "auc".into(),
-            higher_is_better: true,
-        }],
-        description: String::new(),
-    })
-    .await
-    .expect("create holdout");
-}
-
 async fn create(c: &mut RegistryClient, name: &str, policy: pb::Policy) {
-    c.create_model(pb::CreateModelRequest {
-        name: name.into(),
-        policy: Some(policy),
-        ..Default::default()
-    })
-    .await
-    .expect("create model");
+    create_model_with(c, name, policy)
+        .await
+        .expect("create model");
 }
 
 async fn set_policy(c: &mut RegistryClient, name: &str, policy: pb::Policy) {
-    c.update_model(pb::UpdateModelRequest {
-        name: name.into(),
-        policy: Some(policy),
-        update_mask: Some(prost_types::FieldMask {
-            paths: vec!["policy".into()],
-        }),
-        ..Default::default()
-    })
-    .await
-    .expect("set policy");
-}
-
-async fn evaluate(c: &mut RegistryClient, model: &str, version: i64, auc: f64) {
-    c.attach_evaluation(pb::AttachEvaluationRequest {
-        model: model.into(),
-        version,
-        evaluation_set: Some(holdout()),
-        evaluator_version: "eval-1".into(),
-        metrics: HashMap::from([("auc".into(), auc)]),
-        ..Default::default()
-    })
-    .await
-    .expect("attach evaluation");
-}
-
-async fn stage_of(c: &mut RegistryClient, model: &str, version: i64) -> i32 {
-    c.get_version(pb::GetVersionRequest {
-        model: model.into(),
-        version,
-        ..Default::default()
-    })
-    .await
-    .expect("get version")
-    .into_inner()
-    .version
-    .expect("version")
-    .stage
+    update_policy(c, name, policy, "")
+        .await
+        .expect("set policy");
 }
 
 /// Asks TransitionStage for `to`; the outcome and the request, if one waits.
@@ -207,19 +128,11 @@ async fn approve(c: &mut RegistryClient, id: &str) -> Outcome {
 
 /// The cause of the newest STAGE_CHANGED event that moved `version`.
 async fn last_cause(c: &mut RegistryClient, model: &str, version: i64) -> i32 {
-    modelreg_tests::list_events(
-        c,
-        pb::ListEventsRequest {
-            model: model.into(),
-            version,
-            types: vec![pb::EventType::StageChanged as i32],
-            ..Default::default()
-        },
-    )
-    .await
-    .last()
-    .expect("a stage change")
-    .cause
+    modelreg_tests::stage_changes(c, model, version)
+        .await
+        .last()
+        .expect("a stage change")
+        .cause
 }
 
 /// RegisterVersion(target_stage=STAGING) under each policy: applied, pending

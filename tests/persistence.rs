@@ -4,7 +4,8 @@
 
 use modelreg_client::pb::{self, Stage, watch_transitions_response::Kind};
 use modelreg_tests::{
-    Engine, TestDb, all_events, conformance, create_model, register, spawn_app, transition,
+    Engine, TestDb, all_events, conformance, create_model, list_versions, register, spawn_app,
+    transition, verify_audit, watch_after,
 };
 
 conformance!(data_and_cursors_survive_a_restart);
@@ -37,14 +38,7 @@ async fn data_and_cursors_survive_a_restart(db: TestDb) {
         .await
         .unwrap()
         .into_inner();
-    let versions_before = c
-        .list_versions(pb::ListVersionsRequest {
-            model: "durable".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let versions_before = list_versions(&mut c, "durable").await;
     let events_before = all_events(&mut c).await;
     let cursor = events_before.last().unwrap().sequence;
     if db.engine == Engine::Sqlite {
@@ -66,32 +60,14 @@ async fn data_and_cursors_survive_a_restart(db: TestDb) {
         .unwrap()
         .into_inner();
     assert_eq!(model_after, model_before);
-    let versions_after = c
-        .list_versions(pb::ListVersionsRequest {
-            model: "durable".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let versions_after = list_versions(&mut c, "durable").await;
     assert_eq!(versions_after, versions_before);
     assert_eq!(all_events(&mut c).await, events_before);
-    let verify = c
-        .verify_audit_log(pb::VerifyAuditLogRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let verify = verify_audit(&mut c).await;
     assert!(verify.ok);
     assert_eq!(verify.events_checked, cursor);
 
-    let mut stream = c
-        .watch_transitions(pb::WatchTransitionsRequest {
-            after_sequence: Some(cursor),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch_after(&mut c, cursor).await.unwrap();
     let v3 = register(&mut c, "durable", Stage::None).await;
     assert_eq!(v3.version, 3, "version numbers continue after a restart");
     loop {

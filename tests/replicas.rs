@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use modelreg_client::pb::{self, watch_transitions_response::Kind};
 use modelreg_client::watch::{ResumingWatch, WatchItem};
 use modelreg_client::{RegistryClient, pb::Stage};
-use modelreg_tests::{TestDb, all_events, create_model, register, spawn_app, write_changes};
+use modelreg_tests::{
+    TestDb, all_events, create_model, register, spawn_app, watch_after, write_changes,
+};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
@@ -206,16 +208,7 @@ async fn a_watcher_moves_to_another_replica_with_its_cursor() {
     let b = spawn_app(&db).await;
     let mut c = b.client.clone();
     create_model(&mut c, "moving").await;
-    let mut on_a = a
-        .client
-        .clone()
-        .watch_transitions(pb::WatchTransitionsRequest {
-            after_sequence: Some(0),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut on_a = watch_after(&mut a.client.clone(), 0).await.unwrap();
     let mut seen = Vec::new();
     let mut cursor = 0;
     while cursor < 1 {
@@ -231,14 +224,7 @@ async fn a_watcher_moves_to_another_replica_with_its_cursor() {
     for _ in 0..5 {
         register(&mut c, "moving", Stage::Staging).await;
     }
-    let mut on_b = c
-        .watch_transitions(pb::WatchTransitionsRequest {
-            after_sequence: Some(cursor),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut on_b = watch_after(&mut c, cursor).await.unwrap();
     let log = all_events(&mut c).await;
     while seen.len() < log.len() {
         if let Kind::Event(e) = on_b.next().await.unwrap().unwrap().kind.unwrap() {

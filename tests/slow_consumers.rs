@@ -15,7 +15,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use modelreg_client::pb::watch_transitions_response::Kind;
 use modelreg_client::{RegistryClient, pb};
-use modelreg_tests::{Rng, TestDb, all_events, client_for, create_model, register, spawn_app};
+use modelreg_tests::{
+    Rng, TestDb, all_events, client_for, create_model, register, spawn_app, verify_audit,
+    watch_after,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
@@ -72,14 +75,7 @@ fn spawn_watcher(
     let seen = Arc::new(AtomicU64::new(0));
     let seen_by_task = seen.clone();
     let task = tokio::spawn(async move {
-        let mut stream = client
-            .watch_transitions(pb::WatchTransitionsRequest {
-                after_sequence: Some(0),
-                ..Default::default()
-            })
-            .await
-            .expect("watch")
-            .into_inner();
+        let mut stream = watch_after(&mut client, 0).await.expect("watch");
         let mut got = Vec::new();
         while seen_by_task.load(Ordering::SeqCst) < target.load(Ordering::SeqCst) {
             if slow && *phase.borrow() == Phase::Paused {
@@ -272,12 +268,7 @@ async fn paused_watchers_hold_back_no_one_and_lose_nothing() {
             }
         }
     }
-    let audit = app
-        .client
-        .verify_audit_log(pb::VerifyAuditLogRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let audit = verify_audit(&mut app.client).await;
     assert!(audit.ok && audit.events_checked == end);
     assert!(
         rss_peak.saturating_sub(rss_start) < RSS_GROWTH_BOUND_KIB,

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use modelreg_client::RegistryClient;
 use modelreg_client::pb::{self, Stage, watch_transitions_response::Kind};
 use modelreg_tests::{
-    Rng, TestDb, all_events, conformance, create_model, register, spawn_app, write_changes,
+    Rng, TestDb, all_events, conformance, create_model, register, spawn_app, watch_after,
+    write_changes,
 };
 
 conformance!(
@@ -32,14 +33,7 @@ async fn flaky_watcher(
     let mut cursor = 0u64;
     let mut reconnects = 0;
     loop {
-        let mut stream = c
-            .watch_transitions(pb::WatchTransitionsRequest {
-                after_sequence: Some(cursor),
-                ..Default::default()
-            })
-            .await
-            .expect("watch")
-            .into_inner();
+        let mut stream = watch_after(&mut c, cursor).await.expect("watch");
         let budget = 1 + rng.below(120);
         let mut taken = 0;
         while taken < budget {
@@ -201,14 +195,7 @@ async fn a_stalled_watcher_loses_nothing_and_blocks_no_writer(db: TestDb) {
     let app = spawn_app(&db).await;
     let mut c = app.client.clone();
     create_model(&mut c, "stall").await;
-    let mut stream = c
-        .watch_transitions(pb::WatchTransitionsRequest {
-            after_sequence: Some(0),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch_after(&mut c, 0).await.unwrap();
     let first = stream.next().await.unwrap().unwrap();
     assert!(matches!(first.kind, Some(Kind::Event(ref e)) if e.sequence == 1));
 
@@ -255,15 +242,7 @@ async fn a_stalled_watcher_loses_nothing_and_blocks_no_writer(db: TestDb) {
 /// exactly the rest of `log` before its first heartbeat.
 async fn replay_matches_log(client: &RegistryClient, log: &[pb::RegistryEvent]) {
     for start in [0u64, 1234] {
-        let mut late = client
-            .clone()
-            .watch_transitions(pb::WatchTransitionsRequest {
-                after_sequence: Some(start),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let mut late = watch_after(&mut client.clone(), start).await.unwrap();
         let mut replayed = Vec::new();
         while replayed.len() < log.len() - start as usize {
             match late.next().await.unwrap().unwrap().kind.unwrap() {
@@ -306,13 +285,7 @@ async fn a_stream_without_cursor_starts_at_the_end(db: TestDb) {
         }
     }
 
-    let err = c
-        .watch_transitions(pb::WatchTransitionsRequest {
-            after_sequence: Some(latest + 100),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let err = watch_after(&mut c, latest + 100).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(
         modelreg_client::errors::violated_fields(&err),
@@ -325,14 +298,7 @@ async fn a_stream_without_cursor_starts_at_the_end(db: TestDb) {
 async fn shutdown_ends_streams_with_unavailable(db: TestDb) {
     let app = spawn_app(&db).await;
     let mut c = app.client.clone();
-    let mut stream = c
-        .watch_transitions(pb::WatchTransitionsRequest {
-            after_sequence: Some(0),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch_after(&mut c, 0).await.unwrap();
     // The first heartbeat proves the stream is live.
     assert!(matches!(
         stream.next().await.unwrap().unwrap().kind,

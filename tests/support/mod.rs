@@ -14,6 +14,12 @@ use modelreg_server::{Application, Settings, StartError};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod calls;
+pub mod fixtures;
+
+pub use calls::*;
+pub use fixtures::*;
+
 /// The variable naming a PostgreSQL server (the URL of a role with
 /// CREATEDB: each test creates a database of its own and drops it) for the
 /// PostgreSQL half of the conformance suite; `scripts/test.sh` sets it.
@@ -284,7 +290,6 @@ impl Drop for TestApp {
     }
 }
 
-/// Creates a model named `name`.
 /// The policy of models whose tests are about the lifecycle itself: no
 /// stage needs approval, so every allowed move applies at once. Governance
 /// tests create models with the default policy (or their own).
@@ -297,18 +302,14 @@ pub fn ungoverned() -> pb::Policy {
 
 /// Creates a model with the [`ungoverned`] policy.
 pub async fn create_model(client: &mut RegistryClient, name: &str) -> pb::Model {
-    client
-        .create_model(pb::CreateModelRequest {
-            name: name.into(),
-            description: format!("{name} for tests"),
-            policy: Some(ungoverned()),
-            ..Default::default()
-        })
-        .await
-        .expect("create model")
-        .into_inner()
-        .model
-        .expect("model")
+    let req = pb::CreateModelRequest {
+        name: name.into(),
+        description: format!("{name} for tests"),
+        policy: Some(ungoverned()),
+        ..Default::default()
+    };
+    let created = client.create_model(req).await.expect("create model");
+    created.into_inner().model.expect("model")
 }
 
 /// Registers a version of `model` in `stage` (NONE or STAGING).
