@@ -26,7 +26,7 @@ use tonic::{Request, Response, Status};
 
 use crate::app::{Caller, Decision};
 use crate::auth::{Identity, Role};
-use crate::domain::{self, Actor, SetRef, Stage, Violations};
+use crate::domain::{self, Actor, SetRef, Stage};
 use crate::error::Error;
 use crate::policy::Clock;
 use crate::store::{ModelFilter, RequestCursor, Store};
@@ -125,23 +125,12 @@ fn decision<T>(
     comment_required: bool,
 ) -> Result<Decision, Status> {
     let caller = caller(req)?;
-    let mut v = Violations::default();
-    let id = v.take(domain::parse_transition_request_id(
-        "request_id",
+    Ok(Decision::parse(
         request_id,
-    ));
-    let comment = v.take(domain::parse_text("comment", comment));
-    if comment_required && comment.as_deref().is_some_and(|c| c.trim().is_empty()) {
-        v.add("comment", "is required: say why the request is rejected");
-    }
-    v.finish()?;
-    let (model, number) = id.expect("checked");
-    Ok(Decision {
-        model,
-        number,
-        comment: comment.expect("checked"),
+        comment,
+        comment_required,
         caller,
-    })
+    )?)
 }
 
 fn parse_stage_field(field: &str, raw: i32) -> Result<Stage, Error> {
