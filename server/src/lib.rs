@@ -16,8 +16,10 @@
 //!   - [`http`]: the HTTP listener (`--http-listen`): `/metrics` and the
 //!     [`dashboard`] (server-rendered pages, sign-in, CSRF-checked decisions,
 //!     live refresh by SSE), to loopback names and `--public-url`'s host only.
-//!   - [`auth`]: bearer tokens, roles, and the tower layer that checks them
-//!     before any handler runs (local mode without a token file, loopback only).
+//!     The dashboard calls [`app`] like the gRPC handlers do, never them.
+//!   - [`auth`]: bearer tokens, the one action → role table both edges
+//!     enforce, and the tower layer that checks it before any gRPC handler
+//!     runs (local mode without a token file, loopback only).
 //! - [`app`]: one async function per use case, the only place where rules
 //!   are put in order; [`app::transitions`]'s `decide_move` is the one
 //!   answer to "applies now, needs approval, or refused by gates" for every
@@ -29,8 +31,9 @@
 //!   evaluations. No I/O, no protobuf, no SQL.
 //! - [`store`]: statements only, on SQLite or PostgreSQL: one write
 //!   transaction, reads, the event append, and the "new commit" signal.
-//! - [`watch`]: the event log's shared tail → each WatchTransitions subscriber.
-//! - Around them: [`error`] (one error type, one mapping to gRPC codes),
+//! - [`watch`]: the event log's shared tail → each WatchTransitions
+//!   subscriber and each live dashboard page.
+//! - Around them: [`error`] (one error type, one mapping to gRPC and HTTP codes),
 //!   [`metrics`], [`settings`], [`ready`] (`--ready-file`), [`transport`].
 //!
 //! # The path of a RegisterVersion call
@@ -279,13 +282,23 @@ impl Application {
             .build_v1alpha()
             .map_err(|e| StartError(format!("reflection: {e}")))?;
 
+        // One tail of the event log, read by gRPC watchers and the dashboard's
+        // live pages alike.
+        let tail = watch::Tail::spawn(store.clone(), stop.clone());
         let service = RegistryService::new(
             store.clone(),
+            tail.clone(),
             stop.clone(),
             settings.heartbeat_interval,
             settings.clock.clone(),
         );
-        let metrics = metrics::Metrics::new(store.clone(), service.watchers());
+        let metrics = metrics::Metrics::new(store.clone(), tail.watchers());
+        let registry = dashboard::Registry {
+            store: store.clone(),
+            tail,
+            heartbeat: settings.heartbeat_interval,
+            shutdown: stop.clone(),
+        };
         let http_task = http.map(|h| {
             tracing::info!(address = %h.addr, tls = h.tls.is_some(), "serving the dashboard and /metrics over HTTP");
             let hosts = http::AllowedHosts::new(
@@ -299,7 +312,7 @@ impl Application {
                 tokens.clone(),
                 hosts,
                 metrics.clone(),
-                service.clone(),
+                registry,
                 stop.clone(),
             ))
         });

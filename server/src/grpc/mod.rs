@@ -51,14 +51,14 @@ pub struct RegistryService {
 }
 
 impl RegistryService {
-    /// A service over `store`.
+    /// A service over `store`, whose watch streams read `tail`.
     pub fn new(
         store: Store,
+        tail: std::sync::Arc<Tail>,
         shutdown: CancellationToken,
         heartbeat: Duration,
         clock: Clock,
     ) -> Self {
-        let tail = Tail::spawn(store.clone(), shutdown.clone());
         RegistryService {
             store,
             shutdown,
