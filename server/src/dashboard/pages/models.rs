@@ -119,8 +119,6 @@ pub fn model(
         None => Vec::new(),
     };
     points.sort_by_key(|p| p.version);
-    let mut newest_first: Vec<&Version> = versions.iter().collect();
-    newest_first.sort_by_key(|v| std::cmp::Reverse(v.version));
     layout(
         page,
         html! {
@@ -146,44 +144,9 @@ pub fn model(
                 }
             }
             h2 { "Versions" }
-            table #versions {
-                thead { tr { th { "Version" } th { "Stage" } th { "Aliases" } th { "Evaluation" } th { "Deployments" } th { "Registered" } } }
-                tbody {
-                    @for v in &newest_first {
-                        tr data-version=(v.version) {
-                            td { "v" (v.version) }
-                            td.stage { span class=(format!("stage {}", stage_class(v.stage))) { (stage_name(v.stage)) } }
-                            td { @for a in &v.aliases { span.pill { (a) } " " } }
-                            td {
-                                @let m = standard_metrics(v, set);
-                                @if m.is_empty() {
-                                    @if v.evaluations.is_empty() { span.muted { "—" } } @else { span.muted { (v.evaluations.len()) " on other sets" } }
-                                }
-                                @for (k, value) in &m { span.metric { (k) " " strong { (num(*value)) } } " " }
-                            }
-                            td { (deployments(&v.deployments, 0)) }
-                            td { (when(v.create_time)) " by " (v.created_by) }
-                        }
-                    }
-                }
-            }
+            (versions_table(versions, set))
             h2 { "Production timeline" }
-            @if timeline.is_empty() {
-                p.empty { "No version has been in production yet." }
-            } @else {
-                ol #timeline {
-                    @for e in timeline.iter().rev() {
-                        @let entered = e.to_stage == Some(Stage::Production);
-                        li class=(if entered { "entered" } else { "left" }) data-sequence=(e.sequence) {
-                            span.time { (when(e.occur_time)) }
-                            " v" (e.version)
-                            @if entered { " entered Production" } @else { " left Production for " (event_stage_name(e.to_stage)) }
-                            " (" (cause_name(e.cause)) ", " (e.actor) ")"
-                            @if !e.comment.is_empty() { span.comment { " — " (e.comment) } }
-                        }
-                    }
-                }
-            }
+            (production_timeline(timeline))
             h2 { "Metric across versions" }
             @if names.is_empty() {
                 p.empty { "No evaluations on the standard evaluation set yet." }
@@ -202,4 +165,55 @@ pub fn model(
             }
         },
     )
+}
+
+/// Every version, newest first, with its stage and standard-set metrics.
+fn versions_table(versions: &[Version], set: Option<&SetRef>) -> Markup {
+    let mut newest_first: Vec<&Version> = versions.iter().collect();
+    newest_first.sort_by_key(|v| std::cmp::Reverse(v.version));
+    html! {
+        table #versions {
+            thead { tr { th { "Version" } th { "Stage" } th { "Aliases" } th { "Evaluation" } th { "Deployments" } th { "Registered" } } }
+            tbody {
+                @for v in &newest_first {
+                    tr data-version=(v.version) {
+                        td { "v" (v.version) }
+                        td.stage { span class=(format!("stage {}", stage_class(v.stage))) { (stage_name(v.stage)) } }
+                        td { @for a in &v.aliases { span.pill { (a) } " " } }
+                        td {
+                            @let m = standard_metrics(v, set);
+                            @if m.is_empty() {
+                                @if v.evaluations.is_empty() { span.muted { "—" } } @else { span.muted { (v.evaluations.len()) " on other sets" } }
+                            }
+                            @for (k, value) in &m { span.metric { (k) " " strong { (num(*value)) } } " " }
+                        }
+                        td { (deployments(&v.deployments, 0)) }
+                        td { (when(v.create_time)) " by " (v.created_by) }
+                    }
+                }
+            }
+    }
+    }
+}
+
+/// Every entry into and exit from production, newest first.
+fn production_timeline(timeline: &[Event]) -> Markup {
+    html! {
+        @if timeline.is_empty() {
+            p.empty { "No version has been in production yet." }
+        } @else {
+            ol #timeline {
+                @for e in timeline.iter().rev() {
+                    @let entered = e.to_stage == Some(Stage::Production);
+                    li class=(if entered { "entered" } else { "left" }) data-sequence=(e.sequence) {
+                        span.time { (when(e.occur_time)) }
+                        " v" (e.version)
+                        @if entered { " entered Production" } @else { " left Production for " (event_stage_name(e.to_stage)) }
+                        " (" (cause_name(e.cause)) ", " (e.actor) ")"
+                        @if !e.comment.is_empty() { span.comment { " — " (e.comment) } }
+                    }
+                }
+            }
+    }
+    }
 }
