@@ -1,9 +1,13 @@
-//! The registry's closed set of failures and their one mapping to gRPC.
+//! The registry's closed set of failures and their one mapping to gRPC and
+//! HTTP.
 //!
-//! Every layer below the service returns [`Error`]; [`From<Error> for Status`]
-//! is the only place that decides codes and error details. Internal errors are
-//! logged in full here and leave the server as a vague `INTERNAL`.
+//! Every layer below the edges returns [`Error`]; [`From<Error> for Status`]
+//! is the only place that decides codes, messages and error details, and
+//! [`Error::into_http`] gives the HTTP status of that code with the same
+//! message. Internal errors are logged in full here and leave the server as a
+//! vague `INTERNAL` (HTTP 500).
 
+use hyper::StatusCode;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -157,6 +161,31 @@ impl From<Error> for Status {
     }
 }
 
+impl Error {
+    /// The HTTP status and the message a page shows: the gRPC mapping's
+    /// message (so both edges say the same, and hide the same), under the
+    /// HTTP status of its code.
+    pub fn into_http(self) -> (StatusCode, String) {
+        let status = Status::from(self);
+        (http_status(status.code()), status.message().to_owned())
+    }
+}
+
+/// The HTTP status of a gRPC code.
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 /// `modelreg.v1.Model` → `model`, for messages people read.
 fn short_kind(kind: &str) -> String {
     let last = kind.rsplit('.').next().unwrap_or(kind);
@@ -185,5 +214,23 @@ mod tests {
         let status = Status::from(Error::Internal("near \"SELECT\": syntax error".into()));
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("SELECT"));
+    }
+
+    #[test]
+    fn http_statuses_follow_the_grpc_codes() {
+        let (status, message) = Error::NotFound {
+            kind: "modelreg.v1.Model",
+            name: "fraud".into(),
+        }
+        .into_http();
+        assert_eq!(
+            (status, message.as_str()),
+            (StatusCode::NOT_FOUND, "model \"fraud\" not found")
+        );
+        let (status, message) = Error::Internal("near \"SELECT\"".into()).into_http();
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!message.contains("SELECT"));
+        let stale = Error::precondition("ETAG", "fraud", "stale");
+        assert_eq!(stale.into_http().0, StatusCode::CONFLICT);
     }
 }

@@ -21,8 +21,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::TokenStore;
-use crate::dashboard::{Body, Dashboard};
-use crate::grpc::RegistryService;
+use crate::dashboard::{Body, Dashboard, Registry};
 use crate::metrics::Metrics;
 use crate::settings::PublicUrl;
 
@@ -141,10 +140,10 @@ pub async fn serve(
     tokens: Option<TokenStore>,
     hosts: AllowedHosts,
     metrics: Arc<Metrics>,
-    service: RegistryService,
+    registry: Registry,
     stop: CancellationToken,
 ) {
-    let dashboard = Arc::new(Dashboard::new(service, tokens.clone(), tls.is_some()));
+    let dashboard = Arc::new(Dashboard::new(registry, tokens.clone(), tls.is_some()));
     let shared = Shared {
         metrics,
         tokens,

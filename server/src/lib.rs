@@ -16,8 +16,10 @@
 //!   - [`http`]: the HTTP listener (`--http-listen`): `/metrics` and the
 //!     [`dashboard`] (server-rendered pages, sign-in, CSRF-checked decisions,
 //!     live refresh by SSE), to loopback names and `--public-url`'s host only.
-//!   - [`auth`]: bearer tokens, roles, and the tower layer that checks them
-//!     before any handler runs (local mode without a token file, loopback only).
+//!     The dashboard calls [`app`] like the gRPC handlers do, never them.
+//!   - [`auth`]: bearer tokens, the one action → role table both edges
+//!     enforce, and the tower layer that checks it before any gRPC handler
+//!     runs (local mode without a token file, loopback only).
 //! - [`app`]: one async function per use case, the only place where rules
 //!   are put in order; [`app::transitions`]'s `decide_move` is the one
 //!   answer to "applies now, needs approval, or refused by gates" for every
@@ -29,10 +31,11 @@
 //!   evaluations. No I/O, no protobuf, no SQL.
 //! - [`store`]: statements only, on SQLite or PostgreSQL: one write
 //!   transaction, reads, the event append, and the "new commit" signal.
-//! - [`watch`]: the event log's shared tail → each WatchTransitions subscriber.
+//! - [`watch`]: the event log's shared tail → each WatchTransitions
+//!   subscriber and each live dashboard page.
 //! - Around them: [`startup`] (build, serve, stop; TLS; the health
 //!   monitor), [`clock`] (the only source of "now", which tests replace),
-//!   [`error`] (one error type, one mapping to gRPC codes), [`telemetry`]
+//!   [`error`] (one error type, one mapping to gRPC and HTTP codes), [`telemetry`]
 //!   (logging, redaction), [`metrics`], [`settings`], [`ready`]
 //!   (`--ready-file`), [`transport`].
 //!

@@ -23,7 +23,7 @@ use crate::policy::PolicyEngine;
 use crate::settings::Settings;
 use crate::store::Store;
 use crate::telemetry::redact;
-use crate::{auth, http, metrics, ready, store, transport};
+use crate::{auth, dashboard, http, metrics, ready, store, transport, watch};
 
 /// The largest request or response message, in bytes (documented limit).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -171,9 +171,22 @@ impl Application {
             .build_v1alpha()
             .map_err(|e| StartError(format!("reflection: {e}")))?;
 
-        let service =
-            RegistryService::new(store.clone(), stop.clone(), settings.heartbeat_interval);
-        let metrics = metrics::Metrics::new(store.clone(), service.watchers());
+        // One tail of the event log, read by gRPC watchers and the dashboard's
+        // live pages alike.
+        let tail = watch::Tail::spawn(store.clone(), stop.clone());
+        let service = RegistryService::new(
+            store.clone(),
+            tail.clone(),
+            stop.clone(),
+            settings.heartbeat_interval,
+        );
+        let metrics = metrics::Metrics::new(store.clone(), tail.watchers());
+        let registry = dashboard::Registry {
+            store: store.clone(),
+            tail,
+            heartbeat: settings.heartbeat_interval,
+            shutdown: stop.clone(),
+        };
         let http_task = http.map(|h| {
             tracing::info!(address = %h.addr, tls = h.tls.is_some(), "serving the dashboard and /metrics over HTTP");
             let hosts = http::AllowedHosts::new(
@@ -187,7 +200,7 @@ impl Application {
                 tokens.clone(),
                 hosts,
                 metrics.clone(),
-                service.clone(),
+                registry,
                 stop.clone(),
             ))
         });

@@ -24,6 +24,36 @@ pub struct Decision {
     pub caller: Caller,
 }
 
+impl Decision {
+    /// A decision by `caller` on the request `request_id` (`MODEL:NUMBER`),
+    /// every bad field reported at once. A rejection must say why
+    /// (`comment_required`), so a blank comment is refused.
+    pub fn parse(
+        request_id: &str,
+        comment: &str,
+        comment_required: bool,
+        caller: Caller,
+    ) -> Result<Decision> {
+        let mut v = domain::Violations::default();
+        let id = v.take(domain::parse_transition_request_id(
+            "request_id",
+            request_id,
+        ));
+        let comment = v.take(domain::parse_text("comment", comment));
+        if comment_required && comment.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            v.add("comment", "is required: say why the request is rejected");
+        }
+        v.finish()?;
+        let (model, number) = id.expect("checked");
+        Ok(Decision {
+            model,
+            number,
+            comment: comment.expect("checked"),
+            caller,
+        })
+    }
+}
+
 /// Locks the model and reads a request that must still be pending.
 pub(crate) async fn pending_request<T: Tx>(
     tx: &mut T,
@@ -219,4 +249,23 @@ pub(crate) async fn list_requests_on<D: Db>(
         db.list_requests(model, status, after, limit + 1).await?,
         limit,
     ))
+}
+
+/// Request `number` of `model`, which must exist; `None` when the model has
+/// no such request.
+pub async fn find_request(
+    store: &Store,
+    model: &str,
+    number: i64,
+) -> Result<Option<TransitionRequest>> {
+    read_db!(store, |db| find_request_on(db, model, number))
+}
+
+pub(crate) async fn find_request_on<D: Db>(
+    db: &D,
+    model: &str,
+    number: i64,
+) -> Result<Option<TransitionRequest>> {
+    get_model_on(db, model).await?;
+    db.fetch_request(model, number).await
 }

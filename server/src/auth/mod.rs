@@ -6,7 +6,9 @@
 //! header (or `anonymous`) holding every role.
 //!
 //! This module owns the token file ([`TokenTable`], reloaded through
-//! [`TokenStore`]), the method → role table ([`required_role`]) and the tower
+//! [`TokenStore`]), the action → role table ([`Action::required_role`], which
+//! the gRPC layer reaches by method name through [`required_role`] and the
+//! dashboard by [`Action`]) and the tower
 //! layer ([`AuthLayer`]) that refuses unauthenticated or under-privileged
 //! `ModelRegistryService` calls before any handler runs. Health and reflection
 //! stay open. Checks that depend on the resource (no self-approval, cancel by
@@ -26,8 +28,10 @@ use tower_layer::Layer;
 /// The self-declared caller name of local mode (the service reads the same key).
 use crate::domain::ACTOR_HEADER;
 
+mod actions;
 mod tokens;
 
+pub use actions::*;
 pub use tokens::*;
 
 /// A role from the token file. `Admin` implies every other role.
@@ -117,30 +121,11 @@ impl Identity {
 pub const GUARDED_PREFIX: &str = "/modelreg.v1.ModelRegistryService/";
 
 /// The role a `ModelRegistryService` method needs, by its name (the last
-/// segment of the gRPC path). Methods not listed need [`Role::Admin`], so a
-/// method added to the proto is closed until someone decides who may call it.
+/// segment of the gRPC path): its [`Action`]'s. An unknown method needs
+/// [`Role::Admin`], so a method added to the proto is closed until someone
+/// gives it an action and decides who may call it.
 pub fn required_role(method: &str) -> Role {
-    match method {
-        "GetModel"
-        | "ListModels"
-        | "GetVersion"
-        | "ListVersions"
-        | "ListTransitionRequests"
-        | "GetEvaluationSet"
-        | "ListEvaluationSets"
-        | "ListEvaluations"
-        | "CompareVersions"
-        | "ListEvents"
-        | "VerifyAuditLog"
-        | "WatchTransitions" => Role::Reader,
-        "CreateModel" | "UpdateModel" | "RegisterVersion" | "SetAlias" | "DeleteAlias"
-        | "TransitionStage" | "CancelTransition" => Role::Publisher,
-        // Deployment workers report their failures with ReportDeployment FAILED.
-        "AttachEvaluation" | "ReportWorkerFailure" => Role::Evaluator,
-        "ReportDeployment" | "ReportLiveMetric" => Role::Deployer,
-        "ApproveTransition" | "RejectTransition" | "Rollback" => Role::Approver,
-        _ => Role::Admin,
-    }
+    Action::from_method(method).map_or(Role::Admin, Action::required_role)
 }
 
 /// Tower layer that authenticates every `ModelRegistryService` call and

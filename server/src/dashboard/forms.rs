@@ -7,10 +7,11 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use modelreg_api::v1 as pb;
-use modelreg_api::v1::model_registry_service_server::ModelRegistryService;
 
-use crate::auth::Identity;
+use crate::app::{self, Decision};
+use crate::auth::{Action, Identity};
+use crate::domain::{RequestStatus, TransitionRequest, Version};
+use crate::error::Error;
 
 use super::*;
 
@@ -40,41 +41,9 @@ impl Dashboard {
         };
         let comment = field("comment");
         let page = Page::new(visit, "Decision").acting_as(&who);
-        let result = match field("decision").as_str() {
-            "approve" => {
-                let msg = pb::ApproveTransitionRequest {
-                    request_id: id.to_owned(),
-                    comment,
-                };
-                self.call(&who, "ApproveTransition", msg, |s, r| async move {
-                    s.approve_transition(r).await
-                })
-                .await
-                .map(|r| {
-                    (
-                        pages::Decision::Approve,
-                        r.request.unwrap_or_default(),
-                        r.version.unwrap_or_default(),
-                    )
-                })
-            }
-            "reject" => {
-                let msg = pb::RejectTransitionRequest {
-                    request_id: id.to_owned(),
-                    comment,
-                };
-                self.call(&who, "RejectTransition", msg, |s, r| async move {
-                    s.reject_transition(r).await
-                })
-                .await
-                .map(|r| {
-                    (
-                        pages::Decision::Reject,
-                        r.request.unwrap_or_default(),
-                        r.version.unwrap_or_default(),
-                    )
-                })
-            }
+        let decision = match field("decision").as_str() {
+            "approve" => pages::Decision::Approve,
+            "reject" => pages::Decision::Reject,
             other => {
                 return Err(Failure::new(
                     StatusCode::BAD_REQUEST,
@@ -82,25 +51,50 @@ impl Dashboard {
                 ));
             }
         };
+        let result = self.apply(&who, decision, id, &comment).await;
         match &result {
-            Ok((decision, request, _)) => tracing::info!(
-                request = %request.id, actor = %who.name, ?decision, "dashboard: decision recorded"
+            Ok((request, _)) => tracing::info!(
+                request = %request.id(), actor = %who.name, ?decision, "dashboard: decision recorded"
             ),
-            Err(status) => tracing::info!(
-                request = %id, actor = %who.name, code = ?status.code(), "dashboard: decision refused"
+            Err(e) => tracing::info!(
+                request = %id, actor = %who.name, error = %e, "dashboard: decision refused"
             ),
         }
         match result {
-            Ok((decision, request, version)) => Ok(html_response(
+            Ok((request, version)) => Ok(html_response(
                 StatusCode::OK,
                 pages::decided(&page, decision, &request, &version),
             )),
-            Err(status) => {
-                let failure = Failure::from(status);
+            Err(e) => {
+                let failure = Failure::from(e);
                 Ok(html_response(
                     failure.status,
                     pages::refused(&page, id, &failure.message),
                 ))
+            }
+        }
+    }
+
+    /// Approves or rejects request `id` as `who`: the use cases behind
+    /// ApproveTransition and RejectTransition, after the same role check.
+    async fn apply(
+        &self,
+        who: &Identity,
+        decision: pages::Decision,
+        id: &str,
+        comment: &str,
+    ) -> Result<(TransitionRequest, Version), Error> {
+        let action = match decision {
+            pages::Decision::Approve => Action::ApproveTransition,
+            pages::Decision::Reject => Action::RejectTransition,
+        };
+        permit(who, action)?;
+        let reject = decision == pages::Decision::Reject;
+        let decided = Decision::parse(id, comment, reject, caller(who)?)?;
+        match decision {
+            pages::Decision::Approve => app::approve(self.store(), decided).await,
+            pages::Decision::Reject => {
+                app::close_request(self.store(), decided, RequestStatus::Rejected).await
             }
         }
     }

@@ -1,5 +1,6 @@
-//! `/events`: server-sent events fed by WatchTransitions, one summary per
-//! event, resuming after `Last-Event-ID`.
+//! `/events`: server-sent events from a subscription to the watch tail (the
+//! one WatchTransitions streams from), one summary per event, resuming after
+//! `Last-Event-ID`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -8,19 +9,21 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Bytes, Frame};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
-use modelreg_api::v1 as pb;
-use modelreg_api::v1::model_registry_service_server::ModelRegistryService;
 use tokio_stream::StreamExt;
 
-use crate::auth::Identity;
+use crate::app;
+use crate::auth::{Action, Identity};
+use crate::domain::{Event, EventFilter, Name};
+use crate::watch::{self, Subscription, WatchItem};
 
 use super::*;
 
 impl Dashboard {
-    /// `/events`: server-sent events fed by WatchTransitions, so a page
-    /// learns that something it shows changed. Resumes after `Last-Event-ID`
-    /// (the browser sends it on reconnect) or `after`. Ends when the
-    /// session's token leaves the token file, like a gRPC stream.
+    /// `/events`: server-sent events of the watch tail, so a page learns
+    /// that something it shows changed. Resumes after `Last-Event-ID` (the
+    /// browser sends it on reconnect) or `after`; heartbeats while idle. Ends
+    /// when the session's token leaves the token file, like a gRPC stream,
+    /// and when the server shuts down.
     pub(super) async fn events(
         &self,
         who: &Identity,
@@ -41,40 +44,38 @@ impl Dashboard {
             .map(str::to_owned)
             .or_else(|| query.get("after").cloned());
         let after = match resume {
-            None => self.service.latest_sequence(),
-            Some(s) => s.trim().parse::<u64>().map_err(|_| {
+            None => None,
+            Some(s) => Some(s.trim().parse::<u64>().map_err(|_| {
                 Failure::new(StatusCode::BAD_REQUEST, "after must be a sequence number")
-            })?,
+            })?),
         };
-        let models = query
-            .get("model")
-            .filter(|m| !m.is_empty())
-            .map(|m| vec![m.clone()])
-            .unwrap_or_default();
-        let req = pb::WatchTransitionsRequest {
-            models,
-            types: Vec::new(),
-            to_stages: Vec::new(),
-            after_sequence: Some(after),
-        };
-        let stream = self
-            .call_holding(
-                who,
+        permit(who, Action::WatchTransitions)?;
+        let after = app::watch_start(self.store(), "after", after)?;
+        let mut filter = EventFilter::default();
+        if let Some(m) = query.get("model").filter(|m| !m.is_empty()) {
+            filter.models = vec![Name::parse("model", m)?.to_string()];
+        }
+        let registry = &self.registry;
+        let stream = watch::spawn(
+            registry.store.clone(),
+            registry.tail.clone(),
+            Subscription {
+                filter,
+                after,
+                heartbeat: registry.heartbeat,
                 credential,
-                "WatchTransitions",
-                req,
-                |s, r| async move { s.watch_transitions(r).await },
-            )
-            .await?;
-        let opening = tokio_stream::once(Bytes::from_static(b"retry: 3000\n\n"));
-        let items = stream
-            .map_while(|item| item.ok())
-            .filter_map(|item| match item.kind? {
-                pb::watch_transitions_response::Kind::Event(e) => Some(Bytes::from(sse_event(&e))),
-                pb::watch_transitions_response::Kind::Heartbeat(h) => {
-                    Some(Bytes::from(format!(": heartbeat {}\n\n", h.sequence)))
+            },
+            registry.shutdown.clone(),
+            |item| match item {
+                WatchItem::Event(e) => Bytes::from(sse_event(&e)),
+                WatchItem::Heartbeat(sequence) => {
+                    Bytes::from(format!(": heartbeat {sequence}\n\n"))
                 }
-            });
+            },
+        );
+        let opening = tokio_stream::once(Bytes::from_static(b"retry: 3000\n\n"));
+        // The stream's last item is why it ended (revocation, shutdown).
+        let items = stream.map_while(Result::ok);
         let body = StreamBody::new(
             opening
                 .chain(items)
@@ -93,10 +94,10 @@ impl Dashboard {
 }
 
 /// One SSE message: the event's sequence as its id, a small JSON summary.
-fn sse_event(e: &pb::RegistryEvent) -> String {
+fn sse_event(e: &Event) -> String {
     let data = serde_json::json!({
         "sequence": e.sequence,
-        "type": pages::event_type_name(e.r#type),
+        "type": e.kind.as_str(),
         "model": e.model,
         "version": e.version,
     });

@@ -2,18 +2,21 @@
 //! models, versions, pending approvals and the audit log, Approve / Reject
 //! forms, and live refresh by server-sent events.
 //!
-//! - Every read and every decision goes through [`RegistryService`], the
-//!   code behind the gRPC methods, with the visitor's [`Identity`] in the
-//!   request extensions, after the same [`auth::required_role`] check the
-//!   gRPC auth layer makes. Roles, four-eyes, gate re-checks and audit events
-//!   are therefore the RPCs' own.
+//! - An edge like the gRPC one, beside it: every read and every decision is
+//!   a call of a [`crate::app`] use case with domain values, as the
+//!   visitor, after the role check of the same [`Action`] table the gRPC
+//!   auth layer uses. Four-eyes, gate re-checks and audit events are the
+//!   use cases' own, and failures are [`Error`]s, shown with the HTTP status
+//!   of [`Error::into_http`]. Pages render domain types; nothing here knows
+//!   protobuf or tonic.
 //! - Sign-in takes a bearer token from the server's token file and keeps it
 //!   in a session ([`session`]); without a token file (local mode, loopback
 //!   only) pages are open and the decision form asks who is acting.
 //! - Every POST carries the session's CSRF token and, when the browser
 //!   sends one, an `Origin` of this host; the cookie is SameSite=Strict.
 //! - Pages work without JavaScript; `live.js` only re-fetches the page when
-//!   `/events` (SSE over WatchTransitions) reports a relevant event.
+//!   `/events` (SSE from a subscription to the watch tail) reports a
+//!   relevant event.
 
 mod chart;
 mod forms;
@@ -25,7 +28,7 @@ mod views;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::combinators::UnsyncBoxBody;
@@ -33,11 +36,14 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use modelreg_api::v1 as pb;
-use tonic::{Code, Status};
+use tokio_util::sync::CancellationToken;
 
-use crate::auth::{self, Credential, Identity, Role, TokenStore};
-use crate::grpc::RegistryService;
+use crate::app::{self, Caller};
+use crate::auth::{Action, Identity, Role, TokenStore};
+use crate::domain::Actor;
+use crate::error::Error;
+use crate::store::{ChainReport, Store};
+use crate::watch::Tail;
 use session::{Session, Sessions};
 
 pub use pages::Page;
@@ -45,27 +51,40 @@ pub use pages::Page;
 /// The body of every response of the HTTP listener.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
-/// Where local mode's self-declared name travels (as from gRPC callers).
-use crate::domain::ACTOR_HEADER;
-
 /// The largest form accepted (a decision's comment is the big field).
 const MAX_FORM_BYTES: usize = 64 * 1024;
 
 /// Rows per page of lists the dashboard pages through.
-const PAGE: i32 = 500;
+const PAGE: usize = 500;
 
-/// The dashboard: the service it calls, who may sign in, the sessions.
+/// What the dashboard's use cases need: what the gRPC service gives its
+/// `app::` calls, shared with it.
+#[derive(Clone)]
+pub struct Registry {
+    /// Where everything is kept: every read and decision is an `app::` call on it.
+    pub store: Store,
+    /// The event log's shared tail, which `/events` subscribes to.
+    pub tail: Arc<Tail>,
+    /// How often an idle `/events` stream gets a heartbeat.
+    pub heartbeat: Duration,
+    /// Fires when the server begins shutting down, ending `/events` streams.
+    pub shutdown: CancellationToken,
+}
+
+/// The dashboard: the registry it acts on, who may sign in, the sessions.
 pub struct Dashboard {
-    service: RegistryService,
+    /// The store, tail and settings the use cases and the live page need.
+    registry: Registry,
     /// `None` is local mode.
     tokens: Option<TokenStore>,
+    /// Who is signed in, by cookie.
     sessions: Sessions,
     /// Served over TLS: cookies get `Secure`.
     secure: bool,
     /// The last verification of the hash chain and when it ran: audit pages
     /// refreshed live on a busy log reuse it for [`CHAIN_CHECK_REUSE`]
     /// instead of reading the whole log on every event.
-    chain: tokio::sync::Mutex<Option<(Instant, pb::VerifyAuditLogResponse)>>,
+    chain: tokio::sync::Mutex<Option<(Instant, ChainReport)>>,
 }
 
 /// How long one verification of the whole hash chain serves audit pages.
@@ -97,33 +116,27 @@ impl Failure {
     }
 }
 
-impl From<Status> for Failure {
-    fn from(s: Status) -> Failure {
-        let status = match s.code() {
-            Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
-            Code::NotFound => StatusCode::NOT_FOUND,
-            Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => StatusCode::CONFLICT,
-            Code::PermissionDenied => StatusCode::FORBIDDEN,
-            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        Failure::new(status, s.message())
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        let (status, message) = e.into_http();
+        Failure::new(status, message)
     }
 }
 
 impl Dashboard {
-    /// The dashboard over `service`; `secure` when the listener has TLS.
-    pub fn new(service: RegistryService, tokens: Option<TokenStore>, secure: bool) -> Dashboard {
+    /// The dashboard over `registry`; `secure` when the listener has TLS.
+    pub fn new(registry: Registry, tokens: Option<TokenStore>, secure: bool) -> Dashboard {
         Dashboard {
-            service,
+            registry,
             tokens,
             sessions: Sessions::default(),
             chain: tokio::sync::Mutex::new(None),
             secure,
         }
+    }
+
+    fn store(&self) -> &Store {
+        &self.registry.store
     }
 
     /// Answers one request for any path but `/metrics`.
@@ -213,7 +226,7 @@ impl Dashboard {
         let is_get = method == Method::GET || method == Method::HEAD;
         // Read before the page's data: the live stream resumes after it, so
         // an event committed while the page renders still refreshes it.
-        let page = Page::new(visit, "").since(self.service.latest_sequence());
+        let page = Page::new(visit, "").since(app::latest_sequence(self.store()));
         match segments.as_slice() {
             [""] if is_get => self.models_page(&who, page).await,
             ["models", name] if is_get => self.model_page(&who, page, name, &query).await,
@@ -234,67 +247,35 @@ impl Dashboard {
             )),
         }
     }
+}
 
-    /// Calls one service method as `who`, after the role check the gRPC
-    /// auth layer makes for `method`.
-    async fn call<T, R, F, Fut>(
-        &self,
-        who: &Identity,
-        method: &str,
-        msg: T,
-        f: F,
-    ) -> Result<R, Status>
-    where
-        F: FnOnce(RegistryService, tonic::Request<T>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
-    {
-        self.call_holding(who, None, method, msg, f).await
-    }
-
-    /// [`Dashboard::call`] with the visitor's bearer token, for a call that
-    /// outlives its first check (a stream ends when the token is revoked).
-    async fn call_holding<T, R, F, Fut>(
-        &self,
-        who: &Identity,
-        credential: Option<Credential>,
-        method: &str,
-        msg: T,
-        f: F,
-    ) -> Result<R, Status>
-    where
-        F: FnOnce(RegistryService, tonic::Request<T>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
-    {
-        let need = auth::required_role(method);
-        if !who.has(need) {
-            return Err(Status::permission_denied(format!(
-                "{method} needs the {need} role; {} has {}",
-                who.name,
-                roles(who)
-            )));
-        }
-        let mut req = tonic::Request::new(msg);
-        if who.local {
-            // Local mode: the service takes the self-declared name from the
-            // header, as it does for gRPC callers.
-            let name = tonic::metadata::MetadataValue::try_from(who.name.as_str())
-                .map_err(|_| Status::invalid_argument("the actor name must be printable ASCII"))?;
-            req.metadata_mut().insert(ACTOR_HEADER, name);
-        }
-        req.extensions_mut().insert(who.clone());
-        if let Some(credential) = credential {
-            req.extensions_mut().insert(credential);
-        }
-        f(self.service.clone(), req)
-            .await
-            .map(tonic::Response::into_inner)
+/// Refuses `who` an `action` whose role they lack: the check the gRPC auth
+/// layer makes, from the same table.
+pub(crate) fn permit(who: &Identity, action: Action) -> Result<(), Error> {
+    let need = action.required_role();
+    if who.has(need) {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied(format!(
+            "{action} needs the {need} role; {} has {}",
+            who.name,
+            roles(who)
+        )))
     }
 }
 
+/// The visitor as the use cases know callers.
+pub(crate) fn caller(who: &Identity) -> Result<Caller, Error> {
+    Ok(Caller {
+        admin: who.has(Role::Admin),
+        actor: Actor::parse("actor", &who.name)?,
+    })
+}
+
 /// A local-mode name: the one rule for actor names, in the ASCII a gRPC
-/// metadata value can carry (the decision travels as the actor header).
+/// caller's actor header can carry, so the CLI can act under the same name.
 pub(crate) fn valid_actor(name: &str) -> bool {
-    crate::domain::Actor::parse("actor", name).is_ok() && name.is_ascii()
+    Actor::parse("actor", name).is_ok() && name.is_ascii()
 }
 
 /// The visitor's roles, for pages and messages.

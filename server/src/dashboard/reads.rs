@@ -1,110 +1,95 @@
 //! Reads for the pages: every page of a list, the events of a range, the
-//! audit chain's verification, each through the service as the visitor.
+//! audit chain's verification, each an `app::` call as the visitor.
 
-use std::future::Future;
 use std::time::Instant;
 
-use modelreg_api::v1 as pb;
-use modelreg_api::v1::model_registry_service_server::ModelRegistryService;
-use tonic::Status;
-
-use crate::auth::{self, Identity};
+use crate::app;
+use crate::auth::{Action, Identity};
+use crate::domain::{Event, EventFilter, Model, RequestStatus, TransitionRequest, Version};
+use crate::error::Error;
+use crate::store::{ChainReport, ModelFilter, RequestCursor};
 
 use super::*;
 
 impl Dashboard {
-    pub(super) async fn all_models(&self, who: &Identity) -> Result<Vec<pb::Model>, Status> {
-        every_page(|page_token| async move {
-            let req = pb::ListModelsRequest {
-                page_size: PAGE,
-                page_token,
-                filter: String::new(),
-            };
-            let page = self
-                .call(who, "ListModels", req, |s, r| async move {
-                    s.list_models(r).await
-                })
-                .await?;
-            Ok((page.models, page.next_page_token))
-        })
-        .await
+    pub(super) async fn all_models(&self, who: &Identity) -> Result<Vec<Model>, Error> {
+        permit(who, Action::ListModels)?;
+        let all = ModelFilter::default();
+        let mut out: Vec<Model> = Vec::new();
+        loop {
+            let after = out.last().map(|m| m.name.clone());
+            let (models, more) =
+                app::list_models(self.store(), &all, after.as_deref(), PAGE).await?;
+            out.extend(models);
+            if !more {
+                return Ok(out);
+            }
+        }
     }
 
     pub(super) async fn all_versions(
         &self,
         who: &Identity,
         model: &str,
-    ) -> Result<Vec<pb::ModelVersion>, Status> {
-        every_page(|page_token| async move {
-            let req = pb::ListVersionsRequest {
-                model: model.to_owned(),
-                stage: pb::Stage::Unspecified as i32,
-                page_size: PAGE,
-                page_token,
-            };
-            let page = self
-                .call(who, "ListVersions", req, |s, r| async move {
-                    s.list_versions(r).await
-                })
-                .await?;
-            Ok((page.versions, page.next_page_token))
-        })
-        .await
+    ) -> Result<Vec<Version>, Error> {
+        permit(who, Action::ListVersions)?;
+        let mut out: Vec<Version> = Vec::new();
+        loop {
+            let after = out.last().map_or(0, |v| v.version);
+            let (versions, more) =
+                app::list_versions(self.store(), model, None, after, PAGE).await?;
+            out.extend(versions);
+            if !more {
+                return Ok(out);
+            }
+        }
     }
 
     /// Transition requests of one model (or all), with one status (or any).
     pub(super) async fn all_requests(
         &self,
         who: &Identity,
-        model: &str,
-        status: pb::TransitionRequestStatus,
-    ) -> Result<Vec<pb::TransitionRequest>, Status> {
-        every_page(|page_token| async move {
-            let req = pb::ListTransitionRequestsRequest {
-                model: model.to_owned(),
-                status: status as i32,
-                page_size: PAGE,
-                page_token,
-            };
-            let page = self
-                .call(who, "ListTransitionRequests", req, |s, r| async move {
-                    s.list_transition_requests(r).await
-                })
-                .await?;
-            Ok((page.requests, page.next_page_token))
-        })
-        .await
+        model: Option<&str>,
+        status: Option<RequestStatus>,
+    ) -> Result<Vec<TransitionRequest>, Error> {
+        permit(who, Action::ListTransitionRequests)?;
+        let mut out: Vec<TransitionRequest> = Vec::new();
+        loop {
+            let after = out.last().map(|r| RequestCursor {
+                create_time: r.create_time,
+                model: r.model.clone(),
+                number: r.number,
+            });
+            let (requests, more) =
+                app::list_requests(self.store(), model, status, after, PAGE).await?;
+            out.extend(requests);
+            if !more {
+                return Ok(out);
+            }
+        }
     }
 
     /// Events matching `filter` with sequence in (`after`, `before`).
     pub(super) async fn events_between(
         &self,
         who: &Identity,
-        filter: &pb::ListEventsRequest,
+        filter: &EventFilter,
         after: u64,
         before: u64,
-    ) -> Result<Vec<pb::RegistryEvent>, Status> {
-        let mut out = Vec::new();
-        let mut token = String::new();
+    ) -> Result<Vec<Event>, Error> {
+        permit(who, Action::ListEvents)?;
+        let Some(upto) = before.checked_sub(1) else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<Event> = Vec::new();
         loop {
-            let req = pb::ListEventsRequest {
-                after_sequence: after,
-                page_size: PAGE,
-                page_token: token,
-                ..filter.clone()
-            };
-            let page = self
-                .call(who, "ListEvents", req, |s, r| async move {
-                    s.list_events(r).await
-                })
-                .await?;
-            let done = page.next_page_token.is_empty()
-                || page.events.last().is_some_and(|e| e.sequence >= before);
-            out.extend(page.events.into_iter().filter(|e| e.sequence < before));
-            if done {
+            let from = out.last().map_or(after, |e| e.sequence);
+            let (events, more) =
+                app::list_events(self.store(), filter, from, Some(upto), PAGE).await?;
+            out.extend(events);
+            if !more {
                 return Ok(out);
             }
-            token = page.next_page_token;
         }
     }
 
@@ -114,10 +99,10 @@ impl Dashboard {
     pub(super) async fn newest_events(
         &self,
         who: &Identity,
-        filter: &pb::ListEventsRequest,
+        filter: &EventFilter,
         before: u64,
         want: usize,
-    ) -> Result<Vec<pb::RegistryEvent>, Status> {
+    ) -> Result<Vec<Event>, Error> {
         let mut window = (want as u64).saturating_mul(2).max(64);
         loop {
             let after = before.saturating_sub(window);
@@ -131,47 +116,18 @@ impl Dashboard {
         }
     }
 
-    /// VerifyAuditLog, reused for [`CHAIN_CHECK_REUSE`]; one verification
-    /// runs at a time however many pages ask.
-    pub(super) async fn verified_chain(
-        &self,
-        who: &Identity,
-    ) -> Result<pb::VerifyAuditLogResponse, Status> {
+    /// The chain's verification, reused for [`CHAIN_CHECK_REUSE`]; one
+    /// verification runs at a time however many pages ask.
+    pub(super) async fn verified_chain(&self, who: &Identity) -> Result<ChainReport, Error> {
+        permit(who, Action::VerifyAuditLog)?;
         let mut last = self.chain.lock().await;
         if let Some((at, report)) = last.as_ref()
             && at.elapsed() < CHAIN_CHECK_REUSE
-            && who.has(auth::required_role("VerifyAuditLog"))
         {
             return Ok(report.clone());
         }
-        let report = self
-            .call(
-                who,
-                "VerifyAuditLog",
-                pb::VerifyAuditLogRequest::default(),
-                |s, r| async move { s.verify_audit_log(r).await },
-            )
-            .await?;
+        let report = app::verify_chain(self.store(), &[]).await?;
         *last = Some((Instant::now(), report.clone()));
         Ok(report)
-    }
-}
-
-/// Every item of a paged list: `fetch` takes a page token and returns a
-/// page and the next token (empty after the last page).
-async fn every_page<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, Status>
-where
-    F: FnMut(String) -> Fut,
-    Fut: Future<Output = Result<(Vec<T>, String), Status>>,
-{
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
-        let (items, next) = fetch(token).await?;
-        out.extend(items);
-        if next.is_empty() {
-            return Ok(out);
-        }
-        token = next;
     }
 }

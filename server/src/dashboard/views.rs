@@ -4,10 +4,13 @@
 use std::collections::HashMap;
 
 use hyper::{Response, StatusCode};
-use modelreg_api::v1 as pb;
-use modelreg_api::v1::model_registry_service_server::ModelRegistryService;
 
-use crate::auth::Identity;
+use crate::app;
+use crate::auth::{Action, Identity};
+use crate::domain::{
+    CompareRequest, Comparison, Event, EventFilter, EventKind, Name, RequestStatus, SetRef, Stage,
+};
+use crate::store::VersionRef;
 
 use super::*;
 
@@ -19,7 +22,7 @@ impl Dashboard {
     ) -> Result<Response<Body>, Failure> {
         let models = self.all_models(who).await?;
         let pending = self
-            .all_requests(who, "", pb::TransitionRequestStatus::Pending)
+            .all_requests(who, None, Some(RequestStatus::Pending))
             .await?;
         let page = page.titled("Models").live("/events");
         Ok(html_response(
@@ -35,34 +38,23 @@ impl Dashboard {
         name: &str,
         query: &HashMap<String, String>,
     ) -> Result<Response<Body>, Failure> {
-        let model = self
-            .call(
-                who,
-                "GetModel",
-                pb::GetModelRequest {
-                    name: name.to_owned(),
-                },
-                |s, r| async move { s.get_model(r).await },
-            )
-            .await?
-            .model
-            .unwrap_or_default();
+        permit(who, Action::GetModel)?;
+        let name = Name::parse("name", name)?;
+        let model = app::get_model(self.store(), name.as_str()).await?;
         let versions = self.all_versions(who, &model.name).await?;
         let pending = self
-            .all_requests(who, &model.name, pb::TransitionRequestStatus::Pending)
+            .all_requests(who, Some(&model.name), Some(RequestStatus::Pending))
             .await?;
-        let filter = pb::ListEventsRequest {
-            model: model.name.clone(),
-            types: vec![pb::EventType::StageChanged as i32],
+        let filter = EventFilter {
+            models: vec![model.name.clone()],
+            kinds: vec![EventKind::StageChanged],
             ..Default::default()
         };
         let moves = self.events_between(who, &filter, 0, u64::MAX).await?;
-        let timeline: Vec<pb::RegistryEvent> = moves
+        let production = Some(Stage::Production);
+        let timeline: Vec<Event> = moves
             .into_iter()
-            .filter(|e| {
-                e.to_stage == pb::Stage::Production as i32
-                    || e.from_stage == pb::Stage::Production as i32
-            })
+            .filter(|e| e.to_stage == production || e.from_stage == production)
             .collect();
         let page = page
             .titled(&model.name)
@@ -80,7 +72,7 @@ impl Dashboard {
         page: Page,
     ) -> Result<Response<Body>, Failure> {
         let pending = self
-            .all_requests(who, "", pb::TransitionRequestStatus::Pending)
+            .all_requests(who, None, Some(RequestStatus::Pending))
             .await?;
         let page = page.titled("Pending approvals").live("/events");
         Ok(html_response(
@@ -95,68 +87,35 @@ impl Dashboard {
         who: &Identity,
         id: &str,
     ) -> Result<pages::Evidence, Failure> {
-        let (model_name, _) = id.split_once(':').ok_or_else(|| {
+        let (model_name, number) = id.split_once(':').ok_or_else(|| {
             Failure::new(
                 StatusCode::NOT_FOUND,
                 format!("{id:?} is not a request id (MODEL:NUMBER, e.g. fraud:3)"),
             )
         })?;
-        let requests = self
-            .all_requests(who, model_name, pb::TransitionRequestStatus::Unspecified)
-            .await?;
-        let request = requests.into_iter().find(|r| r.id == id).ok_or_else(|| {
+        permit(who, Action::ListTransitionRequests)?;
+        let model_name = Name::parse("model", model_name)?;
+        let found = match number.parse::<i64>() {
+            Ok(n) => app::find_request(self.store(), model_name.as_str(), n).await?,
+            Err(_) => app::get_model(self.store(), model_name.as_str())
+                .await
+                .map(|_| None)?,
+        };
+        let request = found.filter(|r| r.id() == id).ok_or_else(|| {
             Failure::new(StatusCode::NOT_FOUND, format!("no transition request {id}"))
         })?;
-        let model = self
-            .call(
-                who,
-                "GetModel",
-                pb::GetModelRequest {
-                    name: request.model.clone(),
-                },
-                |s, r| async move { s.get_model(r).await },
-            )
-            .await?
-            .model
-            .unwrap_or_default();
-        let version = self
-            .call(
-                who,
-                "GetVersion",
-                pb::GetVersionRequest {
-                    model: request.model.clone(),
-                    version: request.version,
-                    alias: String::new(),
-                },
-                |s, r| async move { s.get_version(r).await },
-            )
-            .await?
-            .version
-            .unwrap_or_default();
-        let standard = model
-            .policy
-            .as_ref()
-            .and_then(|p| p.standard_evaluation_set.clone())
-            .filter(|s| !s.name.is_empty());
+        permit(who, Action::GetModel)?;
+        let model = app::get_model(self.store(), &request.model).await?;
+        permit(who, Action::GetVersion)?;
+        let which = VersionRef::Number(request.version);
+        let version = app::get_version(self.store(), &request.model, &which).await?;
+        let standard = model.policy.standard_evaluation_set.clone();
         let baseline = model.production_version;
         let comparison = match &standard {
-            Some(set) if baseline > 0 && baseline != request.version => {
-                let req = pb::CompareVersionsRequest {
-                    model: request.model.clone(),
-                    candidate_version: request.version,
-                    baseline_version: baseline,
-                    evaluation_set: Some(set.clone()),
-                    evaluator_version: String::new(),
-                };
-                Some(
-                    self.call(who, "CompareVersions", req, |s, r| async move {
-                        s.compare_versions(r).await
-                    })
-                    .await
-                    .map(|c| c.comparison.unwrap_or_default())
-                    .map_err(|s| s.message().to_owned()),
-                )
-            }
+            Some(set) if baseline > 0 && baseline != request.version => Some(
+                self.compare(who, &model_name, request.version, baseline, set)
+                    .await,
+            ),
             _ => None,
         };
         Ok(pages::Evidence {
@@ -166,6 +125,31 @@ impl Dashboard {
             standard,
             comparison,
         })
+    }
+
+    /// The candidate against production on the standard set, or why not.
+    async fn compare(
+        &self,
+        who: &Identity,
+        model: &Name,
+        candidate: i64,
+        baseline: i64,
+        set: &SetRef,
+    ) -> Result<Comparison, String> {
+        let req = CompareRequest {
+            model: model.clone(),
+            candidate,
+            baseline,
+            set: Some(set.clone()),
+            evaluator_version: None,
+        };
+        let compared = match permit(who, Action::CompareVersions) {
+            Ok(()) => app::compare(self.store(), &req).await,
+            Err(e) => Err(e),
+        };
+        compared
+            .map(|judged| judged.comparison)
+            .map_err(|e| e.into_http().1)
     }
 
     pub(super) async fn request_page(
@@ -193,21 +177,18 @@ impl Dashboard {
     ) -> Result<Response<Body>, Failure> {
         let get = |k: &str| query.get(k).map(|v| v.trim()).unwrap_or("").to_owned();
         let (model, actor, kind) = (get("model"), get("actor"), get("type"));
-        let mut filter = pb::ListEventsRequest {
-            model: model.clone(),
-            actor: actor.clone(),
-            ..Default::default()
-        };
+        let mut filter = EventFilter::default();
+        if !actor.is_empty() {
+            filter.actor = Some(actor.clone());
+        }
         if !kind.is_empty() {
-            let t = pb::EventType::from_str_name(&format!("EVENT_TYPE_{kind}"))
-                .filter(|t| *t != pb::EventType::Unspecified)
-                .ok_or_else(|| {
-                    Failure::new(
-                        StatusCode::BAD_REQUEST,
-                        format!("unknown event type {kind:?}"),
-                    )
-                })?;
-            filter.types = vec![t as i32];
+            let k = EventKind::from_db(&kind).ok_or_else(|| {
+                Failure::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown event type {kind:?}"),
+                )
+            })?;
+            filter.kinds = vec![k];
         }
         let before = match query.get("before").map(|b| b.parse::<u64>()) {
             None => u64::MAX,
@@ -219,7 +200,10 @@ impl Dashboard {
                 ));
             }
         };
-        let latest = self.service.latest_sequence();
+        if !model.is_empty() {
+            filter.models = vec![Name::parse("model", &model)?.to_string()];
+        }
+        let latest = app::latest_sequence(self.store());
         let events = self
             .newest_events(who, &filter, before.min(latest.saturating_add(1)), 100)
             .await?;

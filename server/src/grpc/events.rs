@@ -55,9 +55,7 @@ pub(super) async fn list_events(
     v.finish()?;
     let after = after.expect("checked").unwrap_or(0).max(r.after_sequence);
     let size = size.expect("checked");
-    let mut events = svc.store.events(&filter, after, None, size + 1).await?;
-    let more = events.len() > size;
-    events.truncate(size);
+    let (events, more) = app::list_events(&svc.store, &filter, after, None, size).await?;
     let (events, next_page_token) = page_token::page(events, more, "events", &query, event_to_pb);
     Ok(Response::new(pb::ListEventsResponse {
         events,
@@ -142,19 +140,13 @@ pub(super) async fn watch_transitions(
             filter.to_stages.push(stage);
         }
     }
-    let latest = svc.store.latest_sequence();
-    let after = match r.after_sequence {
-        None => latest,
-        Some(n) if n > latest => {
-            v.add(
-                "after_sequence",
-                format!("{n} is beyond the end of the log (the latest sequence is {latest})"),
-            );
-            latest
-        }
-        Some(n) => n,
-    };
+    let after = v.take(app::watch_start(
+        &svc.store,
+        "after_sequence",
+        r.after_sequence,
+    ));
     v.finish()?;
+    let after = after.expect("checked");
     let clock = svc.store.clock().clone();
     let stream = watcher::spawn(
         svc.store.clone(),

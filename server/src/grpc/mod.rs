@@ -48,9 +48,13 @@ pub struct RegistryService {
 }
 
 impl RegistryService {
-    /// A service over `store`.
-    pub fn new(store: Store, shutdown: CancellationToken, heartbeat: Duration) -> Self {
-        let tail = Tail::spawn(store.clone(), shutdown.clone());
+    /// A service over `store`, whose watch streams read `tail`.
+    pub fn new(
+        store: Store,
+        tail: std::sync::Arc<Tail>,
+        shutdown: CancellationToken,
+        heartbeat: Duration,
+    ) -> Self {
         RegistryService {
             store,
             shutdown,
@@ -116,24 +120,12 @@ fn decision<T>(
     comment_required: bool,
 ) -> Result<Decision, Status> {
     let caller = caller(req)?;
-    let comment = domain::parse_text("comment", comment).and_then(|comment| {
-        parse::require(
-            !comment_required || !comment.trim().is_empty(),
-            "comment",
-            "is required: say why the request is rejected",
-        )
-        .map(|()| comment)
-    });
-    let ((model, number), comment) = domain::all((
-        domain::parse_transition_request_id("request_id", request_id),
+    Ok(Decision::parse(
+        request_id,
         comment,
-    ))?;
-    Ok(Decision {
-        model,
-        number,
-        comment,
+        comment_required,
         caller,
-    })
+    )?)
 }
 
 fn parse_stage_field(field: &str, raw: i32) -> Result<Stage, Error> {

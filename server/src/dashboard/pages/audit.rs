@@ -1,7 +1,9 @@
 //! The audit log page, newest first, with its filters and the chain's status.
 
 use maud::{Markup, html};
-use modelreg_api::v1 as pb;
+
+use crate::domain::{Event, EventKind};
+use crate::store::ChainReport;
 
 use super::encode_component;
 
@@ -18,16 +20,8 @@ pub struct AuditFilters {
 }
 
 /// The audit log, newest first, with filters and the chain's verification.
-pub fn audit(
-    page: &Page,
-    f: &AuditFilters,
-    events: &[pb::RegistryEvent],
-    chain: &pb::VerifyAuditLogResponse,
-) -> Markup {
-    let types: Vec<&str> = (1..)
-        .map_while(|i| pb::EventType::try_from(i).ok())
-        .map(|t| event_type_name(t as i32))
-        .collect();
+pub fn audit(page: &Page, f: &AuditFilters, events: &[Event], chain: &ChainReport) -> Markup {
+    let types: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
     let older = (events.len() >= 100)
         .then(|| events.first())
         .flatten()
@@ -45,16 +39,16 @@ pub fn audit(
         html! {
             @if chain.ok {
                 div #chain.verified {
-                    "Hash chain verified: " (chain.events_checked) " events, each linked to the one before."
-                    @if let Some(head) = &chain.head {
+                    "Hash chain verified: " (chain.checked) " events, each linked to the one before."
+                    @if let Some((sequence, hash)) = &chain.head {
                         br;
                         span.muted { "Head: record " }
-                        code #head { (head.sequence) ":" (head.hash) }
-                        span.muted { " outside the registry; " code { "modelreg audit verify --anchor " (head.sequence) ":…" } " proves later that nothing up to it was rewritten or cut." }
+                        code #head { (sequence) ":" (hash) }
+                        span.muted { " outside the registry; " code { "modelreg audit verify --anchor " (sequence) ":…" } " proves later that nothing up to it was rewritten or cut." }
                     }
                 }
             } @else {
-                div #chain.broken { "Hash chain BROKEN at sequence " (chain.first_bad_sequence) ": " (chain.problem) }
+                div #chain.broken { "Hash chain BROKEN at sequence " (chain.first_bad) ": " (chain.problem) }
             }
             form #audit-filter.inline method="get" action="/audit" {
                 label { "Model " input type="text" name="model" value=(f.model) size="14"; }
@@ -74,13 +68,13 @@ pub fn audit(
                     thead { tr { th { "#" } th { "Time" } th { "Type" } th { "Model" } th { "Change" } th { "Actor" } th { "Comment" } th { "Hash" } } }
                     tbody {
                         @for e in events.iter().rev() {
-                            tr data-sequence=(e.sequence) data-type=(event_type_name(e.r#type)) {
+                            tr data-sequence=(e.sequence) data-type=(e.kind.as_str()) {
                                 td.num { (e.sequence) }
-                                td { (when(&e.occur_time)) }
-                                td { code { (event_type_name(e.r#type)) } }
+                                td { (when(e.occur_time)) }
+                                td { code { (e.kind.as_str()) } }
                                 td { @if !e.model.is_empty() { a href=(format!("/models/{}", e.model)) { (e.model) } @if e.version > 0 { " v" (e.version) } } }
                                 td {
-                                    @if e.from_stage != e.to_stage && e.to_stage != 0 { (stage_name(e.from_stage)) " → " (stage_name(e.to_stage)) " " }
+                                    @if e.from_stage != e.to_stage && e.to_stage.is_some() { (event_stage_name(e.from_stage)) " → " (event_stage_name(e.to_stage)) " " }
                                     @if !e.transition_request_id.is_empty() { a href=(request_href(&e.transition_request_id)) { (e.transition_request_id) } }
                                 }
                                 td { (e.actor) }

@@ -1,17 +1,16 @@
-//! The dashboard's HTML: one function per page, from data the handlers
-//! fetched through the service. maud escapes every value it interpolates.
+//! The dashboard's HTML: one function per page, from the domain values the
+//! handlers got from the use cases. maud escapes every value it interpolates.
 //!
 //! Element ids and `data-` attributes are the pages' contract with the
 //! browser test and with `live.js`; keep them.
 
 use hyper::StatusCode;
 use maud::{DOCTYPE, Markup, html};
-use modelreg_api::v1 as pb;
 
 use super::chart::{self};
 use super::{Visit, encode_component, may_decide, roles};
 use crate::auth::Identity;
-use crate::domain;
+use crate::domain::{self, Cause, DeploymentStatus, Outcome, RequestStatus, Stage};
 
 mod audit;
 mod models;
@@ -170,47 +169,35 @@ pub(super) fn request_href(id: &str) -> String {
     format!("/requests/{id}")
 }
 
-/// `STAGE_CHANGED` for `EVENT_TYPE_STAGE_CHANGED`.
-pub fn event_type_name(t: i32) -> &'static str {
-    pb::EventType::try_from(t)
-        .map(|t| t.as_str_name())
-        .unwrap_or("EVENT_TYPE_UNSPECIFIED")
-        .trim_start_matches("EVENT_TYPE_")
-}
-
-pub(super) fn stage_name(s: i32) -> &'static str {
-    match pb::Stage::try_from(s) {
-        Ok(pb::Stage::Staging) => "Staging",
-        Ok(pb::Stage::Production) => "Production",
-        Ok(pb::Stage::Archived) => "Archived",
-        Ok(pb::Stage::None) => "None",
-        _ => "—",
+pub(super) fn stage_name(s: Stage) -> &'static str {
+    match s {
+        Stage::Staging => "Staging",
+        Stage::Production => "Production",
+        Stage::Archived => "Archived",
+        Stage::None => "None",
     }
 }
 
-pub(super) fn stage_class(s: i32) -> &'static str {
-    match pb::Stage::try_from(s) {
-        Ok(pb::Stage::Staging) => "staging",
-        Ok(pb::Stage::Production) => "production",
-        Ok(pb::Stage::Archived) => "archived",
-        _ => "none",
+/// An event's stage, `—` for an event without one.
+pub(super) fn event_stage_name(s: Option<Stage>) -> &'static str {
+    s.map_or("—", stage_name)
+}
+
+pub(super) fn stage_class(s: Stage) -> &'static str {
+    match s {
+        Stage::Staging => "staging",
+        Stage::Production => "production",
+        Stage::Archived => "archived",
+        Stage::None => "none",
     }
 }
 
-pub(super) fn cause_name(c: i32) -> String {
-    pb::StageChangeCause::try_from(c)
-        .map(|c| c.as_str_name())
-        .unwrap_or("")
-        .trim_start_matches("STAGE_CHANGE_CAUSE_")
-        .to_lowercase()
+pub(super) fn cause_name(c: Option<Cause>) -> String {
+    c.map_or("unspecified", Cause::as_str).to_lowercase()
 }
 
-pub(super) fn request_status(s: i32) -> String {
-    let name = pb::TransitionRequestStatus::try_from(s)
-        .map(|s| s.as_str_name())
-        .unwrap_or("")
-        .trim_start_matches("TRANSITION_REQUEST_STATUS_")
-        .to_lowercase();
+pub(super) fn request_status(s: RequestStatus) -> String {
+    let name = s.as_str().to_lowercase();
     let mut chars = name.chars();
     match chars.next() {
         Some(first) => first.to_uppercase().chain(chars).collect(),
@@ -218,28 +205,23 @@ pub(super) fn request_status(s: i32) -> String {
     }
 }
 
-pub(super) fn deployment_status(s: i32) -> String {
-    pb::DeploymentStatus::try_from(s)
-        .map(|s| s.as_str_name())
-        .unwrap_or("")
-        .trim_start_matches("DEPLOYMENT_STATUS_")
-        .to_lowercase()
+pub(super) fn deployment_status(s: DeploymentStatus) -> String {
+    s.as_str().to_lowercase()
 }
 
-pub(super) fn outcome_name(o: i32) -> &'static str {
-    match pb::Outcome::try_from(o) {
-        Ok(pb::Outcome::Better) => "better",
-        Ok(pb::Outcome::Worse) => "worse",
-        Ok(pb::Outcome::Equal) => "equal",
-        _ => "",
+pub(super) fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Better => "better",
+        Outcome::Worse => "worse",
+        Outcome::Equal => "equal",
     }
 }
 
-pub(super) fn outcome_class(o: i32) -> &'static str {
-    match pb::Outcome::try_from(o) {
-        Ok(pb::Outcome::Better) => "pass",
-        Ok(pb::Outcome::Worse) => "fail",
-        _ => "muted",
+pub(super) fn outcome_class(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Better => "pass",
+        Outcome::Worse => "fail",
+        Outcome::Equal => "muted",
     }
 }
 
@@ -267,11 +249,10 @@ pub(super) fn signed(v: f64) -> String {
     }
 }
 
-/// A timestamp as `2026-11-27 04:33:25 UTC`.
-pub(super) fn when(t: &Option<prost_types::Timestamp>) -> String {
-    let Some(t) = t else { return String::new() };
-    let micros = t.seconds.saturating_mul(1_000_000);
-    let text = domain::rfc3339(micros);
+/// A time (µs since the epoch) as `2026-11-27 04:33:25 UTC`, to the second.
+pub(super) fn when(micros: i64) -> String {
+    let seconds = micros.div_euclid(1_000_000).saturating_mul(1_000_000);
+    let text = domain::rfc3339(seconds);
     format!("{} UTC", text.trim_end_matches('Z').replacen('T', " ", 1))
 }
 
@@ -281,22 +262,12 @@ mod tests {
 
     #[test]
     fn names_and_numbers_read_well() {
-        assert_eq!(
-            event_type_name(pb::EventType::TransitionApproved as i32),
-            "TRANSITION_APPROVED"
-        );
-        assert_eq!(event_type_name(999), "UNSPECIFIED");
         assert_eq!(num(0.9300000001), "0.93");
         assert_eq!(num(-0.0), "0");
         assert_eq!(signed(0.02), "+0.02");
-        assert_eq!(
-            request_status(pb::TransitionRequestStatus::Pending as i32),
-            "Pending"
-        );
-        let t = prost_types::Timestamp {
-            seconds: 1_795_000_000,
-            nanos: 5,
-        };
-        assert_eq!(when(&Some(t)), "2026-11-18 11:06:40 UTC");
+        assert_eq!(request_status(RequestStatus::Pending), "Pending");
+        assert_eq!(cause_name(Some(Cause::Rollback)), "rollback");
+        assert_eq!(event_stage_name(None), "—");
+        assert_eq!(when(1_795_000_000_000_005), "2026-11-18 11:06:40 UTC");
     }
 }

@@ -3,7 +3,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use maud::{Markup, html};
-use modelreg_api::v1 as pb;
+
+use crate::domain::{
+    Deployment, Evaluation, Event, Model, SetRef, Stage, TransitionRequest, Version,
+};
 
 use super::chart::{self, Point};
 use super::encode_component;
@@ -11,8 +14,8 @@ use super::encode_component;
 use super::*;
 
 /// Models, each with its production version, deployment state and pending requests.
-pub fn models(page: &Page, models: &[pb::Model], pending: &[pb::TransitionRequest]) -> Markup {
-    let mut waiting: HashMap<&str, Vec<&pb::TransitionRequest>> = HashMap::new();
+pub fn models(page: &Page, models: &[Model], pending: &[TransitionRequest]) -> Markup {
+    let mut waiting: HashMap<&str, Vec<&TransitionRequest>> = HashMap::new();
     for r in pending {
         waiting.entry(r.model.as_str()).or_default().push(r);
     }
@@ -33,11 +36,11 @@ pub fn models(page: &Page, models: &[pb::Model], pending: &[pb::TransitionReques
                                 td { "v" (m.latest_version) }
                                 td {
                                     @for r in waiting.get(m.name.as_str()).map(Vec::as_slice).unwrap_or(&[]) {
-                                        a.pill href=(request_href(&r.id)) { (r.id) " → " (stage_name(r.to_stage)) }
+                                        a.pill href=(request_href(&r.id())) { (r.id()) " → " (stage_name(r.to_stage)) }
                                         " "
                                     }
                                 }
-                                td { (when(&m.update_time)) }
+                                td { (when(m.update_time)) }
                             }
                         }
                     }
@@ -48,8 +51,8 @@ pub fn models(page: &Page, models: &[pb::Model], pending: &[pb::TransitionReques
 }
 
 /// Deployment states of `version` (every version's when 0), one per environment.
-pub(super) fn deployments(list: &[pb::Deployment], version: i64) -> Markup {
-    let shown: Vec<&pb::Deployment> = list
+pub(super) fn deployments(list: &[Deployment], version: i64) -> Markup {
+    let shown: Vec<&Deployment> = list
         .iter()
         .filter(|d| version == 0 || d.version == version)
         .collect();
@@ -68,22 +71,12 @@ pub(super) fn deployments(list: &[pb::Deployment], version: i64) -> Markup {
 }
 
 /// The standard evaluation set's latest metrics of a version.
-pub(super) fn standard_metrics<'a>(
-    v: &'a pb::ModelVersion,
-    set: Option<&pb::EvaluationSetRef>,
-) -> BTreeMap<&'a str, f64> {
+pub(super) fn standard_metrics<'a>(v: &'a Version, set: Option<&SetRef>) -> BTreeMap<&'a str, f64> {
     let mut out = BTreeMap::new();
     let Some(set) = set else { return out };
-    let mut evaluations: Vec<&pb::Evaluation> = v
-        .evaluations
-        .iter()
-        .filter(|e| {
-            e.evaluation_set
-                .as_ref()
-                .is_some_and(|s| s.name == set.name && s.version == set.version)
-        })
-        .collect();
-    evaluations.sort_by_key(|e| e.create_time.as_ref().map(|t| (t.seconds, t.nanos)));
+    let mut evaluations: Vec<&Evaluation> =
+        v.evaluations.iter().filter(|e| e.set == *set).collect();
+    evaluations.sort_by_key(|e| e.create_time);
     for e in evaluations {
         for (k, value) in &e.metrics {
             out.insert(k.as_str(), *value);
@@ -95,17 +88,13 @@ pub(super) fn standard_metrics<'a>(
 /// One model: versions, pending requests, the production timeline and a metric chart.
 pub fn model(
     page: &Page,
-    model: &pb::Model,
-    versions: &[pb::ModelVersion],
-    pending: &[pb::TransitionRequest],
-    timeline: &[pb::RegistryEvent],
+    model: &Model,
+    versions: &[Version],
+    pending: &[TransitionRequest],
+    timeline: &[Event],
     metric: Option<&str>,
 ) -> Markup {
-    let set = model
-        .policy
-        .as_ref()
-        .and_then(|p| p.standard_evaluation_set.as_ref())
-        .filter(|s| !s.name.is_empty());
+    let set = model.policy.standard_evaluation_set.as_ref();
     let by_version: Vec<(i64, BTreeMap<&str, f64>)> = versions
         .iter()
         .map(|v| (v.version, standard_metrics(v, set)))
@@ -130,8 +119,6 @@ pub fn model(
         None => Vec::new(),
     };
     points.sort_by_key(|p| p.version);
-    let mut newest_first: Vec<&pb::ModelVersion> = versions.iter().collect();
-    newest_first.sort_by_key(|v| std::cmp::Reverse(v.version));
     layout(
         page,
         html! {
@@ -152,49 +139,14 @@ pub fn model(
                 h2 { "Pending requests" }
                 ul #pending {
                     @for r in pending {
-                        li { a href=(request_href(&r.id)) { (r.id) } ": v" (r.version) " → " (stage_name(r.to_stage)) ", asked by " (r.requester) " " (when(&r.create_time)) }
+                        li { a href=(request_href(&r.id())) { (r.id()) } ": v" (r.version) " → " (stage_name(r.to_stage)) ", asked by " (r.requester) " " (when(r.create_time)) }
                     }
                 }
             }
             h2 { "Versions" }
-            table #versions {
-                thead { tr { th { "Version" } th { "Stage" } th { "Aliases" } th { "Evaluation" } th { "Deployments" } th { "Registered" } } }
-                tbody {
-                    @for v in &newest_first {
-                        tr data-version=(v.version) {
-                            td { "v" (v.version) }
-                            td.stage { span class=(format!("stage {}", stage_class(v.stage))) { (stage_name(v.stage)) } }
-                            td { @for a in &v.aliases { span.pill { (a) } " " } }
-                            td {
-                                @let m = standard_metrics(v, set);
-                                @if m.is_empty() {
-                                    @if v.evaluations.is_empty() { span.muted { "—" } } @else { span.muted { (v.evaluations.len()) " on other sets" } }
-                                }
-                                @for (k, value) in &m { span.metric { (k) " " strong { (num(*value)) } } " " }
-                            }
-                            td { (deployments(&v.deployments, 0)) }
-                            td { (when(&v.create_time)) " by " (v.created_by) }
-                        }
-                    }
-                }
-            }
+            (versions_table(versions, set))
             h2 { "Production timeline" }
-            @if timeline.is_empty() {
-                p.empty { "No version has been in production yet." }
-            } @else {
-                ol #timeline {
-                    @for e in timeline.iter().rev() {
-                        @let entered = e.to_stage == pb::Stage::Production as i32;
-                        li class=(if entered { "entered" } else { "left" }) data-sequence=(e.sequence) {
-                            span.time { (when(&e.occur_time)) }
-                            " v" (e.version)
-                            @if entered { " entered Production" } @else { " left Production for " (stage_name(e.to_stage)) }
-                            " (" (cause_name(e.cause)) ", " (e.actor) ")"
-                            @if !e.comment.is_empty() { span.comment { " — " (e.comment) } }
-                        }
-                    }
-                }
-            }
+            (production_timeline(timeline))
             h2 { "Metric across versions" }
             @if names.is_empty() {
                 p.empty { "No evaluations on the standard evaluation set yet." }
@@ -213,4 +165,55 @@ pub fn model(
             }
         },
     )
+}
+
+/// Every version, newest first, with its stage and standard-set metrics.
+fn versions_table(versions: &[Version], set: Option<&SetRef>) -> Markup {
+    let mut newest_first: Vec<&Version> = versions.iter().collect();
+    newest_first.sort_by_key(|v| std::cmp::Reverse(v.version));
+    html! {
+        table #versions {
+            thead { tr { th { "Version" } th { "Stage" } th { "Aliases" } th { "Evaluation" } th { "Deployments" } th { "Registered" } } }
+            tbody {
+                @for v in &newest_first {
+                    tr data-version=(v.version) {
+                        td { "v" (v.version) }
+                        td.stage { span class=(format!("stage {}", stage_class(v.stage))) { (stage_name(v.stage)) } }
+                        td { @for a in &v.aliases { span.pill { (a) } " " } }
+                        td {
+                            @let m = standard_metrics(v, set);
+                            @if m.is_empty() {
+                                @if v.evaluations.is_empty() { span.muted { "—" } } @else { span.muted { (v.evaluations.len()) " on other sets" } }
+                            }
+                            @for (k, value) in &m { span.metric { (k) " " strong { (num(*value)) } } " " }
+                        }
+                        td { (deployments(&v.deployments, 0)) }
+                        td { (when(v.create_time)) " by " (v.created_by) }
+                    }
+                }
+            }
+    }
+    }
+}
+
+/// Every entry into and exit from production, newest first.
+fn production_timeline(timeline: &[Event]) -> Markup {
+    html! {
+        @if timeline.is_empty() {
+            p.empty { "No version has been in production yet." }
+        } @else {
+            ol #timeline {
+                @for e in timeline.iter().rev() {
+                    @let entered = e.to_stage == Some(Stage::Production);
+                    li class=(if entered { "entered" } else { "left" }) data-sequence=(e.sequence) {
+                        span.time { (when(e.occur_time)) }
+                        " v" (e.version)
+                        @if entered { " entered Production" } @else { " left Production for " (event_stage_name(e.to_stage)) }
+                        " (" (cause_name(e.cause)) ", " (e.actor) ")"
+                        @if !e.comment.is_empty() { span.comment { " — " (e.comment) } }
+                    }
+                }
+            }
+    }
+    }
 }

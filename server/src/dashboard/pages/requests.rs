@@ -3,14 +3,17 @@
 use std::collections::BTreeMap;
 
 use maud::{Markup, html};
-use modelreg_api::v1 as pb;
+
+use crate::domain::{
+    Comparison, GateResult, Model, RequestStatus, SetRef, TransitionRequest, Version,
+};
 
 use super::{encode_component, may_decide, roles};
 
 use super::*;
 
 /// Pending approvals across models.
-pub fn requests(page: &Page, pending: &[pb::TransitionRequest]) -> Markup {
+pub fn requests(page: &Page, pending: &[TransitionRequest]) -> Markup {
     layout(
         page,
         html! {
@@ -21,14 +24,14 @@ pub fn requests(page: &Page, pending: &[pb::TransitionRequest]) -> Markup {
                     thead { tr { th { "Request" } th { "Model" } th { "Version" } th { "Move" } th { "Requester" } th { "Gates" } th { "Requested" } } }
                     tbody {
                         @for r in pending {
-                            tr data-request=(r.id) {
-                                td { a href=(request_href(&r.id)) { (r.id) } }
+                            tr data-request=(r.id()) {
+                                td { a href=(request_href(&r.id())) { (r.id()) } }
                                 td { a href=(format!("/models/{}", r.model)) { (r.model) } }
                                 td { "v" (r.version) }
                                 td { (stage_name(r.from_stage)) " → " (stage_name(r.to_stage)) @if r.rollback { " (rollback)" } }
                                 td { (r.requester) }
                                 td { (gate_summary(&r.gate_results)) }
-                                td { (when(&r.create_time)) }
+                                td { (when(r.create_time)) }
                             }
                         }
                     }
@@ -38,7 +41,7 @@ pub fn requests(page: &Page, pending: &[pb::TransitionRequest]) -> Markup {
     )
 }
 
-pub(super) fn gate_summary(gates: &[pb::GateResult]) -> Markup {
+pub(super) fn gate_summary(gates: &[GateResult]) -> Markup {
     let failed = gates.iter().filter(|g| !g.passed).count();
     html! {
         @if gates.is_empty() { span.muted { "none" } }
@@ -50,15 +53,15 @@ pub(super) fn gate_summary(gates: &[pb::GateResult]) -> Markup {
 /// What the request page shows.
 pub struct Evidence {
     /// The request.
-    pub request: pb::TransitionRequest,
+    pub request: TransitionRequest,
     /// Its model (policy, production version).
-    pub model: pb::Model,
+    pub model: Model,
     /// The version it would move.
-    pub version: pb::ModelVersion,
+    pub version: Version,
     /// The policy's standard evaluation set.
-    pub standard: Option<pb::EvaluationSetRef>,
+    pub standard: Option<SetRef>,
     /// The candidate against production on the standard set, or why not.
-    pub comparison: Option<Result<pb::VersionComparison, String>>,
+    pub comparison: Option<Result<Comparison, String>>,
 }
 
 /// One transition request with its evidence and, for those who may decide,
@@ -66,12 +69,12 @@ pub struct Evidence {
 pub fn request(page: &Page, ev: &Evidence) -> Markup {
     let r = &ev.request;
     let v = &ev.version;
-    let pending = r.status == pb::TransitionRequestStatus::Pending as i32;
-    let policy = ev.model.policy.clone().unwrap_or_default();
-    let min_approvals = policy.min_approvals.unwrap_or(1).max(1);
-    let self_ok = policy.allow_self_approval.unwrap_or(false);
+    let pending = r.status == RequestStatus::Pending;
+    let policy = &ev.model.policy;
+    let min_approvals = policy.min_approvals().max(1);
+    let self_ok = policy.allow_self_approval();
     let candidate = standard_metrics(v, ev.standard.as_ref());
-    let source = v.source.clone().unwrap_or_default();
+    let source = &v.source;
     layout(
         page,
         html! {
@@ -94,7 +97,7 @@ pub fn request(page: &Page, ev: &Evidence) -> Markup {
                             } @else if !source.pipeline_url.is_empty() { code { (source.pipeline_url) } }
                         }
                     }
-                    dt { "Requested by" } dd { (r.requester) " " span.muted { (when(&r.create_time)) } }
+                    dt { "Requested by" } dd { (r.requester) " " span.muted { (when(r.create_time)) } }
                     dt { "Comment" } dd { @if r.comment.is_empty() { span.muted { "—" } } @else { (r.comment) } }
                 }
             }
@@ -125,7 +128,7 @@ pub fn request(page: &Page, ev: &Evidence) -> Markup {
             @if !r.approvals.is_empty() {
                 ul #approvals {
                     @for a in &r.approvals {
-                        li { "Approved by " strong { (a.approver) } " " span.muted { (when(&a.approve_time)) } @if !a.comment.is_empty() { " — " (a.comment) } }
+                        li { "Approved by " strong { (a.approver) } " " span.muted { (when(a.approve_time)) } @if !a.comment.is_empty() { " — " (a.comment) } }
                     }
                 }
             }
@@ -136,7 +139,7 @@ pub fn request(page: &Page, ev: &Evidence) -> Markup {
                 p #resolution {
                     (request_status(r.status))
                     @if !r.resolved_by.is_empty() { " by " strong { (r.resolved_by) } }
-                    " " span.muted { (when(&r.update_time)) }
+                    " " span.muted { (when(r.update_time)) }
                     @if !r.resolution_comment.is_empty() { " — " (r.resolution_comment) }
                 }
             }
@@ -151,7 +154,7 @@ pub(super) fn metrics_table(ev: &Evidence, candidate: &BTreeMap<&str, f64>) -> M
         @match &ev.comparison {
             Some(Ok(c)) => {
                 table #metrics {
-                    thead { tr { th { "Metric" } th { "v" (c.candidate_version) " (this)" } th { "v" (c.baseline_version) " (production)" } th { "Change" } th { "" } } }
+                    thead { tr { th { "Metric" } th { "v" (c.candidate) " (this)" } th { "v" (c.baseline) " (production)" } th { "Change" } th { "" } } }
                     tbody {
                         @for m in &c.metrics {
                             tr data-metric=(m.metric) {
@@ -191,16 +194,16 @@ pub(super) fn metrics_table(ev: &Evidence, candidate: &BTreeMap<&str, f64>) -> M
 }
 
 /// Approve / Reject for those whose click would be accepted; otherwise why not.
-pub(super) fn decision_form(page: &Page, r: &pb::TransitionRequest, self_ok: bool) -> Markup {
+pub(super) fn decision_form(page: &Page, r: &TransitionRequest, self_ok: bool) -> Markup {
     let Some(who) = &page.who else {
         return html! {};
     };
-    let action = format!("/requests/{}/decide", r.id);
+    let action = format!("/requests/{}/decide", r.id());
     html! {
         @if !page.local && !may_decide(who) {
             p.note #no-decision { "You can read this request. Deciding needs the approver role; " (who.name) " has " (roles(who)) "." }
         } @else if !page.local && who.name == r.requester && !self_ok {
-            p.note #no-decision { "You asked for this move, and the policy wants another approver (four-eyes). You can withdraw it with " code { "modelreg cancel " (r.id) } "." }
+            p.note #no-decision { "You asked for this move, and the policy wants another approver (four-eyes). You can withdraw it with " code { "modelreg cancel " (r.id()) } "." }
         } @else if !page.local && r.approvals.iter().any(|a| a.approver == who.name) {
             p.note #no-decision { "You approved this already; it waits for another approver." }
         } @else {
@@ -231,24 +234,19 @@ pub enum Decision {
 }
 
 /// The page after a decision the registry accepted.
-pub fn decided(
-    page: &Page,
-    decision: Decision,
-    r: &pb::TransitionRequest,
-    v: &pb::ModelVersion,
-) -> Markup {
+pub fn decided(page: &Page, decision: Decision, r: &TransitionRequest, v: &Version) -> Markup {
     let page = Page {
-        title: format!("Request {}", r.id),
+        title: format!("Request {}", r.id()),
         live: None,
         ..page.clone()
     };
-    let still_pending = r.status == pb::TransitionRequestStatus::Pending as i32;
+    let still_pending = r.status == RequestStatus::Pending;
     layout(
         &page,
         html! {
             div #outcome.ok {
                 @match decision {
-                    Decision::Approve if still_pending => p { "Approval recorded for " (r.id) ": " (r.approvals.len()) " given; the request still waits for another approver." },
+                    Decision::Approve if still_pending => p { "Approval recorded for " (r.id()) ": " (r.approvals.len()) " given; the request still waits for another approver." },
                     Decision::Approve => p { "Approved: " (r.model) " version " (r.version) " is now in " strong { (stage_name(v.stage)) } "." },
                     Decision::Reject => p { "Rejected: " (r.model) " version " (r.version) " stays in " strong { (stage_name(v.stage)) } "." },
                 }
@@ -274,10 +272,10 @@ pub fn refused(page: &Page, id: &str, message: &str) -> Markup {
     )
 }
 
-pub(super) fn next_links(r: &pb::TransitionRequest) -> Markup {
+pub(super) fn next_links(r: &TransitionRequest) -> Markup {
     html! {
         ul.links {
-            li { a href=(request_href(&r.id)) { "The request" } }
+            li { a href=(request_href(&r.id())) { "The request" } }
             li { a #model-link href=(format!("/models/{}", r.model)) { "Model " (r.model) } }
             li { a href=(format!("/audit?model={}", encode_component(&r.model))) { "Audit log of " (r.model) } }
             li { a href="/requests" { "Other pending approvals" } }
