@@ -84,92 +84,78 @@ pub(crate) async fn pending_request<T: Tx>(
 }
 
 pub async fn approve(store: &Store, decision: Decision) -> Result<(TransitionRequest, Version)> {
-    write_tx!(store, |tx| approve_in(tx, decision))
-}
-
-pub(crate) async fn approve_in<T: Tx>(
-    tx: &mut T,
-    decision: Decision,
-) -> Result<((TransitionRequest, Version), Option<u64>)> {
-    let name = decision.model.as_str();
-    let (model, mut request) = pending_request(tx, name, decision.number, "approved").await?;
-    let approver = decision.caller.actor.0.clone();
-    let id = request.id();
-    authz::may_approve(&model.policy, &request, &approver)?;
-    let version = tx
-        .fetch_version(name, request.version)
-        .await?
-        .ok_or_else(|| vanished("version"))?;
-    if version.stage != request.from_stage {
-        return Err(Error::Internal(format!(
-            "pending request {id} for a version no longer in {}",
-            request.from_stage
-        )));
-    }
-    // Production may have changed since the request: decided again, today.
-    let path = MovePath::Approved {
-        rollback: request.rollback,
-    };
-    let moves = match decide_move(tx, &model, &version, request.to_stage, path).await? {
-        MoveDecision::Apply(moves) => moves,
-        MoveDecision::NeedsApproval(_) => {
+    write_tx!(store, |tx| -> (TransitionRequest, Version) {
+        let name = decision.model.as_str();
+        let (model, mut request) = pending_request(tx, name, decision.number, "approved").await?;
+        let approver = decision.caller.actor.0.clone();
+        let id = request.id();
+        authz::may_approve(&model.policy, &request, &approver)?;
+        let version = tx
+            .fetch_version(name, request.version)
+            .await?
+            .ok_or_else(|| vanished("version"))?;
+        if version.stage != request.from_stage {
             return Err(Error::Internal(format!(
-                "an approved request {id} was sent back for approval"
+                "pending request {id} for a version no longer in {}",
+                request.from_stage
             )));
         }
-    };
-    let now = tx.now();
-    request.approvals.push(domain::Approval {
-        approver: approver.clone(),
-        comment: decision.comment.clone(),
-        approve_time: now,
-    });
-    request.update_time = now;
-    let needed = model.policy.min_approvals() as usize;
-    let complete = request.approvals.len() >= needed;
-    let mut approved = NewEvent::new(
-        EventKind::TransitionApproved,
-        name,
-        request.version,
-        json!({
-            "request_id": id,
-            "approvals": request.approvals.len(),
-            "approvals_needed": needed,
-            "complete": complete,
-            "to_stage": request.to_stage.as_str(),
-        }),
-    );
-    approved.comment = decision.comment.clone();
-    approved.transition_request_id = id.clone();
-    let mut events = vec![approved];
-    if complete {
-        request.status = RequestStatus::Approved;
-        request.resolved_by = approver;
-        request.resolution_comment = decision.comment.clone();
-        let details = json!({"request_id": id, "requester": request.requester});
-        let comment = request.comment.clone();
-        events.extend(
-            apply_moves(
-                tx,
-                name,
-                &moves,
-                &comment,
-                details,
-                &id,
-                Some(request.number),
-            )
-            .await?,
+        // Production may have changed since the request: decided again, today.
+        let path = MovePath::Approved {
+            rollback: request.rollback,
+        };
+        let moves = match decide_move(tx, &model, &version, request.to_stage, path).await? {
+            MoveDecision::Apply(moves) => moves,
+            MoveDecision::NeedsApproval(_) => {
+                return Err(Error::Internal(format!(
+                    "an approved request {id} was sent back for approval"
+                )));
+            }
+        };
+        let now = tx.now();
+        let needed = model.policy.min_approvals() as usize;
+        let complete = request.record_approval(&approver, &decision.comment, now, needed);
+        let mut approved = NewEvent::new(
+            EventKind::TransitionApproved,
+            name,
+            request.version,
+            json!({
+                "request_id": id,
+                "approvals": request.approvals.len(),
+                "approvals_needed": needed,
+                "complete": complete,
+                "to_stage": request.to_stage.as_str(),
+            }),
         );
-    } else {
-        tx.touch_version(name, version.version, now).await?;
-    }
-    tx.update_request(&request).await?;
-    let seq = append_events(tx, &decision.caller.actor, events).await?;
-    let version = tx
-        .fetch_version(name, request.version)
-        .await?
-        .ok_or_else(|| vanished("version"))?;
-    Ok(((request, version), Some(seq)))
+        approved.comment = decision.comment.clone();
+        approved.transition_request_id = id.clone();
+        let mut events = vec![approved];
+        if complete {
+            let details = json!({"request_id": id, "requester": request.requester});
+            let comment = request.comment.clone();
+            events.extend(
+                apply_moves(
+                    tx,
+                    name,
+                    &moves,
+                    &comment,
+                    details,
+                    &id,
+                    Some(request.number),
+                )
+                .await?,
+            );
+        } else {
+            tx.touch_version(name, version.version, now).await?;
+        }
+        tx.update_request(&request).await?;
+        let seq = append_events(tx, &decision.caller.actor, events).await?;
+        let version = tx
+            .fetch_version(name, request.version)
+            .await?
+            .ok_or_else(|| vanished("version"))?;
+        Ok(((request, version), Some(seq)))
+    })
 }
 
 pub async fn close_request(
@@ -177,50 +163,44 @@ pub async fn close_request(
     decision: Decision,
     status: RequestStatus,
 ) -> Result<(TransitionRequest, Version)> {
-    write_tx!(store, |tx| close_request_in(tx, decision, status))
-}
-
-pub(crate) async fn close_request_in<T: Tx>(
-    tx: &mut T,
-    decision: Decision,
-    status: RequestStatus,
-) -> Result<((TransitionRequest, Version), Option<u64>)> {
-    let name = decision.model.as_str();
-    let (kind, action) = match status {
-        RequestStatus::Rejected => (EventKind::TransitionRejected, "rejected"),
-        RequestStatus::Cancelled => (EventKind::TransitionCancelled, "cancelled"),
-        other => {
-            return Err(Error::Internal(format!(
-                "cannot close a request as {other:?}"
-            )));
+    write_tx!(store, |tx| -> (TransitionRequest, Version) {
+        let name = decision.model.as_str();
+        let (kind, action) = match status {
+            RequestStatus::Rejected => (EventKind::TransitionRejected, "rejected"),
+            RequestStatus::Cancelled => (EventKind::TransitionCancelled, "cancelled"),
+            other => {
+                return Err(Error::Internal(format!(
+                    "cannot close a request as {other:?}"
+                )));
+            }
+        };
+        let (_, mut request) = pending_request(tx, name, decision.number, action).await?;
+        let who = decision.caller.actor.0.clone();
+        if status == RequestStatus::Cancelled {
+            authz::may_cancel(&decision.caller, &request)?;
         }
-    };
-    let (_, mut request) = pending_request(tx, name, decision.number, action).await?;
-    let who = decision.caller.actor.0.clone();
-    if status == RequestStatus::Cancelled {
-        authz::may_cancel(&decision.caller, &request)?;
-    }
-    let now = tx.now();
-    request.status = status;
-    request.resolved_by = who;
-    request.resolution_comment = decision.comment.clone();
-    request.update_time = now;
-    tx.update_request(&request).await?;
-    tx.touch_version(name, request.version, now).await?;
-    let mut event = NewEvent::new(
-        kind,
-        name,
-        request.version,
-        json!({"request_id": request.id(), "requester": request.requester, "to_stage": request.to_stage.as_str()}),
-    );
-    event.comment = decision.comment;
-    event.transition_request_id = request.id();
-    let seq = append_events(tx, &decision.caller.actor, vec![event]).await?;
-    let version = tx
-        .fetch_version(name, request.version)
-        .await?
-        .ok_or_else(|| vanished("version"))?;
-    Ok(((request, version), Some(seq)))
+        let now = tx.now();
+        request.status = status;
+        request.resolved_by = who;
+        request.resolution_comment = decision.comment.clone();
+        request.update_time = now;
+        tx.update_request(&request).await?;
+        tx.touch_version(name, request.version, now).await?;
+        let mut event = NewEvent::new(
+            kind,
+            name,
+            request.version,
+            json!({"request_id": request.id(), "requester": request.requester, "to_stage": request.to_stage.as_str()}),
+        );
+        event.comment = decision.comment;
+        event.transition_request_id = request.id();
+        let seq = append_events(tx, &decision.caller.actor, vec![event]).await?;
+        let version = tx
+            .fetch_version(name, request.version)
+            .await?
+            .ok_or_else(|| vanished("version"))?;
+        Ok(((request, version), Some(seq)))
+    })
 }
 
 pub async fn list_requests(

@@ -16,78 +16,72 @@ pub async fn report_deployment(
     new: NewDeployment,
     actor: Actor,
 ) -> Result<Deployment> {
-    write_tx!(store, |tx| report_deployment_in(tx, new, actor))
-}
-
-pub(crate) async fn report_deployment_in<T: Tx>(
-    tx: &mut T,
-    new: NewDeployment,
-    actor: Actor,
-) -> Result<(Deployment, Option<u64>)> {
-    let name = new.model.as_str();
-    if tx.lock_model(name).await?.is_none() {
-        return Err(model_not_found(name));
-    }
-    let fingerprint = sha256_hex(
-        json!([
-            name,
-            new.version,
-            new.environment.as_str(),
-            new.status.as_str(),
-            new.endpoint,
-            new.message
-        ])
-        .to_string()
-        .as_bytes(),
-    );
-    if let Some(request_id) = &new.request_id
-        && let Some(stored) =
-            find_retry(tx, "ReportDeployment", &actor, request_id, &fingerprint).await?
-    {
-        // The deployment as first recorded, even if later reports moved it on.
-        return Ok((stored_response(&stored)?, None));
-    }
-    if tx.fetch_version(name, new.version).await?.is_none() {
-        return Err(version_not_found(name, &new.version.to_string()));
-    }
-    let now = tx.now();
-    let deployment = Deployment {
-        model: name.to_owned(),
-        version: new.version,
-        environment: new.environment.to_string(),
-        status: new.status,
-        endpoint: new.endpoint,
-        message: new.message,
-        reported_by: actor.0.clone(),
-        report_time: now,
-    };
-    tx.upsert_deployment(&deployment).await?;
-    tx.touch_version(name, deployment.version, now).await?;
-    if let Some(request_id) = &new.request_id {
-        let stored = StoredRequest {
-            fingerprint,
+    write_tx!(store, |tx| -> Deployment {
+        let name = new.model.as_str();
+        if tx.lock_model(name).await?.is_none() {
+            return Err(model_not_found(name));
+        }
+        let fingerprint = sha256_hex(
+            json!([
+                name,
+                new.version,
+                new.environment.as_str(),
+                new.status.as_str(),
+                new.endpoint,
+                new.message
+            ])
+            .to_string()
+            .as_bytes(),
+        );
+        if let Some(request_id) = &new.request_id
+            && let Some(stored) =
+                find_retry(tx, "ReportDeployment", &actor, request_id, &fingerprint).await?
+        {
+            // The deployment as first recorded, even if later reports moved it on.
+            return Ok((stored_response(&stored)?, None));
+        }
+        if tx.fetch_version(name, new.version).await?.is_none() {
+            return Err(version_not_found(name, &new.version.to_string()));
+        }
+        let now = tx.now();
+        let deployment = Deployment {
             model: name.to_owned(),
-            version: deployment.version,
-            response: Some(
-                serde_json::to_string(&deployment)
-                    .map_err(|e| Error::Internal(format!("cannot store a response: {e}")))?,
-            ),
+            version: new.version,
+            environment: new.environment.to_string(),
+            status: new.status,
+            endpoint: new.endpoint,
+            message: new.message,
+            reported_by: actor.0.clone(),
+            report_time: now,
         };
-        remember_request(tx, "ReportDeployment", &actor, request_id, &stored).await?;
-    }
-    let event = NewEvent::new(
-        EventKind::DeploymentReported,
-        name,
-        deployment.version,
-        json!({
-            "environment": deployment.environment,
-            "status": deployment.status.as_str(),
-            "endpoint": deployment.endpoint,
-            "message": deployment.message,
-        }),
-    );
-    let seq = append_events(tx, &actor, vec![event]).await?;
-    Ok((deployment, Some(seq)))
+        tx.upsert_deployment(&deployment).await?;
+        tx.touch_version(name, deployment.version, now).await?;
+        if let Some(request_id) = &new.request_id {
+            let stored = StoredRequest {
+                fingerprint,
+                model: name.to_owned(),
+                version: deployment.version,
+                response: Some(
+                    serde_json::to_string(&deployment)
+                        .map_err(|e| Error::Internal(format!("cannot store a response: {e}")))?,
+                ),
+            };
+            remember_request(tx, "ReportDeployment", &actor, request_id, &stored).await?;
+        }
+        let event = NewEvent::new(
+            EventKind::DeploymentReported,
+            name,
+            deployment.version,
+            json!({
+                "environment": deployment.environment,
+                "status": deployment.status.as_str(),
+                "endpoint": deployment.endpoint,
+                "message": deployment.message,
+            }),
+        );
+        let seq = append_events(tx, &actor, vec![event]).await?;
+        Ok((deployment, Some(seq)))
+    })
 }
 
 pub async fn report_worker_failure(
@@ -95,100 +89,90 @@ pub async fn report_worker_failure(
     failure: WorkerFailure,
     actor: Actor,
 ) -> Result<Event> {
-    write_tx!(store, |tx| report_worker_failure_in(tx, failure, actor))
-}
-
-pub(crate) async fn report_worker_failure_in<T: Tx>(
-    tx: &mut T,
-    f: WorkerFailure,
-    actor: Actor,
-) -> Result<(Event, Option<u64>)> {
-    let name = f.model.as_str();
-    if tx.lock_model(name).await?.is_none() {
-        return Err(model_not_found(name));
-    }
-    let fingerprint = sha256_hex(
-        json!([
+    let f = failure;
+    write_tx!(store, |tx| -> Event {
+        let name = f.model.as_str();
+        if tx.lock_model(name).await?.is_none() {
+            return Err(model_not_found(name));
+        }
+        let fingerprint = sha256_hex(
+            json!([
+                name,
+                f.version,
+                f.worker,
+                f.event_sequence,
+                f.error,
+                f.attempts
+            ])
+            .to_string()
+            .as_bytes(),
+        );
+        if let Some(request_id) = &f.request_id
+            && let Some(stored) =
+                find_retry(tx, "ReportWorkerFailure", &actor, request_id, &fingerprint).await?
+        {
+            let sequence: u64 = stored_response(&stored)?;
+            let event = tx
+                .fetch_event(sequence)
+                .await?
+                .ok_or_else(|| vanished("reported event"))?;
+            return Ok((event, None));
+        }
+        if tx.fetch_version(name, f.version).await?.is_none() {
+            return Err(version_not_found(name, &f.version.to_string()));
+        }
+        let (latest, _) = tx.log_head().await?;
+        if f.event_sequence > latest {
+            return Err(Error::invalid(
+                "event_sequence",
+                format!(
+                    "{} is beyond the end of the log (the latest sequence is {latest})",
+                    f.event_sequence
+                ),
+            ));
+        }
+        let event = NewEvent::new(
+            EventKind::WorkerFailed,
             name,
             f.version,
-            f.worker,
-            f.event_sequence,
-            f.error,
-            f.attempts
-        ])
-        .to_string()
-        .as_bytes(),
-    );
-    if let Some(request_id) = &f.request_id
-        && let Some(stored) =
-            find_retry(tx, "ReportWorkerFailure", &actor, request_id, &fingerprint).await?
-    {
-        let sequence: u64 = stored_response(&stored)?;
+            json!({
+                "worker": f.worker,
+                "event_sequence": f.event_sequence,
+                "error": f.error,
+                "attempts": f.attempts,
+            }),
+        );
+        let seq = append_events(tx, &actor, vec![event]).await?;
+        if let Some(request_id) = &f.request_id {
+            let stored = StoredRequest {
+                fingerprint,
+                model: name.to_owned(),
+                version: f.version,
+                response: Some(seq.to_string()),
+            };
+            remember_request(tx, "ReportWorkerFailure", &actor, request_id, &stored).await?;
+        }
         let event = tx
-            .fetch_event(sequence)
+            .fetch_event(seq)
             .await?
-            .ok_or_else(|| vanished("reported event"))?;
-        return Ok((event, None));
-    }
-    if tx.fetch_version(name, f.version).await?.is_none() {
-        return Err(version_not_found(name, &f.version.to_string()));
-    }
-    let (latest, _) = tx.log_head().await?;
-    if f.event_sequence > latest {
-        return Err(Error::invalid(
-            "event_sequence",
-            format!(
-                "{} is beyond the end of the log (the latest sequence is {latest})",
-                f.event_sequence
-            ),
-        ));
-    }
-    let event = NewEvent::new(
-        EventKind::WorkerFailed,
-        name,
-        f.version,
-        json!({
-            "worker": f.worker,
-            "event_sequence": f.event_sequence,
-            "error": f.error,
-            "attempts": f.attempts,
-        }),
-    );
-    let seq = append_events(tx, &actor, vec![event]).await?;
-    if let Some(request_id) = &f.request_id {
-        let stored = StoredRequest {
-            fingerprint,
-            model: name.to_owned(),
-            version: f.version,
-            response: Some(seq.to_string()),
-        };
-        remember_request(tx, "ReportWorkerFailure", &actor, request_id, &stored).await?;
-    }
-    let event = tx
-        .fetch_event(seq)
-        .await?
-        .ok_or_else(|| vanished("appended event"))?;
-    Ok((event, Some(seq)))
-}
-
-pub async fn report_live_metric(store: &Store, observation: LiveObservation) -> Result<()> {
-    write_tx!(store, |tx| report_live_metric_in(tx, observation))
+            .ok_or_else(|| vanished("appended event"))?;
+        Ok((event, Some(seq)))
+    })
 }
 
 /// Stores an observation. No model lock and no event: observations are
 /// facts about the outside world, not changes the log must order, and one
 /// event each would flood it.
-pub(crate) async fn report_live_metric_in<T: Tx>(
-    tx: &mut T,
-    o: LiveObservation,
-) -> Result<((), Option<u64>)> {
-    let name = o.model.as_str();
-    if tx.fetch_version(name, o.version).await?.is_none() {
-        return Err(match tx.fetch_model(name).await? {
-            None => model_not_found(name),
-            Some(_) => version_not_found(name, &o.version.to_string()),
-        });
-    }
-    tx.upsert_observation(&o).await?;
-    Ok(((), None))
+pub async fn report_live_metric(store: &Store, o: LiveObservation) -> Result<()> {
+    write_tx!(store, |tx| -> () {
+        let name = o.model.as_str();
+        if tx.fetch_version(name, o.version).await?.is_none() {
+            return Err(match tx.fetch_model(name).await? {
+                None => model_not_found(name),
+                Some(_) => version_not_found(name, &o.version.to_string()),
+            });
+        }
+        tx.upsert_observation(&o).await?;
+        Ok(((), None))
+    })
 }

@@ -2,7 +2,6 @@
 
 use serde_json::json;
 
-use crate::domain::audit::sha256_hex;
 use crate::domain::evaluation;
 use crate::domain::{
     Actor, CompareRequest, Comparison, Evaluation, EvaluationSet, EventKind, GateResult,
@@ -18,42 +17,37 @@ pub async fn create_evaluation_set(
     set: EvaluationSet,
     actor: Actor,
 ) -> Result<EvaluationSet> {
-    write_tx!(store, |tx| create_evaluation_set_in(tx, set, actor))
-}
-
-pub(crate) async fn create_evaluation_set_in<T: Tx>(
-    tx: &mut T,
-    mut set: EvaluationSet,
-    actor: Actor,
-) -> Result<(EvaluationSet, Option<u64>)> {
-    tx.lock_key(&format!("evaluation-set:{}", set.id)).await?;
-    if let Some(existing) = tx.fetch_evaluation_set(&set.id).await? {
-        // Immutable: the same content again is a retry, anything else a conflict.
-        return if existing.same_content(&set) {
-            Ok((existing, None))
-        } else {
-            Err(Error::AlreadyExists {
-                kind: "modelreg.v1.EvaluationSet",
-                name: set.id.to_string(),
-            })
-        };
-    }
-    set.created_by = actor.0.clone();
-    set.create_time = tx.now();
-    tx.insert_evaluation_set(&set).await?;
-    let event = NewEvent::new(
-        EventKind::EvaluationSetCreated,
-        "",
-        0,
-        json!({
-            "evaluation_set": {"name": set.id.name, "version": set.id.version},
-            "uri": set.uri,
-            "digest": set.digest,
-            "metrics": set.metrics,
-        }),
-    );
-    let seq = append_events(tx, &actor, vec![event]).await?;
-    Ok((set, Some(seq)))
+    let mut set = set;
+    write_tx!(store, |tx| -> EvaluationSet {
+        tx.lock_key(&format!("evaluation-set:{}", set.id)).await?;
+        if let Some(existing) = tx.fetch_evaluation_set(&set.id).await? {
+            // Immutable: the same content again is a retry, anything else a conflict.
+            return if existing.same_content(&set) {
+                Ok((existing, None))
+            } else {
+                Err(Error::AlreadyExists {
+                    kind: "modelreg.v1.EvaluationSet",
+                    name: set.id.to_string(),
+                })
+            };
+        }
+        set.created_by = actor.0.clone();
+        set.create_time = tx.now();
+        tx.insert_evaluation_set(&set).await?;
+        let event = NewEvent::new(
+            EventKind::EvaluationSetCreated,
+            "",
+            0,
+            json!({
+                "evaluation_set": {"name": set.id.name, "version": set.id.version},
+                "uri": set.uri,
+                "digest": set.digest,
+                "metrics": set.metrics,
+            }),
+        );
+        let seq = append_events(tx, &actor, vec![event]).await?;
+        Ok((set, Some(seq)))
+    })
 }
 
 pub async fn get_evaluation_set(store: &Store, set: &SetRef) -> Result<EvaluationSet> {
@@ -92,92 +86,65 @@ pub async fn attach_evaluation(
     new: NewEvaluation,
     actor: Actor,
 ) -> Result<Evaluation> {
-    write_tx!(store, |tx| attach_evaluation_in(tx, new, actor))
-}
-
-pub(crate) async fn attach_evaluation_in<T: Tx>(
-    tx: &mut T,
-    new: NewEvaluation,
-    actor: Actor,
-) -> Result<(Evaluation, Option<u64>)> {
-    let mut e = new.evaluation;
-    if tx.lock_model(&e.model).await?.is_none() {
-        return Err(model_not_found(&e.model));
-    }
-    let fingerprint = sha256_hex(
-        json!([
-            e.model,
-            e.version,
-            e.set.name,
-            e.set.version,
-            e.evaluator_version,
-            e.metrics,
-            e.report_uri
-        ])
-        .to_string()
-        .as_bytes(),
-    );
-    if let Some(request_id) = &new.request_id
-        && let Some(stored) =
-            find_retry(tx, "AttachEvaluation", &actor, request_id, &fingerprint).await?
-    {
-        return tx
-            .fetch_evaluation(&stored.model, stored.version, &e.set, &e.evaluator_version)
+    write_tx!(store, |tx| -> Evaluation {
+        let mut e = new.evaluation;
+        if tx.lock_model(&e.model).await?.is_none() {
+            return Err(model_not_found(&e.model));
+        }
+        let fingerprint = e.fingerprint();
+        if let Some(request_id) = &new.request_id
+            && let Some(stored) =
+                find_retry(tx, "AttachEvaluation", &actor, request_id, &fingerprint).await?
+        {
+            return tx
+                .fetch_evaluation(&stored.model, stored.version, &e.set, &e.evaluator_version)
+                .await?
+                .ok_or_else(|| vanished("evaluation"))
+                .map(|v| (v, None));
+        }
+        if tx.fetch_version(&e.model, e.version).await?.is_none() {
+            return Err(version_not_found(&e.model, &e.version.to_string()));
+        }
+        let set = tx
+            .fetch_evaluation_set(&e.set)
             .await?
-            .ok_or_else(|| vanished("evaluation"))
-            .map(|v| (v, None));
-    }
-    if tx.fetch_version(&e.model, e.version).await?.is_none() {
-        return Err(version_not_found(&e.model, &e.version.to_string()));
-    }
-    let set = tx
-        .fetch_evaluation_set(&e.set)
-        .await?
-        .ok_or_else(|| set_not_found(&e.set))?;
-    evaluation::check_reported("metrics", &set, &e.metrics)?;
-    if let Some(existing) = tx
-        .fetch_evaluation(&e.model, e.version, &e.set, &e.evaluator_version)
-        .await?
-    {
-        // Immutable: one result per version, set version and evaluator version.
-        return if existing.same_content(&e) {
-            Ok((existing, None))
-        } else {
-            Err(Error::AlreadyExists {
-                kind: "modelreg.v1.Evaluation",
-                name: format!(
-                    "{}/{} on {} by evaluator {}",
-                    e.model, e.version, e.set, e.evaluator_version
-                ),
-            })
-        };
-    }
-    e.created_by = actor.0.clone();
-    e.create_time = tx.now();
-    tx.insert_evaluation(&e).await?;
-    if let Some(request_id) = &new.request_id {
-        let stored = StoredRequest {
-            fingerprint,
-            model: e.model.clone(),
-            version: e.version,
-            response: None,
-        };
-        remember_request(tx, "AttachEvaluation", &actor, request_id, &stored).await?;
-    }
-    tx.touch_version(&e.model, e.version, e.create_time).await?;
-    let event = NewEvent::new(
-        EventKind::EvaluationAttached,
-        &e.model,
-        e.version,
-        json!({
-            "evaluation_set": {"name": e.set.name, "version": e.set.version},
-            "evaluator_version": e.evaluator_version,
-            "metrics": e.metrics,
-            "report_uri": e.report_uri,
-        }),
-    );
-    let seq = append_events(tx, &actor, vec![event]).await?;
-    Ok((e, Some(seq)))
+            .ok_or_else(|| set_not_found(&e.set))?;
+        evaluation::check_reported("metrics", &set, &e.metrics)?;
+        if let Some(existing) = tx
+            .fetch_evaluation(&e.model, e.version, &e.set, &e.evaluator_version)
+            .await?
+        {
+            // Immutable: one result per version, set version and evaluator version.
+            return if existing.same_content(&e) {
+                Ok((existing, None))
+            } else {
+                Err(Error::AlreadyExists {
+                    kind: "modelreg.v1.Evaluation",
+                    name: format!(
+                        "{}/{} on {} by evaluator {}",
+                        e.model, e.version, e.set, e.evaluator_version
+                    ),
+                })
+            };
+        }
+        e.created_by = actor.0.clone();
+        e.create_time = tx.now();
+        tx.insert_evaluation(&e).await?;
+        if let Some(request_id) = &new.request_id {
+            let stored = StoredRequest {
+                fingerprint,
+                model: e.model.clone(),
+                version: e.version,
+                response: None,
+            };
+            remember_request(tx, "AttachEvaluation", &actor, request_id, &stored).await?;
+        }
+        tx.touch_version(&e.model, e.version, e.create_time).await?;
+        let details = e.attached_details();
+        let event = NewEvent::new(EventKind::EvaluationAttached, &e.model, e.version, details);
+        let seq = append_events(tx, &actor, vec![event]).await?;
+        Ok((e, Some(seq)))
+    })
 }
 
 pub async fn list_evaluations(

@@ -5,8 +5,8 @@
 //! [`crate::domain`], apply the statements of [`crate::store`] in one
 //! transaction with the change's events, and return domain values.
 //!
-//! Each write is written once, generic over [`Tx`], and run by
-//! [`write_tx!`] on whichever backend the store uses; reads likewise, generic
+//! Each write is one function whose body [`write_tx!`] runs in a
+//! transaction of whichever backend the store uses; reads likewise, generic
 //! over [`Db`], through [`read_db!`]. Nothing here knows about protobuf,
 //! tonic or HTTP.
 
@@ -16,16 +16,33 @@ use crate::domain::{Actor, Event, EventKind, Model, NewEvent, SetRef, etag};
 use crate::error::{Error, Result};
 use crate::store::{Tx, WriteFuture};
 
-/// Runs a write transaction, `|tx| body`, on the store's backend and waits
-/// for its commit. The body is a call of a function generic over [`Tx`].
+/// Runs a use case's write transaction on the store's backend and waits for
+/// its commit: `write_tx!(store, |tx| -> Answer { body })`. The body is
+/// written once and compiled for each backend's transaction; it returns
+/// `Result<(Answer, Option<u64>)>`, the answer and the last sequence it
+/// appended (`None` when it appended nothing).
 macro_rules! write_tx {
-    ($store:expr, |$tx:ident| $body:expr) => {
+    ($store:expr, |$tx:ident| -> $out:ty $body:block) => {
         match $store.backend() {
             $crate::store::Backend::Sqlite(db) => {
-                $crate::store::Db::write(db, $crate::app::job(move |$tx| Box::pin($body))).await
+                $crate::store::Db::write(
+                    db,
+                    move |$tx: &mut <$crate::store::SqliteStore as $crate::store::Db>::Tx| {
+                        let out: $crate::store::WriteFuture<'_, $out> = Box::pin(async move $body);
+                        out
+                    },
+                )
+                .await
             }
             $crate::store::Backend::Postgres(db) => {
-                $crate::store::Db::write(db, $crate::app::job(move |$tx| Box::pin($body))).await
+                $crate::store::Db::write(
+                    db,
+                    move |$tx: &mut <$crate::store::PgStore as $crate::store::Db>::Tx| {
+                        let out: $crate::store::WriteFuture<'_, $out> = Box::pin(async move $body);
+                        out
+                    },
+                )
+                .await
             }
         }
     };

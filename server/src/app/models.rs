@@ -18,70 +18,64 @@ pub async fn create_model(store: &Store, new: NewModel, caller: Caller) -> Resul
         authz::may_set_policy(&caller)?;
     }
     let actor = caller.actor;
-    write_tx!(store, |tx| create_model_in(tx, new, actor))
-}
-
-pub(crate) async fn create_model_in<T: Tx>(
-    tx: &mut T,
-    new: NewModel,
-    actor: Actor,
-) -> Result<(Model, Option<u64>)> {
-    let name = new.name.as_str();
-    tx.lock_key(&format!("model:{name}")).await?;
-    let fingerprint = sha256_hex(
-        json!({"name": name, "description": new.description, "tags": new.tags, "policy": new.policy})
-            .to_string()
-            .as_bytes(),
-    );
-    if let Some(request_id) = &new.request_id
-        && let Some(stored) =
-            find_retry(tx, "CreateModel", &actor, request_id, &fingerprint).await?
-    {
-        return tx
-            .fetch_model(&stored.model)
-            .await?
-            .ok_or_else(|| model_not_found(&stored.model))
-            .map(|v| (v, None));
-    }
-    let policy = new.policy.clone().unwrap_or_default();
-    check_policy(tx, &policy).await?;
-    let now = tx.now();
-    let model = Model {
-        name: name.to_owned(),
-        description: new.description.clone(),
-        tags: new.tags.clone(),
-        policy: policy.clone(),
-        revision: 1,
-        latest_version: 0,
-        production_version: 0,
-        aliases: Default::default(),
-        created_by: actor.0.clone(),
-        create_time: now,
-        update_time: now,
-        deployments: Vec::new(),
-    };
-    if !tx.insert_model(&model).await? {
-        return Err(Error::AlreadyExists {
-            kind: "modelreg.v1.Model",
+    write_tx!(store, |tx| -> Model {
+        let name = new.name.as_str();
+        tx.lock_key(&format!("model:{name}")).await?;
+        let fingerprint = sha256_hex(
+            json!({"name": name, "description": new.description, "tags": new.tags, "policy": new.policy})
+                .to_string()
+                .as_bytes(),
+        );
+        if let Some(request_id) = &new.request_id
+            && let Some(stored) =
+                find_retry(tx, "CreateModel", &actor, request_id, &fingerprint).await?
+        {
+            return tx
+                .fetch_model(&stored.model)
+                .await?
+                .ok_or_else(|| model_not_found(&stored.model))
+                .map(|v| (v, None));
+        }
+        let policy = new.policy.clone().unwrap_or_default();
+        check_policy(tx, &policy).await?;
+        let now = tx.now();
+        let model = Model {
             name: name.to_owned(),
-        });
-    }
-    if let Some(request_id) = &new.request_id {
-        let stored = StoredRequest {
-            fingerprint,
-            model: name.to_owned(),
-            version: 0,
-            response: None,
+            description: new.description.clone(),
+            tags: new.tags.clone(),
+            policy: policy.clone(),
+            revision: 1,
+            latest_version: 0,
+            production_version: 0,
+            aliases: Default::default(),
+            created_by: actor.0.clone(),
+            create_time: now,
+            update_time: now,
+            deployments: Vec::new(),
         };
-        remember_request(tx, "CreateModel", &actor, request_id, &stored).await?;
-    }
-    let event = NewEvent::new(
-        EventKind::ModelCreated,
-        name,
-        0,
-        json!({"description": new.description, "tags": new.tags, "policy": policy.effective()}),
-    );
-    finish_with_model(tx, &actor, vec![event], name).await
+        if !tx.insert_model(&model).await? {
+            return Err(Error::AlreadyExists {
+                kind: "modelreg.v1.Model",
+                name: name.to_owned(),
+            });
+        }
+        if let Some(request_id) = &new.request_id {
+            let stored = StoredRequest {
+                fingerprint,
+                model: name.to_owned(),
+                version: 0,
+                response: None,
+            };
+            remember_request(tx, "CreateModel", &actor, request_id, &stored).await?;
+        }
+        let event = NewEvent::new(
+            EventKind::ModelCreated,
+            name,
+            0,
+            json!({"description": new.description, "tags": new.tags, "policy": policy.effective()}),
+        );
+        finish_with_model(tx, &actor, vec![event], name).await
+    })
 }
 
 pub async fn get_model(store: &Store, name: &str) -> Result<Model> {
@@ -118,58 +112,52 @@ pub async fn update_model(store: &Store, update: ModelUpdate, caller: Caller) ->
         authz::may_set_policy(&caller)?;
     }
     let actor = caller.actor;
-    write_tx!(store, |tx| update_model_in(tx, update, actor))
-}
-
-pub(crate) async fn update_model_in<T: Tx>(
-    tx: &mut T,
-    update: ModelUpdate,
-    actor: Actor,
-) -> Result<(Model, Option<u64>)> {
-    let name = update.name.as_str();
-    let current = tx
-        .lock_model(name)
-        .await?
-        .ok_or_else(|| model_not_found(name))?;
-    check_etag(update.etag, current.revision, "model", name)?;
-    let mut before = serde_json::Map::new();
-    let mut after = serde_json::Map::new();
-    let mut next = current.clone();
-    if let Some(d) = update.description
-        && d != current.description
-    {
-        before.insert("description".into(), json!(current.description));
-        after.insert("description".into(), json!(d));
-        next.description = d;
-    }
-    if let Some(t) = update.tags
-        && t != current.tags
-    {
-        before.insert("tags".into(), json!(current.tags));
-        after.insert("tags".into(), json!(t));
-        next.tags = t;
-    }
-    if let Some(p) = update.policy
-        && p != current.policy
-    {
-        check_policy(tx, &p).await?;
-        before.insert("policy".into(), json!(current.policy.effective()));
-        after.insert("policy".into(), json!(p.effective()));
-        next.policy = p;
-    }
-    if after.is_empty() {
-        // Nothing changes: no write, no event, same etag.
-        return Ok((current, None));
-    }
-    next.update_time = tx.now();
-    tx.update_model(&next).await?;
-    let event = NewEvent::new(
-        EventKind::ModelUpdated,
-        name,
-        0,
-        json!({"before": before, "after": after}),
-    );
-    finish_with_model(tx, &actor, vec![event], name).await
+    write_tx!(store, |tx| -> Model {
+        let name = update.name.as_str();
+        let current = tx
+            .lock_model(name)
+            .await?
+            .ok_or_else(|| model_not_found(name))?;
+        check_etag(update.etag, current.revision, "model", name)?;
+        let mut before = serde_json::Map::new();
+        let mut after = serde_json::Map::new();
+        let mut next = current.clone();
+        if let Some(d) = update.description
+            && d != current.description
+        {
+            before.insert("description".into(), json!(current.description));
+            after.insert("description".into(), json!(d));
+            next.description = d;
+        }
+        if let Some(t) = update.tags
+            && t != current.tags
+        {
+            before.insert("tags".into(), json!(current.tags));
+            after.insert("tags".into(), json!(t));
+            next.tags = t;
+        }
+        if let Some(p) = update.policy
+            && p != current.policy
+        {
+            check_policy(tx, &p).await?;
+            before.insert("policy".into(), json!(current.policy.effective()));
+            after.insert("policy".into(), json!(p.effective()));
+            next.policy = p;
+        }
+        if after.is_empty() {
+            // Nothing changes: no write, no event, same etag.
+            return Ok((current, None));
+        }
+        next.update_time = tx.now();
+        tx.update_model(&next).await?;
+        let event = NewEvent::new(
+            EventKind::ModelUpdated,
+            name,
+            0,
+            json!({"before": before, "after": after}),
+        );
+        finish_with_model(tx, &actor, vec![event], name).await
+    })
 }
 
 pub async fn set_alias(
@@ -179,42 +167,34 @@ pub async fn set_alias(
     version: i64,
     actor: Actor,
 ) -> Result<Model> {
-    write_tx!(store, |tx| set_alias_in(tx, model, alias, version, actor))
-}
-
-pub(crate) async fn set_alias_in<T: Tx>(
-    tx: &mut T,
-    model: Name,
-    alias: AliasName,
-    version: i64,
-    actor: Actor,
-) -> Result<(Model, Option<u64>)> {
-    let name = model.as_str();
-    let current = tx
-        .lock_model(name)
-        .await?
-        .ok_or_else(|| model_not_found(name))?;
-    if tx.fetch_version(name, version).await?.is_none() {
-        return Err(version_not_found(name, &version.to_string()));
-    }
-    let previous = current.aliases.get(alias.as_str()).copied();
-    if previous == Some(version) {
-        return Ok((current, None));
-    }
-    let now = tx.now();
-    tx.upsert_alias(name, alias.as_str(), version).await?;
-    tx.touch_model(name, now).await?;
-    tx.touch_version(name, version, now).await?;
-    if let Some(prev) = previous {
-        tx.touch_version(name, prev, now).await?;
-    }
-    let event = NewEvent::new(
-        EventKind::AliasSet,
-        name,
-        version,
-        json!({"alias": alias.as_str(), "previous_version": previous.unwrap_or(0)}),
-    );
-    finish_with_model(tx, &actor, vec![event], name).await
+    write_tx!(store, |tx| -> Model {
+        let name = model.as_str();
+        let current = tx
+            .lock_model(name)
+            .await?
+            .ok_or_else(|| model_not_found(name))?;
+        if tx.fetch_version(name, version).await?.is_none() {
+            return Err(version_not_found(name, &version.to_string()));
+        }
+        let previous = current.aliases.get(alias.as_str()).copied();
+        if previous == Some(version) {
+            return Ok((current, None));
+        }
+        let now = tx.now();
+        tx.upsert_alias(name, alias.as_str(), version).await?;
+        tx.touch_model(name, now).await?;
+        tx.touch_version(name, version, now).await?;
+        if let Some(prev) = previous {
+            tx.touch_version(name, prev, now).await?;
+        }
+        let event = NewEvent::new(
+            EventKind::AliasSet,
+            name,
+            version,
+            json!({"alias": alias.as_str(), "previous_version": previous.unwrap_or(0)}),
+        );
+        finish_with_model(tx, &actor, vec![event], name).await
+    })
 }
 
 pub async fn delete_alias(
@@ -223,34 +203,27 @@ pub async fn delete_alias(
     alias: AliasName,
     actor: Actor,
 ) -> Result<Model> {
-    write_tx!(store, |tx| delete_alias_in(tx, model, alias, actor))
-}
-
-pub(crate) async fn delete_alias_in<T: Tx>(
-    tx: &mut T,
-    model: Name,
-    alias: AliasName,
-    actor: Actor,
-) -> Result<(Model, Option<u64>)> {
-    let name = model.as_str();
-    let current = tx
-        .lock_model(name)
-        .await?
-        .ok_or_else(|| model_not_found(name))?;
-    let Some(version) = current.aliases.get(alias.as_str()).copied() else {
-        return Err(alias_not_found(name, alias.as_str()));
-    };
-    let now = tx.now();
-    tx.remove_alias(name, alias.as_str()).await?;
-    tx.touch_model(name, now).await?;
-    tx.touch_version(name, version, now).await?;
-    let event = NewEvent::new(
-        EventKind::AliasDeleted,
-        name,
-        version,
-        json!({"alias": alias.as_str()}),
-    );
-    finish_with_model(tx, &actor, vec![event], name).await
+    write_tx!(store, |tx| -> Model {
+        let name = model.as_str();
+        let current = tx
+            .lock_model(name)
+            .await?
+            .ok_or_else(|| model_not_found(name))?;
+        let Some(version) = current.aliases.get(alias.as_str()).copied() else {
+            return Err(alias_not_found(name, alias.as_str()));
+        };
+        let now = tx.now();
+        tx.remove_alias(name, alias.as_str()).await?;
+        tx.touch_model(name, now).await?;
+        tx.touch_version(name, version, now).await?;
+        let event = NewEvent::new(
+            EventKind::AliasDeleted,
+            name,
+            version,
+            json!({"alias": alias.as_str()}),
+        );
+        finish_with_model(tx, &actor, vec![event], name).await
+    })
 }
 
 /// Checks a policy against the evaluation set it names.

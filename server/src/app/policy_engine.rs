@@ -5,8 +5,7 @@ use serde_json::json;
 
 use crate::domain::lifecycle;
 use crate::domain::{
-    self, Actor, Cause, EventKind, LiveMetricAction, Model, NewEvent, Stage, human_duration,
-    rfc3339,
+    self, Actor, Cause, EventKind, LiveMetricAction, Model, NewEvent, Stage, rfc3339,
 };
 use crate::error::Result;
 use crate::store::{Db, ModelFilter, Store, Tx};
@@ -156,21 +155,7 @@ pub(crate) async fn live_monitor_in<T: Tx>(
         now,
     )
     .await?;
-    let (side, op) = if rule.higher_is_better {
-        ("below", ">=")
-    } else {
-        ("above", "<=")
-    };
-    let window = human_duration(rule.window_micros);
-    let condition = format!(
-        "live metric {} of version {} has been {side} {} since {} (rule: {} {op} {} over {window})",
-        rule.metric,
-        production.version,
-        rule.threshold,
-        rfc3339(breach.bad_since),
-        rule.metric,
-        rule.threshold
-    );
+    let condition = rule.breach_condition(production.version, breach.bad_since);
     let mut report = TickReport {
         breaches: 1,
         ..Default::default()
@@ -200,24 +185,12 @@ pub(crate) async fn live_monitor_in<T: Tx>(
             }
         }
     };
+    let details = rule.breach_details(&breach, rolled_back_to, &outcome);
     let mut breach_event = NewEvent::new(
         EventKind::LiveMetricBreach,
         &name,
         production.version,
-        json!({
-            "metric": rule.metric,
-            "threshold": rule.threshold,
-            "higher_is_better": rule.higher_is_better,
-            "window": window,
-            "window_seconds": rule.window_micros / 1_000_000,
-            "last_value": breach.last.value,
-            "last_observe_time": rfc3339(breach.last.time),
-            "observations_in_window": breach.in_window,
-            "bad_since": rfc3339(breach.bad_since),
-            "action": rule.action.as_str(),
-            "rolled_back_to": rolled_back_to,
-            "outcome": outcome,
-        }),
+        details,
     );
     breach_event.comment = format!("{condition}: {outcome}");
     let mut events = vec![breach_event];

@@ -326,50 +326,45 @@ pub async fn request_transition(
     change: StageChange,
     caller: Caller,
 ) -> Result<TransitionOutcome> {
-    write_tx!(store, |tx| request_transition_in(tx, change, caller))
-}
-
-pub(crate) async fn request_transition_in<T: Tx>(
-    tx: &mut T,
-    change: StageChange,
-    caller: Caller,
-) -> Result<(TransitionOutcome, Option<u64>)> {
-    let name = change.model.as_str();
-    // The model lock makes "read production version, then move" one step, so
-    // racing promotions of one model serialize and exactly one production remains.
-    let model = tx
-        .lock_model(name)
-        .await?
-        .ok_or_else(|| model_not_found(name))?;
-    let current = tx
-        .fetch_version(name, change.version)
-        .await?
-        .ok_or_else(|| version_not_found(name, &change.version.to_string()))?;
-    check_etag(
-        change.etag,
-        current.revision,
-        "version",
-        &format!("{name}/{}", change.version),
-    )?;
-    let moves = match decide_move(tx, &model, &current, change.target, MovePath::Request).await? {
-        MoveDecision::Apply(moves) => moves,
-        MoveDecision::NeedsApproval(judgement) => {
-            let ask = Ask {
-                to: change.target,
-                rollback: false,
-                comment: &change.comment,
-                judgement,
+    write_tx!(store, |tx| -> TransitionOutcome {
+        let name = change.model.as_str();
+        // The model lock makes "read production version, then move" one step, so
+        // racing promotions of one model serialize and exactly one production remains.
+        let model = tx
+            .lock_model(name)
+            .await?
+            .ok_or_else(|| model_not_found(name))?;
+        let current = tx
+            .fetch_version(name, change.version)
+            .await?
+            .ok_or_else(|| version_not_found(name, &change.version.to_string()))?;
+        check_etag(
+            change.etag,
+            current.revision,
+            "version",
+            &format!("{name}/{}", change.version),
+        )?;
+        let moves =
+            match decide_move(tx, &model, &current, change.target, MovePath::Request).await? {
+                MoveDecision::Apply(moves) => moves,
+                MoveDecision::NeedsApproval(judgement) => {
+                    let ask = Ask {
+                        to: change.target,
+                        rollback: false,
+                        comment: &change.comment,
+                        judgement,
+                    };
+                    return pending(tx, &model, &current, &caller.actor, ask).await;
+                }
             };
-            return pending(tx, &model, &current, &caller.actor, ask).await;
-        }
-    };
-    let events = apply_moves(tx, name, &moves, &change.comment, json!({}), "", None).await?;
-    let seq = append_events(tx, &caller.actor, events).await?;
-    let version = tx
-        .fetch_version(name, change.version)
-        .await?
-        .ok_or_else(|| vanished("version"))?;
-    Ok((TransitionOutcome::Applied(version), Some(seq)))
+        let events = apply_moves(tx, name, &moves, &change.comment, json!({}), "", None).await?;
+        let seq = append_events(tx, &caller.actor, events).await?;
+        let version = tx
+            .fetch_version(name, change.version)
+            .await?
+            .ok_or_else(|| vanished("version"))?;
+        Ok((TransitionOutcome::Applied(version), Some(seq)))
+    })
 }
 
 /// The moves of a rollback to `target`: the current production version (if
@@ -394,87 +389,82 @@ pub(crate) fn rollback_moves(target: &Version, production: i64) -> Vec<lifecycle
 }
 
 pub async fn rollback(store: &Store, order: RollbackOrder) -> Result<TransitionOutcome> {
-    write_tx!(store, |tx| rollback_in(tx, order))
-}
-
-pub(crate) async fn rollback_in<T: Tx>(
-    tx: &mut T,
-    order: RollbackOrder,
-) -> Result<(TransitionOutcome, Option<u64>)> {
-    let name = order.model.as_str();
-    let model = tx
-        .lock_model(name)
-        .await?
-        .ok_or_else(|| model_not_found(name))?;
-    let Some(production) = tx.production_version(name).await? else {
-        return Err(Error::precondition(
-            "NO_PRODUCTION_VERSION",
-            name,
-            format!("model {name:?} has no production version to roll back"),
-        ));
-    };
-    let history = tx.stage_history(name).await?;
-    let target = if order.version != 0 {
-        let v = order.version;
-        if tx.fetch_version(name, v).await?.is_none() {
-            return Err(version_not_found(name, &v.to_string()));
-        }
-        if v == production {
+    write_tx!(store, |tx| -> TransitionOutcome {
+        let name = order.model.as_str();
+        let model = tx
+            .lock_model(name)
+            .await?
+            .ok_or_else(|| model_not_found(name))?;
+        let Some(production) = tx.production_version(name).await? else {
             return Err(Error::precondition(
-                "ROLLBACK_TARGET",
-                format!("{name}/{v}"),
-                format!("version {v} is already in production"),
-            ));
-        }
-        if !domain::was_in_production(&history, v) {
-            return Err(Error::precondition(
-                "ROLLBACK_TARGET",
-                format!("{name}/{v}"),
-                format!(
-                    "version {v} of model {name:?} has never been in production; rollback returns to a version that was (promote new versions with TransitionStage)"
-                ),
-            ));
-        }
-        v
-    } else {
-        domain::rollback_target(&history, production).ok_or_else(|| {
-            Error::precondition(
-                "NO_ROLLBACK_TARGET",
+                "NO_PRODUCTION_VERSION",
                 name,
-                format!(
-                    "model {name:?} has no earlier production version to roll back to (versions already rolled back from are skipped); name one with version"
-                ),
-            )
-        })?
-    };
-    let version = tx
-        .fetch_version(name, target)
-        .await?
-        .ok_or_else(|| vanished("version"))?;
-    if version.stage == Stage::None {
-        return Err(Error::Internal(format!(
-            "version {target} was in production but is in stage NONE"
-        )));
-    }
-    let moves =
-        match decide_move(tx, &model, &version, Stage::Production, MovePath::Rollback).await? {
-            MoveDecision::Apply(moves) => moves,
-            MoveDecision::NeedsApproval(judgement) => {
-                let ask = Ask {
-                    to: Stage::Production,
-                    rollback: true,
-                    comment: &order.reason,
-                    judgement,
-                };
-                return pending(tx, &model, &version, &order.caller.actor, ask).await;
-            }
+                format!("model {name:?} has no production version to roll back"),
+            ));
         };
-    let details = json!({"rolled_back_from": production, "rolled_back_to": target});
-    let events = apply_moves(tx, name, &moves, &order.reason, details, "", None).await?;
-    let seq = append_events(tx, &order.caller.actor, events).await?;
-    let version = tx
-        .fetch_version(name, target)
-        .await?
-        .ok_or_else(|| vanished("version"))?;
-    Ok((TransitionOutcome::Applied(version), Some(seq)))
+        let history = tx.stage_history(name).await?;
+        let target = if order.version != 0 {
+            let v = order.version;
+            if tx.fetch_version(name, v).await?.is_none() {
+                return Err(version_not_found(name, &v.to_string()));
+            }
+            if v == production {
+                return Err(Error::precondition(
+                    "ROLLBACK_TARGET",
+                    format!("{name}/{v}"),
+                    format!("version {v} is already in production"),
+                ));
+            }
+            if !domain::was_in_production(&history, v) {
+                return Err(Error::precondition(
+                    "ROLLBACK_TARGET",
+                    format!("{name}/{v}"),
+                    format!(
+                        "version {v} of model {name:?} has never been in production; rollback returns to a version that was (promote new versions with TransitionStage)"
+                    ),
+                ));
+            }
+            v
+        } else {
+            domain::rollback_target(&history, production).ok_or_else(|| {
+                Error::precondition(
+                    "NO_ROLLBACK_TARGET",
+                    name,
+                    format!(
+                        "model {name:?} has no earlier production version to roll back to (versions already rolled back from are skipped); name one with version"
+                    ),
+                )
+            })?
+        };
+        let version = tx
+            .fetch_version(name, target)
+            .await?
+            .ok_or_else(|| vanished("version"))?;
+        if version.stage == Stage::None {
+            return Err(Error::Internal(format!(
+                "version {target} was in production but is in stage NONE"
+            )));
+        }
+        let moves =
+            match decide_move(tx, &model, &version, Stage::Production, MovePath::Rollback).await? {
+                MoveDecision::Apply(moves) => moves,
+                MoveDecision::NeedsApproval(judgement) => {
+                    let ask = Ask {
+                        to: Stage::Production,
+                        rollback: true,
+                        comment: &order.reason,
+                        judgement,
+                    };
+                    return pending(tx, &model, &version, &order.caller.actor, ask).await;
+                }
+            };
+        let details = json!({"rolled_back_from": production, "rolled_back_to": target});
+        let events = apply_moves(tx, name, &moves, &order.reason, details, "", None).await?;
+        let seq = append_events(tx, &order.caller.actor, events).await?;
+        let version = tx
+            .fetch_version(name, target)
+            .await?
+            .ok_or_else(|| vanished("version"))?;
+        Ok((TransitionOutcome::Applied(version), Some(seq)))
+    })
 }

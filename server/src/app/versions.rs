@@ -19,102 +19,72 @@ pub struct Registered {
 }
 
 pub async fn register_version(store: &Store, new: NewVersion, actor: Actor) -> Result<Registered> {
-    write_tx!(store, |tx| register_version_in(tx, new, actor))
-}
-
-pub(crate) async fn register_version_in<T: Tx>(
-    tx: &mut T,
-    new: NewVersion,
-    actor: Actor,
-) -> Result<(Registered, Option<u64>)> {
-    let model = new.model.as_str();
-    // The model lock serializes registrations of one model, so version numbers
-    // and request-id checks never race.
-    let current = tx.lock_model(model).await?;
-    let fingerprint = format!("{model}:{}", new.fingerprint());
-    if let Some(request_id) = &new.request_id
-        && let Some(stored) =
-            find_retry(tx, "RegisterVersion", &actor, request_id, &fingerprint).await?
-    {
-        return registered_before(tx, &stored).await.map(|r| (r, None));
-    }
-    let current = current.ok_or_else(|| model_not_found(model))?;
-    let number = current.latest_version + 1;
-    let now = tx.now();
-    let mut version = Version {
-        model: model.to_owned(),
-        version: number,
-        artifact_uri: new.artifact_uri.clone(),
-        artifact_digest: new.artifact_digest.clone(),
-        source: new.source.clone(),
-        training_metrics: new.training_metrics.clone(),
-        tags: new.tags.clone(),
-        description: new.description.clone(),
-        stage: Stage::None,
-        aliases: Vec::new(),
-        revision: 1,
-        created_by: actor.0.clone(),
-        create_time: now,
-        update_time: now,
-        stage_update_time: now,
-        evaluations: Vec::new(),
-        deployments: Vec::new(),
-    };
-    // Registering straight into a stage is the NONE→stage move, decided by
-    // the same rule as every other move (approval, gates).
-    let decision = match new.target_stage {
-        Stage::None => MoveDecision::Apply(Vec::new()),
-        target => decide_move(tx, &current, &version, target, MovePath::Request).await?,
-    };
-    if let MoveDecision::Apply(moves) = &decision
-        && let Some(last) = moves.last()
-    {
-        version.stage = last.to;
-    }
-    tx.insert_version(&version).await?;
-    let mut events = vec![NewEvent::new(
-        EventKind::VersionRegistered,
-        model,
-        number,
-        json!({
-            "artifact_uri": new.artifact_uri,
-            "artifact_digest": new.artifact_digest,
-            "source": new.source,
-            "training_metrics": new.training_metrics,
-            "tags": new.tags,
-        }),
-    )];
-    let request = match decision {
-        MoveDecision::Apply(moves) => {
-            for mv in moves {
-                events.push(stage_event(model, &mv, String::new(), json!({})));
-            }
-            None
+    write_tx!(store, |tx| -> Registered {
+        let model = new.model.as_str();
+        // The model lock serializes registrations of one model, so version numbers
+        // and request-id checks never race.
+        let current = tx.lock_model(model).await?;
+        let fingerprint = format!("{model}:{}", new.fingerprint());
+        if let Some(request_id) = &new.request_id
+            && let Some(stored) =
+                find_retry(tx, "RegisterVersion", &actor, request_id, &fingerprint).await?
+        {
+            return registered_before(tx, &stored).await.map(|r| (r, None));
         }
-        MoveDecision::NeedsApproval(judgement) => {
-            let ask = Ask {
-                to: new.target_stage,
-                rollback: false,
-                comment: "",
-                judgement,
-            };
-            let (request, event) = open_request(tx, &current, &version, &actor, ask).await?;
-            events.extend(event);
-            Some(request)
-        }
-    };
-    if let Some(request_id) = &new.request_id {
-        let stored = StoredRequest {
-            fingerprint,
-            model: model.to_owned(),
-            version: number,
-            response: request.as_ref().map(|r| r.number.to_string()),
+        let current = current.ok_or_else(|| model_not_found(model))?;
+        let number = current.latest_version + 1;
+        let mut version = new.version(number, &actor, tx.now());
+        // Registering straight into a stage is the NONE→stage move, decided by
+        // the same rule as every other move (approval, gates).
+        let decision = match new.target_stage {
+            Stage::None => MoveDecision::Apply(Vec::new()),
+            target => decide_move(tx, &current, &version, target, MovePath::Request).await?,
         };
-        remember_request(tx, "RegisterVersion", &actor, request_id, &stored).await?;
-    }
-    let seq = append_events(tx, &actor, events).await?;
-    // Just inserted: no aliases, no evaluations; nothing to read back.
-    Ok((Registered { version, request }, Some(seq)))
+        if let MoveDecision::Apply(moves) = &decision
+            && let Some(last) = moves.last()
+        {
+            version.stage = last.to;
+        }
+        tx.insert_version(&version).await?;
+        let details = new.registered_details();
+        let mut events = vec![NewEvent::new(
+            EventKind::VersionRegistered,
+            model,
+            number,
+            details,
+        )];
+        let request = match decision {
+            MoveDecision::Apply(moves) => {
+                for mv in moves {
+                    events.push(stage_event(model, &mv, String::new(), json!({})));
+                }
+                None
+            }
+            MoveDecision::NeedsApproval(judgement) => {
+                let ask = Ask {
+                    to: new.target_stage,
+                    rollback: false,
+                    comment: "",
+                    judgement,
+                };
+                let (request, event) = open_request(tx, &current, &version, &actor, ask).await?;
+                events.extend(event);
+                Some(request)
+            }
+        };
+        if let Some(request_id) = &new.request_id {
+            let stored = StoredRequest {
+                fingerprint,
+                model: model.to_owned(),
+                version: number,
+                response: request.as_ref().map(|r| r.number.to_string()),
+            };
+            remember_request(tx, "RegisterVersion", &actor, request_id, &stored).await?;
+        }
+        let seq = append_events(tx, &actor, events).await?;
+        // Just inserted: no aliases, no evaluations; nothing to read back.
+        Ok((Registered { version, request }, Some(seq)))
+    })
 }
 
 /// The answer to a retried registration: the version and the request it

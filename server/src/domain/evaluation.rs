@@ -105,6 +105,31 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
+    /// A digest of what a caller attached, so a reused request id with a
+    /// different result is told apart from a retry.
+    pub fn fingerprint(&self) -> String {
+        let body = serde_json::json!([
+            self.model,
+            self.version,
+            self.set.name,
+            self.set.version,
+            self.evaluator_version,
+            self.metrics,
+            self.report_uri
+        ]);
+        crate::domain::audit::sha256_hex(body.to_string().as_bytes())
+    }
+
+    /// The details of its EVALUATION_ATTACHED event.
+    pub fn attached_details(&self) -> serde_json::Value {
+        serde_json::json!({
+            "evaluation_set": {"name": self.set.name, "version": self.set.version},
+            "evaluator_version": self.evaluator_version,
+            "metrics": self.metrics,
+            "report_uri": self.report_uri,
+        })
+    }
+
     /// Whether `other` carries the same result (ignoring who and when).
     pub fn same_content(&self, other: &Evaluation) -> bool {
         self.model == other.model

@@ -173,6 +173,41 @@ impl NewVersion {
         });
         crate::domain::audit::sha256_hex(body.to_string().as_bytes())
     }
+
+    /// The version it registers as number `number`, by `actor` at `now`, in
+    /// NONE until a move says otherwise.
+    pub fn version(&self, number: i64, actor: &Actor, now: i64) -> Version {
+        Version {
+            model: self.model.to_string(),
+            version: number,
+            artifact_uri: self.artifact_uri.clone(),
+            artifact_digest: self.artifact_digest.clone(),
+            source: self.source.clone(),
+            training_metrics: self.training_metrics.clone(),
+            tags: self.tags.clone(),
+            description: self.description.clone(),
+            stage: Stage::None,
+            aliases: Vec::new(),
+            revision: 1,
+            created_by: actor.0.clone(),
+            create_time: now,
+            update_time: now,
+            stage_update_time: now,
+            evaluations: Vec::new(),
+            deployments: Vec::new(),
+        }
+    }
+
+    /// The details of its VERSION_REGISTERED event.
+    pub fn registered_details(&self) -> serde_json::Value {
+        serde_json::json!({
+            "artifact_uri": self.artifact_uri,
+            "artifact_digest": self.artifact_digest,
+            "source": self.source,
+            "training_metrics": self.training_metrics,
+            "tags": self.tags,
+        })
+    }
 }
 
 /// A checked TransitionStage.

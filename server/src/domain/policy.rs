@@ -266,6 +266,48 @@ pub struct Breach {
 }
 
 impl LiveMetricRule {
+    /// The breach said in words: which version, since when, and the rule.
+    pub fn breach_condition(&self, version: i64, bad_since: i64) -> String {
+        let (side, op) = if self.higher_is_better {
+            ("below", ">=")
+        } else {
+            ("above", "<=")
+        };
+        format!(
+            "live metric {} of version {version} has been {side} {} since {} (rule: {} {op} {} over {})",
+            self.metric,
+            self.threshold,
+            rfc3339(bad_since),
+            self.metric,
+            self.threshold,
+            human_duration(self.window_micros)
+        )
+    }
+
+    /// The details of a LIVE_METRIC_BREACH event: the rule, the breach and
+    /// what was done (`rolled_back_to` 0 when nothing was rolled back).
+    pub fn breach_details(
+        &self,
+        breach: &Breach,
+        rolled_back_to: i64,
+        outcome: &str,
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "metric": self.metric,
+            "threshold": self.threshold,
+            "higher_is_better": self.higher_is_better,
+            "window": human_duration(self.window_micros),
+            "window_seconds": self.window_micros / 1_000_000,
+            "last_value": breach.last.value,
+            "last_observe_time": rfc3339(breach.last.time),
+            "observations_in_window": breach.in_window,
+            "bad_since": rfc3339(breach.bad_since),
+            "action": self.action.as_str(),
+            "rolled_back_to": rolled_back_to,
+            "outcome": outcome,
+        })
+    }
+
     /// Whether `value` is on the wrong side of the threshold.
     pub fn is_bad(&self, value: f64) -> bool {
         if self.higher_is_better {

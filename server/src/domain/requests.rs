@@ -96,6 +96,31 @@ impl TransitionRequest {
     pub fn id(&self) -> String {
         format!("{}:{}", self.model, self.number)
     }
+
+    /// Counts `approver`'s approval at `now`; with `needed` approvals the
+    /// request is approved (resolved by the last approver). Whether they may
+    /// approve at all is [`crate::app::authz`]'s question, asked first.
+    pub fn record_approval(
+        &mut self,
+        approver: &str,
+        comment: &str,
+        now: i64,
+        needed: usize,
+    ) -> bool {
+        self.approvals.push(Approval {
+            approver: approver.to_owned(),
+            comment: comment.to_owned(),
+            approve_time: now,
+        });
+        self.update_time = now;
+        let complete = self.approvals.len() >= needed;
+        if complete {
+            self.status = RequestStatus::Approved;
+            self.resolved_by = approver.to_owned();
+            self.resolution_comment = comment.to_owned();
+        }
+        complete
+    }
 }
 
 /// Parses a request id `MODEL:NUMBER`.
