@@ -18,9 +18,7 @@ pub async fn report_deployment(
 ) -> Result<Deployment> {
     write_tx!(store, |tx| -> Deployment {
         let name = new.model.as_str();
-        if tx.lock_model(name).await?.is_none() {
-            return Err(model_not_found(name));
-        }
+        lock_existing(tx, name).await?;
         let fingerprint = sha256_hex(
             json!([
                 name,
@@ -92,9 +90,7 @@ pub async fn report_worker_failure(
     let f = failure;
     write_tx!(store, |tx| -> Event {
         let name = f.model.as_str();
-        if tx.lock_model(name).await?.is_none() {
-            return Err(model_not_found(name));
-        }
+        lock_existing(tx, name).await?;
         let fingerprint = sha256_hex(
             json!([
                 name,

@@ -88,9 +88,7 @@ pub async fn attach_evaluation(
 ) -> Result<Evaluation> {
     write_tx!(store, |tx| -> Evaluation {
         let mut e = new.evaluation;
-        if tx.lock_model(&e.model).await?.is_none() {
-            return Err(model_not_found(&e.model));
-        }
+        lock_existing(tx, &e.model).await?;
         let fingerprint = e.fingerprint();
         if let Some(request_id) = &new.request_id
             && let Some(stored) =

@@ -25,26 +25,19 @@ macro_rules! write_tx {
     ($store:expr, |$tx:ident| -> $out:ty $body:block) => {
         match $store.backend() {
             $crate::store::Backend::Sqlite(db) => {
-                $crate::store::Db::write(
-                    db,
-                    move |$tx: &mut <$crate::store::SqliteStore as $crate::store::Db>::Tx| {
-                        let out: $crate::store::WriteFuture<'_, $out> = Box::pin(async move $body);
-                        out
-                    },
-                )
-                .await
+                write_tx!(@on db, $crate::store::SqliteStore, |$tx| -> $out $body)
             }
             $crate::store::Backend::Postgres(db) => {
-                $crate::store::Db::write(
-                    db,
-                    move |$tx: &mut <$crate::store::PgStore as $crate::store::Db>::Tx| {
-                        let out: $crate::store::WriteFuture<'_, $out> = Box::pin(async move $body);
-                        out
-                    },
-                )
-                .await
+                write_tx!(@on db, $crate::store::PgStore, |$tx| -> $out $body)
             }
         }
+    };
+    (@on $db:ident, $backend:ty, |$tx:ident| -> $out:ty $body:block) => {
+        $crate::store::Db::write($db, move |$tx: &mut <$backend as $crate::store::Db>::Tx| {
+            let out: $crate::store::WriteFuture<'_, $out> = Box::pin(async move $body);
+            out
+        })
+        .await
     };
 }
 
@@ -83,6 +76,13 @@ pub use models::*;
 pub use policy_engine::*;
 pub use transitions::*;
 pub use versions::*;
+
+/// Locks a model that must exist (see [`Tx::lock_model`]) and returns it.
+pub(crate) async fn lock_existing<T: Tx>(tx: &mut T, name: &str) -> Result<Model> {
+    tx.lock_model(name)
+        .await?
+        .ok_or_else(|| model_not_found(name))
+}
 
 pub(crate) fn model_not_found(name: &str) -> Error {
     Error::NotFound {

@@ -114,10 +114,7 @@ pub async fn update_model(store: &Store, update: ModelUpdate, caller: Caller) ->
     let actor = caller.actor;
     write_tx!(store, |tx| -> Model {
         let name = update.name.as_str();
-        let current = tx
-            .lock_model(name)
-            .await?
-            .ok_or_else(|| model_not_found(name))?;
+        let current = lock_existing(tx, name).await?;
         check_etag(update.etag, current.revision, "model", name)?;
         let mut before = serde_json::Map::new();
         let mut after = serde_json::Map::new();
@@ -169,10 +166,7 @@ pub async fn set_alias(
 ) -> Result<Model> {
     write_tx!(store, |tx| -> Model {
         let name = model.as_str();
-        let current = tx
-            .lock_model(name)
-            .await?
-            .ok_or_else(|| model_not_found(name))?;
+        let current = lock_existing(tx, name).await?;
         if tx.fetch_version(name, version).await?.is_none() {
             return Err(version_not_found(name, &version.to_string()));
         }
@@ -205,10 +199,7 @@ pub async fn delete_alias(
 ) -> Result<Model> {
     write_tx!(store, |tx| -> Model {
         let name = model.as_str();
-        let current = tx
-            .lock_model(name)
-            .await?
-            .ok_or_else(|| model_not_found(name))?;
+        let current = lock_existing(tx, name).await?;
         let Some(version) = current.aliases.get(alias.as_str()).copied() else {
             return Err(alias_not_found(name, alias.as_str()));
         };

@@ -330,10 +330,7 @@ pub async fn request_transition(
         let name = change.model.as_str();
         // The model lock makes "read production version, then move" one step, so
         // racing promotions of one model serialize and exactly one production remains.
-        let model = tx
-            .lock_model(name)
-            .await?
-            .ok_or_else(|| model_not_found(name))?;
+        let model = lock_existing(tx, name).await?;
         let current = tx
             .fetch_version(name, change.version)
             .await?
@@ -391,10 +388,7 @@ pub(crate) fn rollback_moves(target: &Version, production: i64) -> Vec<lifecycle
 pub async fn rollback(store: &Store, order: RollbackOrder) -> Result<TransitionOutcome> {
     write_tx!(store, |tx| -> TransitionOutcome {
         let name = order.model.as_str();
-        let model = tx
-            .lock_model(name)
-            .await?
-            .ok_or_else(|| model_not_found(name))?;
+        let model = lock_existing(tx, name).await?;
         let Some(production) = tx.production_version(name).await? else {
             return Err(Error::precondition(
                 "NO_PRODUCTION_VERSION",
