@@ -41,13 +41,16 @@
 //!
 //! # The path of a RegisterVersion call
 //!
-//! 1. `auth.rs`: the tower layer maps the bearer token to an `Identity` and
-//!    checks the role `RegisterVersion` needs (publisher).
-//! 2. `grpc/mod.rs` routes the RPC to `grpc/versions.rs`, which parses the
-//!    request into a `domain::NewVersion` (`domain/names.rs`, `domain/model.rs`
-//!    check every field) and names the actor.
-//! 3. `app/versions.rs` `register_version` runs one write transaction: it locks
-//!    the model, replays a retried request id (`app/idempotency.rs`), asks
+//! 1. `auth/mod.rs`: the tower layer maps the bearer token to an `Identity`
+//!    and checks the role `auth/actions.rs` gives `RegisterVersion`
+//!    (publisher).
+//! 2. `grpc/mod.rs` routes the RPC to `grpc/versions.rs`, which names the
+//!    actor and parses the request with `grpc/parse.rs` into a
+//!    `domain::NewVersion` (`domain/names.rs`, `domain/model.rs` check every
+//!    field; all bad fields are reported at once).
+//! 3. `app/versions.rs` `register_version` runs one write transaction
+//!    (`write_tx!`): it locks the model, replays a retried request id
+//!    (`app/idempotency.rs`), builds the version at the store's [`clock`], asks
 //!    `app/transitions.rs` `decide_move` about a target stage (gates from
 //!    `app/gates.rs` and `domain/policy.rs`), inserts the version, opens a
 //!    request if one is needed, and appends the events (`app/mod.rs`, hash

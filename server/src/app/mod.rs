@@ -5,9 +5,9 @@
 //! [`crate::domain`], apply the statements of [`crate::store`] in one
 //! transaction with the change's events, and return domain values.
 //!
-//! Each write is one function whose body [`write_tx!`] runs in a
+//! Each write is one function whose body `write_tx!` runs in a
 //! transaction of whichever backend the store uses; reads likewise, generic
-//! over [`Db`], through [`read_db!`]. Nothing here knows about protobuf,
+//! over `Db`, through `read_db!`. Nothing here knows about protobuf,
 //! tonic or HTTP.
 
 use crate::domain::audit::event_hash;
