@@ -15,7 +15,6 @@
 //! the requester) belong to the service, not here.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -35,7 +34,20 @@ pub use actions::*;
 pub use tokens::*;
 
 /// A role from the token file. `Admin` implies every other role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum Role {
     /// Reads everything.
     Reader,
@@ -64,25 +76,12 @@ impl Role {
 
     /// The name used in token files and error messages.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Reader => "reader",
-            Role::Publisher => "publisher",
-            Role::Evaluator => "evaluator",
-            Role::Deployer => "deployer",
-            Role::Approver => "approver",
-            Role::Admin => "admin",
-        }
+        self.into()
     }
 
     /// Parses a role name.
     pub fn parse(raw: &str) -> Option<Role> {
-        Role::ALL.into_iter().find(|r| r.as_str() == raw)
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        raw.parse().ok()
     }
 }
 

@@ -188,8 +188,11 @@ impl ArchivalPolicy {
 }
 
 /// What the live monitor does on a breach.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr,
+)]
 #[serde(rename_all = "UPPERCASE")]
+#[strum(serialize_all = "UPPERCASE")]
 pub enum LiveMetricAction {
     /// Record the breach event only.
     #[default]
@@ -201,10 +204,7 @@ pub enum LiveMetricAction {
 impl LiveMetricAction {
     /// The name in event details.
     pub fn as_str(self) -> &'static str {
-        match self {
-            LiveMetricAction::Alert => "ALERT",
-            LiveMetricAction::Rollback => "ROLLBACK",
-        }
+        self.into()
     }
 }
 
