@@ -61,9 +61,16 @@ pub enum Error {
     /// the auth layer: cancelling someone else's request, setting a policy).
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// The caller's credential is no longer in force (a stream whose token
+    /// was revoked).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
     /// The database cannot be reached; the call may be retried.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The server is stopping; a stream resumes elsewhere or after restart.
+    #[error("the server is shutting down; resume from your last sequence")]
+    ShuttingDown,
     /// A bug or an unexpected database failure. Logged, never shown.
     #[error("internal error: {0}")]
     Internal(String),
@@ -149,6 +156,8 @@ impl From<Error> for Status {
                 Status::with_error_details(Code::FailedPrecondition, message, details)
             }
             Error::PermissionDenied(msg) => Status::permission_denied(msg),
+            Error::Unauthenticated(msg) => Status::unauthenticated(msg),
+            e @ Error::ShuttingDown => Status::unavailable(e.to_string()),
             Error::Unavailable(msg) => {
                 tracing::warn!(error = %msg, "database unavailable");
                 Status::unavailable("the registry database is unavailable; retry later")

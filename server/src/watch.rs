@@ -25,9 +25,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+use std::convert::Infallible;
+
+use crate::error::Error;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Status;
 
 use crate::auth::Credential;
 use crate::domain::{Event, EventFilter};
@@ -279,7 +281,7 @@ pub fn spawn<T, F>(
     sub: Subscription,
     shutdown: CancellationToken,
     convert: F,
-) -> ReceiverStream<Result<T, Status>>
+) -> ReceiverStream<Result<T, Error>>
 where
     T: Send + 'static,
     F: Fn(WatchItem) -> T + Send + 'static,
@@ -288,140 +290,169 @@ where
     let open = OpenStream::new();
     tokio::spawn(async move {
         let _open = open;
-        let mut credential = sub.credential;
         let position = tail.watchers.register(sub.after);
-        let mut tail_end = tail.subscribe();
-        // The first catch-up reaches at least what was committed when the
-        // stream opened, even if the tail has not read it yet.
-        let floor = store.latest_sequence();
-        let mut cursor = sub.after;
-        let mut ticker = tokio::time::interval(sub.heartbeat);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.reset(); // the first heartbeat follows the first catch-up instead
-        let mut caught_up_once = false;
-        loop {
-            if shutdown.is_cancelled() {
-                end_with_unavailable(&tx).await;
-                return;
-            }
-            if !still_valid(&credential) {
-                end_with_unauthenticated(&tx).await;
-                return;
-            }
-            // Everything up to `end` is committed: the tail holds only committed events.
-            let end = (*tail_end.borrow_and_update()).max(floor);
-            while cursor < end {
-                let (page, next) = match tail.page_after(cursor, &sub.filter, PAGE) {
-                    FromTail::Page(page, scanned) => (page, scanned),
-                    FromTail::Elsewhere => {
-                        match store.events(&sub.filter, cursor, Some(end), PAGE).await {
-                            // A short page means nothing else matches up to `end`.
-                            Ok(page) => {
-                                let next = if page.len() < PAGE {
-                                    end
-                                } else {
-                                    page.last().map(|e| e.sequence).unwrap_or(end)
-                                };
-                                (page.into_iter().map(Arc::new).collect(), next)
-                            }
-                            Err(e) => {
-                                let _ = tx.send(Err(Status::from(e))).await;
-                                return;
-                            }
-                        }
-                    }
-                };
-                // Checked after reading: an event committed after the reload
-                // that removed the token is in this page only if the check fails.
-                if !still_valid(&credential) {
-                    end_with_unauthenticated(&tx).await;
-                    return;
-                }
-                for event in page {
-                    tokio::select! {
-                        sent = tx.send(Ok(convert(WatchItem::Event(event)))) => {
-                            if sent.is_err() { return; }
-                        }
-                        _ = shutdown.cancelled() => {
-                            end_with_unavailable(&tx).await;
-                            return;
-                        }
-                    }
-                }
-                cursor = next;
-                position.set(cursor);
-            }
-            if !caught_up_once {
-                // Tells the subscriber where it stands, even on a quiet log.
-                caught_up_once = true;
-                if !still_valid(&credential) {
-                    end_with_unauthenticated(&tx).await;
-                    return;
-                }
-                if tx
-                    .send(Ok(convert(WatchItem::Heartbeat(cursor))))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            tokio::select! {
-                changed = tail_end.changed() => {
-                    if changed.is_err() {
-                        end_with_unavailable(&tx).await;
-                        return;
-                    }
-                }
-                _ = ticker.tick() => {
-                    if !still_valid(&credential) {
-                        end_with_unauthenticated(&tx).await;
-                        return;
-                    }
-                    if tx.send(Ok(convert(WatchItem::Heartbeat(cursor)))).await.is_err() {
-                        return;
-                    }
-                }
-                _ = revoked(&mut credential) => {
-                    end_with_unauthenticated(&tx).await;
-                    return;
-                }
-                _ = shutdown.cancelled() => {
-                    end_with_unavailable(&tx).await;
-                    return;
-                }
-                _ = tx.closed() => return,
-            }
-        }
+        let mut subscriber = Subscriber {
+            cursor: sub.after,
+            credential: sub.credential,
+            filter: sub.filter,
+            store,
+            tail,
+            shutdown,
+            convert,
+            tx,
+            position,
+        };
+        let Err(stop) = subscriber.run(sub.heartbeat).await;
+        subscriber.end(stop).await;
     });
     ReceiverStream::new(rx)
 }
 
-/// Ends a stream with `UNAVAILABLE` so clients know to resume.
-async fn end_with_unavailable<T>(tx: &mpsc::Sender<Result<T, Status>>) {
-    let status = Status::unavailable("the server is shutting down; resume from your last sequence");
-    end_with(tx, status).await;
+/// Why a subscriber stopped.
+enum Stop {
+    /// The subscriber hung up: nothing more to send.
+    Gone,
+    /// The stream ends with this error (shutdown, revocation, a failed read).
+    With(Error),
 }
 
-/// Ends a stream whose bearer token was revoked.
-async fn end_with_unauthenticated<T>(tx: &mpsc::Sender<Result<T, Status>>) {
-    tracing::info!("watch stream ended: its bearer token left the token file");
-    let status = Status::unauthenticated(
+/// One subscriber's task state: where it stands and where it sends.
+struct Subscriber<T, F> {
+    /// The last sequence sent (or skipped as not matching).
+    cursor: u64,
+    /// The bearer token the stream was opened with, if any.
+    credential: Option<Credential>,
+    /// Which events it wants.
+    filter: EventFilter,
+    /// Where events older than the tail are read.
+    store: Store,
+    /// The shared tail of recent events.
+    tail: Arc<Tail>,
+    /// Fired when the server stops.
+    shutdown: CancellationToken,
+    /// Item → wire message.
+    convert: F,
+    /// The subscriber's channel.
+    tx: mpsc::Sender<Result<T, Error>>,
+    /// Its cursor as `/metrics` sees it.
+    position: WatcherCursor,
+}
+
+impl<T, F> Subscriber<T, F>
+where
+    T: Send + 'static,
+    F: Fn(WatchItem) -> T + Send + 'static,
+{
+    /// Catches up, then follows the log with a heartbeat every `heartbeat`,
+    /// until the subscriber leaves or the stream must end.
+    async fn run(&mut self, heartbeat: Duration) -> Result<Infallible, Stop> {
+        let mut tail_end = self.tail.subscribe();
+        // The first catch-up reaches at least what was committed when the
+        // stream opened, even if the tail has not read it yet.
+        let floor = self.store.latest_sequence();
+        let mut ticker = tokio::time::interval(heartbeat);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.reset(); // the first heartbeat follows the first catch-up instead
+        let mut caught_up_once = false;
+        loop {
+            if self.shutdown.is_cancelled() {
+                return Err(Stop::With(Error::ShuttingDown));
+            }
+            self.check_credential()?;
+            // Everything up to `end` is committed: the tail holds only committed events.
+            let end = (*tail_end.borrow_and_update()).max(floor);
+            self.catch_up(end).await?;
+            if !caught_up_once {
+                // Tells the subscriber where it stands, even on a quiet log.
+                caught_up_once = true;
+                self.heartbeat().await?;
+            }
+            tokio::select! {
+                changed = tail_end.changed() => {
+                    if changed.is_err() {
+                        return Err(Stop::With(Error::ShuttingDown));
+                    }
+                }
+                _ = ticker.tick() => self.heartbeat().await?,
+                _ = revoked(&mut self.credential) => return Err(Stop::With(unauthenticated())),
+                _ = self.shutdown.cancelled() => return Err(Stop::With(Error::ShuttingDown)),
+                _ = self.tx.closed() => return Err(Stop::Gone),
+            }
+        }
+    }
+
+    /// Sends every matching event after the cursor up to `end`, from the
+    /// tail where it still holds them, else from the store in pages.
+    async fn catch_up(&mut self, end: u64) -> Result<(), Stop> {
+        while self.cursor < end {
+            let (page, next) = match self.tail.page_after(self.cursor, &self.filter, PAGE) {
+                FromTail::Page(page, scanned) => (page, scanned),
+                FromTail::Elsewhere => {
+                    let page = (self
+                        .store
+                        .events(&self.filter, self.cursor, Some(end), PAGE))
+                    .await
+                    .map_err(Stop::With)?;
+                    // A short page means nothing else matches up to `end`.
+                    let next = if page.len() < PAGE {
+                        end
+                    } else {
+                        page.last().map(|e| e.sequence).unwrap_or(end)
+                    };
+                    (page.into_iter().map(Arc::new).collect(), next)
+                }
+            };
+            // Checked after reading: an event committed after the reload
+            // that removed the token is in this page only if the check fails.
+            self.check_credential()?;
+            for event in page {
+                tokio::select! {
+                    sent = self.tx.send(Ok((self.convert)(WatchItem::Event(event)))) => {
+                        if sent.is_err() { return Err(Stop::Gone); }
+                    }
+                    _ = self.shutdown.cancelled() => return Err(Stop::With(Error::ShuttingDown)),
+                }
+            }
+            self.cursor = next;
+            self.position.set(self.cursor);
+        }
+        Ok(())
+    }
+
+    /// A heartbeat at the cursor, if the token still holds.
+    async fn heartbeat(&mut self) -> Result<(), Stop> {
+        self.check_credential()?;
+        let item = (self.convert)(WatchItem::Heartbeat(self.cursor));
+        self.tx.send(Ok(item)).await.map_err(|_| Stop::Gone)
+    }
+
+    /// Whether the subscriber's token (if it has one) is still in force.
+    fn check_credential(&self) -> Result<(), Stop> {
+        if self.credential.as_ref().is_none_or(Credential::is_valid) {
+            Ok(())
+        } else {
+            Err(Stop::With(unauthenticated()))
+        }
+    }
+
+    /// Sends the last error. A subscriber that is not reading gets a moment
+    /// for room in its channel, then is dropped.
+    async fn end(self, stop: Stop) {
+        let Stop::With(error) = stop else { return };
+        if matches!(error, Error::Unauthenticated(_)) {
+            tracing::info!("watch stream ended: its bearer token left the token file");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.tx.send(Err(error))).await;
+    }
+}
+
+/// The end of a stream whose bearer token was revoked.
+fn unauthenticated() -> Error {
+    Error::Unauthenticated(
         "the bearer token of this stream was removed from the server's token file; \
-         resume from your last sequence with a valid token",
-    );
-    end_with(tx, status).await;
-}
-
-/// Sends the last status. A subscriber that is not reading gets a moment
-/// for room in its channel, then is dropped.
-async fn end_with<T>(tx: &mpsc::Sender<Result<T, Status>>, status: Status) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Err(status))).await;
-}
-
-/// Whether the subscriber's token (if it has one) is still in force.
-fn still_valid(credential: &Option<Credential>) -> bool {
-    credential.as_ref().is_none_or(Credential::is_valid)
+         resume from your last sequence with a valid token"
+            .to_owned(),
+    )
 }
 
 /// Completes when the subscriber's token is revoked; never without one.

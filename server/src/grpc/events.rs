@@ -1,7 +1,7 @@
 //! Handlers of the event log: listing, verifying the chain, watching.
 
 use modelreg_api::v1 as pb;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
@@ -112,7 +112,7 @@ pub(super) async fn verify_audit_log(
 pub(super) async fn watch_transitions(
     svc: &RegistryService,
     req: Request<pb::WatchTransitionsRequest>,
-) -> Result<Response<ReceiverStream<Result<pb::WatchTransitionsResponse, Status>>>, Status> {
+) -> Result<Response<<RegistryService as ModelRegistryService>::WatchTransitionsStream>, Status> {
     // The caller's token, so the stream ends when a reload revokes it.
     let credential = req.extensions().get::<Credential>().cloned();
     let r = req.into_inner();
@@ -172,5 +172,7 @@ pub(super) async fn watch_transitions(
             }),
         },
     );
-    Ok(Response::new(stream))
+    Ok(Response::new(Box::pin(
+        stream.map(|item| item.map_err(Status::from)),
+    )))
 }

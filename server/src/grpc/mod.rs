@@ -22,7 +22,6 @@ use tokio_util::sync::CancellationToken;
 
 use modelreg_api::v1 as pb;
 use modelreg_api::v1::model_registry_service_server::ModelRegistryService;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::app::{Caller, Decision};
@@ -549,7 +548,9 @@ impl ModelRegistryService for RegistryService {
         events::verify_audit_log(self, req).await
     }
 
-    type WatchTransitionsStream = ReceiverStream<Result<pb::WatchTransitionsResponse, Status>>;
+    type WatchTransitionsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::WatchTransitionsResponse, Status>> + Send>,
+    >;
 
     async fn watch_transitions(
         &self,
