@@ -8,6 +8,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use modelreg_api::v1::model_registry_service_server::ModelRegistryServiceServer;
@@ -15,7 +16,8 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::auth::{AuthLayer, TokenStore};
 use crate::grpc::RegistryService;
@@ -152,7 +154,7 @@ impl Application {
 
         let auth = auth_layer(tokens.as_ref(), &stop)?;
 
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let health = HealthReporter::new();
         set_health(&health, ServingStatus::Serving).await;
         let monitor = tokio::spawn(monitor_database(
             store.clone(),
@@ -163,13 +165,6 @@ impl Application {
         let policy = tokio::spawn(
             PolicyEngine::new(store.clone()).run(settings.policy_interval, stop.clone()),
         );
-
-        let reflection_v1 = reflection()
-            .build_v1()
-            .map_err(|e| StartError(format!("reflection: {e}")))?;
-        let reflection_v1alpha = reflection()
-            .build_v1alpha()
-            .map_err(|e| StartError(format!("reflection: {e}")))?;
 
         // One tail of the event log, read by gRPC watchers and the dashboard's
         // live pages alike.
@@ -188,27 +183,18 @@ impl Application {
             shutdown: stop.clone(),
         };
         let http_task = http.map(|h| {
-            tracing::info!(address = %h.addr, tls = h.tls.is_some(), "serving the dashboard and /metrics over HTTP");
-            let hosts = http::AllowedHosts::new(
-                h.addr.port(),
-                settings.public_url.clone(),
-                tokens.is_none(),
-            );
-            tokio::spawn(http::serve(
-                h.listener,
-                h.tls,
-                tokens.clone(),
-                hosts,
-                metrics.clone(),
+            let serve = HttpServe {
+                tokens: tokens.clone(),
+                metrics: metrics.clone(),
                 registry,
-                stop.clone(),
-            ))
+                stop: stop.clone(),
+            };
+            spawn_http(h, &settings, serve)
         });
         let registry = ModelRegistryServiceServer::new(service)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let signal_health = health.clone();
         let signal = async move {
             shutdown.await;
@@ -217,40 +203,98 @@ impl Application {
             stop.cancel();
         };
         tracing::info!(address = %local, tls = tls.is_some(), database = %redact(&settings.database_url), "modelreg-server serving");
-        let mut builder = Server::builder();
-        if let Some(tls) = tls {
-            builder = builder
-                .tls_config(tls)
-                .map_err(|e| StartError(format!("TLS: {e}")))?;
-        }
-        let served = builder
-            // Reap connections of watchers that vanished without closing.
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            // Outermost, so refused and rewritten calls are counted as answered.
-            .layer(metrics.grpc_layer())
-            // Only ModelRegistryService paths are checked; health and
-            // reflection stay open.
-            .layer(auth)
-            .layer(transport::DecodeErrorCodes)
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(registry)
-            .serve_with_incoming_shutdown(incoming, signal)
-            .await;
-        if let Some(http_task) = http_task {
-            // It saw the stop signal with everyone else; open scrapes finish.
-            let _ = http_task.await;
-        }
-        monitor.abort();
-        // A tick in flight is cut short between transactions: each write is
-        // detached and commits whole or not at all.
-        policy.abort();
-        store.close().await;
-        tracing::info!("modelreg-server stopped");
-        served.map_err(|e| StartError(format!("server failed: {e}")))
+        let layers = (metrics.grpc_layer(), auth);
+        let served = serve_grpc(listener, tls, layers, health, registry, signal).await;
+        wind_down(http_task, [monitor, policy], &store).await;
+        served
     }
+}
+
+/// Serves gRPC on `listener` until `signal` completes: the registry behind
+/// the metrics, auth and decoder-status layers; health and reflection open.
+async fn serve_grpc(
+    listener: TcpListener,
+    tls: Option<ServerTlsConfig>,
+    (metrics, auth): (metrics::GrpcMetricsLayer, AuthLayer),
+    health: HealthReporter,
+    registry: ModelRegistryServiceServer<RegistryService>,
+    signal: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| StartError(format!("TLS: {e}")))?;
+    }
+    let reflection_v1 = reflection().build_v1();
+    let reflection_v1alpha = reflection().build_v1alpha();
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    builder
+        // Reap connections of watchers that vanished without closing.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // Outermost, so refused and rewritten calls are counted as answered.
+        .layer(metrics)
+        // Only ModelRegistryService paths are checked; health and
+        // reflection stay open.
+        .layer(auth)
+        .layer(transport::DecodeErrorCodes)
+        .add_service(HealthServer::new(HealthService::from_health_reporter(
+            health,
+        )))
+        .add_service(reflection_v1.map_err(|e| StartError(format!("reflection: {e}")))?)
+        .add_service(reflection_v1alpha.map_err(|e| StartError(format!("reflection: {e}")))?)
+        .add_service(registry)
+        .serve_with_incoming_shutdown(incoming, signal)
+        .await
+        .map_err(|e| StartError(format!("server failed: {e}")))
+}
+
+/// What the HTTP listener serves with.
+struct HttpServe {
+    /// The bearer tokens; `None` is local mode.
+    tokens: Option<TokenStore>,
+    /// `/metrics`.
+    metrics: Arc<metrics::Metrics>,
+    /// What the dashboard's pages call.
+    registry: dashboard::Registry,
+    /// Fired at shutdown.
+    stop: CancellationToken,
+}
+
+/// Serves the dashboard and `/metrics` on the bound HTTP listener.
+fn spawn_http(h: HttpListener, settings: &Settings, serve: HttpServe) -> JoinHandle<()> {
+    tracing::info!(address = %h.addr, tls = h.tls.is_some(), "serving the dashboard and /metrics over HTTP");
+    let hosts = http::AllowedHosts::new(
+        h.addr.port(),
+        settings.public_url.clone(),
+        serve.tokens.is_none(),
+    );
+    tokio::spawn(http::serve(
+        h.listener,
+        h.tls,
+        serve.tokens,
+        hosts,
+        serve.metrics,
+        serve.registry,
+        serve.stop,
+    ))
+}
+
+/// After the gRPC server has stopped: lets the HTTP listener finish its open
+/// scrapes (it saw the stop signal with everyone else), stops the background
+/// tasks and closes the database. A policy tick in flight is cut short
+/// between transactions: each write is detached and commits whole or not at
+/// all.
+async fn wind_down(http: Option<JoinHandle<()>>, tasks: [JoinHandle<()>; 2], store: &Store) {
+    if let Some(http) = http {
+        let _ = http.await;
+    }
+    for task in tasks {
+        task.abort();
+    }
+    store.close().await;
+    tracing::info!("modelreg-server stopped");
 }
 
 /// What must hold before serving: authentication unless on loopback, and
