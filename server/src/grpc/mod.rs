@@ -61,17 +61,6 @@ impl RegistryService {
             tail,
         }
     }
-
-    /// The cursors of this service's WatchTransitions subscribers, for `/metrics`.
-    pub fn watchers(&self) -> std::sync::Arc<crate::watch::Watchers> {
-        self.tail.watchers()
-    }
-
-    /// The sequence of the newest committed event this server knows of; a
-    /// page rendered now shows everything up to it.
-    pub fn latest_sequence(&self) -> u64 {
-        self.store.latest_sequence()
-    }
 }
 
 /// The most anchors one VerifyAuditLog call checks.
