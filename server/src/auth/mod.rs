@@ -18,6 +18,7 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use strum::{Display, EnumString, IntoStaticStr};
 
 use tonic::Status;
 use tonic::codegen::Service;
@@ -35,17 +36,7 @@ pub use tokens::*;
 
 /// A role from the token file. `Admin` implies every other role.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    strum::IntoStaticStr,
-    strum::EnumString,
-    strum::Display,
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, IntoStaticStr, EnumString, Display,
 )]
 #[strum(serialize_all = "lowercase")]
 pub enum Role {

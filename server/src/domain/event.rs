@@ -2,11 +2,10 @@
 //! event as appended and as stored.
 
 use super::*;
+use strum::{Display, EnumString, IntoStaticStr};
 
 /// What an event records.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::EnumString, strum::Display,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, IntoStaticStr, EnumString, Display)]
 #[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum EventKind {
     /// A model was created.

@@ -3,6 +3,8 @@
 //! Pure functions; the use cases apply a plan in one transaction.
 
 use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use strum::{Display, EnumString, IntoStaticStr};
 
 /// A lifecycle stage.
 #[derive(
@@ -12,11 +14,11 @@ use crate::error::{Error, Result};
     PartialEq,
     Eq,
     Hash,
-    strum::IntoStaticStr,
-    strum::EnumString,
-    strum::Display,
-    serde::Serialize,
-    serde::Deserialize,
+    IntoStaticStr,
+    EnumString,
+    Display,
+    Serialize,
+    Deserialize,
 )]
 #[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -52,9 +54,7 @@ impl Stage {
 }
 
 /// Why a version changed stage.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString, strum::Display,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, IntoStaticStr, EnumString, Display)]
 #[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum Cause {
     /// A direct call.

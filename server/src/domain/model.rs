@@ -1,14 +1,16 @@
 //! Models, versions and what is reported about them (deployments, worker
 //! failures, live metrics), as stored and as checked requests.
 
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use strum::{Display, EnumString, IntoStaticStr};
 
 use crate::error::Result;
 
 use super::*;
 
 /// Where a version came from.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Source {
     /// The commit.
     pub commit: String,
@@ -227,16 +229,7 @@ pub struct StageChange {
 
 /// The state a deployment worker reported.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    strum::IntoStaticStr,
-    strum::EnumString,
-    strum::Display,
-    serde::Serialize,
-    serde::Deserialize,
+    Debug, Clone, Copy, PartialEq, Eq, IntoStaticStr, EnumString, Display, Serialize, Deserialize,
 )]
 #[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -273,7 +266,7 @@ impl DeploymentStatus {
 
 /// The latest report of one version in one environment. Serializable because
 /// an idempotent retry answers with the deployment as first recorded.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Deployment {
     /// The model.
     pub model: String,

@@ -3,6 +3,7 @@
 //! (passed-over candidates, live-metric breaches). Pure functions.
 
 use crate::error::Result;
+use strum::IntoStaticStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -188,9 +189,7 @@ impl ArchivalPolicy {
 }
 
 /// What the live monitor does on a breach.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, IntoStaticStr)]
 #[serde(rename_all = "UPPERCASE")]
 #[strum(serialize_all = "UPPERCASE")]
 pub enum LiveMetricAction {

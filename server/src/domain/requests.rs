@@ -1,15 +1,14 @@
 //! Transition requests: their status, approvals, and ids `MODEL:NUMBER`.
 
 use crate::error::{Error, Result};
+use strum::{Display, EnumString, IntoStaticStr};
 
 use serde::{Deserialize, Serialize};
 
 use super::*;
 
 /// The status of a transition request.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::EnumString, strum::Display,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, IntoStaticStr, EnumString, Display)]
 #[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum RequestStatus {
     /// Waiting for approvals.
