@@ -47,7 +47,7 @@ pub use modelreg_api::v1 as pb;
 
 /// The metadata key that names the caller in local mode (a server with a
 /// token file takes the name from the bearer token instead).
-pub const ACTOR_HEADER: &str = "x-modelreg-actor";
+pub use modelreg_api::ACTOR_HEADER;
 
 /// The default server address.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";

@@ -26,7 +26,7 @@ use tonic::codegen::http;
 use tower_layer::Layer;
 
 /// The self-declared caller name of local mode (the service reads the same key).
-use crate::domain::ACTOR_HEADER;
+use modelreg_api::ACTOR_HEADER;
 
 mod actions;
 mod tokens;

@@ -127,9 +127,6 @@ parsed_tuple!(A a, B b, C c, D d, E e, F f, G g, H h, I i, J j);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor(pub String);
 
-/// The gRPC metadata key naming the caller in local mode (no token file).
-pub const ACTOR_HEADER: &str = "x-modelreg-actor";
-
 /// The longest actor name, in characters.
 pub const MAX_ACTOR_CHARS: usize = 256;
 

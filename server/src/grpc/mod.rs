@@ -31,7 +31,7 @@ use crate::error::Error;
 use crate::store::{ModelFilter, RequestCursor, Store};
 use crate::watch::Tail;
 
-pub use crate::domain::ACTOR_HEADER;
+pub use modelreg_api::ACTOR_HEADER;
 
 /// The registry service; cheap to clone, shared by every connection.
 #[derive(Clone)]
