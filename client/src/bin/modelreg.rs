@@ -766,22 +766,20 @@ async fn evalset_cmd(
                 }
             })
             .await?;
-            if json {
-                print_json_list(&sets, "modelreg.v1.EvaluationSet");
-            } else {
-                let rows = sets
-                    .iter()
-                    .map(|s| {
-                        vec![
-                            format!("{}@{}", s.name, s.version),
-                            definitions_label(&s.metrics),
-                            s.uri.clone(),
-                            time_label(s.create_time.as_ref()),
-                        ]
-                    })
-                    .collect();
-                print_table(&["SET", "METRICS", "URI", "CREATED"], rows);
-            }
+            print_list(
+                json,
+                &sets,
+                "modelreg.v1.EvaluationSet",
+                &["SET", "METRICS", "URI", "CREATED"],
+                |s| {
+                    vec![
+                        format!("{}@{}", s.name, s.version),
+                        definitions_label(&s.metrics),
+                        s.uri.clone(),
+                        time_label(s.create_time.as_ref()),
+                    ]
+                },
+            );
             return Ok(());
         }
     };
@@ -1050,27 +1048,22 @@ async fn model_cmd(client: &mut RegistryClient, cmd: ModelCmd, json: bool) -> Re
                 }
             })
             .await?;
-            if json {
-                print_json_list(&models, "modelreg.v1.Model");
-            } else {
-                let rows = models
-                    .iter()
-                    .map(|m| {
-                        vec![
-                            m.name.clone(),
-                            m.latest_version.to_string(),
-                            dash_if_zero(m.production_version),
-                            join_map(&m.aliases),
-                            join_map(&m.tags),
-                            time_label(m.update_time.as_ref()),
-                        ]
-                    })
-                    .collect();
-                print_table(
-                    &["NAME", "LATEST", "PRODUCTION", "ALIASES", "TAGS", "UPDATED"],
-                    rows,
-                );
-            }
+            print_list(
+                json,
+                &models,
+                "modelreg.v1.Model",
+                &["NAME", "LATEST", "PRODUCTION", "ALIASES", "TAGS", "UPDATED"],
+                |m| {
+                    vec![
+                        m.name.clone(),
+                        m.latest_version.to_string(),
+                        dash_if_zero(m.production_version),
+                        join_map(&m.aliases),
+                        join_map(&m.tags),
+                        time_label(m.update_time.as_ref()),
+                    ]
+                },
+            );
         }
         ModelCmd::Update {
             name,
@@ -1196,27 +1189,22 @@ async fn version_cmd(
                 }
             })
             .await?;
-            if json {
-                print_json_list(&versions, "modelreg.v1.ModelVersion");
-            } else {
-                let rows = versions
-                    .iter()
-                    .map(|v| {
-                        vec![
-                            v.version.to_string(),
-                            stage_label(v.stage),
-                            v.aliases.join(","),
-                            v.artifact_uri.clone(),
-                            v.created_by.clone(),
-                            time_label(v.create_time.as_ref()),
-                        ]
-                    })
-                    .collect();
-                print_table(
-                    &["VERSION", "STAGE", "ALIASES", "ARTIFACT", "BY", "CREATED"],
-                    rows,
-                );
-            }
+            print_list(
+                json,
+                &versions,
+                "modelreg.v1.ModelVersion",
+                &["VERSION", "STAGE", "ALIASES", "ARTIFACT", "BY", "CREATED"],
+                |v| {
+                    vec![
+                        v.version.to_string(),
+                        stage_label(v.stage),
+                        v.aliases.join(","),
+                        v.artifact_uri.clone(),
+                        v.created_by.clone(),
+                        time_label(v.create_time.as_ref()),
+                    ]
+                },
+            );
         }
     }
     Ok(())
@@ -1250,17 +1238,15 @@ async fn events_cmd(
         }
         page_token = resp.next_page_token;
     }
-    if json {
-        print_json_list(&events, "modelreg.v1.RegistryEvent");
-    } else {
-        let rows = events.iter().map(event_row).collect();
-        print_table(
-            &[
-                "SEQ", "TIME", "TYPE", "MODEL", "VERSION", "CHANGE", "ACTOR", "COMMENT",
-            ],
-            rows,
-        );
-    }
+    print_list(
+        json,
+        &events,
+        "modelreg.v1.RegistryEvent",
+        &[
+            "SEQ", "TIME", "TYPE", "MODEL", "VERSION", "CHANGE", "ACTOR", "COMMENT",
+        ],
+        event_row,
+    );
     Ok(())
 }
 
@@ -1345,6 +1331,22 @@ fn print_json(v: &serde_json::Value) {
 }
 
 /// Prints messages of one type as a JSON array.
+/// A list for people (a table of `headers`, one `row` per item) or, with
+/// `--json`, for scripts (the items as canonical JSON).
+fn print_list<M: prost::Message>(
+    json: bool,
+    items: &[M],
+    full_name: &str,
+    headers: &[&str],
+    row: impl Fn(&M) -> Vec<String>,
+) {
+    if json {
+        print_json_list(items, full_name);
+    } else {
+        print_table(headers, items.iter().map(row).collect());
+    }
+}
+
 fn print_json_list<M: prost::Message>(items: &[M], full_name: &str) {
     print_json(&serde_json::Value::Array(
         items.iter().map(|m| to_json(m, full_name)).collect(),

@@ -9,7 +9,7 @@ use modelreg_client::{RegistryClient, pb};
 
 use super::{
     Failure, all_pages, dash_if_zero, fmt_num, parse_set_ref, print_fields, print_json,
-    print_json_list, print_line, print_table, print_version, time_label,
+    print_json_list, print_line, print_list, print_table, print_version, time_label,
 };
 
 /// `model policy`: show a model's policy, or change parts of it.
@@ -481,11 +481,8 @@ pub async fn requests_cmd(
         }
     })
     .await?;
-    if json {
-        print_json_list(&requests, "modelreg.v1.TransitionRequest");
-    } else {
-        print_table(&REQUEST_HEADERS, requests.iter().map(request_row).collect());
-    }
+    let kind = "modelreg.v1.TransitionRequest";
+    print_list(json, &requests, kind, &REQUEST_HEADERS, request_row);
     Ok(())
 }
 
