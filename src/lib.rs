@@ -5,10 +5,15 @@
 //! - [`v1`]: the messages, enums, client and server stubs of `modelreg.v1`.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors of every file, served by
 //!   reflection and used to print messages as canonical JSON.
+//! - [`duration`]: the one parser of durations typed on the command line
+//!   (`10s`, `250ms`, `5m`), for the server's flags and the CLI's.
 //!
-//! This crate holds no logic: the wire types stay at the edges of the server
-//! and client, which convert them into their own domain values.
+//! Apart from that parser this crate holds no logic: the wire types stay at
+//! the edges of the server and client, which convert them into their own
+//! domain values.
 #![forbid(unsafe_code)]
+
+pub mod duration;
 
 /// The `modelreg.v1` package.
 pub mod v1 {

@@ -60,7 +60,7 @@ pub struct Settings {
 
     /// How often an idle WatchTransitions stream receives a heartbeat, e.g.
     /// `10s`, `500ms`.
-    #[arg(long, env = "MODELREG_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "MODELREG_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = modelreg_api::duration::parse)]
     pub heartbeat_interval: Duration,
 
     /// The token file (TOML, `[[tokens]]` entries with identity, roles and
@@ -100,7 +100,7 @@ pub struct Settings {
     /// How often the policy engine applies the models' archival policies
     /// (archiving passed-over candidates, watching live metrics), e.g. `60s`,
     /// `5m`. Every replica may run it: each action is taken once.
-    #[arg(long, env = "MODELREG_POLICY_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "MODELREG_POLICY_INTERVAL", default_value = "60s", value_parser = modelreg_api::duration::parse)]
     pub policy_interval: Duration,
 
     /// What "now" is for policy decisions and unstamped live metrics; the
@@ -198,44 +198,18 @@ pub fn parse_http_listen(raw: &str) -> Result<HttpListen, String> {
         .map_err(|_| format!("{raw:?} is not an address like 127.0.0.1:8080, nor `off`"))
 }
 
-/// Parses `250ms`, `10s`, `5m` or a bare number of seconds.
-pub fn parse_duration(raw: &str) -> Result<Duration, String> {
-    let raw = raw.trim();
-    let (num, unit) = match raw.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => raw.split_at(i),
-        None => (raw, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{raw:?} is not a duration like 10s or 500ms"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{raw:?}: use the units ms, s, m or h")),
-    };
-    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
-        return Err(format!("{raw:?} must be between 1ms and 24h"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
-        assert_eq!(
-            Settings::for_database("sqlite://x.db").policy_interval,
-            Duration::from_secs(60)
-        );
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("ten").is_err());
+    fn duration_flags_default_through_the_shared_parser() {
+        let s = Settings::for_database("sqlite://x.db");
+        assert_eq!(s.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(s.policy_interval, Duration::from_secs(60));
+        let s = Settings::parse_from(["modelreg-server", "--heartbeat-interval", "250ms"]);
+        assert_eq!(s.heartbeat_interval, Duration::from_millis(250));
+        assert!(Settings::try_parse_from(["modelreg-server", "--policy-interval", "0s"]).is_err());
     }
 
     #[test]

@@ -112,7 +112,8 @@ fn parse_live_rule(raw: &str) -> Result<LiveRule, String> {
         _ => return Err(bad()),
     };
     let threshold: f64 = threshold.parse().map_err(|_| bad())?;
-    let window = super::workers::parse_duration(window)?;
+    // Any positive window: the server judges the range (up to 30 days).
+    let window = modelreg_api::duration::parse_at_most(window, std::time::Duration::MAX)?;
     let action = match parts.get(4) {
         None => pb::LiveMetricAction::Alert,
         Some(&"rollback") => pb::LiveMetricAction::Rollback,

@@ -38,33 +38,11 @@ pub struct CommonArgs {
     #[arg(long)]
     after: Option<u64>,
     /// Longest a command may run (e.g. 10m, 30s).
-    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = modelreg_api::duration::parse)]
     timeout: Duration,
     /// Attempts after the first when a command fails.
     #[arg(long, default_value_t = 2)]
     retries: u32,
-}
-
-pub(crate) fn parse_duration(raw: &str) -> Result<Duration, String> {
-    let raw = raw.trim();
-    let (num, unit) = match raw.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => raw.split_at(i),
-        None => (raw, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{raw:?} is not a duration like 30s or 10m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{raw:?}: use the units ms, s, m or h")),
-    };
-    if !secs.is_finite() || secs <= 0.0 {
-        return Err(format!("{raw:?} must be positive"));
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 /// `worker …`.
@@ -144,7 +122,7 @@ pub struct NotifyArgs {
     #[arg(long)]
     webhook_ca_cert: Option<PathBuf>,
     /// Longest wait between delivery attempts.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = modelreg_api::duration::parse)]
     max_backoff: Duration,
     /// The file that keeps the notifier's place (moved only past delivered messages).
     #[arg(long)]
