@@ -123,16 +123,9 @@ impl ConnectOptions {
 }
 
 /// Why a connection could not be made.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct ConnectError(pub String);
-
-impl std::fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ConnectError {}
 
 fn endpoint(opts: &ConnectOptions) -> Result<Endpoint, ConnectError> {
     let server = &opts.server;

@@ -32,29 +32,41 @@ pub fn parse_event_type(raw: &str) -> Result<pb::EventType, String> {
     }
 }
 
+/// An enum value's proto name without its `prefix`, or the number when
+/// the value is unknown to this client.
+fn label(name: Option<&str>, prefix: &str, raw: i32) -> String {
+    name.map_or_else(
+        || raw.to_string(),
+        |n| n.trim_start_matches(prefix).to_owned(),
+    )
+}
+
 /// A stage as people read it: `STAGING`.
 pub fn stage_label(raw: i32) -> String {
-    pb::Stage::try_from(raw)
-        .map(|s| s.as_str_name().trim_start_matches("STAGE_").to_owned())
-        .unwrap_or_else(|_| raw.to_string())
+    let name = pb::Stage::try_from(raw).ok().map(|s| s.as_str_name());
+    label(name, "STAGE_", raw)
 }
 
 /// An event type as people read it: `STAGE_CHANGED`.
 pub fn event_type_label(raw: i32) -> String {
-    pb::EventType::try_from(raw)
-        .map(|s| s.as_str_name().trim_start_matches("EVENT_TYPE_").to_owned())
-        .unwrap_or_else(|_| raw.to_string())
+    let name = pb::EventType::try_from(raw).ok().map(|t| t.as_str_name());
+    label(name, "EVENT_TYPE_", raw)
 }
 
 /// A stage-change cause as people read it: `SUPERSEDED`.
 pub fn cause_label(raw: i32) -> String {
-    pb::StageChangeCause::try_from(raw)
-        .map(|s| {
-            s.as_str_name()
-                .trim_start_matches("STAGE_CHANGE_CAUSE_")
-                .to_owned()
-        })
-        .unwrap_or_else(|_| raw.to_string())
+    let name = pb::StageChangeCause::try_from(raw)
+        .ok()
+        .map(|c| c.as_str_name());
+    label(name, "STAGE_CHANGE_CAUSE_", raw)
+}
+
+/// A transition request's status as people read it: `PENDING`.
+pub fn status_label(raw: i32) -> String {
+    let name = pb::TransitionRequestStatus::try_from(raw)
+        .ok()
+        .map(|s| s.as_str_name());
+    label(name, "TRANSITION_REQUEST_STATUS_", raw)
 }
 
 #[cfg(test)]
@@ -72,5 +84,19 @@ mod tests {
             parse_event_type("stage-changed").unwrap(),
             pb::EventType::StageChanged
         );
+    }
+
+    #[test]
+    fn labels_drop_the_prefix_and_show_unknown_values_as_numbers() {
+        assert_eq!(stage_label(pb::Stage::Staging as i32), "STAGING");
+        assert_eq!(
+            cause_label(pb::StageChangeCause::Superseded as i32),
+            "SUPERSEDED"
+        );
+        assert_eq!(
+            status_label(pb::TransitionRequestStatus::Pending as i32),
+            "PENDING"
+        );
+        assert_eq!(event_type_label(999), "999");
     }
 }

@@ -50,22 +50,22 @@ async fn modelreg_as(server: &Server, actor: &str, args: &[&str]) -> Output {
         .expect("run modelreg")
 }
 
-fn ok_text(out: &Output) -> String {
+/// The stdout of a run that must have succeeded.
+fn ok_stdout(out: &Output) -> &[u8] {
     assert!(
         out.status.success(),
         "modelreg failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout.clone()).unwrap()
+    &out.stdout
+}
+
+fn ok_text(out: &Output) -> String {
+    String::from_utf8(ok_stdout(out).to_vec()).unwrap()
 }
 
 fn ok_json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "modelreg failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON output")
+    serde_json::from_slice(ok_stdout(out)).expect("JSON output")
 }
 
 /// The README walk-through through the binary: create, register straight into

@@ -84,6 +84,28 @@ async fn wait_ready(child: &mut Child, ready: &Path, log: &Path) -> Bound {
     );
 }
 
+/// Starts `modelreg-server` on port 0 with its database, ready file and log
+/// in `dir` and the flags `args`; returns it once it has reported where it
+/// listens.
+async fn start_server(dir: &Path, args: &[&str]) -> (Child, Bound) {
+    let ready = dir.join("server.ready");
+    let log = dir.join("server.log");
+    let mut server = Command::new(bin("modelreg-server"))
+        // Port 0: the server picks a free port itself and reports it.
+        .args(["--listen", "127.0.0.1:0", "--ready-file"])
+        .arg(&ready)
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", dir.join("registry.db").display()))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let bound = wait_ready(&mut server, &ready, &log).await;
+    (server, bound)
+}
+
 /// The people and programs of the story, with their roles.
 const PEOPLE: [(&str, &str); 7] = [
     ("ada", "\"admin\""),
@@ -117,29 +139,21 @@ impl Env {
                 )
             })
             .collect();
-        std::fs::write(dir.path().join("tokens.toml"), tokens).unwrap();
-        let ready = dir.path().join("server.ready");
-        let log = dir.path().join("server.log");
-        let mut server = Command::new(bin("modelreg-server"))
-            // Port 0: the server picks a free port itself and reports it.
-            .args(["--listen", "127.0.0.1:0", "--ready-file"])
-            .arg(&ready)
-            .arg("--database-url")
-            .arg(format!(
-                "sqlite://{}",
-                dir.path().join("registry.db").display()
-            ))
-            .arg("--auth-tokens")
-            .arg(dir.path().join("tokens.toml"))
-            .args(["--heartbeat-interval", "200ms"])
-            // Parallel servers must not fight over the /metrics port 8080.
-            .args(["--http-listen", "off"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let bound = wait_ready(&mut server, &ready, &log).await;
+        let tokens_file = dir.path().join("tokens.toml");
+        std::fs::write(&tokens_file, tokens).unwrap();
+        let (server, bound) = start_server(
+            dir.path(),
+            &[
+                "--auth-tokens",
+                &tokens_file.display().to_string(),
+                "--heartbeat-interval",
+                "200ms",
+                // Parallel servers must not fight over the /metrics port 8080.
+                "--http-listen",
+                "off",
+            ],
+        )
+        .await;
         let env = Env {
             url: format!("http://{}", bound.grpc),
             dir,
@@ -164,14 +178,18 @@ impl Env {
         self.dir.path().join(name)
     }
 
+    /// The CLI as `who`, with `args`.
+    fn modelreg(&self, who: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(bin("modelreg"));
+        command
+            .args(["--server", &self.url, "--token", &token(who)])
+            .args(args);
+        command
+    }
+
     /// Runs the CLI as `who`.
     async fn cli(&self, who: &str, args: &[&str]) -> Output {
-        Command::new(bin("modelreg"))
-            .args(["--server", &self.url, "--token", &token(who)])
-            .args(args)
-            .output()
-            .await
-            .unwrap()
+        self.modelreg(who, args).output().await.unwrap()
     }
 
     async fn ok(&self, who: &str, args: &[&str]) -> String {
@@ -192,9 +210,7 @@ impl Env {
             .append(true)
             .open(self.path(log))
             .unwrap();
-        Command::new(bin("modelreg"))
-            .args(["--server", &self.url, "--token", &token(who)])
-            .args(args)
+        self.modelreg(who, args)
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .stderr(log)
@@ -222,6 +238,36 @@ impl Env {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("gave up waiting for {what}\n{}", self.files());
+    }
+
+    /// [`Env::wait_for`] with a check that reads the registry through
+    /// `client` (a clone of it each time).
+    async fn wait_for_registry<F, Fut>(&self, what: &str, client: &RegistryClient, mut check: F)
+    where
+        F: FnMut(RegistryClient) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        self.wait_for(what, || check(client.clone())).await
+    }
+
+    /// Waits until the worker `name` (run as `who` with `args`) has started
+    /// its command for version 2 (a line in `NAME.starts`), kills it there
+    /// with [`crash`], and starts it again.
+    async fn crash_in_version_2(
+        &self,
+        worker: &mut Child,
+        who: &str,
+        name: &str,
+        args: &[String],
+    ) -> Child {
+        let starts = self.path(&format!("{name}.starts"));
+        self.wait_for(&format!("the {name} run of version 2 to start"), || {
+            let text = std::fs::read_to_string(&starts).unwrap_or_default();
+            async move { text.lines().any(|l| l.starts_with("2 ")) }
+        })
+        .await;
+        crash(worker).await;
+        self.spawn(who, &format!("{name}.log"), &strs(args))
     }
 
     /// The logs, cursors and markers in the temporary directory (the end of
@@ -448,6 +494,28 @@ async fn crash(worker: &mut Child) {
     let _ = worker.wait().await;
 }
 
+/// The admin creates the evaluation set `holdout@v1` (stored at `uri`,
+/// scoring auc) and the model `fraud`.
+async fn holdout_and_fraud(env: &Env, uri: &str) {
+    env.ok(
+        "ada",
+        &[
+            "evalset",
+            "create",
+            "holdout",
+            "v1",
+            "--uri",
+            uri,
+            "--digest",
+            "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+            "--metric",
+            "auc:higher",
+        ],
+    )
+    .await;
+    env.ok("ada", &["model", "create", "fraud"]).await;
+}
+
 async fn register(env: &Env, run: &str, uri: &str) {
     let out = env
         .ok(
@@ -476,81 +544,81 @@ async fn register(env: &Env, run: &str, uri: &str) {
     assert_eq!(v["stage"], "STAGE_STAGING");
 }
 
+/// A worker's command line: `args`, then `--after 0` (the whole log) and
+/// `--cursor-file` with the file `cursor` in the test's directory.
+fn worker_args(env: &Env, args: &[&str], cursor: &str) -> Vec<String> {
+    args.iter()
+        .chain(&["--after", "0", "--cursor-file"])
+        .map(|s| s.to_string())
+        .chain([env.path(cursor).display().to_string()])
+        .collect()
+}
+
+/// `modelreg worker NAME` for the model fraud, with `options`, running
+/// the shell `script`, its cursor in `NAME.cursor`.
+fn fraud_worker_args(env: &Env, name: &str, options: &[&str], script: &str) -> Vec<String> {
+    let mut args = vec!["worker", name];
+    args.extend(options);
+    args.extend(["--model", "fraud", "--exec", script]);
+    worker_args(env, &args, &format!("{name}.cursor"))
+}
+
+/// The script of the worker `name`: a log of every start (`NAME.starts`)
+/// and of every finished run (`record` in `NAME.runs`), then `output` on
+/// stdout. The first run for version 2 hangs, so the test can kill the
+/// worker in the middle of it. Its marker is made (mkdir: test-and-set in
+/// one step) before the start is logged, so once the test sees the start,
+/// no later run can hang too.
+fn hanging_script(name: &str, record: &str, output: &str) -> String {
+    format!(
+        r#"hang=; if [ "$MODELREG_VERSION" = 2 ] && mkdir {name}.hung 2>/dev/null; then hang=1; fi
+echo "$MODELREG_VERSION $MODELREG_EVENT_SEQUENCE" >> {name}.starts
+if [ "$hang" ]; then sleep 600; fi
+echo "{record}" >> {name}.runs
+echo "{output}""#
+    )
+}
+
 fn evaluate_args(env: &Env) -> Vec<String> {
-    [
-        "worker",
+    // auc 0.91 for version 1, 0.92 for version 2.
+    let script = hanging_script(
         "evaluate",
+        "$MODELREG_MODEL $MODELREG_VERSION $MODELREG_EVAL_SET $MODELREG_ARTIFACT_URI",
+        r#"{\"auc\": 0.9$MODELREG_VERSION}"#,
+    );
+    let options = [
         "--set",
         "holdout@v1",
         "--evaluator-version",
         "2.0",
         "--request",
         "production",
-        "--model",
-        "fraud",
-        "--after",
-        "0",
-        "--exec",
-        // auc 0.91 for version 1, 0.92 for version 2; a log of every start
-        // and every finished run. The first run for version 2 hangs, so the
-        // test can kill the worker in the middle of it. Its marker is made
-        // (mkdir: test-and-set in one step) before the start is logged, so
-        // once the test sees the start, no later run can hang too.
-        r#"hang=; if [ "$MODELREG_VERSION" = 2 ] && mkdir evaluate.hung 2>/dev/null; then hang=1; fi
-echo "$MODELREG_VERSION $MODELREG_EVENT_SEQUENCE" >> evaluate.starts
-if [ "$hang" ]; then sleep 600; fi
-echo "$MODELREG_MODEL $MODELREG_VERSION $MODELREG_EVAL_SET $MODELREG_ARTIFACT_URI" >> evaluate.runs
-echo "{\"auc\": 0.9$MODELREG_VERSION}""#,
-        "--cursor-file",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([env.path("evaluate.cursor").display().to_string()])
-    .collect()
+    ];
+    fraud_worker_args(env, "evaluate", &options, &script)
 }
 
 fn deploy_args(env: &Env) -> Vec<String> {
-    [
-        "worker",
+    let script = hanging_script(
         "deploy",
-        "--environment",
-        "prod",
-        "--model",
-        "fraud",
-        "--after",
-        "0",
-        "--exec",
-        // The first deployment of version 2 hangs until the worker is
-        // killed; its marker is made before the start is logged, as above.
-        r#"hang=; if [ "$MODELREG_VERSION" = 2 ] && mkdir deploy.hung 2>/dev/null; then hang=1; fi
-echo "$MODELREG_VERSION $MODELREG_EVENT_SEQUENCE" >> deploy.starts
-if [ "$hang" ]; then sleep 600; fi
-echo "$MODELREG_VERSION $MODELREG_EVENT_SEQUENCE $MODELREG_ENVIRONMENT" >> deploy.runs
-echo "https://serve.example/fraud/$MODELREG_VERSION""#,
-        "--cursor-file",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([env.path("deploy.cursor").display().to_string()])
-    .collect()
+        "$MODELREG_VERSION $MODELREG_EVENT_SEQUENCE $MODELREG_ENVIRONMENT",
+        "https://serve.example/fraud/$MODELREG_VERSION",
+    );
+    fraud_worker_args(env, "deploy", &["--environment", "prod"], &script)
 }
 
 fn notify_args(env: &Env, sink: &Sink) -> Vec<String> {
-    vec![
-        "notify".into(),
-        "--webhook".into(),
-        sink.url.clone(),
-        "--secret".into(),
-        SECRET.into(),
-        "--link-base".into(),
-        "https://registry.example".into(),
-        "--max-backoff".into(),
-        "300ms".into(),
-        "--after".into(),
-        "0".into(),
-        "--cursor-file".into(),
-        env.path("notify.cursor").display().to_string(),
-    ]
+    let args = [
+        "notify",
+        "--webhook",
+        &sink.url,
+        "--secret",
+        SECRET,
+        "--link-base",
+        "https://registry.example",
+        "--max-backoff",
+        "300ms",
+    ];
+    worker_args(env, &args, "notify.cursor")
 }
 
 fn strs(v: &[String]) -> Vec<&str> {
@@ -564,23 +632,7 @@ async fn from_a_ci_commit_to_a_live_deployment_and_back() {
     let mut ada = env.client("ada").await;
 
     // The admin sets up the standard set and the model's policy.
-    env.ok(
-        "ada",
-        &[
-            "evalset",
-            "create",
-            "holdout",
-            "v1",
-            "--uri",
-            "s3://datasets/holdout/v1",
-            "--digest",
-            "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
-            "--metric",
-            "auc:higher",
-        ],
-    )
-    .await;
-    env.ok("ada", &["model", "create", "fraud"]).await;
+    holdout_and_fraud(&env, "s3://datasets/holdout/v1").await;
     env.ok(
         "ada",
         &[
@@ -604,9 +656,8 @@ async fn from_a_ci_commit_to_a_live_deployment_and_back() {
     register(&env, "run-1", "s3://models/fraud/1").await;
 
     // The evaluation worker scores it and asks for production.
-    env.wait_for("request fraud:1", || {
-        let mut c = ada.clone();
-        async move { !pending(&mut c, "fraud").await.is_empty() }
+    env.wait_for_registry("request fraud:1", &ada, |mut c| async move {
+        !pending(&mut c, "fraud").await.is_empty()
     })
     .await;
     let asked = pending(&mut ada, "fraud").await.remove(0);
@@ -654,17 +705,12 @@ async fn from_a_ci_commit_to_a_live_deployment_and_back() {
     )
     .await;
 
-    env.wait_for("version 1 deployed", || {
-        let mut c = ada.clone();
-        async move {
-            version(&mut c, "fraud", 1)
-                .await
-                .deployments
-                .iter()
-                .any(|d| {
-                    d.environment == "prod" && d.status == pb::DeploymentStatus::Succeeded as i32
-                })
-        }
+    env.wait_for_registry("version 1 deployed", &ada, |mut c| async move {
+        version(&mut c, "fraud", 1)
+            .await
+            .deployments
+            .iter()
+            .any(|d| d.environment == "prod" && d.status == pb::DeploymentStatus::Succeeded as i32)
     })
     .await;
     let v1 = version(&mut ada, "fraud", 1).await;
@@ -675,43 +721,26 @@ async fn from_a_ci_commit_to_a_live_deployment_and_back() {
     // the deploy worker. Each event is handled again after the restart.
     crash(&mut notify).await;
     register(&env, "run-2", "s3://models/fraud/2").await;
-    let started = |file: &'static str, v: &'static str| {
-        let path = env.path(file);
-        move || {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            async move { text.lines().any(|l| l.starts_with(&format!("{v} "))) }
-        }
-    };
-    env.wait_for(
-        "the evaluation of version 2 to start",
-        started("evaluate.starts", "2"),
-    )
-    .await;
-    crash(&mut evaluate).await;
-    let mut evaluate = env.spawn("evaluator", "evaluate.log", &strs(&evaluate_args(&env)));
-    env.wait_for("request fraud:2", || {
-        let mut c = ada.clone();
-        async move {
-            pending(&mut c, "fraud")
-                .await
-                .iter()
-                .any(|r| r.version == 2)
-        }
+    let args = evaluate_args(&env);
+    let mut evaluate = env
+        .crash_in_version_2(&mut evaluate, "evaluator", "evaluate", &args)
+        .await;
+    env.wait_for_registry("request fraud:2", &ada, |mut c| async move {
+        pending(&mut c, "fraud")
+            .await
+            .iter()
+            .any(|r| r.version == 2)
     })
     .await;
     let id2 = pending(&mut ada, "fraud").await.remove(0).id;
     env.ok("bob", &["approve", &id2]).await;
-    env.wait_for(
-        "the deployment of version 2 to start",
-        started("deploy.starts", "2"),
-    )
-    .await;
-    crash(&mut deploy).await;
-    let mut deploy = env.spawn("deployer", "deploy.log", &strs(&deploy_args(&env)));
+    let args = deploy_args(&env);
+    let mut deploy = env
+        .crash_in_version_2(&mut deploy, "deployer", "deploy", &args)
+        .await;
     let mut notify = env.spawn("notifier", "notify.log", &strs(&notify_args(&env, &sink)));
-    env.wait_for("version 2 deployed", || {
-        let mut c = ada.clone();
-        async move { succeeded(&events(&mut c, "fraud").await, 2) == 1 }
+    env.wait_for_registry("version 2 deployed", &ada, |mut c| async move {
+        succeeded(&events(&mut c, "fraud").await, 2) == 1
     })
     .await;
 
@@ -721,9 +750,8 @@ async fn from_a_ci_commit_to_a_live_deployment_and_back() {
         &["rollback", "fraud", "--reason", "error rate up"],
     )
     .await;
-    env.wait_for("version 1 redeployed", || {
-        let mut c = ada.clone();
-        async move { succeeded(&events(&mut c, "fraud").await, 1) == 2 }
+    env.wait_for_registry("version 1 redeployed", &ada, |mut c| async move {
+        succeeded(&events(&mut c, "fraud").await, 1) == 2
     })
     .await;
 
@@ -877,23 +905,7 @@ async fn from_a_ci_commit_to_a_live_deployment_and_back() {
 async fn a_failing_evaluation_is_retried_then_reported() {
     let env = Env::start().await;
     let sink = Sink::start(0).await;
-    env.ok(
-        "ada",
-        &[
-            "evalset",
-            "create",
-            "holdout",
-            "v1",
-            "--uri",
-            "s3://d/h",
-            "--digest",
-            "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
-            "--metric",
-            "auc:higher",
-        ],
-    )
-    .await;
-    env.ok("ada", &["model", "create", "fraud"]).await;
+    holdout_and_fraud(&env, "s3://d/h").await;
     let cursor = env.path("eval.cursor").display().to_string();
     let mut worker = env.spawn(
         "evaluator",
@@ -920,14 +932,11 @@ async fn a_failing_evaluation_is_retried_then_reported() {
     let mut notify = env.spawn("notifier", "notify.log", &strs(&notify_args(&env, &sink)));
     register(&env, "run-1", "s3://models/fraud/1").await;
     let mut ada = env.client("ada").await;
-    env.wait_for("the failure event", || {
-        let mut c = ada.clone();
-        async move {
-            events(&mut c, "fraud")
-                .await
-                .iter()
-                .any(|e| e.r#type == pb::EventType::WorkerFailed as i32)
-        }
+    env.wait_for_registry("the failure event", &ada, |mut c| async move {
+        events(&mut c, "fraud")
+            .await
+            .iter()
+            .any(|e| e.r#type == pb::EventType::WorkerFailed as i32)
     })
     .await;
     let failed = events(&mut ada, "fraud")
@@ -971,25 +980,9 @@ async fn a_failing_evaluation_is_retried_then_reported() {
 async fn a_server_on_port_zero_reports_the_addresses_it_bound() {
     // Arrange
     let dir = tempfile::tempdir().unwrap();
-    let ready = dir.path().join("server.ready");
-    let log = dir.path().join("server.log");
 
     // Act
-    let mut server = Command::new(bin("modelreg-server"))
-        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
-        .arg("--ready-file")
-        .arg(&ready)
-        .arg("--database-url")
-        .arg(format!(
-            "sqlite://{}",
-            dir.path().join("registry.db").display()
-        ))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let bound = wait_ready(&mut server, &ready, &log).await;
+    let (_server, bound) = start_server(dir.path(), &["--http-listen", "127.0.0.1:0"]).await;
 
     // Assert: real ports, each serving what it should.
     let grpc: std::net::SocketAddr = bound.grpc.parse().unwrap();

@@ -146,6 +146,17 @@ class RegistryClient:
             metadata=self.metadata + tuple(metadata),
         )
 
+    def _every_page(self, method: str, request, items: str) -> Iterator:
+        """Every item of a paged list: calls ``method`` with ``request`` for
+        page after page, following ``next_page_token``, and yields each page's
+        ``items`` field."""
+        while True:
+            page = self.call(method, request)
+            yield from getattr(page, items)
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
     def health(self, service: str = "", *, timeout: Optional[float] = None) -> _health.ServingStatus:
         """The server's ``grpc.health.v1`` status for ``service`` ("" for the server)."""
         return _health.check(self.channel, service, timeout=self.timeout if timeout is None else timeout)
@@ -192,15 +203,8 @@ class RegistryClient:
 
     def list_models(self, *, filter: str = "", page_size: int = 0) -> Iterator[pb.Model]:
         """Every model matching ``filter``, in name order, fetching page after page."""
-        token = ""
-        while True:
-            page = self.call(
-                "ListModels", pb.ListModelsRequest(filter=filter, page_size=page_size, page_token=token)
-            )
-            yield from page.models
-            token = page.next_page_token
-            if not token:
-                return
+        req = pb.ListModelsRequest(filter=filter, page_size=page_size)
+        yield from self._every_page("ListModels", req, "models")
 
     def update_model(
         self,
@@ -263,16 +267,8 @@ class RegistryClient:
         self, model: str, *, stage: int = pb.STAGE_UNSPECIFIED, page_size: int = 0
     ) -> Iterator[pb.ModelVersion]:
         """Every version of ``model`` (only those in ``stage`` if given), in version order."""
-        token = ""
-        while True:
-            page = self.call(
-                "ListVersions",
-                pb.ListVersionsRequest(model=model, stage=stage, page_size=page_size, page_token=token),
-            )
-            yield from page.versions
-            token = page.next_page_token
-            if not token:
-                return
+        req = pb.ListVersionsRequest(model=model, stage=stage, page_size=page_size)
+        yield from self._every_page("ListVersions", req, "versions")
 
     def set_alias(self, model: str, alias: str, version: int) -> pb.Model:
         """Points ``alias`` at ``version``, creating or moving it."""
@@ -295,16 +291,8 @@ class RegistryClient:
         self, *, model: str = "", status: int = pb.TRANSITION_REQUEST_STATUS_UNSPECIFIED, page_size: int = 0
     ) -> Iterator[pb.TransitionRequest]:
         """Every transition request (of ``model``, with ``status``, if given), by model and number."""
-        token = ""
-        while True:
-            page = self.call(
-                "ListTransitionRequests",
-                pb.ListTransitionRequestsRequest(model=model, status=status, page_size=page_size, page_token=token),
-            )
-            yield from page.requests
-            token = page.next_page_token
-            if not token:
-                return
+        req = pb.ListTransitionRequestsRequest(model=model, status=status, page_size=page_size)
+        yield from self._every_page("ListTransitionRequests", req, "requests")
 
     def approve_transition(self, request_id: str, *, comment: str = "") -> pb.ApproveTransitionResponse:
         """Approves a pending request; the move applies once enough approvers agree."""
@@ -361,24 +349,15 @@ class RegistryClient:
         page_size: int = 0,
     ) -> Iterator[pb.RegistryEvent]:
         """Every matching event of the log after ``after_sequence``, in sequence order."""
-        token = ""
-        while True:
-            page = self.call(
-                "ListEvents",
-                pb.ListEventsRequest(
-                    model=model,
-                    version=version,
-                    actor=actor,
-                    types=list(types),
-                    after_sequence=after_sequence,
-                    page_size=page_size,
-                    page_token=token,
-                ),
-            )
-            yield from page.events
-            token = page.next_page_token
-            if not token:
-                return
+        req = pb.ListEventsRequest(
+            model=model,
+            version=version,
+            actor=actor,
+            types=list(types),
+            after_sequence=after_sequence,
+            page_size=page_size,
+        )
+        yield from self._every_page("ListEvents", req, "events")
 
     def verify_audit_log(
         self, anchors: Iterable[tuple[int, str]] = ()

@@ -260,6 +260,32 @@ impl Load {
             extra: Vec::new(),
         }
     }
+
+    /// [`Load::closed_loop`] named `"{scenario} c={concurrency}"`, giving
+    /// `op(client, worker, iteration)` each worker's registry client.
+    async fn client_loop<F, Fut>(&self, scenario: &str, ops_per_call: u64, op: F) -> Report
+    where
+        F: Fn(RegistryClient, usize, u64) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send,
+    {
+        let clients = self.clients.clone();
+        let name = format!("{scenario} c={}", self.args.concurrency);
+        self.closed_loop(&name, ops_per_call, move |w, n| {
+            op(clients[w % clients.len()].clone(), w, n)
+        })
+        .await
+    }
+}
+
+/// Creates `n` models named `{prefix}-{run}-{i}` for this run and returns their names.
+async fn create_models(load: &Load, prefix: &str, n: usize) -> Result<Vec<String>, tonic::Status> {
+    let run = unique();
+    let models: Vec<String> = (0..n).map(|i| format!("{prefix}-{run}-{i}")).collect();
+    let mut c = load.client(0);
+    for m in &models {
+        create_model(&mut c, m, HashMap::new()).await?;
+    }
+    Ok(models)
 }
 
 fn version_req(model: &str, stage: pb::Stage) -> pb::RegisterVersionRequest {
@@ -322,11 +348,8 @@ async fn read(load: &Load) -> Result<Report, tonic::Status> {
     create_model(&mut c, &model, HashMap::new()).await?;
     c.register_version(version_req(&model, pb::Stage::Staging))
         .await?;
-    let clients = load.clients.clone();
-    let name = format!("read c={}", load.args.concurrency);
     Ok(load
-        .closed_loop(&name, 1, move |w, _| {
-            let mut c = clients[w % clients.len()].clone();
+        .client_loop("read", 1, move |mut c, _, _| {
             let model = model.clone();
             async move {
                 c.get_version(pb::GetVersionRequest {
@@ -343,17 +366,9 @@ async fn read(load: &Load) -> Result<Report, tonic::Status> {
 
 async fn register(load: &Load) -> Result<Report, tonic::Status> {
     // A few models, so writers to different models do not share one row lock (PostgreSQL).
-    let run = unique();
-    let models: Vec<String> = (0..8).map(|i| format!("bench-reg-{run}-{i}")).collect();
-    let mut c = load.client(0);
-    for m in &models {
-        create_model(&mut c, m, HashMap::new()).await?;
-    }
-    let clients = load.clients.clone();
-    let name = format!("register c={}", load.args.concurrency);
+    let models = create_models(load, "bench-reg", 8).await?;
     Ok(load
-        .closed_loop(&name, 1, move |w, _| {
-            let mut c = clients[w % clients.len()].clone();
+        .client_loop("register", 1, move |mut c, w, _| {
             let req = version_req(&models[w % models.len()], pb::Stage::None);
             async move { c.register_version(req).await.map(|_| ()) }
         })
@@ -361,7 +376,6 @@ async fn register(load: &Load) -> Result<Report, tonic::Status> {
 }
 
 async fn workflow(load: &Load) -> Result<Report, tonic::Status> {
-    let run = unique();
     let set = pb::EvaluationSetRef {
         name: "bench-holdout".into(),
         version: "v1".into(),
@@ -379,17 +393,9 @@ async fn workflow(load: &Load) -> Result<Report, tonic::Status> {
         description: String::new(),
     })
     .await?;
-    let models: Vec<String> = (0..load.args.concurrency.max(1))
-        .map(|i| format!("bench-wf-{run}-{i}"))
-        .collect();
-    for m in &models {
-        create_model(&mut c, m, HashMap::new()).await?;
-    }
-    let clients = load.clients.clone();
-    let name = format!("workflow c={}", load.args.concurrency);
+    let models = create_models(load, "bench-wf", load.args.concurrency.max(1)).await?;
     Ok(load
-        .closed_loop(&name, 5, move |w, _| {
-            let mut c = clients[w % clients.len()].clone();
+        .client_loop("workflow", 5, move |mut c, w, _| {
             let model = models[w].clone();
             let set = set.clone();
             async move {
@@ -478,30 +484,25 @@ async fn seed_list(load: &Load) -> Result<(), tonic::Status> {
 
 async fn list(load: &Load) -> Result<Report, tonic::Status> {
     seed_list(load).await?;
-    let clients = load.clients.clone();
-    let name = format!("list c={}", load.args.concurrency);
     Ok(load
-        .closed_loop(&name, 1, move |w, n| {
-            let mut c = clients[w % clients.len()].clone();
-            async move {
-                if n % 2 == 0 {
-                    let model = format!("bench-list-{:04}", (n as usize * 7919) % LIST_MODELS);
-                    c.list_versions(pb::ListVersionsRequest {
-                        model,
-                        page_size: 50,
-                        ..Default::default()
-                    })
-                    .await
-                    .map(|_| ())
-                } else {
-                    c.list_models(pb::ListModelsRequest {
-                        page_size: 50,
-                        filter: format!("tags.team=t{}", n % 20),
-                        ..Default::default()
-                    })
-                    .await
-                    .map(|_| ())
-                }
+        .client_loop("list", 1, move |mut c, _, n| async move {
+            if n % 2 == 0 {
+                let model = format!("bench-list-{:04}", (n as usize * 7919) % LIST_MODELS);
+                c.list_versions(pb::ListVersionsRequest {
+                    model,
+                    page_size: 50,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+            } else {
+                c.list_models(pb::ListModelsRequest {
+                    page_size: 50,
+                    filter: format!("tags.team=t{}", n % 20),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
             }
         })
         .await)

@@ -99,13 +99,7 @@ enum Command {
     #[command(subcommand)]
     Requests(governance::RequestsCmd),
     /// Approve a pending transition request (MODEL:NUMBER).
-    Approve {
-        /// The request id, e.g. fraud-detector:3.
-        request_id: String,
-        /// Why, recorded in the event log.
-        #[arg(long, default_value = "")]
-        comment: String,
-    },
+    Approve(DecisionArgs),
     /// Reject a pending transition request.
     Reject {
         /// The request id.
@@ -115,13 +109,7 @@ enum Command {
         comment: String,
     },
     /// Withdraw a pending transition request (its requester, or an admin).
-    Cancel {
-        /// The request id.
-        request_id: String,
-        /// Why, recorded in the event log.
-        #[arg(long, default_value = "")]
-        comment: String,
-    },
+    Cancel(DecisionArgs),
     /// Run a worker that turns lifecycle events into actions.
     #[command(subcommand)]
     Worker(workers::WorkerCmd),
@@ -161,6 +149,16 @@ enum Command {
         #[arg(long, default_value = "")]
         evaluator_version: String,
     },
+}
+
+/// `approve` and `cancel`: a pending request, and why.
+#[derive(Args)]
+struct DecisionArgs {
+    /// The request id, e.g. fraud-detector:3.
+    request_id: String,
+    /// Why, recorded in the event log.
+    #[arg(long, default_value = "")]
+    comment: String,
 }
 
 #[derive(Subcommand)]
@@ -599,27 +597,21 @@ async fn run(cli: Cli, mut client: RegistryClient) -> Result<(), Failure> {
             alias,
             version,
         }) => {
-            let m = client
+            let answer = client
                 .set_alias(pb::SetAliasRequest {
                     model,
                     alias,
                     version,
                 })
-                .await?
-                .into_inner()
-                .model
-                .unwrap_or_default();
-            print_model(&m, json);
+                .await?;
+            print_model_answer(answer, json);
             Ok(())
         }
         Command::Alias(AliasCmd::Delete { model, alias }) => {
-            let m = client
+            let answer = client
                 .delete_alias(pb::DeleteAliasRequest { model, alias })
-                .await?
-                .into_inner()
-                .model
-                .unwrap_or_default();
-            print_model(&m, json);
+                .await?;
+            print_model_answer(answer, json);
             Ok(())
         }
         Command::Events(args) => events_cmd(&mut client, args, json).await,
@@ -656,12 +648,9 @@ async fn run(cli: Cli, mut client: RegistryClient) -> Result<(), Failure> {
             governance::history_cmd(&mut client, model, at, json).await
         }
         Command::Requests(cmd) => governance::requests_cmd(&mut client, cmd, json).await,
-        Command::Approve {
-            request_id,
-            comment,
-        } => {
+        Command::Approve(a) => {
             let verdict = governance::Verdict::Approve;
-            governance::decide_cmd(&mut client, verdict, request_id, comment, json).await
+            governance::decide_cmd(&mut client, verdict, a.request_id, a.comment, json).await
         }
         Command::Reject {
             request_id,
@@ -670,12 +659,9 @@ async fn run(cli: Cli, mut client: RegistryClient) -> Result<(), Failure> {
             let verdict = governance::Verdict::Reject;
             governance::decide_cmd(&mut client, verdict, request_id, comment, json).await
         }
-        Command::Cancel {
-            request_id,
-            comment,
-        } => {
+        Command::Cancel(a) => {
             let verdict = governance::Verdict::Cancel;
-            governance::decide_cmd(&mut client, verdict, request_id, comment, json).await
+            governance::decide_cmd(&mut client, verdict, a.request_id, a.comment, json).await
         }
         Command::Rollback { model, reason, to } => {
             governance::rollback_cmd(&mut client, model, reason, to, json).await
@@ -753,33 +739,24 @@ async fn evalset_cmd(
                 .unwrap_or_default(),
         ],
         EvalsetCmd::List { name } => {
-            let sets = all_pages(|page_token| {
-                let mut client = client.clone();
-                let request = pb::ListEvaluationSetsRequest {
-                    name: name.clone(),
-                    page_size: 1000,
-                    page_token,
-                };
-                async move {
-                    let resp = client.list_evaluation_sets(request).await?.into_inner();
-                    Ok((resp.evaluation_sets, resp.next_page_token))
-                }
+            let request = pb::ListEvaluationSetsRequest {
+                name,
+                page_size: 1000,
+                ..Default::default()
+            };
+            let sets = all_pages(client, request, |mut c, r| async move {
+                c.list_evaluation_sets(r).await
             })
             .await?;
-            print_list(
-                json,
-                &sets,
-                "modelreg.v1.EvaluationSet",
-                &["SET", "METRICS", "URI", "CREATED"],
-                |s| {
-                    vec![
-                        format!("{}@{}", s.name, s.version),
-                        definitions_label(&s.metrics),
-                        s.uri.clone(),
-                        time_label(s.create_time.as_ref()),
-                    ]
-                },
-            );
+            let headers = ["SET", "METRICS", "URI", "CREATED"];
+            print_list(&sets, "modelreg.v1.EvaluationSet", json, &headers, |s| {
+                vec![
+                    format!("{}@{}", s.name, s.version),
+                    definitions_label(&s.metrics),
+                    s.uri.clone(),
+                    time_label(s.create_time.as_ref()),
+                ]
+            });
             return Ok(());
         }
     };
@@ -865,19 +842,15 @@ async fn eval_cmd(client: &mut RegistryClient, cmd: EvalCmd, json: bool) -> Resu
             }
         }
         EvalCmd::History { model, set, metric } => {
-            let evaluations = all_pages(|page_token| {
-                let mut client = client.clone();
-                let request = pb::ListEvaluationsRequest {
-                    model: model.clone(),
-                    evaluation_set: Some(set.clone()),
-                    metric: metric.clone(),
-                    page_size: 1000,
-                    page_token,
-                };
-                async move {
-                    let resp = client.list_evaluations(request).await?.into_inner();
-                    Ok((resp.evaluations, resp.next_page_token))
-                }
+            let request = pb::ListEvaluationsRequest {
+                model,
+                evaluation_set: Some(set),
+                metric,
+                page_size: 1000,
+                ..Default::default()
+            };
+            let evaluations = all_pages(client, request, |mut c, r| async move {
+                c.list_evaluations(r).await
             })
             .await?;
             if json {
@@ -1011,7 +984,7 @@ async fn model_cmd(client: &mut RegistryClient, cmd: ModelCmd, json: bool) -> Re
             tags,
             request_id,
         } => {
-            let m = client
+            let answer = client
                 .create_model(pb::CreateModelRequest {
                     name,
                     description,
@@ -1019,51 +992,36 @@ async fn model_cmd(client: &mut RegistryClient, cmd: ModelCmd, json: bool) -> Re
                     policy: None,
                     request_id,
                 })
-                .await?
-                .into_inner()
-                .model
-                .unwrap_or_default();
-            print_model(&m, json);
+                .await?;
+            print_model_answer(answer, json);
         }
         ModelCmd::Get { name } => {
-            let m = client
-                .get_model(pb::GetModelRequest { name })
-                .await?
-                .into_inner()
-                .model
-                .unwrap_or_default();
-            print_model(&m, json);
+            let answer = client.get_model(pb::GetModelRequest { name }).await?;
+            print_model_answer(answer, json);
         }
         ModelCmd::List { filter, page_size } => {
-            let models = all_pages(|page_token| {
-                let mut client = client.clone();
-                let request = pb::ListModelsRequest {
-                    page_size,
-                    page_token,
-                    filter: filter.clone(),
-                };
-                async move {
-                    let resp = client.list_models(request).await?.into_inner();
-                    Ok((resp.models, resp.next_page_token))
-                }
-            })
+            let request = pb::ListModelsRequest {
+                page_size,
+                filter,
+                ..Default::default()
+            };
+            let models = all_pages(
+                client,
+                request,
+                |mut c, r| async move { c.list_models(r).await },
+            )
             .await?;
-            print_list(
-                json,
-                &models,
-                "modelreg.v1.Model",
-                &["NAME", "LATEST", "PRODUCTION", "ALIASES", "TAGS", "UPDATED"],
-                |m| {
-                    vec![
-                        m.name.clone(),
-                        m.latest_version.to_string(),
-                        dash_if_zero(m.production_version),
-                        join_map(&m.aliases),
-                        join_map(&m.tags),
-                        time_label(m.update_time.as_ref()),
-                    ]
-                },
-            );
+            let headers = ["NAME", "LATEST", "PRODUCTION", "ALIASES", "TAGS", "UPDATED"];
+            print_list(&models, "modelreg.v1.Model", json, &headers, |m| {
+                vec![
+                    m.name.clone(),
+                    m.latest_version.to_string(),
+                    dash_if_zero(m.production_version),
+                    join_map(&m.aliases),
+                    join_map(&m.tags),
+                    time_label(m.update_time.as_ref()),
+                ]
+            });
         }
         ModelCmd::Update {
             name,
@@ -1084,7 +1042,7 @@ async fn model_cmd(client: &mut RegistryClient, cmd: ModelCmd, json: bool) -> Re
                     "nothing to update: give --description, --tag or --clear-tags".into(),
                 ));
             }
-            let m = client
+            let answer = client
                 .update_model(pb::UpdateModelRequest {
                     name,
                     description: description.unwrap_or_default(),
@@ -1093,11 +1051,8 @@ async fn model_cmd(client: &mut RegistryClient, cmd: ModelCmd, json: bool) -> Re
                     update_mask: Some(prost_types::FieldMask { paths }),
                     etag,
                 })
-                .await?
-                .into_inner()
-                .model
-                .unwrap_or_default();
-            print_model(&m, json);
+                .await?;
+            print_model_answer(answer, json);
         }
     }
     Ok(())
@@ -1110,10 +1065,7 @@ async fn version_cmd(
 ) -> Result<(), Failure> {
     match cmd {
         VersionCmd::Register(a) => {
-            let target_stage = match a.stage.as_deref() {
-                None => pb::Stage::Unspecified,
-                Some(s) => parse_stage(s).map_err(Failure::Local)?,
-            };
+            let target_stage = stage_or_unspecified(a.stage.as_deref())?;
             let resp = client
                 .register_version(pb::RegisterVersionRequest {
                     model: a.model,
@@ -1171,40 +1123,28 @@ async fn version_cmd(
             stage,
             page_size,
         } => {
-            let stage = match stage.as_deref() {
-                None => pb::Stage::Unspecified,
-                Some(s) => parse_stage(s).map_err(Failure::Local)?,
+            let stage = stage_or_unspecified(stage.as_deref())? as i32;
+            let request = pb::ListVersionsRequest {
+                model,
+                stage,
+                page_size,
+                ..Default::default()
             };
-            let versions = all_pages(|page_token| {
-                let mut client = client.clone();
-                let request = pb::ListVersionsRequest {
-                    model: model.clone(),
-                    stage: stage as i32,
-                    page_size,
-                    page_token,
-                };
-                async move {
-                    let resp = client.list_versions(request).await?.into_inner();
-                    Ok((resp.versions, resp.next_page_token))
-                }
+            let versions = all_pages(client, request, |mut c, r| async move {
+                c.list_versions(r).await
             })
             .await?;
-            print_list(
-                json,
-                &versions,
-                "modelreg.v1.ModelVersion",
-                &["VERSION", "STAGE", "ALIASES", "ARTIFACT", "BY", "CREATED"],
-                |v| {
-                    vec![
-                        v.version.to_string(),
-                        stage_label(v.stage),
-                        v.aliases.join(","),
-                        v.artifact_uri.clone(),
-                        v.created_by.clone(),
-                        time_label(v.create_time.as_ref()),
-                    ]
-                },
-            );
+            let headers = ["VERSION", "STAGE", "ALIASES", "ARTIFACT", "BY", "CREATED"];
+            print_list(&versions, "modelreg.v1.ModelVersion", json, &headers, |v| {
+                vec![
+                    v.version.to_string(),
+                    stage_label(v.stage),
+                    v.aliases.join(","),
+                    v.artifact_uri.clone(),
+                    v.created_by.clone(),
+                    time_label(v.create_time.as_ref()),
+                ]
+            });
         }
     }
     Ok(())
@@ -1238,13 +1178,14 @@ async fn events_cmd(
         }
         page_token = resp.next_page_token;
     }
+    let headers = [
+        "SEQ", "TIME", "TYPE", "MODEL", "VERSION", "CHANGE", "ACTOR", "COMMENT",
+    ];
     print_list(
-        json,
         &events,
         "modelreg.v1.RegistryEvent",
-        &[
-            "SEQ", "TIME", "TYPE", "MODEL", "VERSION", "CHANGE", "ACTOR", "COMMENT",
-        ],
+        json,
+        &headers,
         event_row,
     );
     Ok(())
@@ -1285,22 +1226,73 @@ async fn watch_cmd(client: RegistryClient, args: WatchArgs) -> Result<(), Failur
     }
 }
 
-/// Follows `next_page_token` from the first page to the last and returns
-/// every item; `fetch` gets the page token and returns a page and the next token.
-async fn all_pages<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, Failure>
+/// `--stage`, when given; STAGE_UNSPECIFIED otherwise.
+fn stage_or_unspecified(raw: Option<&str>) -> Result<pb::Stage, Failure> {
+    raw.map_or(Ok(pb::Stage::Unspecified), parse_stage)
+        .map_err(Failure::Local)
+}
+
+/// A list RPC's request, which names the page it asks for.
+trait PageRequest: Clone {
+    fn set_page_token(&mut self, token: String);
+}
+
+/// One page of a list RPC's answer: its items and the next page token
+/// (empty after the last page).
+trait Page {
+    type Item;
+    fn into_page(self) -> (Vec<Self::Item>, String);
+}
+
+/// [`PageRequest`] and [`Page`] for the list RPCs:
+/// `Request, Response => items_field: Item`.
+macro_rules! impl_paging {
+    ($($request:ident, $response:ident => $items:ident: $item:ident),* $(,)?) => {$(
+        impl PageRequest for pb::$request {
+            fn set_page_token(&mut self, token: String) {
+                self.page_token = token;
+            }
+        }
+        impl Page for pb::$response {
+            type Item = pb::$item;
+            fn into_page(self) -> (Vec<pb::$item>, String) {
+                (self.$items, self.next_page_token)
+            }
+        }
+    )*};
+}
+
+impl_paging! {
+    ListModelsRequest, ListModelsResponse => models: Model,
+    ListVersionsRequest, ListVersionsResponse => versions: ModelVersion,
+    ListEvaluationSetsRequest, ListEvaluationSetsResponse => evaluation_sets: EvaluationSet,
+    ListEvaluationsRequest, ListEvaluationsResponse => evaluations: Evaluation,
+    ListTransitionRequestsRequest, ListTransitionRequestsResponse => requests: TransitionRequest,
+    ListEventsRequest, ListEventsResponse => events: RegistryEvent,
+}
+
+/// Asks for `request`'s first page, follows `next_page_token` to the last,
+/// and returns every item; `call` gets a client and the request for a page.
+async fn all_pages<Q, R, F, Fut>(
+    client: &RegistryClient,
+    mut request: Q,
+    mut call: F,
+) -> Result<Vec<R::Item>, Failure>
 where
-    F: FnMut(String) -> Fut,
-    Fut: std::future::Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+    Q: PageRequest,
+    R: Page,
+    F: FnMut(RegistryClient, Q) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
 {
     let mut items = Vec::new();
-    let mut token = String::new();
     loop {
-        let (page, next) = fetch(token).await?;
+        let answer = call(client.clone(), request.clone()).await?;
+        let (page, next) = answer.into_inner().into_page();
         items.extend(page);
         if next.is_empty() {
             return Ok(items);
         }
-        token = next;
+        request.set_page_token(next);
     }
 }
 
@@ -1331,12 +1323,18 @@ fn print_json(v: &serde_json::Value) {
 }
 
 /// Prints messages of one type as a JSON array.
-/// A list for people (a table of `headers`, one `row` per item) or, with
-/// `--json`, for scripts (the items as canonical JSON).
+fn print_json_list<M: prost::Message>(items: &[M], full_name: &str) {
+    print_json(&serde_json::Value::Array(
+        items.iter().map(|m| to_json(m, full_name)).collect(),
+    ));
+}
+
+/// Prints a list: with `--json` a JSON array of `full_name` messages,
+/// otherwise a table of `headers` with a `row` for each item.
 fn print_list<M: prost::Message>(
-    json: bool,
     items: &[M],
     full_name: &str,
+    json: bool,
     headers: &[&str],
     row: impl Fn(&M) -> Vec<String>,
 ) {
@@ -1347,10 +1345,32 @@ fn print_list<M: prost::Message>(
     }
 }
 
-fn print_json_list<M: prost::Message>(items: &[M], full_name: &str) {
-    print_json(&serde_json::Value::Array(
-        items.iter().map(|m| to_json(m, full_name)).collect(),
-    ));
+/// The answers of the RPCs that return a model.
+trait ModelAnswer {
+    fn into_model(self) -> Option<pb::Model>;
+}
+
+macro_rules! impl_model_answer {
+    ($($response:ident),* $(,)?) => {$(
+        impl ModelAnswer for pb::$response {
+            fn into_model(self) -> Option<pb::Model> {
+                self.model
+            }
+        }
+    )*};
+}
+
+impl_model_answer!(
+    CreateModelResponse,
+    GetModelResponse,
+    UpdateModelResponse,
+    SetAliasResponse,
+    DeleteAliasResponse,
+);
+
+/// Prints the model an RPC answered with.
+fn print_model_answer(answer: tonic::Response<impl ModelAnswer>, json: bool) {
+    print_model(&answer.into_inner().into_model().unwrap_or_default(), json);
 }
 
 fn print_model(m: &pb::Model, json: bool) {

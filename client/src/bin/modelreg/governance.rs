@@ -4,12 +4,12 @@
 use clap::{Args, Subcommand};
 use modelreg_client::audit::{describe, in_production_at, production_timeline};
 use modelreg_client::json::{from_json, to_json};
-use modelreg_client::names::{parse_stage, stage_label};
+use modelreg_client::names::{parse_stage, stage_label, status_label};
 use modelreg_client::{RegistryClient, pb};
 
 use super::{
-    Failure, all_pages, dash_if_zero, fmt_num, parse_set_ref, print_fields, print_json,
-    print_json_list, print_line, print_list, print_table, print_version, time_label,
+    Failure, all_pages, dash_if_zero, fmt_num, parse_set_ref, print_fields, print_json, print_line,
+    print_list, print_table, print_version, time_label,
 };
 
 /// `model policy`: show a model's policy, or change parts of it.
@@ -373,16 +373,6 @@ fn parse_status(raw: &str) -> Result<pb::TransitionRequestStatus, String> {
     }
 }
 
-fn status_label(raw: i32) -> String {
-    pb::TransitionRequestStatus::try_from(raw)
-        .map(|s| {
-            s.as_str_name()
-                .trim_start_matches("TRANSITION_REQUEST_STATUS_")
-                .to_owned()
-        })
-        .unwrap_or_else(|_| raw.to_string())
-}
-
 fn request_row(r: &pb::TransitionRequest) -> Vec<String> {
     let passed = r.gate_results.iter().filter(|g| g.passed).count();
     let approvers: Vec<&str> = r.approvals.iter().map(|a| a.approver.as_str()).collect();
@@ -467,22 +457,18 @@ pub async fn requests_cmd(
 ) -> Result<(), Failure> {
     let RequestsCmd::List { model, status } = cmd;
     let status = status.map(|s| s as i32).unwrap_or_default();
-    let requests = all_pages(|page_token| {
-        let mut client = client.clone();
-        let request = pb::ListTransitionRequestsRequest {
-            model: model.clone(),
-            status,
-            page_size: 500,
-            page_token,
-        };
-        async move {
-            let r = client.list_transition_requests(request).await?.into_inner();
-            Ok((r.requests, r.next_page_token))
-        }
+    let request = pb::ListTransitionRequestsRequest {
+        model,
+        status,
+        page_size: 500,
+        ..Default::default()
+    };
+    let requests = all_pages(client, request, |mut c, r| async move {
+        c.list_transition_requests(r).await
     })
     .await?;
-    let kind = "modelreg.v1.TransitionRequest";
-    print_list(json, &requests, kind, &REQUEST_HEADERS, request_row);
+    let full_name = "modelreg.v1.TransitionRequest";
+    print_list(&requests, full_name, json, &REQUEST_HEADERS, request_row);
     Ok(())
 }
 
@@ -504,37 +490,23 @@ pub async fn decide_cmd(
     comment: String,
     json: bool,
 ) -> Result<(), Failure> {
+    // The three RPCs take the same fields and answer the same fields.
+    macro_rules! decide {
+        ($rpc:ident, $request:ident) => {{
+            let r = client
+                .$rpc(pb::$request {
+                    request_id,
+                    comment,
+                })
+                .await?
+                .into_inner();
+            (r.request, r.version)
+        }};
+    }
     let (request, version) = match verdict {
-        Verdict::Approve => {
-            let r = client
-                .approve_transition(pb::ApproveTransitionRequest {
-                    request_id,
-                    comment,
-                })
-                .await?
-                .into_inner();
-            (r.request, r.version)
-        }
-        Verdict::Reject => {
-            let r = client
-                .reject_transition(pb::RejectTransitionRequest {
-                    request_id,
-                    comment,
-                })
-                .await?
-                .into_inner();
-            (r.request, r.version)
-        }
-        Verdict::Cancel => {
-            let r = client
-                .cancel_transition(pb::CancelTransitionRequest {
-                    request_id,
-                    comment,
-                })
-                .await?
-                .into_inner();
-            (r.request, r.version)
-        }
+        Verdict::Approve => decide!(approve_transition, ApproveTransitionRequest),
+        Verdict::Reject => decide!(reject_transition, RejectTransitionRequest),
+        Verdict::Cancel => decide!(cancel_transition, CancelTransitionRequest),
     };
     let request = request.unwrap_or_default();
     let version = version.unwrap_or_default();
@@ -596,23 +568,16 @@ pub async fn audit_model_cmd(
     json: bool,
 ) -> Result<(), Failure> {
     let events = model_events(client, &model, version).await?;
-    if json {
-        print_json_list(&events, "modelreg.v1.RegistryEvent");
-        return Ok(());
-    }
-    let rows = events
-        .iter()
-        .map(|e| {
-            vec![
-                e.sequence.to_string(),
-                time_label(e.occur_time.as_ref()),
-                dash_if_zero(e.version),
-                e.actor.clone(),
-                describe(e),
-            ]
-        })
-        .collect();
-    print_table(&["SEQ", "TIME", "VERSION", "WHO", "WHAT"], rows);
+    let headers = ["SEQ", "TIME", "VERSION", "WHO", "WHAT"];
+    print_list(&events, "modelreg.v1.RegistryEvent", json, &headers, |e| {
+        vec![
+            e.sequence.to_string(),
+            time_label(e.occur_time.as_ref()),
+            dash_if_zero(e.version),
+            e.actor.clone(),
+            describe(e),
+        ]
+    });
     Ok(())
 }
 
@@ -711,19 +676,16 @@ async fn model_events(
             name: model.to_owned(),
         })
         .await?;
-    all_pages(|page_token| {
-        let mut client = client.clone();
-        let request = pb::ListEventsRequest {
-            model: model.to_owned(),
-            version,
-            page_size: 1000,
-            page_token,
-            ..Default::default()
-        };
-        async move {
-            let r = client.list_events(request).await?.into_inner();
-            Ok((r.events, r.next_page_token))
-        }
-    })
+    let request = pb::ListEventsRequest {
+        model: model.to_owned(),
+        version,
+        page_size: 1000,
+        ..Default::default()
+    };
+    all_pages(
+        client,
+        request,
+        |mut c, r| async move { c.list_events(r).await },
+    )
     .await
 }

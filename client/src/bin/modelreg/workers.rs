@@ -23,11 +23,12 @@ use tokio::io::AsyncReadExt as _;
 use super::{Failure, parse_set_ref};
 use modelreg_client::errors;
 
-/// Options every worker shares.
+/// Which events a worker or the notifier reads, and where it keeps its place.
 #[derive(Args, Clone)]
-pub struct CommonArgs {
-    /// The file that keeps this worker's place in the event log (written
-    /// atomically after each handled event).
+pub struct SourceArgs {
+    /// The file that keeps this worker's place in the event log, written
+    /// atomically after each handled event (the notifier's moves only past
+    /// delivered messages).
     #[arg(long)]
     cursor_file: PathBuf,
     /// Only these models' events (repeatable); default: every model.
@@ -37,6 +38,13 @@ pub struct CommonArgs {
     /// default: only events from now on.
     #[arg(long)]
     after: Option<u64>,
+}
+
+/// Options every command-running worker shares.
+#[derive(Args, Clone)]
+pub struct CommonArgs {
+    #[command(flatten)]
+    source: SourceArgs,
     /// Longest a command may run (e.g. 10m, 30s).
     #[arg(long, default_value = "10m", value_parser = modelreg_api::duration::parse)]
     timeout: Duration,
@@ -124,15 +132,8 @@ pub struct NotifyArgs {
     /// Longest wait between delivery attempts.
     #[arg(long, default_value = "60s", value_parser = modelreg_api::duration::parse)]
     max_backoff: Duration,
-    /// The file that keeps the notifier's place (moved only past delivered messages).
-    #[arg(long)]
-    cursor_file: PathBuf,
-    /// Only these models' events (repeatable).
-    #[arg(long = "model")]
-    models: Vec<String>,
-    /// Without a cursor file, start after this sequence; default: from now on.
-    #[arg(long)]
-    after: Option<u64>,
+    #[command(flatten)]
+    source: SourceArgs,
 }
 
 /// One log line on stderr: event text, command output and server messages
@@ -161,6 +162,63 @@ where
             }
             other => return other,
         }
+    }
+}
+
+/// How a worker's log lines name an event's version: `fraud/2 (event 17)`.
+fn event_subject(e: &pb::RegistryEvent) -> String {
+    format!("{}/{} (event {})", e.model, e.version, e.sequence)
+}
+
+/// The version an event is about, as the registry has it now.
+async fn current_version(
+    worker: &str,
+    client: &RegistryClient,
+    e: &pb::RegistryEvent,
+) -> Result<pb::ModelVersion, Failure> {
+    let version = with_retry(worker, || {
+        let mut c = client.clone();
+        let req = pb::GetVersionRequest {
+            model: e.model.clone(),
+            version: e.version,
+            alias: String::new(),
+        };
+        async move { c.get_version(req).await }
+    })
+    .await?
+    .into_inner()
+    .version
+    .unwrap_or_default();
+    Ok(version)
+}
+
+/// The environment of a worker's command: the event's model, version,
+/// artifact and sequence, and the worker's own `extra` variables.
+fn command_env(
+    e: &pb::RegistryEvent,
+    version: &pb::ModelVersion,
+    extra: impl IntoIterator<Item = (&'static str, String)>,
+) -> HashMap<&'static str, String> {
+    let mut env = HashMap::from([
+        ("MODELREG_MODEL", e.model.clone()),
+        ("MODELREG_VERSION", e.version.to_string()),
+        ("MODELREG_ARTIFACT_URI", version.artifact_uri.clone()),
+        ("MODELREG_ARTIFACT_DIGEST", version.artifact_digest.clone()),
+        ("MODELREG_EVENT_SEQUENCE", e.sequence.to_string()),
+    ]);
+    env.extend(extra);
+    env
+}
+
+/// Logs a failed run of a worker's command and, unless it was the last
+/// attempt, waits before the next one.
+async fn attempt_failed(worker: &str, subject: &str, attempt: u32, attempts: u32, err: &str) {
+    log(
+        worker,
+        format!("{subject}: attempt {attempt}/{attempts} failed: {err}"),
+    );
+    if attempt < attempts {
+        tokio::time::sleep(backoff(attempt, Duration::from_secs(30), None)).await;
     }
 }
 
@@ -253,8 +311,7 @@ async fn run_loop<H, Fut>(
     worker: &str,
     client: &RegistryClient,
     filter: pb::WatchTransitionsRequest,
-    cursor_file: PathBuf,
-    after: Option<u64>,
+    source: &SourceArgs,
     mut handle: H,
 ) -> Result<(), Failure>
 where
@@ -262,8 +319,8 @@ where
     Fut: std::future::Future<Output = Result<bool, Failure>>,
 {
     let mut stop = stop_on_signals();
-    let start = after.map(Start::After).unwrap_or(Start::End);
-    let cursor = CursorFile::new(cursor_file);
+    let start = source.after.map(Start::After).unwrap_or(Start::End);
+    let cursor = CursorFile::new(source.cursor_file.clone());
     let mut sub =
         Subscription::open(client.clone(), filter, cursor, start).map_err(Failure::Local)?;
     log(
@@ -292,6 +349,17 @@ where
     }
     log(worker, "stopped");
     Ok(())
+}
+
+/// The stage changes of `source`'s models into `to_stages` (into any
+/// stage when it is empty).
+fn stage_changes(source: &SourceArgs, to_stages: Vec<i32>) -> pb::WatchTransitionsRequest {
+    pb::WatchTransitionsRequest {
+        models: source.models.clone(),
+        types: vec![pb::EventType::StageChanged as i32],
+        to_stages,
+        after_sequence: None,
+    }
 }
 
 /// `worker evaluate` and `worker deploy`.
@@ -323,14 +391,9 @@ async fn evaluate(client: RegistryClient, args: EvaluateArgs) -> Result<(), Fail
     .evaluation_set
     .unwrap_or_default();
     let set_label = format!("{}@{}", set.name, set.version);
-    let filter = pb::WatchTransitionsRequest {
-        models: args.common.models.clone(),
-        types: vec![pb::EventType::StageChanged as i32],
-        to_stages: vec![pb::Stage::Staging as i32],
-        after_sequence: None,
-    };
+    let filter = stage_changes(&args.common.source, vec![pb::Stage::Staging as i32]);
     let common = args.common.clone();
-    run_loop(WORKER, &client, filter, common.cursor_file.clone(), common.after, |d| {
+    run_loop(WORKER, &client, filter, &common.source, |d| {
         let client = client.clone();
         let set_ref = args.set.clone();
         let set_uri = set.uri.clone();
@@ -340,29 +403,16 @@ async fn evaluate(client: RegistryClient, args: EvaluateArgs) -> Result<(), Fail
         let common = common.clone();
         async move {
             let e = &d.event;
-            let version = with_retry(WORKER, || {
-                let mut c = client.clone();
-                let req = pb::GetVersionRequest {
-                    model: e.model.clone(),
-                    version: e.version,
-                    alias: String::new(),
-                };
-                async move { c.get_version(req).await }
-            })
-            .await?
-            .into_inner()
-            .version
-            .unwrap_or_default();
-            let env = HashMap::from([
-                ("MODELREG_MODEL", e.model.clone()),
-                ("MODELREG_VERSION", e.version.to_string()),
-                ("MODELREG_ARTIFACT_URI", version.artifact_uri.clone()),
-                ("MODELREG_ARTIFACT_DIGEST", version.artifact_digest.clone()),
-                ("MODELREG_EVAL_SET", set_label.clone()),
-                ("MODELREG_EVAL_SET_URI", set_uri.clone()),
-                ("MODELREG_EVENT_SEQUENCE", e.sequence.to_string()),
-            ]);
-            let subject = format!("{}/{} (event {})", e.model, e.version, e.sequence);
+            let version = current_version(WORKER, &client, e).await?;
+            let env = command_env(
+                e,
+                &version,
+                [
+                    ("MODELREG_EVAL_SET", set_label.clone()),
+                    ("MODELREG_EVAL_SET_URI", set_uri.clone()),
+                ],
+            );
+            let subject = event_subject(e);
             let mut last_error = String::new();
             let attempts = common.retries + 1;
             let mut attached = false;
@@ -374,11 +424,8 @@ async fn evaluate(client: RegistryClient, args: EvaluateArgs) -> Result<(), Fail
                 let metrics = match metrics {
                     Ok(m) => m,
                     Err(err) => {
-                        log(WORKER, format!("{subject}: attempt {attempt}/{attempts} failed: {err}"));
+                        attempt_failed(WORKER, &subject, attempt, attempts, &err).await;
                         last_error = err;
-                        if attempt < attempts {
-                            tokio::time::sleep(backoff(attempt, Duration::from_secs(30), None)).await;
-                        }
                         continue;
                     }
                 };
@@ -398,19 +445,31 @@ async fn evaluate(client: RegistryClient, args: EvaluateArgs) -> Result<(), Fail
                 .await;
                 match result {
                     Ok(_) => {
-                        log(WORKER, format!("{subject}: attached {metrics:?} on {set_label}"));
+                        log(
+                            WORKER,
+                            format!("{subject}: attached {metrics:?} on {set_label}"),
+                        );
                         attached = true;
                         break;
                     }
                     Err(s) if s.code() == tonic::Code::AlreadyExists => {
                         // Scored before by this evaluator version: the result stands.
-                        log(WORKER, format!("{subject}: already evaluated on {set_label} by {evaluator_version}"));
+                        log(
+                            WORKER,
+                            format!(
+                                "{subject}: already evaluated on {set_label} by {evaluator_version}"
+                            ),
+                        );
                         attached = true;
                         break;
                     }
                     Err(s) if s.code() == tonic::Code::InvalidArgument => {
-                        last_error = format!("the registry refused the metrics: {}", errors::describe(&s));
-                        log(WORKER, format!("{subject}: attempt {attempt}/{attempts} failed: {last_error}"));
+                        last_error =
+                            format!("the registry refused the metrics: {}", errors::describe(&s));
+                        log(
+                            WORKER,
+                            format!("{subject}: attempt {attempt}/{attempts} failed: {last_error}"),
+                        );
                     }
                     Err(s) => return Err(Failure::Status(s)),
                 }
@@ -431,7 +490,10 @@ async fn evaluate(client: RegistryClient, args: EvaluateArgs) -> Result<(), Fail
                 })
                 .await;
                 match report {
-                    Ok(_) => log(WORKER, format!("{subject}: gave up after {attempts} attempts; reported")),
+                    Ok(_) => log(
+                        WORKER,
+                        format!("{subject}: gave up after {attempts} attempts; reported"),
+                    ),
                     Err(s) => return Err(Failure::Status(s)),
                 }
                 return Ok(true);
@@ -443,7 +505,9 @@ async fn evaluate(client: RegistryClient, args: EvaluateArgs) -> Result<(), Fail
                         model: e.model.clone(),
                         version: e.version,
                         target_stage: stage as i32,
-                        comment: format!("evaluated on {set_label} by evaluator {evaluator_version}"),
+                        comment: format!(
+                            "evaluated on {set_label} by evaluator {evaluator_version}"
+                        ),
                         etag: String::new(),
                     };
                     async move { c.transition_stage(req).await }
@@ -453,16 +517,27 @@ async fn evaluate(client: RegistryClient, args: EvaluateArgs) -> Result<(), Fail
                     Ok(r) => {
                         let r = r.into_inner();
                         match (r.version, r.request) {
-                            (Some(v), _) => log(WORKER, format!("{subject}: moved to {}", stage_label(v.stage))),
-                            (None, Some(req)) => log(WORKER, format!("{subject}: requested {} as {}", stage_label(req.to_stage), req.id)),
+                            (Some(v), _) => log(
+                                WORKER,
+                                format!("{subject}: moved to {}", stage_label(v.stage)),
+                            ),
+                            (None, Some(req)) => log(
+                                WORKER,
+                                format!(
+                                    "{subject}: requested {} as {}",
+                                    stage_label(req.to_stage),
+                                    req.id
+                                ),
+                            ),
                             _ => {}
                         }
                     }
                     // Gates refused, or the version moved on meanwhile: the
                     // registry's verdict, not the worker's failure.
-                    Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-                        log(WORKER, format!("{subject}: not requested: {}", errors::describe(&s)))
-                    }
+                    Err(s) if s.code() == tonic::Code::FailedPrecondition => log(
+                        WORKER,
+                        format!("{subject}: not requested: {}", errors::describe(&s)),
+                    ),
                     Err(s) => return Err(Failure::Status(s)),
                 }
             }
@@ -474,167 +549,130 @@ async fn evaluate(client: RegistryClient, args: EvaluateArgs) -> Result<(), Fail
 
 async fn deploy(client: RegistryClient, args: DeployArgs) -> Result<(), Failure> {
     const WORKER: &str = "worker deploy";
-    let filter = pb::WatchTransitionsRequest {
-        models: args.common.models.clone(),
-        types: vec![pb::EventType::StageChanged as i32],
-        // Leaving PRODUCTION matters too when there is an undeploy command.
-        to_stages: if args.undeploy_exec.is_some() {
-            vec![]
-        } else {
-            vec![pb::Stage::Production as i32]
-        },
-        after_sequence: None,
+    // Leaving PRODUCTION matters too when there is an undeploy command.
+    let to_stages = if args.undeploy_exec.is_some() {
+        vec![]
+    } else {
+        vec![pb::Stage::Production as i32]
     };
+    let filter = stage_changes(&args.common.source, to_stages);
     let common = args.common.clone();
-    run_loop(
-        WORKER,
-        &client,
-        filter,
-        common.cursor_file.clone(),
-        common.after,
-        |d| {
-            let client = client.clone();
-            let environment = args.environment.clone();
-            let exec = args.exec.clone();
-            let undeploy = args.undeploy_exec.clone();
-            let common = common.clone();
-            async move {
-                let e = &d.event;
-                let production = pb::Stage::Production as i32;
-                let (command, leaving) = if e.to_stage == production {
-                    (exec, false)
-                } else if e.from_stage == production && undeploy.is_some() {
-                    (undeploy.unwrap_or_default(), true)
-                } else {
-                    return Ok(true);
+    run_loop(WORKER, &client, filter, &common.source, |d| {
+        let client = client.clone();
+        let environment = args.environment.clone();
+        let exec = args.exec.clone();
+        let undeploy = args.undeploy_exec.clone();
+        let common = common.clone();
+        async move {
+            let e = &d.event;
+            let production = pb::Stage::Production as i32;
+            let (command, leaving) = if e.to_stage == production {
+                (exec, false)
+            } else if e.from_stage == production && undeploy.is_some() {
+                (undeploy.unwrap_or_default(), true)
+            } else {
+                return Ok(true);
+            };
+            let subject = event_subject(e);
+            let version = current_version(WORKER, &client, e).await?;
+            if !leaving && version.stage != production {
+                log(
+                    WORKER,
+                    format!("{subject}: no longer in PRODUCTION; not deployed"),
+                );
+                return Ok(true);
+            }
+            // A report newer than the event means it was handled already.
+            let handled = version.deployments.iter().any(|dep| {
+                dep.environment == environment
+                    && dep
+                        .report_time
+                        .as_ref()
+                        .zip(e.occur_time.as_ref())
+                        .is_some_and(|(r, o)| (r.seconds, r.nanos) >= (o.seconds, o.nanos))
+                    && dep.status != pb::DeploymentStatus::Deploying as i32
+            });
+            if handled {
+                log(
+                    WORKER,
+                    format!("{subject}: already handled in {environment}"),
+                );
+                return Ok(true);
+            }
+            let report = |status: pb::DeploymentStatus,
+                          endpoint: String,
+                          message: String,
+                          step: &'static str| {
+                let client = client.clone();
+                let req = pb::ReportDeploymentRequest {
+                    model: e.model.clone(),
+                    version: e.version,
+                    environment: environment.clone(),
+                    status: status as i32,
+                    endpoint,
+                    message,
+                    request_id: d.key(&format!("deploy-{step}")),
                 };
-                let subject = format!("{}/{} (event {})", e.model, e.version, e.sequence);
-                let version = with_retry(WORKER, || {
-                    let mut c = client.clone();
-                    let req = pb::GetVersionRequest {
-                        model: e.model.clone(),
-                        version: e.version,
-                        alias: String::new(),
-                    };
-                    async move { c.get_version(req).await }
-                })
-                .await?
-                .into_inner()
-                .version
-                .unwrap_or_default();
-                if !leaving && version.stage != production {
-                    log(
-                        WORKER,
-                        format!("{subject}: no longer in PRODUCTION; not deployed"),
-                    );
-                    return Ok(true);
+                async move {
+                    with_retry(WORKER, || {
+                        let mut c = client.clone();
+                        let req = req.clone();
+                        async move { c.report_deployment(req).await }
+                    })
+                    .await
+                    .map(|_| ())
+                    .map_err(Failure::Status)
                 }
-                // A report newer than the event means it was handled already.
-                let handled = version.deployments.iter().any(|dep| {
-                    dep.environment == environment
-                        && dep
-                            .report_time
-                            .as_ref()
-                            .zip(e.occur_time.as_ref())
-                            .is_some_and(|(r, o)| (r.seconds, r.nanos) >= (o.seconds, o.nanos))
-                        && dep.status != pb::DeploymentStatus::Deploying as i32
-                });
-                if handled {
-                    log(
-                        WORKER,
-                        format!("{subject}: already handled in {environment}"),
-                    );
-                    return Ok(true);
-                }
-                let report = |status: pb::DeploymentStatus,
-                              endpoint: String,
-                              message: String,
-                              step: &'static str| {
-                    let client = client.clone();
-                    let req = pb::ReportDeploymentRequest {
-                        model: e.model.clone(),
-                        version: e.version,
-                        environment: environment.clone(),
-                        status: status as i32,
-                        endpoint,
-                        message,
-                        request_id: d.key(&format!("deploy-{step}")),
-                    };
-                    async move {
-                        with_retry(WORKER, || {
-                            let mut c = client.clone();
-                            let req = req.clone();
-                            async move { c.report_deployment(req).await }
-                        })
-                        .await
-                        .map(|_| ())
-                        .map_err(Failure::Status)
-                    }
-                };
-                if !leaving {
-                    report(
-                        pb::DeploymentStatus::Deploying,
-                        String::new(),
-                        String::new(),
-                        "deploying",
-                    )
-                    .await?;
-                }
-                let env = HashMap::from([
-                    ("MODELREG_MODEL", e.model.clone()),
-                    ("MODELREG_VERSION", e.version.to_string()),
-                    ("MODELREG_ARTIFACT_URI", version.artifact_uri.clone()),
-                    ("MODELREG_ARTIFACT_DIGEST", version.artifact_digest.clone()),
-                    ("MODELREG_ENVIRONMENT", environment.clone()),
-                    ("MODELREG_EVENT_SEQUENCE", e.sequence.to_string()),
-                ]);
-                let attempts = common.retries + 1;
-                let mut last_error = String::new();
-                for attempt in 1..=attempts {
-                    match run_command(&command, &env, common.timeout).await {
-                        Ok(ran) => {
-                            let (status, step, endpoint) = if leaving {
-                                (
-                                    pb::DeploymentStatus::Undeployed,
-                                    "undeployed",
-                                    String::new(),
-                                )
-                            } else {
-                                (pb::DeploymentStatus::Succeeded, "succeeded", ran.last_line)
-                            };
-                            report(status, endpoint.clone(), String::new(), step).await?;
-                            log(
-                                WORKER,
-                                format!("{subject}: {step} in {environment} {endpoint}"),
-                            );
-                            return Ok(true);
-                        }
-                        Err(err) => {
-                            log(
-                                WORKER,
-                                format!("{subject}: attempt {attempt}/{attempts} failed: {err}"),
-                            );
-                            last_error = err;
-                            if attempt < attempts {
-                                tokio::time::sleep(backoff(attempt, Duration::from_secs(30), None))
-                                    .await;
-                            }
-                        }
-                    }
-                }
-                let what = if leaving { "undeploy failed: " } else { "" };
+            };
+            if !leaving {
                 report(
-                    pb::DeploymentStatus::Failed,
+                    pb::DeploymentStatus::Deploying,
                     String::new(),
-                    tail(&format!("{what}{last_error}"), 4000),
-                    "failed",
+                    String::new(),
+                    "deploying",
                 )
                 .await?;
-                log(WORKER, format!("{subject}: FAILED in {environment}"));
-                Ok(true)
             }
-        },
-    )
+            let env = command_env(e, &version, [("MODELREG_ENVIRONMENT", environment.clone())]);
+            let attempts = common.retries + 1;
+            let mut last_error = String::new();
+            for attempt in 1..=attempts {
+                match run_command(&command, &env, common.timeout).await {
+                    Ok(ran) => {
+                        let (status, step, endpoint) = if leaving {
+                            (
+                                pb::DeploymentStatus::Undeployed,
+                                "undeployed",
+                                String::new(),
+                            )
+                        } else {
+                            (pb::DeploymentStatus::Succeeded, "succeeded", ran.last_line)
+                        };
+                        report(status, endpoint.clone(), String::new(), step).await?;
+                        log(
+                            WORKER,
+                            format!("{subject}: {step} in {environment} {endpoint}"),
+                        );
+                        return Ok(true);
+                    }
+                    Err(err) => {
+                        attempt_failed(WORKER, &subject, attempt, attempts, &err).await;
+                        last_error = err;
+                    }
+                }
+            }
+            let what = if leaving { "undeploy failed: " } else { "" };
+            report(
+                pb::DeploymentStatus::Failed,
+                String::new(),
+                tail(&format!("{what}{last_error}"), 4000),
+                "failed",
+            )
+            .await?;
+            log(WORKER, format!("{subject}: FAILED in {environment}"));
+            Ok(true)
+        }
+    })
     .await
 }
 
@@ -686,80 +724,73 @@ pub async fn notify(client: RegistryClient, args: NotifyArgs) -> Result<(), Fail
     )
     .map_err(Failure::Local)?;
     let filter = pb::WatchTransitionsRequest {
-        models: args.models.clone(),
+        models: args.source.models.clone(),
         types: notify_types(),
         to_stages: vec![],
         after_sequence: None,
     };
     let stop = stop_on_signals();
-    run_loop(
-        WORKER,
-        &client,
-        filter,
-        args.cursor_file.clone(),
-        args.after,
-        |d| {
-            let hook = hook.clone();
-            let link_base = args.link_base.clone();
-            let format = args.format;
-            let max_backoff = args.max_backoff;
-            let mut stop = stop.clone();
-            async move {
-                let e = &d.event;
-                let json = to_json(e, "modelreg.v1.RegistryEvent");
-                let details = json["details"].clone();
-                if !worth_notifying(e, &details) {
-                    return Ok(true);
+    run_loop(WORKER, &client, filter, &args.source, |d| {
+        let hook = hook.clone();
+        let link_base = args.link_base.clone();
+        let format = args.format;
+        let max_backoff = args.max_backoff;
+        let mut stop = stop.clone();
+        async move {
+            let e = &d.event;
+            let json = to_json(e, "modelreg.v1.RegistryEvent");
+            let details = json["details"].clone();
+            if !worth_notifying(e, &details) {
+                return Ok(true);
+            }
+            let (body, content_type) = match format {
+                Format::Json => (json.to_string(), "application/json"),
+                Format::Slack => {
+                    let body = slack::message(e, &details, link_base.as_deref());
+                    (body.to_string(), "application/json")
                 }
-                let (body, content_type) = match format {
-                    Format::Json => (json.to_string(), "application/json"),
-                    Format::Slack => {
-                        let body = slack::message(e, &details, link_base.as_deref());
-                        (body.to_string(), "application/json")
+            };
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match hook.post(body.as_bytes(), content_type, e.sequence).await {
+                    Outcome::Delivered(code) => {
+                        log(WORKER, format!("event {} delivered ({code})", e.sequence));
+                        return Ok(true);
                     }
-                };
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    match hook.post(body.as_bytes(), content_type, e.sequence).await {
-                        Outcome::Delivered(code) => {
-                            log(WORKER, format!("event {} delivered ({code})", e.sequence));
-                            return Ok(true);
-                        }
-                        Outcome::Rejected(why) => {
-                            // Retrying the same message cannot help; say so loudly and move on.
-                            log(
-                                WORKER,
-                                format!(
-                                    "event {} NOT delivered, the webhook refused it: {why}",
-                                    e.sequence
-                                ),
-                            );
-                            return Ok(true);
-                        }
-                        Outcome::Retry {
-                            reason,
-                            retry_after,
-                        } => {
-                            let wait = backoff(attempt, max_backoff, retry_after);
-                            log(
-                                WORKER,
-                                format!(
-                                    "event {}: {reason}; retry {attempt} in {wait:?}",
-                                    e.sequence
-                                ),
-                            );
-                            tokio::select! {
-                                _ = tokio::time::sleep(wait) => {}
-                                // Stopping: the cursor stays before this event, so it is sent after a restart.
-                                _ = stop.changed() => return Ok(false),
-                            }
+                    Outcome::Rejected(why) => {
+                        // Retrying the same message cannot help; say so loudly and move on.
+                        log(
+                            WORKER,
+                            format!(
+                                "event {} NOT delivered, the webhook refused it: {why}",
+                                e.sequence
+                            ),
+                        );
+                        return Ok(true);
+                    }
+                    Outcome::Retry {
+                        reason,
+                        retry_after,
+                    } => {
+                        let wait = backoff(attempt, max_backoff, retry_after);
+                        log(
+                            WORKER,
+                            format!(
+                                "event {}: {reason}; retry {attempt} in {wait:?}",
+                                e.sequence
+                            ),
+                        );
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            // Stopping: the cursor stays before this event, so it is sent after a restart.
+                            _ = stop.changed() => return Ok(false),
                         }
                     }
                 }
             }
-        },
-    )
+        }
+    })
     .await
 }
 
