@@ -13,21 +13,19 @@ use super::*;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Name(String);
 
-/// Checks an identifier: 1 to `max` bytes of `[a-z0-9._-]` whose first byte
-/// passes `first`; `pattern` says the rule in the error.
+/// Checks an identifier: 1 to `max` bytes, the first passing `first` and
+/// every one passing `rest`; `rule` says the rule in the error.
 fn identifier(
     field: &str,
     raw: &str,
     max: usize,
-    first: fn(u8) -> bool,
-    pattern: &str,
+    (first, rest): (fn(u8) -> bool, fn(u8) -> bool),
+    rule: &str,
 ) -> Result<String> {
     let valid = !raw.is_empty()
         && raw.len() <= max
         && raw.bytes().next().is_some_and(first)
-        && raw.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
-        });
+        && raw.bytes().all(rest);
     if valid {
         Ok(raw.to_owned())
     } else if raw.is_empty() {
@@ -35,9 +33,14 @@ fn identifier(
     } else {
         Err(Error::invalid(
             field,
-            format!("{:?} is not a valid {pattern}", truncate(raw, 64)),
+            format!("{:?} is not {rule}", truncate(raw, 64)),
         ))
     }
+}
+
+/// The bytes of a model or alias name after the first: `[a-z0-9._-]`.
+fn name_byte(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
 }
 
 impl Name {
@@ -47,8 +50,8 @@ impl Name {
             field,
             raw,
             128,
-            |b| b.is_ascii_lowercase() || b.is_ascii_digit(),
-            "name: use 1 to 128 characters of [a-z0-9._-], starting with a letter or digit",
+            (|b| b.is_ascii_lowercase() || b.is_ascii_digit(), name_byte),
+            "a valid name: use 1 to 128 characters of [a-z0-9._-], starting with a letter or digit",
         )
         .map(Name)
     }
@@ -77,8 +80,8 @@ impl AliasName {
             field,
             raw,
             64,
-            |b| b.is_ascii_lowercase(),
-            "alias: use 1 to 64 characters of [a-z0-9._-], starting with a letter",
+            (|b| b.is_ascii_lowercase(), name_byte),
+            "a valid alias: use 1 to 64 characters of [a-z0-9._-], starting with a letter",
         )
         .map(AliasName)
     }
@@ -328,28 +331,17 @@ pub fn parse_evaluator_version(field: &str, raw: &str) -> Result<String> {
 }
 
 fn parse_label(field: &str, raw: &str, what: &str) -> Result<String> {
-    let valid = !raw.is_empty()
-        && raw.len() <= 64
-        && raw
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && raw
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'));
-    if valid {
-        Ok(raw.to_owned())
-    } else if raw.is_empty() {
-        Err(Error::invalid(field, "is required"))
-    } else {
-        Err(Error::invalid(
-            field,
-            format!(
-                "{:?} is not {what}: use 1 to 64 characters of [A-Za-z0-9._+-], starting with a letter or digit",
-                truncate(raw, 64)
-            ),
-        ))
-    }
+    let label_byte = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+');
+    let rule = format!(
+        "{what}: use 1 to 64 characters of [A-Za-z0-9._+-], starting with a letter or digit"
+    );
+    identifier(
+        field,
+        raw,
+        64,
+        (|b| b.is_ascii_alphanumeric(), label_byte),
+        &rule,
+    )
 }
 
 /// Checks a required content digest: `sha256:` and 64 lowercase hex digits.
