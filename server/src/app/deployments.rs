@@ -2,7 +2,6 @@
 
 use serde_json::json;
 
-use crate::domain::audit::sha256_hex;
 use crate::domain::{
     Actor, Deployment, Event, EventKind, LiveObservation, NewDeployment, NewEvent, WorkerFailure,
 };
@@ -19,18 +18,7 @@ pub async fn report_deployment(
     write_tx!(store, |tx| -> Deployment {
         let name = new.model.as_str();
         lock_existing(tx, name).await?;
-        let fingerprint = sha256_hex(
-            json!([
-                name,
-                new.version,
-                new.environment.as_str(),
-                new.status.as_str(),
-                new.endpoint,
-                new.message
-            ])
-            .to_string()
-            .as_bytes(),
-        );
+        let fingerprint = new.fingerprint();
         if let Some(request_id) = &new.request_id
             && let Some(stored) =
                 find_retry(tx, "ReportDeployment", &actor, request_id, &fingerprint).await?
@@ -91,18 +79,7 @@ pub async fn report_worker_failure(
     write_tx!(store, |tx| -> Event {
         let name = f.model.as_str();
         lock_existing(tx, name).await?;
-        let fingerprint = sha256_hex(
-            json!([
-                name,
-                f.version,
-                f.worker,
-                f.event_sequence,
-                f.error,
-                f.attempts
-            ])
-            .to_string()
-            .as_bytes(),
-        );
+        let fingerprint = f.fingerprint();
         if let Some(request_id) = &f.request_id
             && let Some(stored) =
                 find_retry(tx, "ReportWorkerFailure", &actor, request_id, &fingerprint).await?

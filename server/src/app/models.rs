@@ -3,7 +3,6 @@
 
 use serde_json::json;
 
-use crate::domain::audit::sha256_hex;
 use crate::domain::{
     self, Actor, AliasName, EventKind, Model, ModelUpdate, Name, NewEvent, NewModel, Policy,
 };
@@ -21,11 +20,7 @@ pub async fn create_model(store: &Store, new: NewModel, caller: Caller) -> Resul
     write_tx!(store, |tx| -> Model {
         let name = new.name.as_str();
         tx.lock_key(&format!("model:{name}")).await?;
-        let fingerprint = sha256_hex(
-            json!({"name": name, "description": new.description, "tags": new.tags, "policy": new.policy})
-                .to_string()
-                .as_bytes(),
-        );
+        let fingerprint = new.fingerprint();
         if let Some(request_id) = &new.request_id
             && let Some(stored) =
                 find_retry(tx, "CreateModel", &actor, request_id, &fingerprint).await?

@@ -122,6 +122,19 @@ pub struct NewModel {
     pub request_id: Option<String>,
 }
 
+impl NewModel {
+    /// A digest of what the request asks for, so a reused request id with a
+    /// different request is told apart from a retry.
+    pub fn fingerprint(&self) -> String {
+        digest(serde_json::json!({
+            "name": self.name.as_str(),
+            "description": self.description,
+            "tags": self.tags,
+            "policy": self.policy
+        }))
+    }
+}
+
 /// A checked UpdateModel: `None` fields stay as they are.
 #[derive(Debug, Clone)]
 pub struct ModelUpdate {
@@ -322,6 +335,40 @@ pub struct WorkerFailure {
     pub attempts: u32,
     /// AIP-155 request id.
     pub request_id: Option<String>,
+}
+
+impl NewDeployment {
+    /// A digest of the report, so a reused request id with a different
+    /// report is told apart from a retry.
+    pub fn fingerprint(&self) -> String {
+        digest(serde_json::json!([
+            self.model.as_str(),
+            self.version,
+            self.environment.as_str(),
+            self.status.as_str(),
+            self.endpoint,
+            self.message
+        ]))
+    }
+}
+
+impl WorkerFailure {
+    /// A digest of the report, as for [`NewDeployment::fingerprint`].
+    pub fn fingerprint(&self) -> String {
+        digest(serde_json::json!([
+            self.model.as_str(),
+            self.version,
+            self.worker,
+            self.event_sequence,
+            self.error,
+            self.attempts
+        ]))
+    }
+}
+
+/// The SHA-256 of a value's JSON text, in hex.
+fn digest(value: serde_json::Value) -> String {
+    crate::domain::audit::sha256_hex(value.to_string().as_bytes())
 }
 
 /// A checked ReportLiveMetric.

@@ -13,13 +13,16 @@ use super::*;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Name(String);
 
+/// Which bytes a rule allows.
+type ByteRule = fn(u8) -> bool;
+
 /// Checks an identifier: 1 to `max` bytes, the first passing `first` and
 /// every one passing `rest`; `rule` says the rule in the error.
 fn identifier(
     field: &str,
     raw: &str,
     max: usize,
-    (first, rest): (fn(u8) -> bool, fn(u8) -> bool),
+    (first, rest): (ByteRule, ByteRule),
     rule: &str,
 ) -> Result<String> {
     let valid = !raw.is_empty()
