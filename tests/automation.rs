@@ -32,6 +32,7 @@ conformance!(
     concurrent_ticks_act_once,
     archival_policies_are_validated_and_shown_with_their_defaults,
     the_policy_loop_ticks_by_itself_until_the_server_stops,
+    the_service_stamps_by_the_clock_the_policy_engine_reads,
 );
 
 const MINUTE: i64 = 60 * 1_000_000;
@@ -1187,4 +1188,38 @@ async fn the_policy_loop_ticks_by_itself_until_the_server_stops(db: TestDb) {
     assert_eq!(archived.actor, "policy:archival");
     drop(stream);
     app.stop().await;
+}
+
+/// One clock: what the service writes is stamped by the same clock the
+/// policy engine judges by, so a test's manual clock moves both.
+async fn the_service_stamps_by_the_clock_the_policy_engine_reads(db: TestDb) {
+    // Arrange: a clock standing at 2020-01-01T00:00:00Z.
+    let then = 1_577_836_800 * 1_000_000;
+    let clock = ManualClock::at(then);
+    let app = spawn_app_with(&db, |s| s.clock = clock.clock()).await;
+    let mut c = app.client_as("alice").await;
+
+    // Act
+    create_model(&mut c, "stamped").await;
+    let version = register(&mut c, "stamped", Stage::None).await;
+
+    // Assert
+    let at = |t: Option<prost_types::Timestamp>| t.map(|t| t.seconds * 1_000_000);
+    assert_eq!(
+        at(version.create_time),
+        Some(then),
+        "the version's create_time"
+    );
+    let events = list_events(
+        &mut c,
+        pb::ListEventsRequest {
+            model: "stamped".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(!events.is_empty());
+    for e in events {
+        assert_eq!(at(e.occur_time), Some(then), "{:?} occur_time", e.r#type);
+    }
 }
