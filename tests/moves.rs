@@ -8,7 +8,10 @@
 use std::time::Duration;
 
 use modelreg_client::{RegistryClient, pb};
+use modelreg_server::error::Error;
 use modelreg_server::policy::ManualClock;
+use modelreg_server::store::{Store, StoreOptions};
+use modelreg_server::{app, domain};
 use modelreg_tests::{
     TestDb, auc_gate, conformance, create_holdout, create_model_with, evaluate, holdout,
     precondition_violations, register, spawn_app, spawn_app_with, stage_of, stages, update_policy,
@@ -21,6 +24,7 @@ conformance!(
     approval_decides_again_when_it_applies,
     rollback_decides_by_the_rule_without_gates,
     the_policy_engine_decides_by_the_rule,
+    a_registration_enters_only_none_or_staging_by_any_way_in,
 );
 
 /// What a move came to.
@@ -413,4 +417,53 @@ async fn the_policy_engine_decides_by_the_rule(db: TestDb) {
     assert_eq!((report.breaches, report.rollbacks), (1, 1));
     assert_eq!(stage_of(&mut c, "ads", 1).await, Stage::Production as i32);
     assert_eq!(last_cause(&mut c, "ads", 1).await, Cause::Rollback as i32);
+}
+
+/// "A new version enters NONE or STAGING" is the use case's rule, not only
+/// the gRPC parser's: a registration straight into a later stage is refused
+/// by `app::register_version` itself, and nothing is written.
+async fn a_registration_enters_only_none_or_staging_by_any_way_in(db: TestDb) {
+    // Arrange
+    let app = spawn_app(&db).await;
+    let mut c = app.client_as("alice").await;
+    create_model_with(&mut c, "direct", pb::Policy::default())
+        .await
+        .expect("create model");
+    let store = Store::open(&db.url, &StoreOptions::default())
+        .await
+        .expect("open the store");
+
+    for target in [domain::Stage::Production, domain::Stage::Archived] {
+        // Act
+        let new = domain::NewVersion {
+            model: domain::Name::parse("model", "direct").unwrap(),
+            artifact_uri: "s3://models/direct/artifact".into(),
+            artifact_digest: String::new(),
+            source: Default::default(),
+            training_metrics: Default::default(),
+            tags: Default::default(),
+            description: String::new(),
+            request_id: None,
+            target_stage: target,
+        };
+        let err = app::register_version(&store, new, domain::Actor("alice".into()))
+            .await
+            .expect_err("a registration into a later stage is refused");
+
+        // Assert
+        assert!(
+            matches!(&err, Error::InvalidArgument(v) if v[0].field == "target_stage"),
+            "{target}: {err:?}"
+        );
+    }
+    let model = c
+        .get_model(pb::GetModelRequest {
+            name: "direct".into(),
+        })
+        .await
+        .expect("get model")
+        .into_inner()
+        .model
+        .expect("model");
+    assert_eq!(model.latest_version, 0, "nothing was registered");
 }

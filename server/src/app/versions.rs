@@ -19,6 +19,7 @@ pub struct Registered {
 }
 
 pub async fn register_version(store: &Store, new: NewVersion, actor: Actor) -> Result<Registered> {
+    crate::domain::check_registration_target("target_stage", Some(new.target_stage))?;
     write_tx!(store, |tx| -> Registered {
         let model = new.model.as_str();
         // The model lock serializes registrations of one model, so version numbers

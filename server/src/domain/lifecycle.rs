@@ -81,6 +81,19 @@ impl Cause {
     }
 }
 
+/// The stages a new version may be registered into: NONE, or STAGING by
+/// the NONE→STAGING move. Later stages are reached by moves of their own;
+/// `None` (a number that names no stage) is refused alike.
+pub fn check_registration_target(field: &str, target: Option<Stage>) -> Result<Stage> {
+    match target {
+        Some(stage @ (Stage::None | Stage::Staging)) => Ok(stage),
+        _ => Err(Error::invalid(
+            field,
+            "a new version may only enter STAGE_NONE or STAGE_STAGING; promote it with TransitionStage",
+        )),
+    }
+}
+
 /// Where a stage may go by TransitionStage. ARCHIVED→PRODUCTION is a
 /// rollback and is not offered here.
 pub fn allowed_targets(from: Stage) -> &'static [Stage] {

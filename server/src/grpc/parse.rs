@@ -99,16 +99,14 @@ impl TryFrom<pb::UpdateModelRequest> for ModelUpdate {
     }
 }
 
-/// A new version may enter NONE or STAGING; later stages are moves.
+/// The stage a registration asks for: UNSPECIFIED means NONE; the rule of
+/// which stages are allowed is the domain's.
 fn registration_stage(raw: i32) -> Result<Stage> {
-    match pb::Stage::try_from(raw) {
-        Ok(pb::Stage::Unspecified) | Ok(pb::Stage::None) => Ok(Stage::None),
-        Ok(pb::Stage::Staging) => Ok(Stage::Staging),
-        _ => Err(Error::invalid(
-            "target_stage",
-            "a new version may only enter STAGE_NONE or STAGE_STAGING; promote it with TransitionStage",
-        )),
-    }
+    let stage = match pb::Stage::try_from(raw) {
+        Ok(pb::Stage::Unspecified) => Some(Stage::None),
+        _ => convert::stage_from_pb(raw),
+    };
+    domain::check_registration_target("target_stage", stage)
 }
 
 impl TryFrom<pb::RegisterVersionRequest> for NewVersion {
