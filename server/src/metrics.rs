@@ -8,11 +8,8 @@
 //! round trip to a gRPC call.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -21,11 +18,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tonic::codegen::Service;
 use tonic::codegen::http;
-use tower_layer::Layer;
 
 use crate::store::Store;
+use crate::transport::{Hook, HookLayer};
 use crate::watch::Watchers;
 
 /// The labels of one gRPC call's count.
@@ -79,7 +75,7 @@ pub struct Metrics {
 
 /// The gRPC call series, shared by the layer's clones.
 #[derive(Clone)]
-struct GrpcMetrics {
+pub struct GrpcMetrics {
     /// Every method path this server serves (`/package.Service/Method`) with
     /// its label: only these get series of their own, so no caller can
     /// create series at will.
@@ -178,9 +174,7 @@ impl Metrics {
 
     /// The tower layer that counts and times gRPC calls into these series.
     pub fn grpc_layer(&self) -> GrpcMetricsLayer {
-        GrpcMetricsLayer {
-            metrics: self.grpc.clone(),
-        }
+        HookLayer(self.grpc.clone())
     }
 
     /// Reads the scrape-time series and encodes everything in the
@@ -224,81 +218,43 @@ fn gauge_value(n: u64) -> i64 {
 }
 
 /// The tower layer on the gRPC server that feeds the call series.
-#[derive(Clone)]
-pub struct GrpcMetricsLayer {
-    /// Where calls are counted.
-    metrics: GrpcMetrics,
-}
+pub type GrpcMetricsLayer = HookLayer<GrpcMetrics>;
 
-impl<S> Layer<S> for GrpcMetricsLayer {
-    type Service = GrpcMetricsService<S>;
+impl Hook for GrpcMetrics {
+    /// The method's label, when the call started, and the series.
+    type Before = (String, Instant, GrpcMetrics);
 
-    fn layer(&self, inner: S) -> Self::Service {
-        GrpcMetricsService {
-            inner,
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-/// See [`GrpcMetricsLayer`].
-#[derive(Clone)]
-pub struct GrpcMetricsService<S> {
-    /// The wrapped service.
-    inner: S,
-    /// Where calls are counted.
-    metrics: GrpcMetrics,
-}
-
-impl<S, B, ResBody> Service<http::Request<B>> for GrpcMetricsService<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn before<B>(&self, req: &http::Request<B>) -> Self::Before {
         // Resolved before the call: a path no service serves is `unknown`
         // whatever the answer (UNIMPLEMENTED, or UNAUTHENTICATED when the
         // auth layer refuses it first).
         let method = self
-            .metrics
             .known
             .get(req.uri().path())
             .map_or("unknown", String::as_str)
             .to_owned();
-        let started = Instant::now();
-        let metrics = self.metrics.clone();
-        // The clone is not the instance `poll_ready` readied; swap them.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let call = inner.call(req);
-        Box::pin(async move {
-            let resp = call.await?;
-            let code = match resp.headers().get("grpc-status") {
-                Some(status) => code_name(status.as_bytes()),
-                None if resp.status() == http::StatusCode::OK => "OK",
-                None => "UNKNOWN",
-            };
-            metrics
-                .durations
-                .get_or_create(&MethodLabels {
-                    method: method.clone(),
-                })
-                .observe(started.elapsed().as_secs_f64());
-            metrics
-                .requests
-                .get_or_create(&CallLabels { method, code })
-                .inc();
-            Ok(resp)
-        })
+        (method, Instant::now(), self.clone())
+    }
+
+    fn after<ResBody>(
+        (method, started, metrics): Self::Before,
+        resp: &mut http::Response<ResBody>,
+    ) {
+        let code = match resp.headers().get("grpc-status") {
+            Some(status) => code_name(status.as_bytes()),
+            None if resp.status() == http::StatusCode::OK => "OK",
+            None => "UNKNOWN",
+        };
+        metrics
+            .durations
+            .get_or_create(&MethodLabels {
+                method: method.clone(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        metrics
+            .requests
+            .get_or_create(&CallLabels { method, code })
+            .inc();
     }
 }
 

@@ -238,7 +238,7 @@ async fn serve_grpc(
         // Only ModelRegistryService paths are checked; health and
         // reflection stay open.
         .layer(auth)
-        .layer(transport::DecodeErrorCodes)
+        .layer(transport::HookLayer(transport::DecodeErrorCodes))
         .add_service(HealthServer::new(HealthService::from_health_reporter(
             health,
         )))

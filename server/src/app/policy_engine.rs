@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::domain::lifecycle;
 use crate::domain::{
-    self, Actor, Cause, EventKind, LiveMetricAction, Model, NewEvent, Stage, rfc3339,
+    self, Actor, Cause, EventKind, LiveMetricAction, Model, NewEvent, Stage, StageSince, rfc3339,
 };
 use crate::error::Result;
 use crate::store::{Db, ModelFilter, Store, Tx};
@@ -117,6 +117,19 @@ pub(crate) async fn policy_for_model<D: Db>(db: &D, model: &Model, now: i64) -> 
     Ok(report)
 }
 
+/// Locks `name` and reads since when its production version has served:
+/// `None` when the model is gone or has no production version. Both rules
+/// judge only a model that has one, under its lock.
+async fn lock_with_production<T: Tx>(
+    tx: &mut T,
+    name: &str,
+) -> Result<Option<(Model, StageSince)>> {
+    let Some(model) = tx.lock_model(name).await? else {
+        return Ok(None);
+    };
+    Ok(tx.production_since(name).await?.map(|p| (model, p)))
+}
+
 /// The live monitor's write: under the model lock, judges the rule again
 /// and reports a breach episode not reported yet, rolling back in the same
 /// transaction when the rule says so and a target exists.
@@ -126,13 +139,10 @@ pub(crate) async fn live_monitor_in<T: Tx>(
     now: i64,
 ) -> Result<(TickReport, Option<u64>)> {
     let nothing = Ok((TickReport::default(), None));
-    let Some(model) = tx.lock_model(&name).await? else {
+    let Some((model, production)) = lock_with_production(tx, &name).await? else {
         return nothing;
     };
     let Some(rule) = model.policy.archival().live_metric else {
-        return nothing;
-    };
-    let Some(production) = tx.production_since(&name).await? else {
         return nothing;
     };
     let readings = tx
@@ -246,18 +256,14 @@ pub(crate) async fn archive_passed_over_in<T: Tx>(
     name: String,
     now: i64,
 ) -> Result<(TickReport, Option<u64>)> {
-    let nothing = Ok((TickReport::default(), None));
-    let Some(model) = tx.lock_model(&name).await? else {
-        return nothing;
+    let Some((model, production)) = lock_with_production(tx, &name).await? else {
+        return Ok((TickReport::default(), None));
     };
     let days = model.policy.archival().archive_after_days();
-    let Some(production) = tx.production_since(&name).await? else {
-        return nothing;
-    };
     let candidates = tx.passed_over(&name, production.version).await?;
     let due = domain::due_for_archival(days, &production, &candidates, now);
     if due.is_empty() {
-        return nothing;
+        return Ok((TickReport::default(), None));
     }
     let mut events = Vec::new();
     for c in &due {
