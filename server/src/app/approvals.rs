@@ -210,25 +210,15 @@ pub async fn list_requests(
     after: Option<RequestCursor>,
     limit: usize,
 ) -> Result<(Vec<TransitionRequest>, bool)> {
-    read_db!(store, |db| list_requests_on(
-        db, model, status, after, limit
-    ))
-}
-
-pub(crate) async fn list_requests_on<D: Db>(
-    db: &D,
-    model: Option<&str>,
-    status: Option<RequestStatus>,
-    after: Option<RequestCursor>,
-    limit: usize,
-) -> Result<(Vec<TransitionRequest>, bool)> {
-    if let Some(m) = model {
-        get_model_on(db, m).await?;
-    }
-    Ok(page(
-        db.list_requests(model, status, after, limit + 1).await?,
-        limit,
-    ))
+    read_db!(store, |db| async {
+        if let Some(m) = model {
+            get_model_on(db, m).await?;
+        }
+        Ok(page(
+            db.list_requests(model, status, after, limit + 1).await?,
+            limit,
+        ))
+    })
 }
 
 /// Request `number` of `model`, which must exist; `None` when the model has
@@ -238,14 +228,8 @@ pub async fn find_request(
     model: &str,
     number: i64,
 ) -> Result<Option<TransitionRequest>> {
-    read_db!(store, |db| find_request_on(db, model, number))
-}
-
-pub(crate) async fn find_request_on<D: Db>(
-    db: &D,
-    model: &str,
-    number: i64,
-) -> Result<Option<TransitionRequest>> {
-    get_model_on(db, model).await?;
-    db.fetch_request(model, number).await
+    read_db!(store, |db| async {
+        get_model_on(db, model).await?;
+        db.fetch_request(model, number).await
+    })
 }

@@ -66,19 +66,12 @@ pub async fn list_evaluation_sets(
     after: Option<&SetRef>,
     limit: usize,
 ) -> Result<(Vec<EvaluationSet>, bool)> {
-    read_db!(store, |db| list_evaluation_sets_on(db, name, after, limit))
-}
-
-pub(crate) async fn list_evaluation_sets_on<D: Db>(
-    db: &D,
-    name: Option<&str>,
-    after: Option<&SetRef>,
-    limit: usize,
-) -> Result<(Vec<EvaluationSet>, bool)> {
-    Ok(page(
-        db.list_evaluation_sets(name, after, limit + 1).await?,
-        limit,
-    ))
+    read_db!(store, |db| async {
+        Ok(page(
+            db.list_evaluation_sets(name, after, limit + 1).await?,
+            limit,
+        ))
+    })
 }
 
 pub async fn attach_evaluation(
@@ -153,42 +146,31 @@ pub async fn list_evaluations(
     after: Option<(i64, String)>,
     limit: usize,
 ) -> Result<(Vec<Evaluation>, bool)> {
-    read_db!(store, |db| list_evaluations_on(
-        db, model, set, metric, after, limit
-    ))
-}
-
-pub(crate) async fn list_evaluations_on<D: Db>(
-    db: &D,
-    model: &str,
-    set: &SetRef,
-    metric: Option<&str>,
-    after: Option<(i64, String)>,
-    limit: usize,
-) -> Result<(Vec<Evaluation>, bool)> {
-    get_model_on(db, model).await?;
-    let defined = get_evaluation_set_on(db, set).await?;
-    if let Some(metric) = metric
-        && !defined.metrics.iter().any(|m| m.name == metric)
-    {
-        return Err(Error::invalid(
-            "metric",
-            format!(
-                "{:?} is not a metric of evaluation set {set}",
-                crate::domain::truncate(metric, 64)
-            ),
-        ));
-    }
-    let (mut evaluations, more) = page(
-        db.list_evaluations(model, set, after, limit + 1).await?,
-        limit,
-    );
-    if let Some(metric) = metric {
-        for e in &mut evaluations {
-            e.metrics.retain(|k, _| k == metric);
+    read_db!(store, |db| async {
+        get_model_on(db, model).await?;
+        let defined = get_evaluation_set_on(db, set).await?;
+        if let Some(metric) = metric
+            && !defined.metrics.iter().any(|m| m.name == metric)
+        {
+            return Err(Error::invalid(
+                "metric",
+                format!(
+                    "{:?} is not a metric of evaluation set {set}",
+                    crate::domain::truncate(metric, 64)
+                ),
+            ));
         }
-    }
-    Ok((evaluations, more))
+        let (mut evaluations, more) = page(
+            db.list_evaluations(model, set, after, limit + 1).await?,
+            limit,
+        );
+        if let Some(metric) = metric {
+            for e in &mut evaluations {
+                e.metrics.retain(|k, _| k == metric);
+            }
+        }
+        Ok((evaluations, more))
+    })
 }
 
 /// A comparison with the policy's gates judged on its candidate.
@@ -202,74 +184,72 @@ pub struct JudgedComparison {
 }
 
 pub async fn compare(store: &Store, req: &CompareRequest) -> Result<JudgedComparison> {
-    read_db!(store, |db| compare_on(db, req))
-}
-
-pub(crate) async fn compare_on<D: Db>(db: &D, req: &CompareRequest) -> Result<JudgedComparison> {
-    let model = req.model.as_str();
-    let current = get_model_on(db, model).await?;
-    let baseline = match req.baseline {
-        0 if current.production_version == 0 => {
+    read_db!(store, |db| async {
+        let model = req.model.as_str();
+        let current = get_model_on(db, model).await?;
+        let baseline = match req.baseline {
+            0 if current.production_version == 0 => {
+                return Err(Error::precondition(
+                    "NO_PRODUCTION_VERSION",
+                    model,
+                    format!(
+                        "model {model:?} has no production version to compare with; name a baseline_version"
+                    ),
+                ));
+            }
+            0 => current.production_version,
+            n => n,
+        };
+        let Some(set_ref) = req
+            .set
+            .clone()
+            .or_else(|| current.policy.standard_evaluation_set.clone())
+        else {
             return Err(Error::precondition(
-                "NO_PRODUCTION_VERSION",
+                "NO_STANDARD_EVALUATION_SET",
                 model,
                 format!(
-                    "model {model:?} has no production version to compare with; name a baseline_version"
+                    "model {model:?} has no standard evaluation set in its policy; name one with evaluation_set"
                 ),
             ));
+        };
+        let set = get_evaluation_set_on(db, &set_ref).await?;
+        let mut versions = Vec::with_capacity(2);
+        for v in [req.candidate, baseline] {
+            versions.push(
+                db.fetch_version(model, v)
+                    .await?
+                    .ok_or_else(|| version_not_found(model, &v.to_string()))?,
+            );
         }
-        0 => current.production_version,
-        n => n,
-    };
-    let Some(set_ref) = req
-        .set
-        .clone()
-        .or_else(|| current.policy.standard_evaluation_set.clone())
-    else {
-        return Err(Error::precondition(
-            "NO_STANDARD_EVALUATION_SET",
+        let gate_results = gates_on(db, &current, &set, &versions[0]).await?;
+        let evaluations = db.evaluations_of(model, &[req.candidate, baseline]).await?;
+        let on_set = |v: i64| -> Vec<Evaluation> {
+            evaluations
+                .iter()
+                .filter(|e| e.version == v && e.set == set_ref)
+                .cloned()
+                .collect()
+        };
+        let (cand, base) = (on_set(req.candidate), on_set(baseline));
+        let evaluator = evaluation::choose_evaluator(
             model,
-            format!(
-                "model {model:?} has no standard evaluation set in its policy; name one with evaluation_set"
-            ),
-        ));
-    };
-    let set = get_evaluation_set_on(db, &set_ref).await?;
-    let mut versions = Vec::with_capacity(2);
-    for v in [req.candidate, baseline] {
-        versions.push(
-            db.fetch_version(model, v)
-                .await?
-                .ok_or_else(|| version_not_found(model, &v.to_string()))?,
-        );
-    }
-    let gate_results = gates_on(db, &current, &set, &versions[0]).await?;
-    let evaluations = db.evaluations_of(model, &[req.candidate, baseline]).await?;
-    let on_set = |v: i64| -> Vec<Evaluation> {
-        evaluations
-            .iter()
-            .filter(|e| e.version == v && e.set == set_ref)
-            .cloned()
-            .collect()
-    };
-    let (cand, base) = (on_set(req.candidate), on_set(baseline));
-    let evaluator = evaluation::choose_evaluator(
-        model,
-        (req.candidate, &cand),
-        (baseline, &base),
-        &set_ref.to_string(),
-        req.evaluator_version.as_deref(),
-    )?;
-    let pick = |evals: &[Evaluation]| {
-        evals
-            .iter()
-            .find(|e| e.evaluator_version == evaluator)
-            .cloned()
-            .ok_or_else(|| vanished("evaluation"))
-    };
-    let comparison = evaluation::compare(&set, &pick(&cand)?, &pick(&base)?)?;
-    Ok(JudgedComparison {
-        comparison,
-        gate_results,
+            (req.candidate, &cand),
+            (baseline, &base),
+            &set_ref.to_string(),
+            req.evaluator_version.as_deref(),
+        )?;
+        let pick = |evals: &[Evaluation]| {
+            evals
+                .iter()
+                .find(|e| e.evaluator_version == evaluator)
+                .cloned()
+                .ok_or_else(|| vanished("evaluation"))
+        };
+        let comparison = evaluation::compare(&set, &pick(&cand)?, &pick(&base)?)?;
+        Ok(JudgedComparison {
+            comparison,
+            gate_results,
+        })
     })
 }

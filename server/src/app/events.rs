@@ -16,20 +16,12 @@ pub async fn list_events(
     upto: Option<u64>,
     limit: usize,
 ) -> Result<(Vec<Event>, bool)> {
-    read_db!(store, |db| list_events_on(db, filter, after, upto, limit))
-}
-
-pub(crate) async fn list_events_on<D: Db>(
-    db: &D,
-    filter: &EventFilter,
-    after: u64,
-    upto: Option<u64>,
-    limit: usize,
-) -> Result<(Vec<Event>, bool)> {
-    Ok(page(
-        db.events(filter, after, upto, limit + 1).await?,
-        limit,
-    ))
+    read_db!(store, |db| async {
+        Ok(page(
+            db.events(filter, after, upto, limit + 1).await?,
+            limit,
+        ))
+    })
 }
 
 /// The sequence of the newest committed event this server knows of: what

@@ -89,16 +89,9 @@ pub async fn list_models(
     after: Option<&str>,
     limit: usize,
 ) -> Result<(Vec<Model>, bool)> {
-    read_db!(store, |db| list_models_on(db, filter, after, limit))
-}
-
-pub(crate) async fn list_models_on<D: Db>(
-    db: &D,
-    filter: &ModelFilter,
-    after: Option<&str>,
-    limit: usize,
-) -> Result<(Vec<Model>, bool)> {
-    Ok(page(db.list_models(filter, after, limit + 1).await?, limit))
+    read_db!(store, |db| async {
+        Ok(page(db.list_models(filter, after, limit + 1).await?, limit))
+    })
 }
 
 /// Updates a model's description, tags or policy (the policy by admins only).

@@ -46,31 +46,29 @@ pub(crate) const TICK_PAGE: usize = 500;
 /// replicas ticking at once never act twice. A model that fails is logged
 /// and skipped; the next tick tries again.
 pub async fn policy_tick(store: &Store, now: i64) -> Result<TickReport> {
-    read_db!(store, |db| policy_tick_on(db, now))
-}
-
-pub(crate) async fn policy_tick_on<D: Db>(db: &D, now: i64) -> Result<TickReport> {
-    let mut report = TickReport::default();
-    let mut after: Option<String> = None;
-    loop {
-        let models = db
-            .list_models(&ModelFilter::default(), after.as_deref(), TICK_PAGE)
-            .await?;
-        for model in &models {
-            report.models += 1;
-            match policy_for_model(db, model, now).await {
-                Ok(r) => report.add(r),
-                Err(e) => {
-                    report.failures += 1;
-                    tracing::warn!(model = %model.name, error = %e, "policy rules failed; retrying next tick");
+    read_db!(store, |db| async {
+        let mut report = TickReport::default();
+        let mut after: Option<String> = None;
+        loop {
+            let models = db
+                .list_models(&ModelFilter::default(), after.as_deref(), TICK_PAGE)
+                .await?;
+            for model in &models {
+                report.models += 1;
+                match policy_for_model(db, model, now).await {
+                    Ok(r) => report.add(r),
+                    Err(e) => {
+                        report.failures += 1;
+                        tracing::warn!(model = %model.name, error = %e, "policy rules failed; retrying next tick");
+                    }
                 }
             }
+            match models.last() {
+                Some(last) if models.len() == TICK_PAGE => after = Some(last.name.clone()),
+                _ => return Ok(report),
+            }
         }
-        match models.last() {
-            Some(last) if models.len() == TICK_PAGE => after = Some(last.name.clone()),
-            _ => return Ok(report),
-        }
-    }
+    })
 }
 
 pub(crate) async fn policy_for_model<D: Db>(db: &D, model: &Model, now: i64) -> Result<TickReport> {

@@ -106,31 +106,25 @@ pub(crate) async fn registered_before<T: Tx>(
 }
 
 pub async fn get_version(store: &Store, model: &str, which: &VersionRef) -> Result<Version> {
-    read_db!(store, |db| get_version_on(db, model, which))
-}
-
-pub(crate) async fn get_version_on<D: Db>(
-    db: &D,
-    model: &str,
-    which: &VersionRef,
-) -> Result<Version> {
-    let number = match which {
-        VersionRef::Number(n) => *n,
-        VersionRef::Alias(alias) => match db.alias_target(model, alias.as_str()).await? {
-            Some(n) => n,
+    read_db!(store, |db| async {
+        let number = match which {
+            VersionRef::Number(n) => *n,
+            VersionRef::Alias(alias) => match db.alias_target(model, alias.as_str()).await? {
+                Some(n) => n,
+                None => {
+                    get_model_on(db, model).await?;
+                    return Err(alias_not_found(model, alias.as_str()));
+                }
+            },
+        };
+        match db.fetch_version(model, number).await? {
+            Some(v) => Ok(v),
             None => {
                 get_model_on(db, model).await?;
-                return Err(alias_not_found(model, alias.as_str()));
+                Err(version_not_found(model, &number.to_string()))
             }
-        },
-    };
-    match db.fetch_version(model, number).await? {
-        Some(v) => Ok(v),
-        None => {
-            get_model_on(db, model).await?;
-            Err(version_not_found(model, &number.to_string()))
         }
-    }
+    })
 }
 
 pub async fn list_versions(
@@ -140,20 +134,12 @@ pub async fn list_versions(
     after: i64,
     limit: usize,
 ) -> Result<(Vec<Version>, bool)> {
-    read_db!(store, |db| list_versions_on(db, model, stage, after, limit))
-}
-
-pub(crate) async fn list_versions_on<D: Db>(
-    db: &D,
-    model: &str,
-    stage: Option<Stage>,
-    after: i64,
-    limit: usize,
-) -> Result<(Vec<Version>, bool)> {
-    let versions = db.list_versions(model, stage, after, limit + 1).await?;
-    if versions.is_empty() {
-        // An unknown model is NOT_FOUND, not an empty page.
-        get_model_on(db, model).await?;
-    }
-    Ok(page(versions, limit))
+    read_db!(store, |db| async {
+        let versions = db.list_versions(model, stage, after, limit + 1).await?;
+        if versions.is_empty() {
+            // An unknown model is NOT_FOUND, not an empty page.
+            get_model_on(db, model).await?;
+        }
+        Ok(page(versions, limit))
+    })
 }
