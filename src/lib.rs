@@ -7,13 +7,16 @@
 //!   reflection and used to print messages as canonical JSON.
 //! - [`duration`]: the one parser of durations typed on the command line
 //!   (`10s`, `250ms`, `5m`), for the server's flags and the CLI's.
+//! - [`display`]: how numbers are shown to people, in the server's messages
+//!   and pages and in the CLI's tables.
 //! - [`ACTOR_HEADER`]: the metadata key of the caller's name in local mode.
 //!
-//! Apart from that parser and that name this crate holds no logic: the wire types stay at
+//! Apart from that parser, that formatter and that name this crate holds no logic: the wire types stay at
 //! the edges of the server and client, which convert them into their own
 //! domain values.
 #![forbid(unsafe_code)]
 
+pub mod display;
 pub mod duration;
 
 /// The gRPC metadata key naming the caller in local mode (a server without

@@ -120,6 +120,17 @@ fn conditions(violations: &[PreconditionViolation]) -> String {
 /// Shorthand used throughout the server.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// NOT_FOUND or ALREADY_EXISTS about one resource, with its ResourceInfo.
+fn resource_status(code: Code, kind: &'static str, name: String) -> Status {
+    let what = match code {
+        Code::NotFound => "not found",
+        _ => "already exists",
+    };
+    let message = format!("{} {name:?} {what}", short_kind(kind));
+    let details = ErrorDetails::with_resource_info(kind, name, "", "");
+    Status::with_error_details(code, message, details)
+}
+
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
         match err {
@@ -131,22 +142,8 @@ impl From<Error> for Status {
                 }
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
-            Error::NotFound { kind, name } => {
-                let details = ErrorDetails::with_resource_info(kind, name.clone(), "", "");
-                Status::with_error_details(
-                    Code::NotFound,
-                    format!("{} {name:?} not found", short_kind(kind)),
-                    details,
-                )
-            }
-            Error::AlreadyExists { kind, name } => {
-                let details = ErrorDetails::with_resource_info(kind, name.clone(), "", "");
-                Status::with_error_details(
-                    Code::AlreadyExists,
-                    format!("{} {name:?} already exists", short_kind(kind)),
-                    details,
-                )
-            }
+            Error::NotFound { kind, name } => resource_status(Code::NotFound, kind, name),
+            Error::AlreadyExists { kind, name } => resource_status(Code::AlreadyExists, kind, name),
             Error::FailedPrecondition(violations) => {
                 let message = conditions(&violations);
                 let mut details = ErrorDetails::new();

@@ -17,12 +17,51 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use tonic::codegen::http;
 
 use crate::store::Store;
 use crate::transport::{Hook, HookLayer};
 use crate::watch::Watchers;
+
+/// A series' name (after the `modelreg_` prefix) and its help text.
+type Series = (&'static str, &'static str);
+
+/// `modelreg_watch_streams_open`.
+const WATCH_STREAMS_OPEN: Series = (
+    "watch_streams_open",
+    "WatchTransitions streams open in this process",
+);
+
+/// `modelreg_events_appended`.
+const EVENTS_APPENDED: Series = (
+    "events_appended",
+    "Events appended to the event log since this server started (on PostgreSQL, by \
+     every replica)",
+);
+
+/// `modelreg_latest_sequence`.
+const LATEST_SEQUENCE: Series = ("latest_sequence", "The highest committed event sequence");
+
+/// `modelreg_slowest_watcher_lag_events`.
+const SLOWEST_WATCHER_LAG_EVENTS: Series = (
+    "slowest_watcher_lag_events",
+    "Events between the latest sequence and the cursor of this server's slowest \
+     WatchTransitions subscriber (0 without subscribers)",
+);
+
+/// `modelreg_db_pool_connections`.
+const DB_POOL_CONNECTIONS: Series = (
+    "db_pool_connections",
+    "Connections of the database pool that serves reads (SQLite's readers, the one \
+     pool on PostgreSQL), by state",
+);
+
+/// `modelreg_transition_requests_pending`.
+const TRANSITION_REQUESTS_PENDING: Series = (
+    "transition_requests_pending",
+    "Transition requests waiting for approval (status PENDING)",
+);
 
 /// The labels of one gRPC call's count.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -112,51 +151,18 @@ impl Metrics {
              server stream, until the stream opens)",
             grpc.durations.clone(),
         );
-        let watch_streams_open = Gauge::default();
-        registry.register(
-            "watch_streams_open",
-            "WatchTransitions streams open in this process",
-            watch_streams_open.clone(),
-        );
-        let events_appended = Counter::default();
-        registry.register(
-            "events_appended",
-            "Events appended to the event log since this server started (on PostgreSQL, by \
-             every replica)",
-            events_appended.clone(),
-        );
-        let latest_sequence = Gauge::default();
-        registry.register(
-            "latest_sequence",
-            "The highest committed event sequence",
-            latest_sequence.clone(),
-        );
-        let slowest_watcher_lag = Gauge::default();
-        registry.register(
-            "slowest_watcher_lag_events",
-            "Events between the latest sequence and the cursor of this server's slowest \
-             WatchTransitions subscriber (0 without subscribers)",
-            slowest_watcher_lag.clone(),
-        );
-        let pool = Family::<PoolLabels, Gauge>::default();
-        registry.register(
-            "db_pool_connections",
-            "Connections of the database pool that serves reads (SQLite's readers, the one \
-             pool on PostgreSQL), by state",
-            pool.clone(),
-        );
+        let watch_streams_open: Gauge = registered(&mut registry, WATCH_STREAMS_OPEN);
+        let events_appended: Counter = registered(&mut registry, EVENTS_APPENDED);
+        let latest_sequence: Gauge = registered(&mut registry, LATEST_SEQUENCE);
+        let slowest_watcher_lag: Gauge = registered(&mut registry, SLOWEST_WATCHER_LAG_EVENTS);
+        let pool: Family<PoolLabels, Gauge> = registered(&mut registry, DB_POOL_CONNECTIONS);
         registry.register(
             "write_batch_size",
             "Writes committed per database transaction: SQLite commits queued writes in \
              groups; PostgreSQL commits each write alone (always 1)",
             store.write_batch_sizes(),
         );
-        let pending_requests = Gauge::default();
-        registry.register(
-            "transition_requests_pending",
-            "Transition requests waiting for approval (status PENDING)",
-            pending_requests.clone(),
-        );
+        let pending_requests: Gauge = registered(&mut registry, TRANSITION_REQUESTS_PENDING);
         Arc::new(Metrics {
             registry,
             grpc,
@@ -211,6 +217,13 @@ impl Metrics {
         }
         out
     }
+}
+
+/// A new series registered under its name and help, handed back to be updated.
+fn registered<M: Metric + Clone + Default>(registry: &mut Registry, (name, help): Series) -> M {
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 fn gauge_value(n: u64) -> i64 {

@@ -744,10 +744,7 @@ async fn evalset_cmd(
                 page_size: 1000,
                 ..Default::default()
             };
-            let sets = all_pages(client, request, |mut c, r| async move {
-                c.list_evaluation_sets(r).await
-            })
-            .await?;
+            let sets = all_pages(client, request).await?;
             let headers = ["SET", "METRICS", "URI", "CREATED"];
             print_list(&sets, "modelreg.v1.EvaluationSet", json, &headers, |s| {
                 vec![
@@ -849,10 +846,7 @@ async fn eval_cmd(client: &mut RegistryClient, cmd: EvalCmd, json: bool) -> Resu
                 page_size: 1000,
                 ..Default::default()
             };
-            let evaluations = all_pages(client, request, |mut c, r| async move {
-                c.list_evaluations(r).await
-            })
-            .await?;
+            let evaluations = all_pages(client, request).await?;
             if json {
                 print_json_list(&evaluations, "modelreg.v1.Evaluation");
                 return Ok(());
@@ -966,13 +960,7 @@ async fn compare_cmd(
 
 /// A number rounded to 6 decimals without trailing zeros: 0.03, not 0.030000000000000027.
 fn fmt_num(x: f64) -> String {
-    let s = format!("{x:.6}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" {
-        "0".to_owned()
-    } else {
-        s.to_owned()
-    }
+    modelreg_api::display::decimal(x, 6)
 }
 
 async fn model_cmd(client: &mut RegistryClient, cmd: ModelCmd, json: bool) -> Result<(), Failure> {
@@ -1005,12 +993,7 @@ async fn model_cmd(client: &mut RegistryClient, cmd: ModelCmd, json: bool) -> Re
                 filter,
                 ..Default::default()
             };
-            let models = all_pages(
-                client,
-                request,
-                |mut c, r| async move { c.list_models(r).await },
-            )
-            .await?;
+            let models = all_pages(client, request).await?;
             let headers = ["NAME", "LATEST", "PRODUCTION", "ALIASES", "TAGS", "UPDATED"];
             print_list(&models, "modelreg.v1.Model", json, &headers, |m| {
                 vec![
@@ -1130,10 +1113,7 @@ async fn version_cmd(
                 page_size,
                 ..Default::default()
             };
-            let versions = all_pages(client, request, |mut c, r| async move {
-                c.list_versions(r).await
-            })
-            .await?;
+            let versions = all_pages(client, request).await?;
             let headers = ["VERSION", "STAGE", "ALIASES", "ARTIFACT", "BY", "CREATED"];
             print_list(&versions, "modelreg.v1.ModelVersion", json, &headers, |v| {
                 vec![
@@ -1234,7 +1214,11 @@ fn stage_or_unspecified(raw: Option<&str>) -> Result<pb::Stage, Failure> {
 
 /// A list RPC's request, which names the page it asks for.
 trait PageRequest: Clone {
+    /// The RPC's answer.
+    type Response: Page;
     fn set_page_token(&mut self, token: String);
+    /// Calls the list RPC with this request.
+    async fn fetch(self, client: RegistryClient) -> Result<Self::Response, tonic::Status>;
 }
 
 /// One page of a list RPC's answer: its items and the next page token
@@ -1245,12 +1229,16 @@ trait Page {
 }
 
 /// [`PageRequest`] and [`Page`] for the list RPCs:
-/// `Request, Response => items_field: Item`.
+/// `rpc: Request, Response => items_field: Item`.
 macro_rules! impl_paging {
-    ($($request:ident, $response:ident => $items:ident: $item:ident),* $(,)?) => {$(
+    ($($rpc:ident: $request:ident, $response:ident => $items:ident: $item:ident),* $(,)?) => {$(
         impl PageRequest for pb::$request {
+            type Response = pb::$response;
             fn set_page_token(&mut self, token: String) {
                 self.page_token = token;
+            }
+            async fn fetch(self, mut client: RegistryClient) -> Result<pb::$response, tonic::Status> {
+                Ok(client.$rpc(self).await?.into_inner())
             }
         }
         impl Page for pb::$response {
@@ -1263,31 +1251,24 @@ macro_rules! impl_paging {
 }
 
 impl_paging! {
-    ListModelsRequest, ListModelsResponse => models: Model,
-    ListVersionsRequest, ListVersionsResponse => versions: ModelVersion,
-    ListEvaluationSetsRequest, ListEvaluationSetsResponse => evaluation_sets: EvaluationSet,
-    ListEvaluationsRequest, ListEvaluationsResponse => evaluations: Evaluation,
-    ListTransitionRequestsRequest, ListTransitionRequestsResponse => requests: TransitionRequest,
-    ListEventsRequest, ListEventsResponse => events: RegistryEvent,
+    list_models: ListModelsRequest, ListModelsResponse => models: Model,
+    list_versions: ListVersionsRequest, ListVersionsResponse => versions: ModelVersion,
+    list_evaluation_sets: ListEvaluationSetsRequest, ListEvaluationSetsResponse => evaluation_sets: EvaluationSet,
+    list_evaluations: ListEvaluationsRequest, ListEvaluationsResponse => evaluations: Evaluation,
+    list_transition_requests: ListTransitionRequestsRequest, ListTransitionRequestsResponse => requests: TransitionRequest,
+    list_events: ListEventsRequest, ListEventsResponse => events: RegistryEvent,
 }
 
 /// Asks for `request`'s first page, follows `next_page_token` to the last,
-/// and returns every item; `call` gets a client and the request for a page.
-async fn all_pages<Q, R, F, Fut>(
+/// and returns every item.
+async fn all_pages<Q: PageRequest>(
     client: &RegistryClient,
     mut request: Q,
-    mut call: F,
-) -> Result<Vec<R::Item>, Failure>
-where
-    Q: PageRequest,
-    R: Page,
-    F: FnMut(RegistryClient, Q) -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
-{
+) -> Result<Vec<<Q::Response as Page>::Item>, Failure> {
     let mut items = Vec::new();
     loop {
-        let answer = call(client.clone(), request.clone()).await?;
-        let (page, next) = answer.into_inner().into_page();
+        let answer = request.clone().fetch(client.clone()).await?;
+        let (page, next) = answer.into_page();
         items.extend(page);
         if next.is_empty() {
             return Ok(items);

@@ -25,17 +25,8 @@ pub fn rfc3339(micros: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}{frac}Z")
 }
 
-/// A number as people read it: at most `places` decimals, no trailing zeros
-/// (`0.0010000000000000009` → `0.001`, `12.0` → `12`, never `-0`).
-pub fn decimal(x: f64, places: usize) -> String {
-    let s = format!("{x:.places$}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" {
-        "0".to_owned()
-    } else {
-        s.to_owned()
-    }
-}
+/// A number as people read it (the CLI shows numbers the same way).
+pub use modelreg_api::display::decimal;
 
 /// A duration in µs as people write it: `90s`, `2h`, `30d`, `1h30m`.
 pub fn human_duration(micros: i64) -> String {

@@ -463,10 +463,7 @@ pub async fn requests_cmd(
         page_size: 500,
         ..Default::default()
     };
-    let requests = all_pages(client, request, |mut c, r| async move {
-        c.list_transition_requests(r).await
-    })
-    .await?;
+    let requests = all_pages(client, request).await?;
     let full_name = "modelreg.v1.TransitionRequest";
     print_list(&requests, full_name, json, &REQUEST_HEADERS, request_row);
     Ok(())
@@ -682,10 +679,5 @@ async fn model_events(
         page_size: 1000,
         ..Default::default()
     };
-    all_pages(
-        client,
-        request,
-        |mut c, r| async move { c.list_events(r).await },
-    )
-    .await
+    all_pages(client, request).await
 }
