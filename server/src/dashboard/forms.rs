@@ -190,26 +190,18 @@ impl Dashboard {
             Some(tokens) => {
                 let token = form.get("token").map(|t| t.trim()).unwrap_or("");
                 if token.is_empty() || tokens.identify(token).is_none() {
-                    let mut query = HashMap::new();
-                    query.insert("next".to_owned(), next);
-                    return Ok(self.signin_form(
-                        visit,
-                        &query,
-                        Some("That token is not in the server's token file."),
-                    ));
+                    let query = HashMap::from([("next".to_owned(), next)]);
+                    let refusal = Some("That token is not in the server's token file.");
+                    return Ok(self.signin_form(visit, &query, refusal));
                 }
                 (Some(token.to_owned()), None)
             }
             None => {
                 let actor = form.get("actor").map(|a| a.trim()).unwrap_or("");
                 if !valid_actor(actor) {
-                    let mut query = HashMap::new();
-                    query.insert("next".to_owned(), next);
-                    return Ok(self.signin_form(
-                        visit,
-                        &query,
-                        Some("Give a name of 1 to 128 printable ASCII characters."),
-                    ));
+                    let query = HashMap::from([("next".to_owned(), next)]);
+                    let refusal = Some("Give a name of 1 to 128 printable ASCII characters.");
+                    return Ok(self.signin_form(visit, &query, refusal));
                 }
                 (None, Some(actor.to_owned()))
             }

@@ -365,28 +365,18 @@ pub(crate) fn redirect(to: &str) -> Response<Body> {
 pub(crate) fn html_response(status: StatusCode, markup: maud::Markup) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(markup.into_string())).boxed_unsync());
     *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
+    let headers = [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CACHE_CONTROL, "no-store"),
+        (
+            header::CONTENT_SECURITY_POLICY,
             "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
              form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("same-origin"),
-    );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        (header::REFERRER_POLICY, "same-origin"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+    ];
+    set_headers(&mut resp, headers);
     resp
 }
 
@@ -407,17 +397,30 @@ pub(crate) fn asset_response(name: &str, method: &Method) -> Response<Body> {
     } else if method != Method::GET && method != Method::HEAD {
         *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     }
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("max-age=300"),
+    set_headers(
+        &mut resp,
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
     );
+    resp
+}
+
+/// Sets `headers` on `resp`, and `X-Content-Type-Options: nosniff`, which
+/// every page and asset carries.
+fn set_headers<const N: usize>(
+    resp: &mut Response<Body>,
+    headers: [(header::HeaderName, &'static str); N],
+) {
+    let h = resp.headers_mut();
+    for (name, value) in headers {
+        h.insert(name, HeaderValue::from_static(value));
+    }
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    resp
 }
 
 #[cfg(test)]

@@ -11,20 +11,35 @@ use crate::store::{ChainReport, ModelFilter, RequestCursor};
 
 use super::*;
 
+/// Every item of a list, page after page: `fetch` gets the cursor of the
+/// last item so far (`None` for the first page) and answers a page and
+/// whether more follow.
+async fn every_page<T, C, F, Fut>(cursor: impl Fn(&T) -> C, mut fetch: F) -> Result<Vec<T>, Error>
+where
+    F: FnMut(Option<C>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, bool), Error>>,
+{
+    let mut out = Vec::new();
+    loop {
+        let (page, more) = fetch(out.last().map(&cursor)).await?;
+        out.extend(page);
+        if !more {
+            return Ok(out);
+        }
+    }
+}
+
 impl Dashboard {
     pub(super) async fn all_models(&self, who: &Identity) -> Result<Vec<Model>, Error> {
         permit(who, Action::ListModels)?;
-        let all = ModelFilter::default();
-        let mut out: Vec<Model> = Vec::new();
-        loop {
-            let after = out.last().map(|m| m.name.clone());
-            let (models, more) =
-                app::list_models(self.store(), &all, after.as_deref(), PAGE).await?;
-            out.extend(models);
-            if !more {
-                return Ok(out);
-            }
-        }
+        let all = &ModelFilter::default();
+        every_page(
+            |m: &Model| m.name.clone(),
+            |after| async move {
+                app::list_models(self.store(), all, after.as_deref(), PAGE).await
+            },
+        )
+        .await
     }
 
     pub(super) async fn all_versions(
@@ -33,16 +48,11 @@ impl Dashboard {
         model: &str,
     ) -> Result<Vec<Version>, Error> {
         permit(who, Action::ListVersions)?;
-        let mut out: Vec<Version> = Vec::new();
-        loop {
-            let after = out.last().map_or(0, |v| v.version);
-            let (versions, more) =
-                app::list_versions(self.store(), model, None, after, PAGE).await?;
-            out.extend(versions);
-            if !more {
-                return Ok(out);
-            }
-        }
+        every_page(
+            |v: &Version| v.version,
+            |after| app::list_versions(self.store(), model, None, after.unwrap_or(0), PAGE),
+        )
+        .await
     }
 
     /// Transition requests of one model (or all), with one status (or any).
@@ -53,20 +63,15 @@ impl Dashboard {
         status: Option<RequestStatus>,
     ) -> Result<Vec<TransitionRequest>, Error> {
         permit(who, Action::ListTransitionRequests)?;
-        let mut out: Vec<TransitionRequest> = Vec::new();
-        loop {
-            let after = out.last().map(|r| RequestCursor {
-                create_time: r.create_time,
-                model: r.model.clone(),
-                number: r.number,
-            });
-            let (requests, more) =
-                app::list_requests(self.store(), model, status, after, PAGE).await?;
-            out.extend(requests);
-            if !more {
-                return Ok(out);
-            }
-        }
+        let cursor = |r: &TransitionRequest| RequestCursor {
+            create_time: r.create_time,
+            model: r.model.clone(),
+            number: r.number,
+        };
+        every_page(cursor, |after| {
+            app::list_requests(self.store(), model, status, after, PAGE)
+        })
+        .await
     }
 
     /// Events matching `filter` with sequence in (`after`, `before`).
@@ -81,16 +86,19 @@ impl Dashboard {
         let Some(upto) = before.checked_sub(1) else {
             return Ok(Vec::new());
         };
-        let mut out: Vec<Event> = Vec::new();
-        loop {
-            let from = out.last().map_or(after, |e| e.sequence);
-            let (events, more) =
-                app::list_events(self.store(), filter, from, Some(upto), PAGE).await?;
-            out.extend(events);
-            if !more {
-                return Ok(out);
-            }
-        }
+        every_page(
+            |e: &Event| e.sequence,
+            |from| {
+                app::list_events(
+                    self.store(),
+                    filter,
+                    from.unwrap_or(after),
+                    Some(upto),
+                    PAGE,
+                )
+            },
+        )
+        .await
     }
 
     /// The newest `want` events matching `filter` before sequence `before`:

@@ -428,12 +428,14 @@ pub fn metrics_json(evaluations: &[Evaluation]) -> serde_json::Value {
     serde_json::json!(out)
 }
 
+/// Evaluation sets and evaluations for the domain's unit tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
     use crate::domain::SetRef;
 
-    fn set() -> EvaluationSet {
+    /// `holdout@v1` with `metrics` (name, higher is better).
+    pub(crate) fn holdout(metrics: &[(&str, bool)]) -> EvaluationSet {
         EvaluationSet {
             id: SetRef {
                 name: "holdout".into(),
@@ -441,59 +443,68 @@ mod tests {
             },
             uri: "s3://d".into(),
             digest: String::new(),
-            metrics: vec![
-                MetricDefinition {
-                    name: "accuracy".into(),
-                    higher_is_better: true,
-                },
-                MetricDefinition {
-                    name: "latency_ms".into(),
-                    higher_is_better: false,
-                },
-            ],
+            metrics: metrics
+                .iter()
+                .map(|&(name, higher_is_better)| MetricDefinition {
+                    name: name.into(),
+                    higher_is_better,
+                })
+                .collect(),
             description: String::new(),
             created_by: String::new(),
             create_time: 0,
         }
     }
 
-    fn eval(version: i64, evaluator: &str, acc: f64, lat: f64) -> Evaluation {
+    /// Model `m`'s `version` scored on `holdout@v1` by `evaluator`.
+    pub(crate) fn evaluation(version: i64, evaluator: &str, metrics: &[(&str, f64)]) -> Evaluation {
         Evaluation {
             model: "m".into(),
             version,
-            set: set().id,
+            set: holdout(&[]).id,
             evaluator_version: evaluator.into(),
-            metrics: BTreeMap::from([("accuracy".into(), acc), ("latency_ms".into(), lat)]),
+            metrics: metrics.iter().map(|&(k, v)| (k.to_owned(), v)).collect(),
             report_uri: String::new(),
             created_by: String::new(),
             create_time: 0,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{evaluation, holdout};
+    use super::*;
+
+    fn set() -> EvaluationSet {
+        holdout(&[("accuracy", true), ("latency_ms", false)])
+    }
+
+    fn eval(version: i64, evaluator: &str, acc: f64, lat: f64) -> Evaluation {
+        evaluation(
+            version,
+            evaluator,
+            &[("accuracy", acc), ("latency_ms", lat)],
+        )
+    }
 
     #[test]
     fn verdicts_follow_each_metrics_direction() {
-        let c = compare(
-            &set(),
-            &eval(2, "e1", 0.95, 40.0),
-            &eval(1, "e1", 0.90, 50.0),
-        )
-        .unwrap();
+        let baseline = eval(1, "e1", 0.90, 50.0);
+        let against_baseline =
+            |acc, lat| compare(&set(), &eval(2, "e1", acc, lat), &baseline).unwrap();
+        let c = against_baseline(0.95, 40.0);
         assert_eq!(c.metrics[0].outcome, Outcome::Better);
         assert_eq!(
             c.metrics[1].outcome,
             Outcome::Better,
             "lower latency is better"
         );
-        let c = compare(
-            &set(),
-            &eval(2, "e1", 0.85, 60.0),
-            &eval(1, "e1", 0.90, 50.0),
-        )
-        .unwrap();
+        let c = against_baseline(0.85, 60.0);
         assert_eq!(c.metrics[0].outcome, Outcome::Worse);
         assert_eq!(c.metrics[1].outcome, Outcome::Worse);
         assert!((c.metrics[1].relative_delta - 0.2).abs() < 1e-12);
-        let c = compare(&set(), &eval(2, "e1", 0.9, 50.0), &eval(1, "e1", 0.9, 50.0)).unwrap();
+        let c = against_baseline(0.9, 50.0);
         assert!(c.metrics.iter().all(|m| m.outcome == Outcome::Equal));
     }
 

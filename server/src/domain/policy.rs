@@ -375,43 +375,15 @@ pub fn due_for_archival(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{MetricComparison, MetricDefinition, Outcome};
+    use crate::domain::evaluation::fixtures::{evaluation, holdout};
+    use crate::domain::{MetricComparison, Outcome};
 
     fn set() -> EvaluationSet {
-        EvaluationSet {
-            id: SetRef {
-                name: "holdout".into(),
-                version: "v1".into(),
-            },
-            uri: String::new(),
-            digest: String::new(),
-            metrics: vec![
-                MetricDefinition {
-                    name: "auc".into(),
-                    higher_is_better: true,
-                },
-                MetricDefinition {
-                    name: "latency".into(),
-                    higher_is_better: false,
-                },
-            ],
-            description: String::new(),
-            created_by: String::new(),
-            create_time: 0,
-        }
+        holdout(&[("auc", true), ("latency", false)])
     }
 
     fn eval(version: i64, auc: f64, latency: f64) -> Evaluation {
-        Evaluation {
-            model: "m".into(),
-            version,
-            set: set().id,
-            evaluator_version: "1".into(),
-            metrics: [("auc".to_owned(), auc), ("latency".to_owned(), latency)].into(),
-            report_uri: String::new(),
-            created_by: String::new(),
-            create_time: 0,
-        }
+        evaluation(version, "1", &[("auc", auc), ("latency", latency)])
     }
 
     fn cmp(c: &Evaluation, b: &Evaluation) -> Comparison {
