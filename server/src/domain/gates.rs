@@ -9,6 +9,7 @@ use crate::error::PreconditionViolation;
 use super::*;
 
 /// The outcome of one check of one gate.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GateResult {
     /// The metric.
@@ -20,7 +21,6 @@ pub struct GateResult {
     /// The candidate's value (0 when it has none).
     pub candidate_value: f64,
     /// The production version's value, for relative checks.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_value: Option<f64>,
     /// Why it passed or failed, in a sentence.
     pub message: String,

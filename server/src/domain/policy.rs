@@ -30,29 +30,23 @@ pub const LIVE_MONITOR_ACTOR: &str = "policy:live-monitor";
 
 /// A model's policy as set by an admin. `None` means "not set: use the
 /// default", which differs from an empty list; see `Policy` in the proto.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
     /// Stages whose entry needs approval [PRODUCTION].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_required_for: Option<Vec<Stage>>,
     /// Distinct approvals needed [1].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_approvals: Option<u32>,
     /// Whether a requester may approve their own request [false].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_self_approval: Option<bool>,
     /// The evaluation set gates and comparisons use [none].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub standard_evaluation_set: Option<SetRef>,
     /// Metric gates [none].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gates: Option<Vec<Gate>>,
     /// Whether a rollback waits for approval [false].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_requires_approval: Option<bool>,
     /// What the policy engine does by itself [archive passed-over candidates
     /// after 30 days; no live monitoring].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archival: Option<ArchivalPolicy>,
 }
 
@@ -116,21 +110,18 @@ impl Policy {
 /// compare with the current production version on the standard set and
 /// follow the metric's direction (a regression of a lower-is-better metric
 /// is an increase).
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Gate {
     /// The metric of the standard evaluation set.
     pub metric: String,
     /// The candidate must score at least this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_value: Option<f64>,
     /// The candidate must score at most this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_value: Option<f64>,
     /// The candidate may be worse than production by at most this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_regression: Option<f64>,
     /// The candidate must be better than production by at least this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_improvement: Option<f64>,
 }
 
@@ -169,14 +160,13 @@ pub fn check_policy_against_set(
 }
 
 /// What the policy engine does by itself. `None` fields take their defaults.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ArchivalPolicy {
     /// Days after which a passed-over candidate is archived (see
     /// [`due_for_archival`]) [30]; 0 disables the rule.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive_superseded_after_days: Option<u32>,
     /// The live monitor's rule [none].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live_metric: Option<LiveMetricRule>,
 }
 
@@ -377,6 +367,22 @@ mod tests {
     use super::*;
     use crate::domain::evaluation::fixtures::{evaluation, holdout};
     use crate::domain::{MetricComparison, Outcome};
+
+    #[test]
+    fn unset_policy_fields_stay_out_of_the_stored_json() {
+        let policy = Policy {
+            min_approvals: Some(2),
+            gates: Some(Vec::new()),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&policy).unwrap();
+        assert_eq!(json, r#"{"min_approvals":2,"gates":[]}"#);
+        assert_eq!(serde_json::from_str::<Policy>(&json).unwrap(), policy);
+        assert_eq!(
+            serde_json::from_str::<Policy>("{}").unwrap(),
+            Policy::default()
+        );
+    }
 
     fn set() -> EvaluationSet {
         holdout(&[("auc", true), ("latency", false)])
