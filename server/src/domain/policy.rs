@@ -433,35 +433,26 @@ mod tests {
         };
         let s = set();
         let prod = eval(1, 0.90, 100.0);
+        let gates_against_prod = |cand: &Evaluation| {
+            let c = cmp(cand, &prod);
+            run_gates(
+                &policy,
+                &GateInputs {
+                    set: Some(&s),
+                    candidate: 2,
+                    candidate_evaluation: Some(cand),
+                    production: 1,
+                    comparison: Ok(&c),
+                },
+            )
+        };
         // auc drops by 0.02 (fails), latency rises by 4 (within 5).
-        let cand = eval(2, 0.88, 104.0);
-        let c = cmp(&cand, &prod);
-        let results = run_gates(
-            &policy,
-            &GateInputs {
-                set: Some(&s),
-                candidate: 2,
-                candidate_evaluation: Some(&cand),
-                production: 1,
-                comparison: Ok(&c),
-            },
-        );
+        let results = gates_against_prod(&eval(2, 0.88, 104.0));
         assert_eq!(results.len(), 2);
         assert!(!results[0].passed, "{:?}", results[0]);
         assert!(results[1].passed, "{:?}", results[1]);
         // Latency up by 6 breaks the lower-is-better gate.
-        let worse = eval(2, 0.95, 106.0);
-        let c = cmp(&worse, &prod);
-        let results = run_gates(
-            &policy,
-            &GateInputs {
-                set: Some(&s),
-                candidate: 2,
-                candidate_evaluation: Some(&worse),
-                production: 1,
-                comparison: Ok(&c),
-            },
-        );
+        let results = gates_against_prod(&eval(2, 0.95, 106.0));
         assert!(results[0].passed);
         assert!(!results[1].passed);
     }
