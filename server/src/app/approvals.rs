@@ -148,13 +148,7 @@ pub async fn approve(store: &Store, decision: Decision) -> Result<(TransitionReq
         } else {
             tx.touch_version(name, version.version, now).await?;
         }
-        tx.update_request(&request).await?;
-        let seq = append_events(tx, &decision.caller.actor, events).await?;
-        let version = tx
-            .fetch_version(name, request.version)
-            .await?
-            .ok_or_else(|| vanished("version"))?;
-        Ok(((request, version), Some(seq)))
+        record_decision(tx, request, &decision.caller.actor, events).await
     })
 }
 
@@ -184,7 +178,6 @@ pub async fn close_request(
         request.resolved_by = who;
         request.resolution_comment = decision.comment.clone();
         request.update_time = now;
-        tx.update_request(&request).await?;
         tx.touch_version(name, request.version, now).await?;
         let mut event = NewEvent::new(
             kind,
@@ -194,13 +187,25 @@ pub async fn close_request(
         );
         event.comment = decision.comment;
         event.transition_request_id = request.id();
-        let seq = append_events(tx, &decision.caller.actor, vec![event]).await?;
-        let version = tx
-            .fetch_version(name, request.version)
-            .await?
-            .ok_or_else(|| vanished("version"))?;
-        Ok(((request, version), Some(seq)))
+        record_decision(tx, request, &decision.caller.actor, vec![event]).await
     })
+}
+
+/// Stores a decided request and appends the decision's `events`: the
+/// request and its version as they now stand, and the last sequence.
+async fn record_decision<T: Tx>(
+    tx: &mut T,
+    request: TransitionRequest,
+    actor: &Actor,
+    events: Vec<NewEvent>,
+) -> Result<((TransitionRequest, Version), Option<u64>)> {
+    tx.update_request(&request).await?;
+    let seq = append_events(tx, actor, events).await?;
+    let version = tx
+        .fetch_version(&request.model, request.version)
+        .await?
+        .ok_or_else(|| vanished("version"))?;
+    Ok(((request, version), Some(seq)))
 }
 
 pub async fn list_requests(

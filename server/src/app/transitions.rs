@@ -156,15 +156,13 @@ pub(crate) struct Ask<'a> {
     pub(crate) judgement: Judgement,
 }
 
-/// Opens a request and appends its event: the outcome of a move that waits.
+/// Appends the event of a request [`open_request`] opened: the outcome of a
+/// move that waits.
 pub(crate) async fn pending<T: Tx>(
     tx: &mut T,
-    model: &Model,
-    version: &Version,
     actor: &Actor,
-    ask: Ask<'_>,
+    (request, event): (TransitionRequest, Option<NewEvent>),
 ) -> Result<(TransitionOutcome, Option<u64>)> {
-    let (request, event) = open_request(tx, model, version, actor, ask).await?;
     let seq = match event {
         Some(event) => Some(append_events(tx, actor, vec![event]).await?),
         None => None,
@@ -351,7 +349,8 @@ pub async fn request_transition(
                         comment: &change.comment,
                         judgement,
                     };
-                    return pending(tx, &model, &current, &caller.actor, ask).await;
+                    let opened = open_request(tx, &model, &current, &caller.actor, ask).await?;
+                    return pending(tx, &caller.actor, opened).await;
                 }
             };
         let events = apply_moves(tx, name, &moves, &change.comment, json!({}), "", None).await?;
@@ -449,7 +448,9 @@ pub async fn rollback(store: &Store, order: RollbackOrder) -> Result<TransitionO
                         comment: &order.reason,
                         judgement,
                     };
-                    return pending(tx, &model, &version, &order.caller.actor, ask).await;
+                    let actor = &order.caller.actor;
+                    let opened = open_request(tx, &model, &version, actor, ask).await?;
+                    return pending(tx, actor, opened).await;
                 }
             };
         let details = json!({"rolled_back_from": production, "rolled_back_to": target});

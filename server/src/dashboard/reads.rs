@@ -55,21 +55,21 @@ impl Dashboard {
         .await
     }
 
-    /// Transition requests of one model (or all), with one status (or any).
-    pub(super) async fn all_requests(
+    /// The pending transition requests of one model (or all).
+    pub(super) async fn pending_requests(
         &self,
         who: &Identity,
         model: Option<&str>,
-        status: Option<RequestStatus>,
     ) -> Result<Vec<TransitionRequest>, Error> {
         permit(who, Action::ListTransitionRequests)?;
+        let pending = Some(RequestStatus::Pending);
         let cursor = |r: &TransitionRequest| RequestCursor {
             create_time: r.create_time,
             model: r.model.clone(),
             number: r.number,
         };
         every_page(cursor, |after| {
-            app::list_requests(self.store(), model, status, after, PAGE)
+            app::list_requests(self.store(), model, pending, after, PAGE)
         })
         .await
     }

@@ -8,7 +8,7 @@ use hyper::{Response, StatusCode};
 use crate::app;
 use crate::auth::{Action, Identity};
 use crate::domain::{
-    CompareRequest, Comparison, Event, EventFilter, EventKind, Name, RequestStatus, SetRef, Stage,
+    CompareRequest, Comparison, Event, EventFilter, EventKind, Name, SetRef, Stage,
 };
 use crate::store::VersionRef;
 
@@ -21,9 +21,7 @@ impl Dashboard {
         page: Page,
     ) -> Result<Response<Body>, Failure> {
         let models = self.all_models(who).await?;
-        let pending = self
-            .all_requests(who, None, Some(RequestStatus::Pending))
-            .await?;
+        let pending = self.pending_requests(who, None).await?;
         let page = page.titled("Models").live("/events");
         Ok(html_response(
             StatusCode::OK,
@@ -42,9 +40,7 @@ impl Dashboard {
         let name = Name::parse("name", name)?;
         let model = app::get_model(self.store(), name.as_str()).await?;
         let versions = self.all_versions(who, &model.name).await?;
-        let pending = self
-            .all_requests(who, Some(&model.name), Some(RequestStatus::Pending))
-            .await?;
+        let pending = self.pending_requests(who, Some(&model.name)).await?;
         let filter = EventFilter {
             models: vec![model.name.clone()],
             kinds: vec![EventKind::StageChanged],
@@ -71,9 +67,7 @@ impl Dashboard {
         who: &Identity,
         page: Page,
     ) -> Result<Response<Body>, Failure> {
-        let pending = self
-            .all_requests(who, None, Some(RequestStatus::Pending))
-            .await?;
+        let pending = self.pending_requests(who, None).await?;
         let page = page.titled("Pending approvals").live("/events");
         Ok(html_response(
             StatusCode::OK,
