@@ -8,9 +8,10 @@ use crate::error::{Error, Result};
 
 use super::Caller;
 
-/// Only admins set a model's policy (at creation or later).
-pub(crate) fn may_set_policy(caller: &Caller) -> Result<()> {
-    if caller.admin {
+/// Only admins set a model's policy (at creation or later): a call that
+/// `sets_policy` needs the admin role.
+pub(crate) fn may_set_policy(caller: &Caller, sets_policy: bool) -> Result<()> {
+    if caller.admin || !sets_policy {
         Ok(())
     } else {
         Err(Error::PermissionDenied(format!(

@@ -13,9 +13,7 @@ use super::*;
 
 /// Creates a model; a policy may be set only by an admin.
 pub async fn create_model(store: &Store, new: NewModel, caller: Caller) -> Result<Model> {
-    if new.policy.is_some() {
-        authz::may_set_policy(&caller)?;
-    }
+    authz::may_set_policy(&caller, new.policy.is_some())?;
     let actor = caller.actor;
     write_tx!(store, |tx| -> Model {
         let name = new.name.as_str();
@@ -96,9 +94,7 @@ pub async fn list_models(
 
 /// Updates a model's description, tags or policy (the policy by admins only).
 pub async fn update_model(store: &Store, update: ModelUpdate, caller: Caller) -> Result<Model> {
-    if update.policy.is_some() {
-        authz::may_set_policy(&caller)?;
-    }
+    authz::may_set_policy(&caller, update.policy.is_some())?;
     let actor = caller.actor;
     write_tx!(store, |tx| -> Model {
         let name = update.name.as_str();

@@ -52,6 +52,15 @@ pub struct MetricDefinition {
     pub higher_is_better: bool,
 }
 
+/// Whether `a` and `b` are equal once `unstamp` cleared who made each and
+/// when: what a retry must match.
+fn equal_but_stamp<T: Clone + PartialEq>(a: &T, b: &T, unstamp: fn(&mut T)) -> bool {
+    let (mut a, mut b) = (a.clone(), b.clone());
+    unstamp(&mut a);
+    unstamp(&mut b);
+    a == b
+}
+
 /// A standard, versioned evaluation set. Immutable once created.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvaluationSet {
@@ -74,11 +83,9 @@ pub struct EvaluationSet {
 impl EvaluationSet {
     /// Whether `other` asks for exactly this set (ignoring who and when).
     pub fn same_content(&self, other: &EvaluationSet) -> bool {
-        self.id == other.id
-            && self.uri == other.uri
-            && self.digest == other.digest
-            && self.metrics == other.metrics
-            && self.description == other.description
+        equal_but_stamp(self, other, |s| {
+            (s.created_by, s.create_time) = (String::new(), 0)
+        })
     }
 }
 
@@ -132,12 +139,9 @@ impl Evaluation {
 
     /// Whether `other` carries the same result (ignoring who and when).
     pub fn same_content(&self, other: &Evaluation) -> bool {
-        self.model == other.model
-            && self.version == other.version
-            && self.set == other.set
-            && self.evaluator_version == other.evaluator_version
-            && self.metrics == other.metrics
-            && self.report_uri == other.report_uri
+        equal_but_stamp(self, other, |e| {
+            (e.created_by, e.create_time) = (String::new(), 0)
+        })
     }
 }
 
