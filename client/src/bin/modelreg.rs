@@ -744,16 +744,23 @@ async fn evalset_cmd(
                 page_size: 1000,
                 ..Default::default()
             };
-            let sets = all_pages(client, request).await?;
             let headers = ["SET", "METRICS", "URI", "CREATED"];
-            print_list(&sets, "modelreg.v1.EvaluationSet", json, &headers, |s| {
-                vec![
-                    format!("{}@{}", s.name, s.version),
-                    definitions_label(&s.metrics),
-                    s.uri.clone(),
-                    time_label(s.create_time.as_ref()),
-                ]
-            });
+            print_all_pages(
+                client,
+                request,
+                "modelreg.v1.EvaluationSet",
+                json,
+                &headers,
+                |s| {
+                    vec![
+                        format!("{}@{}", s.name, s.version),
+                        definitions_label(&s.metrics),
+                        s.uri.clone(),
+                        time_label(s.create_time.as_ref()),
+                    ]
+                },
+            )
+            .await?;
             return Ok(());
         }
     };
@@ -993,9 +1000,8 @@ async fn model_cmd(client: &mut RegistryClient, cmd: ModelCmd, json: bool) -> Re
                 filter,
                 ..Default::default()
             };
-            let models = all_pages(client, request).await?;
             let headers = ["NAME", "LATEST", "PRODUCTION", "ALIASES", "TAGS", "UPDATED"];
-            print_list(&models, "modelreg.v1.Model", json, &headers, |m| {
+            print_all_pages(client, request, "modelreg.v1.Model", json, &headers, |m| {
                 vec![
                     m.name.clone(),
                     m.latest_version.to_string(),
@@ -1004,7 +1010,8 @@ async fn model_cmd(client: &mut RegistryClient, cmd: ModelCmd, json: bool) -> Re
                     join_map(&m.tags),
                     time_label(m.update_time.as_ref()),
                 ]
-            });
+            })
+            .await?;
         }
         ModelCmd::Update {
             name,
@@ -1113,18 +1120,25 @@ async fn version_cmd(
                 page_size,
                 ..Default::default()
             };
-            let versions = all_pages(client, request).await?;
             let headers = ["VERSION", "STAGE", "ALIASES", "ARTIFACT", "BY", "CREATED"];
-            print_list(&versions, "modelreg.v1.ModelVersion", json, &headers, |v| {
-                vec![
-                    v.version.to_string(),
-                    stage_label(v.stage),
-                    v.aliases.join(","),
-                    v.artifact_uri.clone(),
-                    v.created_by.clone(),
-                    time_label(v.create_time.as_ref()),
-                ]
-            });
+            print_all_pages(
+                client,
+                request,
+                "modelreg.v1.ModelVersion",
+                json,
+                &headers,
+                |v| {
+                    vec![
+                        v.version.to_string(),
+                        stage_label(v.stage),
+                        v.aliases.join(","),
+                        v.artifact_uri.clone(),
+                        v.created_by.clone(),
+                        time_label(v.create_time.as_ref()),
+                    ]
+                },
+            )
+            .await?;
         }
     }
     Ok(())
@@ -1324,6 +1338,24 @@ fn print_list<M: prost::Message>(
     } else {
         print_table(headers, items.iter().map(row).collect());
     }
+}
+
+/// Every item of a list RPC, from the first page to the last, printed as
+/// [`print_list`] does.
+async fn print_all_pages<Q: PageRequest>(
+    client: &RegistryClient,
+    request: Q,
+    full_name: &str,
+    json: bool,
+    headers: &[&str],
+    row: impl Fn(&<Q::Response as Page>::Item) -> Vec<String>,
+) -> Result<(), Failure>
+where
+    <Q::Response as Page>::Item: prost::Message,
+{
+    let items = all_pages(client, request).await?;
+    print_list(&items, full_name, json, headers, row);
+    Ok(())
 }
 
 /// The answers of the RPCs that return a model.

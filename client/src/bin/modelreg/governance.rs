@@ -8,8 +8,8 @@ use modelreg_client::names::{parse_stage, stage_label, status_label};
 use modelreg_client::{RegistryClient, pb};
 
 use super::{
-    Failure, all_pages, dash_if_zero, fmt_num, parse_set_ref, print_fields, print_json, print_line,
-    print_list, print_table, print_version, time_label,
+    Failure, all_pages, dash_if_zero, fmt_num, parse_set_ref, print_all_pages, print_fields,
+    print_json, print_line, print_list, print_table, print_version, time_label,
 };
 
 /// `model policy`: show a model's policy, or change parts of it.
@@ -463,10 +463,16 @@ pub async fn requests_cmd(
         page_size: 500,
         ..Default::default()
     };
-    let requests = all_pages(client, request).await?;
     let full_name = "modelreg.v1.TransitionRequest";
-    print_list(&requests, full_name, json, &REQUEST_HEADERS, request_row);
-    Ok(())
+    print_all_pages(
+        client,
+        request,
+        full_name,
+        json,
+        &REQUEST_HEADERS,
+        request_row,
+    )
+    .await
 }
 
 /// What to do with a pending request.
