@@ -14,7 +14,7 @@ use crate::domain::audit::event_hash;
 use crate::domain::lifecycle;
 use crate::domain::{Actor, Event, EventKind, Model, NewEvent, SetRef, etag};
 use crate::error::{Error, Result};
-use crate::store::{Tx, WriteFuture};
+use crate::store::{Db, Tx, WriteFuture};
 
 /// Runs a use case's write transaction on the store's backend and waits for
 /// its commit: `write_tx!(store, |tx| -> Answer { body })`. The body is
@@ -80,6 +80,13 @@ pub use versions::*;
 /// Locks a model that must exist (see [`Tx::lock_model`]) and returns it.
 pub(crate) async fn lock_existing<T: Tx>(tx: &mut T, name: &str) -> Result<Model> {
     tx.lock_model(name)
+        .await?
+        .ok_or_else(|| model_not_found(name))
+}
+
+/// Reads a model that must exist, outside a transaction.
+pub(crate) async fn get_model_on<D: Db>(db: &D, name: &str) -> Result<Model> {
+    db.fetch_model(name)
         .await?
         .ok_or_else(|| model_not_found(name))
 }

@@ -75,12 +75,6 @@ pub async fn get_model(store: &Store, name: &str) -> Result<Model> {
     read_db!(store, |db| get_model_on(db, name))
 }
 
-pub(crate) async fn get_model_on<D: Db>(db: &D, name: &str) -> Result<Model> {
-    db.fetch_model(name)
-        .await?
-        .ok_or_else(|| model_not_found(name))
-}
-
 pub async fn list_models(
     store: &Store,
     filter: &ModelFilter,
