@@ -9,7 +9,7 @@ use crate::domain::{self, EventFilter, Name, Violations};
 use crate::error::{Error, Result};
 use crate::grpc::convert::{self, evaluation_set_to_pb, evaluation_to_pb, event_to_pb};
 use crate::grpc::convert::{model_to_pb, request_to_pb, version_to_pb};
-use crate::grpc::page_token;
+use crate::grpc::page_token::{self, Pager};
 use crate::grpc::parse::{optional_name, parse_stage_field, required_set_ref};
 use crate::store::{ModelFilter, Store};
 
@@ -25,14 +25,14 @@ pub(super) async fn models(
     store: &Store,
     r: pb::ListModelsRequest,
 ) -> Result<pb::ListModelsResponse> {
+    let pager = Pager::new("models", &r.filter);
     let (size, filter, after) = domain::all((
         domain::parse_page_size("page_size", r.page_size),
         parse_model_filter(&r.filter),
-        page_token::decode(&r.page_token, "models", &r.filter),
+        pager.after(&r.page_token),
     ))?;
     let (models, more) = app::list_models(store, &filter, after.as_deref(), size).await?;
-    let (models, next_page_token) =
-        page_token::page(models, more, "models", &r.filter, model_to_pb);
+    let (models, next_page_token) = pager.page(models, more, model_to_pb);
     Ok(pb::ListModelsResponse {
         models,
         next_page_token,
@@ -48,17 +48,16 @@ pub(super) async fn versions(
         0 => Ok(None),
         raw => parse_stage_field("stage", raw).map(Some),
     };
-    let query = format!("{}|{}", r.model, r.stage);
+    let pager = Pager::new("versions", format!("{}|{}", r.model, r.stage));
     let (model, size, stage, after) = domain::all((
         Name::parse("model", &r.model),
         domain::parse_page_size("page_size", r.page_size),
         stage,
-        page_token::decode(&r.page_token, "versions", &query),
+        pager.after(&r.page_token),
     ))?;
     let after = after.and_then(|k| k.parse::<i64>().ok()).unwrap_or(0);
     let (versions, more) = app::list_versions(store, model.as_str(), stage, after, size).await?;
-    let (versions, next_page_token) =
-        page_token::page(versions, more, "versions", &query, version_to_pb);
+    let (versions, next_page_token) = pager.page(versions, more, version_to_pb);
     Ok(pb::ListVersionsResponse {
         versions,
         next_page_token,
@@ -71,22 +70,16 @@ pub(super) async fn requests(
     store: &Store,
     r: pb::ListTransitionRequestsRequest,
 ) -> Result<pb::ListTransitionRequestsResponse> {
-    let query = format!("{}\u{1e}{}", r.model, r.status);
+    let pager = Pager::new("requests", format!("{}\u{1e}{}", r.model, r.status));
     let (model, status, size, after) = domain::all((
         optional_name("model", &r.model),
         convert::request_status_from_pb("status", r.status),
         domain::parse_page_size("page_size", r.page_size),
-        page_token::decode_key(
-            &r.page_token,
-            "requests",
-            &query,
-            page_token::request_cursor,
-        ),
+        pager.after_key(&r.page_token, page_token::request_cursor),
     ))?;
     let model = model.as_ref().map(Name::as_str);
     let (requests, more) = app::list_requests(store, model, status, after, size).await?;
-    let (requests, next_page_token) =
-        page_token::page(requests, more, "requests", &query, request_to_pb);
+    let (requests, next_page_token) = pager.page(requests, more, request_to_pb);
     Ok(pb::ListTransitionRequestsResponse {
         requests,
         next_page_token,
@@ -98,20 +91,15 @@ pub(super) async fn evaluation_sets(
     store: &Store,
     r: pb::ListEvaluationSetsRequest,
 ) -> Result<pb::ListEvaluationSetsResponse> {
+    let pager = Pager::new("evaluation_sets", &r.name);
     let (name, size, after) = domain::all((
         optional_name("name", &r.name),
         domain::parse_page_size("page_size", r.page_size),
-        page_token::decode_key(
-            &r.page_token,
-            "evaluation_sets",
-            &r.name,
-            page_token::set_ref,
-        ),
+        pager.after_key(&r.page_token, page_token::set_ref),
     ))?;
     let name = name.as_ref().map(Name::as_str);
     let (sets, more) = app::list_evaluation_sets(store, name, after.as_ref(), size).await?;
-    let (evaluation_sets, next_page_token) =
-        page_token::page(sets, more, "evaluation_sets", &r.name, evaluation_set_to_pb);
+    let (evaluation_sets, next_page_token) = pager.page(sets, more, evaluation_set_to_pb);
     Ok(pb::ListEvaluationSetsResponse {
         evaluation_sets,
         next_page_token,
@@ -125,22 +113,17 @@ pub(super) async fn evaluations(
     r: pb::ListEvaluationsRequest,
 ) -> Result<pb::ListEvaluationsResponse> {
     let query = format!("{}|{:?}|{}", r.model, r.evaluation_set, r.metric);
+    let pager = Pager::new("evaluations", query);
     let (model, set, size, after) = domain::all((
         Name::parse("model", &r.model),
         required_set_ref("evaluation_set", r.evaluation_set.as_ref()),
         domain::parse_page_size("page_size", r.page_size),
-        page_token::decode_key(
-            &r.page_token,
-            "evaluations",
-            &query,
-            page_token::evaluation_key,
-        ),
+        pager.after_key(&r.page_token, page_token::evaluation_key),
     ))?;
     let metric = (!r.metric.is_empty()).then_some(r.metric.as_str());
     let (evaluations, more) =
         app::list_evaluations(store, model.as_str(), &set, metric, after, size).await?;
-    let (evaluations, next_page_token) =
-        page_token::page(evaluations, more, "evaluations", &query, evaluation_to_pb);
+    let (evaluations, next_page_token) = pager.page(evaluations, more, evaluation_to_pb);
     Ok(pb::ListEvaluationsResponse {
         evaluations,
         next_page_token,
@@ -182,14 +165,15 @@ pub(super) async fn events(
         "{}|{}|{}|{:?}|{}|{:?}|{:?}",
         r.model, r.version, r.actor, r.types, r.after_sequence, r.start_time, r.end_time
     );
+    let pager = Pager::new("events", query);
     let after = v
-        .take(page_token::decode(&r.page_token, "events", &query))
+        .take(pager.after(&r.page_token))
         .map(|k| k.and_then(|k| k.parse::<u64>().ok()));
     v.finish()?;
     let after = after.expect("checked").unwrap_or(0).max(r.after_sequence);
     let size = size.expect("checked");
     let (events, more) = app::list_events(store, &filter, after, None, size).await?;
-    let (events, next_page_token) = page_token::page(events, more, "events", &query, event_to_pb);
+    let (events, next_page_token) = pager.page(events, more, event_to_pb);
     Ok(pb::ListEventsResponse {
         events,
         next_page_token,

@@ -11,20 +11,60 @@ pub fn encode(kind: &str, key: &str, query: &str) -> String {
     raw.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-/// One page for the response: the items in their protobuf form, and the
-/// token of the next page ("" when `more` is false).
-pub fn page<T: Keyed, P>(
-    items: Vec<T>,
-    more: bool,
-    kind: &str,
-    query: &str,
-    to_pb: fn(T) -> P,
-) -> (Vec<P>, String) {
-    let token = match (more, items.last()) {
-        (true, Some(last)) => encode(kind, &last.page_key(), query),
-        _ => String::new(),
-    };
-    (items.into_iter().map(to_pb).collect(), token)
+/// The page tokens of one paged read: the kind of list and the query its
+/// tokens are bound to, named once so that reading the request's token and
+/// writing the next one cannot disagree.
+pub struct Pager {
+    /// Which list, so a token of another list is refused.
+    kind: &'static str,
+    /// The request's filters, as text, so a token is refused under others.
+    query: String,
+}
+
+impl Pager {
+    /// The tokens of the list `kind` under the filters `query`.
+    pub fn new(kind: &'static str, query: impl Into<String>) -> Pager {
+        Pager {
+            kind,
+            query: query.into(),
+        }
+    }
+
+    /// The key the request's `token` records: where its page starts, or
+    /// `Ok(None)` on the first page.
+    pub fn after(&self, token: &str) -> Result<Option<String>, Error> {
+        decode(token, self.kind, &self.query)
+    }
+
+    /// The key `token` records, read with `parse_key`: `Ok(None)` on the
+    /// first page, an error when the key is not one this list writes.
+    pub fn after_key<K>(
+        &self,
+        token: &str,
+        parse_key: impl FnOnce(&str) -> Option<K>,
+    ) -> Result<Option<K>, Error> {
+        let Some(key) = self.after(token)? else {
+            return Ok(None);
+        };
+        parse_key(&key)
+            .map(Some)
+            .ok_or_else(|| Error::invalid("page_token", "is not a page token of this query"))
+    }
+
+    /// One page for the response: the items in their protobuf form, and the
+    /// token of the next page ("" when `more` is false).
+    pub fn page<T: Keyed, P>(
+        &self,
+        items: Vec<T>,
+        more: bool,
+        to_pb: fn(T) -> P,
+    ) -> (Vec<P>, String) {
+        let token = match (more, items.last()) {
+            (true, Some(last)) => encode(self.kind, &last.page_key(), &self.query),
+            _ => String::new(),
+        };
+        (items.into_iter().map(to_pb).collect(), token)
+    }
 }
 
 /// What a page token records of a page's last item: where the next
@@ -101,23 +141,6 @@ pub fn decode(token: &str, kind: &str, query: &str) -> Result<Option<String>, Er
         return Err(bad());
     }
     Ok(Some(key.to_owned()))
-}
-
-/// Decodes `token` like [`decode`] and reads the key it records with
-/// `parse_key`: `Ok(None)` on the first page, an error when the key is not
-/// one this list writes.
-pub fn decode_key<K>(
-    token: &str,
-    kind: &str,
-    query: &str,
-    parse_key: impl FnOnce(&str) -> Option<K>,
-) -> Result<Option<K>, Error> {
-    let Some(key) = decode(token, kind, query)? else {
-        return Ok(None);
-    };
-    parse_key(&key)
-        .map(Some)
-        .ok_or_else(|| Error::invalid("page_token", "is not a page token of this query"))
 }
 
 /// The key of a ListTransitionRequests page: `create_time\u{1e}model\u{1e}number`.
