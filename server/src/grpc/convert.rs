@@ -4,13 +4,14 @@
 use modelreg_api::v1 as pb;
 use prost_types::{ListValue, Struct, Timestamp, Value, value::Kind};
 
-use crate::app::JudgedComparison;
+use crate::app::{JudgedComparison, TransitionOutcome};
 use crate::domain::{Approval, GateResult, RequestStatus, TransitionRequest};
 use crate::domain::{
     Cause, Deployment, DeploymentStatus, Evaluation, EvaluationSet, Event, EventKind,
     MetricDefinition, Model, Outcome, SetRef, Source, Stage, Version, Violations, etag,
 };
 use crate::error::{Error, Result};
+use crate::watch::WatchItem;
 
 pub use super::policy::{policy_from_pb, policy_to_pb};
 
@@ -400,6 +401,31 @@ pub fn request_to_pb(r: TransitionRequest) -> pb::TransitionRequest {
         resolution_comment: r.resolution_comment,
         rollback: r.rollback,
     }
+}
+
+/// What a stage move came to, as the `version` and `request` fields of
+/// TransitionStage and Rollback: the moved version, or the request that now
+/// waits for approval.
+pub fn outcome_to_pb(
+    outcome: TransitionOutcome,
+) -> (Option<pb::ModelVersion>, Option<pb::TransitionRequest>) {
+    match outcome {
+        TransitionOutcome::Applied(v) => (Some(version_to_pb(v)), None),
+        TransitionOutcome::Pending(r) => (None, Some(request_to_pb(r))),
+    }
+}
+
+/// One item of a watch stream: an event, or a heartbeat stamped `now`.
+pub fn watch_item_to_pb(item: WatchItem, now: i64) -> pb::WatchTransitionsResponse {
+    use pb::watch_transitions_response::Kind;
+    let kind = match item {
+        WatchItem::Event(e) => Kind::Event(event_to_pb(std::sync::Arc::unwrap_or_clone(e))),
+        WatchItem::Heartbeat(sequence) => Kind::Heartbeat(pb::Heartbeat {
+            sequence,
+            time: Some(micros_to_pb(now)),
+        }),
+    };
+    pb::WatchTransitionsResponse { kind: Some(kind) }
 }
 
 #[cfg(test)]

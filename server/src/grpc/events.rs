@@ -1,74 +1,33 @@
-//! Handlers of the event log: listing, verifying the chain, watching.
+//! The event log's other reads: verifying the hash chain and watching
+//! (listing is with the other paged reads, in [`super::lists`]).
 
 use modelreg_api::v1 as pb;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
-use tracing::instrument;
 
-use crate::app::{self};
+use crate::app;
 use crate::auth::Credential;
-use crate::domain::{self, EventFilter, Name, Violations};
-use crate::grpc::convert::{self, event_to_pb};
-use crate::watch::{self as watcher, Subscription, WatchItem};
+use crate::domain::{EventFilter, Name, Violations};
+use crate::error::Result;
+use crate::grpc::convert::{self, watch_item_to_pb};
+use crate::grpc::parse::parse_stage_field;
+use crate::store::Store;
+use crate::watch::{self as watcher, Subscription};
 
-use super::*;
+use super::{ModelRegistryService, RegistryService};
 
-#[instrument(skip_all)]
-pub(super) async fn list_events(
-    svc: &RegistryService,
-    req: Request<pb::ListEventsRequest>,
-) -> Result<Response<pb::ListEventsResponse>, Status> {
-    let r = req.into_inner();
-    let mut v = Violations::default();
-    let size = v.take(domain::parse_page_size("page_size", r.page_size));
-    let mut filter = EventFilter::default();
-    if !r.model.is_empty()
-        && let Some(m) = v.take(Name::parse("model", &r.model))
-    {
-        filter.models = vec![m.to_string()];
-    }
-    if r.version < 0 {
-        v.add("version", "must not be negative");
-    } else if r.version > 0 && r.model.is_empty() {
-        v.add("version", "filtering by version needs a model");
-    }
-    filter.version = r.version.max(0);
-    if !r.actor.is_empty() {
-        filter.actor = Some(r.actor.clone());
-    }
-    filter.kinds = convert::event_kinds_from_pb("types", &r.types, &mut v);
-    filter.start_time = r
-        .start_time
-        .as_ref()
-        .and_then(|t| v.take(convert::micros_from_pb("start_time", t)));
-    filter.end_time = r
-        .end_time
-        .as_ref()
-        .and_then(|t| v.take(convert::micros_from_pb("end_time", t)));
-    let query = format!(
-        "{}|{}|{}|{:?}|{}|{:?}|{:?}",
-        r.model, r.version, r.actor, r.types, r.after_sequence, r.start_time, r.end_time
-    );
-    let after = v
-        .take(page_token::decode(&r.page_token, "events", &query))
-        .map(|k| k.and_then(|k| k.parse::<u64>().ok()));
-    v.finish()?;
-    let after = after.expect("checked").unwrap_or(0).max(r.after_sequence);
-    let size = size.expect("checked");
-    let (events, more) = app::list_events(&svc.store, &filter, after, None, size).await?;
-    let (events, next_page_token) = page_token::page(events, more, "events", &query, event_to_pb);
-    Ok(Response::new(pb::ListEventsResponse {
-        events,
-        next_page_token,
-    }))
-}
+/// The most anchors one VerifyAuditLog call checks.
+const MAX_AUDIT_ANCHORS: usize = 100;
 
-#[instrument(skip_all)]
+/// The most models one WatchTransitions filter may name.
+pub const MAX_WATCHED_MODELS: usize = 1000;
+
+/// VerifyAuditLog: walks the hash chain, checking it against the caller's
+/// anchors (hashes they kept of earlier events).
 pub(super) async fn verify_audit_log(
-    svc: &RegistryService,
-    req: Request<pb::VerifyAuditLogRequest>,
-) -> Result<Response<pb::VerifyAuditLogResponse>, Status> {
-    let r = req.into_inner();
+    store: &Store,
+    r: pb::VerifyAuditLogRequest,
+) -> Result<pb::VerifyAuditLogResponse> {
     let mut v = Violations::default();
     if r.anchors.len() > MAX_AUDIT_ANCHORS {
         v.add(
@@ -96,8 +55,8 @@ pub(super) async fn verify_audit_log(
         .into_iter()
         .map(|a| (a.sequence, a.hash))
         .collect();
-    let report = app::verify_chain(&svc.store, &anchors).await?;
-    Ok(Response::new(pb::VerifyAuditLogResponse {
+    let report = app::verify_chain(store, &anchors).await?;
+    Ok(pb::VerifyAuditLogResponse {
         ok: report.ok,
         events_checked: report.checked,
         first_bad_sequence: report.first_bad,
@@ -105,10 +64,12 @@ pub(super) async fn verify_audit_log(
             .head
             .map(|(sequence, hash)| pb::AuditAnchor { sequence, hash }),
         problem: report.problem,
-    }))
+    })
 }
 
-#[instrument(skip_all)]
+/// WatchTransitions: the events that match the filter, from the log and then
+/// live, with heartbeats while idle, until the caller leaves, the server
+/// shuts down or the caller's token is revoked.
 pub(super) async fn watch_transitions(
     svc: &RegistryService,
     req: Request<pb::WatchTransitionsRequest>,
@@ -146,31 +107,20 @@ pub(super) async fn watch_transitions(
         r.after_sequence,
     ));
     v.finish()?;
-    let after = after.expect("checked");
+    let subscription = Subscription {
+        filter,
+        after: after.expect("checked"),
+        heartbeat: svc.heartbeat,
+        credential,
+    };
+    // Heartbeats carry the time of the server's clock, the one events carry.
     let clock = svc.store.clock().clone();
     let stream = watcher::spawn(
         svc.store.clone(),
         svc.tail.clone(),
-        Subscription {
-            filter,
-            after,
-            heartbeat: svc.heartbeat,
-            credential,
-        },
+        subscription,
         svc.shutdown.clone(),
-        move |item| pb::WatchTransitionsResponse {
-            kind: Some(match item {
-                WatchItem::Event(e) => pb::watch_transitions_response::Kind::Event(event_to_pb(
-                    std::sync::Arc::unwrap_or_clone(e),
-                )),
-                WatchItem::Heartbeat(sequence) => {
-                    pb::watch_transitions_response::Kind::Heartbeat(pb::Heartbeat {
-                        sequence,
-                        time: Some(convert::micros_to_pb(clock.now_micros())),
-                    })
-                }
-            }),
-        },
+        move |item| watch_item_to_pb(item, clock.now_micros()),
     );
     Ok(Response::new(Box::pin(
         stream.map(|item| item.map_err(Status::from)),

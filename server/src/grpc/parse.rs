@@ -1,18 +1,75 @@
-//! Requests into domain values: each `TryFrom` checks every field of one
-//! request and reports all bad fields at once (`google.rpc.BadRequest`).
+//! Requests into domain values: each `TryFrom` (or, where the answer is
+//! not one domain type, each function named after its RPC) checks every
+//! field of one request and reports all bad fields at once
+//! (`google.rpc.BadRequest`).
+
+use std::collections::{BTreeMap, HashMap};
 
 use modelreg_api::v1 as pb;
 
+use crate::app::{Caller, RollbackOrder};
 use crate::domain::evaluation;
 use crate::domain::{
-    self, CompareRequest, Evaluation, EvaluationSet, LiveObservation, ModelUpdate, Name,
+    self, AliasName, CompareRequest, Evaluation, EvaluationSet, LiveObservation, ModelUpdate, Name,
     NewDeployment, NewEvaluation, NewModel, NewVersion, SetRef, Source, Stage, StageChange,
     Violations, WorkerFailure,
 };
 use crate::error::{Error, Result};
 use crate::grpc::convert;
+use crate::store::VersionRef;
 
-use super::{parse_set_ref, parse_stage_field, required_set_ref, to_btree};
+/// How far in the future a live metric's observe_time may lie (clock skew).
+const MAX_OBSERVATION_LEAD_MICROS: i64 = 5 * 60 * 1_000_000;
+
+/// Parses a stage field; UNSPECIFIED and unknown numbers are refused.
+pub(super) fn parse_stage_field(field: &str, raw: i32) -> Result<Stage> {
+    convert::stage_from_pb(raw).ok_or_else(|| {
+        Error::invalid(
+            field,
+            format!(
+                "{} is not a valid stage: use STAGE_NONE, STAGE_STAGING, STAGE_PRODUCTION or STAGE_ARCHIVED",
+                pb::Stage::try_from(raw)
+                    .map(|s| s.as_str_name().to_owned())
+                    .unwrap_or_else(|_| raw.to_string())
+            ),
+        )
+    })
+}
+
+/// Parses an optional `EvaluationSetRef` field; `Ok(None)` when unset.
+pub(super) fn parse_set_ref(
+    field: &str,
+    raw: Option<&pb::EvaluationSetRef>,
+) -> Result<Option<SetRef>> {
+    match raw {
+        None => Ok(None),
+        Some(r) if r.name.is_empty() && r.version.is_empty() => Ok(None),
+        Some(r) => SetRef::parse(field, &r.name, &r.version).map(Some),
+    }
+}
+
+/// Parses a required `EvaluationSetRef` field.
+pub(super) fn required_set_ref(field: &str, raw: Option<&pb::EvaluationSetRef>) -> Result<SetRef> {
+    parse_set_ref(field, raw)?.ok_or_else(|| {
+        Error::invalid(
+            field,
+            "is required: name the evaluation set and its version",
+        )
+    })
+}
+
+/// An optional name field: `Ok(None)` when empty.
+pub(super) fn optional_name(field: &str, raw: &str) -> Result<Option<Name>> {
+    match raw {
+        "" => Ok(None),
+        raw => Name::parse(field, raw).map(Some),
+    }
+}
+
+/// A protobuf map, in the order the domain keeps.
+fn to_btree<V: Clone>(map: &HashMap<String, V>) -> BTreeMap<String, V> {
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
 
 impl TryFrom<pb::CreateModelRequest> for NewModel {
     type Error = Error;
@@ -192,7 +249,7 @@ pub(super) fn live_observation(
         None => Ok(now),
         Some(t) => convert::micros_from_pb("observe_time", t).and_then(|t| {
             require(
-                t <= now + super::MAX_OBSERVATION_LEAD_MICROS,
+                t <= now + MAX_OBSERVATION_LEAD_MICROS,
                 "observe_time",
                 format!(
                     "{} is more than 5 minutes in the future (the server's time is {})",
@@ -379,4 +436,80 @@ impl TryFrom<pb::CompareVersionsRequest> for CompareRequest {
             evaluator_version,
         })
     }
+}
+
+/// GetVersion: the model and which of its versions, by number or by alias
+/// (exactly one of the two).
+pub(super) fn get_version(r: pb::GetVersionRequest) -> Result<(Name, VersionRef)> {
+    let model = Name::parse("model", &r.model);
+    let which = match (r.version, r.alias.is_empty()) {
+        (0, true) => Err(Error::invalid(
+            "version",
+            "give a version number (1, 2, …) or an alias",
+        )),
+        (n, true) => domain::parse_version_number("version", n).map(VersionRef::Number),
+        (0, false) => AliasName::parse("alias", &r.alias).map(VersionRef::Alias),
+        (_, false) => Err(Error::invalid(
+            "alias",
+            "give either a version number or an alias, not both",
+        )),
+    };
+    domain::all((model, which))
+}
+
+/// SetAlias: the model, the alias and the version it is to point at.
+pub(super) fn set_alias(r: pb::SetAliasRequest) -> Result<(Name, AliasName, i64)> {
+    domain::all((
+        Name::parse("model", &r.model),
+        AliasName::parse("alias", &r.alias),
+        domain::parse_version_number("version", r.version),
+    ))
+}
+
+/// DeleteAlias: the model and the alias to remove.
+pub(super) fn delete_alias(r: pb::DeleteAliasRequest) -> Result<(Name, AliasName)> {
+    domain::all((
+        Name::parse("model", &r.model),
+        AliasName::parse("alias", &r.alias),
+    ))
+}
+
+/// Rollback by `caller`: the model, the version to restore (0: the previous
+/// production version) and why, which is required.
+pub(super) fn rollback(r: pb::RollbackRequest, caller: Caller) -> Result<RollbackOrder> {
+    let reason = domain::parse_text("reason", &r.reason).and_then(|reason| {
+        require(
+            !reason.trim().is_empty(),
+            "reason",
+            "is required: say why production is rolled back",
+        )
+        .map(|()| reason)
+    });
+    let (model, (), reason) = domain::all((
+        Name::parse("model", &r.model),
+        require(
+            r.version >= 0,
+            "version",
+            "must be a version number, or 0 for the previous production version",
+        ),
+        reason,
+    ))?;
+    Ok(RollbackOrder {
+        model,
+        version: r.version,
+        reason,
+        caller,
+    })
+}
+
+/// GetEvaluationSet: the set's name and version.
+pub(super) fn get_evaluation_set(r: pb::GetEvaluationSetRequest) -> Result<SetRef> {
+    let (name, version) = domain::all((
+        Name::parse("name", &r.name),
+        domain::parse_set_version("version", &r.version),
+    ))?;
+    Ok(SetRef {
+        name: name.to_string(),
+        version,
+    })
 }

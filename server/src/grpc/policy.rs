@@ -2,6 +2,8 @@
 //! the default", an empty list means "none"), each bad field reported with
 //! its path.
 
+use std::ops::RangeInclusive;
+
 use modelreg_api::v1 as pb;
 
 use super::convert::*;
@@ -56,6 +58,25 @@ pub fn policy_to_pb(p: &Policy) -> pb::Policy {
     }
 }
 
+/// An optional count (at `field`) that must lie within `range`; outside
+/// it, `why` says so, given the number sent.
+fn count_within(
+    raw: Option<i32>,
+    range: RangeInclusive<u32>,
+    field: String,
+    why: impl FnOnce(i32) -> String,
+    v: &mut Violations,
+) -> Option<u32> {
+    let n = raw?;
+    match u32::try_from(n) {
+        Ok(count) if range.contains(&count) => Some(count),
+        _ => {
+            v.add(field, why(n));
+            None
+        }
+    }
+}
+
 /// Checks the `archival` part of a wire policy (at `field`, e.g.
 /// `policy.archival`). An empty message is the same as an unset one.
 fn archival_from_pb(
@@ -63,19 +84,13 @@ fn archival_from_pb(
     raw: pb::ArchivalPolicy,
     v: &mut Violations,
 ) -> Option<ArchivalPolicy> {
-    let days = raw.archive_superseded_after_days.and_then(|d| {
-        if (0..=MAX_ARCHIVE_AFTER_DAYS as i32).contains(&d) {
-            Some(d as u32)
-        } else {
-            v.add(
-                format!("{field}.archive_superseded_after_days"),
-                format!(
-                    "must be between 0 (never archive) and {MAX_ARCHIVE_AFTER_DAYS} days; got {d}"
-                ),
-            );
-            None
-        }
-    });
+    let days = count_within(
+        raw.archive_superseded_after_days,
+        0..=MAX_ARCHIVE_AFTER_DAYS,
+        format!("{field}.archive_superseded_after_days"),
+        |d| format!("must be between 0 (never archive) and {MAX_ARCHIVE_AFTER_DAYS} days; got {d}"),
+        v,
+    );
     let live_metric = raw
         .live_metric
         .and_then(|r| live_metric_from_pb(&format!("{field}.live_metric"), r, v));
@@ -232,19 +247,17 @@ pub fn policy_from_pb(field: &str, raw: pb::Policy) -> Result<Policy> {
     let approval_required_for = raw
         .approval_required_for
         .map(|list| stages_from_pb(field, list, &mut v));
-    let min_approvals = raw.min_approvals.and_then(|n| {
-        if (1..=MAX_MIN_APPROVALS as i32).contains(&n) {
-            Some(n as u32)
-        } else {
-            v.add(
-                format!("{field}.min_approvals"),
-                format!(
-                    "must be between 1 and {MAX_MIN_APPROVALS}; to need no approval, leave the stage out of approval_required_for"
-                ),
-            );
-            None
-        }
-    });
+    let min_approvals = count_within(
+        raw.min_approvals,
+        1..=MAX_MIN_APPROVALS,
+        format!("{field}.min_approvals"),
+        |_| {
+            format!(
+                "must be between 1 and {MAX_MIN_APPROVALS}; to need no approval, leave the stage out of approval_required_for"
+            )
+        },
+        &mut v,
+    );
     let standard_evaluation_set = raw.standard_evaluation_set.and_then(|s| {
         v.take(SetRef::parse(
             &format!("{field}.standard_evaluation_set"),
