@@ -44,8 +44,8 @@
 //! 1. `auth/mod.rs`: the tower layer maps the bearer token to an `Identity`
 //!    and checks the role `auth/actions.rs` gives `RegisterVersion`
 //!    (publisher).
-//! 2. `grpc/mod.rs` routes the RPC to `grpc/versions.rs`, which names the
-//!    actor and parses the request with `grpc/parse.rs` into a
+//! 2. `grpc/mod.rs` `register_version` (the service's one handler per RPC)
+//!    names the actor and parses the request with `grpc/parse.rs` into a
 //!    `domain::NewVersion` (`domain/names.rs`, `domain/model.rs` check every
 //!    field; all bad fields are reported at once).
 //! 3. `app/versions.rs` `register_version` runs one write transaction
