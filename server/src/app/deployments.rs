@@ -6,7 +6,7 @@ use crate::domain::{
     Actor, Deployment, Event, EventKind, LiveObservation, NewDeployment, NewEvent, WorkerFailure,
 };
 use crate::error::{Error, Result};
-use crate::store::{Store, StoredRequest, Tx};
+use crate::store::{Store, Tx};
 
 use super::*;
 
@@ -15,14 +15,12 @@ pub async fn report_deployment(
     new: NewDeployment,
     actor: Actor,
 ) -> Result<Deployment> {
+    let fingerprint = new.fingerprint();
     write_tx!(store, |tx| -> Deployment {
         let name = new.model.as_str();
         lock_existing(tx, name).await?;
-        let fingerprint = new.fingerprint();
-        if let Some(request_id) = &new.request_id
-            && let Some(stored) =
-                find_retry(tx, "ReportDeployment", &actor, request_id, &fingerprint).await?
-        {
+        let id = RequestId::new("ReportDeployment", &actor, &new.request_id, fingerprint);
+        if let Some(stored) = id.retry(tx).await? {
             // The deployment as first recorded, even if later reports moved it on.
             return Ok((stored_response(&stored)?, None));
         }
@@ -42,18 +40,13 @@ pub async fn report_deployment(
         };
         tx.upsert_deployment(&deployment).await?;
         tx.touch_version(name, deployment.version, now).await?;
-        if let Some(request_id) = &new.request_id {
-            let stored = StoredRequest {
-                fingerprint,
-                model: name.to_owned(),
-                version: deployment.version,
-                response: Some(
-                    serde_json::to_string(&deployment)
-                        .map_err(|e| Error::Internal(format!("cannot store a response: {e}")))?,
-                ),
-            };
-            remember_request(tx, "ReportDeployment", &actor, request_id, &stored).await?;
-        }
+        id.remember(
+            tx,
+            name,
+            deployment.version,
+            Some(json_response(&deployment)?),
+        )
+        .await?;
         let event = NewEvent::new(
             EventKind::DeploymentReported,
             name,
@@ -76,14 +69,12 @@ pub async fn report_worker_failure(
     actor: Actor,
 ) -> Result<Event> {
     let f = failure;
+    let fingerprint = f.fingerprint();
     write_tx!(store, |tx| -> Event {
         let name = f.model.as_str();
         lock_existing(tx, name).await?;
-        let fingerprint = f.fingerprint();
-        if let Some(request_id) = &f.request_id
-            && let Some(stored) =
-                find_retry(tx, "ReportWorkerFailure", &actor, request_id, &fingerprint).await?
-        {
+        let id = RequestId::new("ReportWorkerFailure", &actor, &f.request_id, fingerprint);
+        if let Some(stored) = id.retry(tx).await? {
             let sequence: u64 = stored_response(&stored)?;
             let event = tx
                 .fetch_event(sequence)
@@ -116,15 +107,8 @@ pub async fn report_worker_failure(
             }),
         );
         let seq = append_events(tx, &actor, vec![event]).await?;
-        if let Some(request_id) = &f.request_id {
-            let stored = StoredRequest {
-                fingerprint,
-                model: name.to_owned(),
-                version: f.version,
-                response: Some(seq.to_string()),
-            };
-            remember_request(tx, "ReportWorkerFailure", &actor, request_id, &stored).await?;
-        }
+        id.remember(tx, name, f.version, Some(seq.to_string()))
+            .await?;
         let event = tx
             .fetch_event(seq)
             .await?

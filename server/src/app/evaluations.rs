@@ -8,7 +8,7 @@ use crate::domain::{
     NewEvaluation, NewEvent, SetRef,
 };
 use crate::error::{Error, Result};
-use crate::store::{Db, Store, StoredRequest, Tx};
+use crate::store::{Db, Store, Tx};
 
 use super::*;
 
@@ -82,11 +82,8 @@ pub async fn attach_evaluation(
     write_tx!(store, |tx| -> Evaluation {
         let mut e = new.evaluation;
         lock_existing(tx, &e.model).await?;
-        let fingerprint = e.fingerprint();
-        if let Some(request_id) = &new.request_id
-            && let Some(stored) =
-                find_retry(tx, "AttachEvaluation", &actor, request_id, &fingerprint).await?
-        {
+        let id = RequestId::new("AttachEvaluation", &actor, &new.request_id, e.fingerprint());
+        if let Some(stored) = id.retry(tx).await? {
             return tx
                 .fetch_evaluation(&stored.model, stored.version, &e.set, &e.evaluator_version)
                 .await?
@@ -121,15 +118,7 @@ pub async fn attach_evaluation(
         e.created_by = actor.0.clone();
         e.create_time = tx.now();
         tx.insert_evaluation(&e).await?;
-        if let Some(request_id) = &new.request_id {
-            let stored = StoredRequest {
-                fingerprint,
-                model: e.model.clone(),
-                version: e.version,
-                response: None,
-            };
-            remember_request(tx, "AttachEvaluation", &actor, request_id, &stored).await?;
-        }
+        id.remember(tx, &e.model, e.version, None).await?;
         tx.touch_version(&e.model, e.version, e.create_time).await?;
         let details = e.attached_details();
         let event = NewEvent::new(EventKind::EvaluationAttached, &e.model, e.version, details);

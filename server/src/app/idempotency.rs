@@ -13,39 +13,84 @@ pub(crate) fn scoped_request_id(actor: &Actor, request_id: &str) -> String {
     format!("{}\u{1f}{request_id}", actor.0)
 }
 
-/// Looks up an earlier request of `actor` with this id: `Some` for a retry of
-/// the same request, an error for a different request reusing the id.
-pub(crate) async fn find_retry<T: Tx>(
-    tx: &mut T,
-    method: &str,
-    actor: &Actor,
-    request_id: &str,
-    fingerprint: &str,
-) -> Result<Option<StoredRequest>> {
-    match tx
-        .find_request(method, &scoped_request_id(actor, request_id))
-        .await?
-    {
-        Some(stored) if stored.fingerprint != fingerprint => Err(Error::invalid(
-            "request_id",
-            format!(
-                "{request_id:?} was already used for a different {method} request; use a new request id for a new request"
-            ),
-        )),
-        other => Ok(other),
+/// One call's request id, scoped to its caller, with the fingerprint of
+/// what it asks: where a retry is recognised and the first answer kept.
+pub(crate) struct RequestId<'a> {
+    /// The RPC, e.g. `RegisterVersion`.
+    method: &'static str,
+    /// Who calls.
+    actor: &'a Actor,
+    /// The caller's id for the call, if it gave one.
+    id: Option<&'a str>,
+    /// A digest of the request, to tell a retry from a reuse of the id.
+    fingerprint: String,
+}
+
+impl<'a> RequestId<'a> {
+    pub(crate) fn new(
+        method: &'static str,
+        actor: &'a Actor,
+        id: &'a Option<String>,
+        fingerprint: String,
+    ) -> Self {
+        RequestId {
+            method,
+            actor,
+            id: id.as_deref(),
+            fingerprint,
+        }
+    }
+
+    /// The record of an earlier call of the same caller with this id:
+    /// `Some` for a retry of the same request, an error for a different
+    /// request reusing the id, `None` for a first call or a call without id.
+    pub(crate) async fn retry<T: Tx>(&self, tx: &mut T) -> Result<Option<StoredRequest>> {
+        let Some(request_id) = self.id else {
+            return Ok(None);
+        };
+        let method = self.method;
+        match tx
+            .find_request(method, &scoped_request_id(self.actor, request_id))
+            .await?
+        {
+            Some(stored) if stored.fingerprint != self.fingerprint => Err(Error::invalid(
+                "request_id",
+                format!(
+                    "{request_id:?} was already used for a different {method} request; use a new request id for a new request"
+                ),
+            )),
+            other => Ok(other),
+        }
+    }
+
+    /// Keeps the first answer (the model and version it concerns, and what
+    /// [`stored_response`] reads back) for the call's retries; nothing for
+    /// a call without id.
+    pub(crate) async fn remember<T: Tx>(
+        self,
+        tx: &mut T,
+        model: &str,
+        version: i64,
+        response: Option<String>,
+    ) -> Result<()> {
+        let Some(request_id) = self.id else {
+            return Ok(());
+        };
+        let stored = StoredRequest {
+            fingerprint: self.fingerprint,
+            model: model.to_owned(),
+            version,
+            response,
+        };
+        let key = scoped_request_id(self.actor, request_id);
+        tx.remember_request(self.method, &key, &stored).await
     }
 }
 
-/// Records the first answer to `actor`'s request id, for [`find_retry`].
-pub(crate) async fn remember_request<T: Tx>(
-    tx: &mut T,
-    method: &str,
-    actor: &Actor,
-    request_id: &str,
-    stored: &StoredRequest,
-) -> Result<()> {
-    tx.remember_request(method, &scoped_request_id(actor, request_id), stored)
-        .await
+/// An answer as JSON, to be kept for retries.
+pub(crate) fn json_response<R: serde::Serialize>(answer: &R) -> Result<String> {
+    serde_json::to_string(answer)
+        .map_err(|e| Error::Internal(format!("cannot store a response: {e}")))
 }
 
 /// The first answer of an idempotent call, stored as JSON with its request id.

@@ -7,7 +7,7 @@ use crate::domain::{
     self, Actor, AliasName, EventKind, Model, ModelUpdate, Name, NewEvent, NewModel, Policy,
 };
 use crate::error::{Error, Result};
-use crate::store::{Db, ModelFilter, Store, StoredRequest, Tx};
+use crate::store::{Db, ModelFilter, Store, Tx};
 
 use super::*;
 
@@ -18,11 +18,8 @@ pub async fn create_model(store: &Store, new: NewModel, caller: Caller) -> Resul
     write_tx!(store, |tx| -> Model {
         let name = new.name.as_str();
         tx.lock_key(&format!("model:{name}")).await?;
-        let fingerprint = new.fingerprint();
-        if let Some(request_id) = &new.request_id
-            && let Some(stored) =
-                find_retry(tx, "CreateModel", &actor, request_id, &fingerprint).await?
-        {
+        let id = RequestId::new("CreateModel", &actor, &new.request_id, new.fingerprint());
+        if let Some(stored) = id.retry(tx).await? {
             return tx
                 .fetch_model(&stored.model)
                 .await?
@@ -52,15 +49,7 @@ pub async fn create_model(store: &Store, new: NewModel, caller: Caller) -> Resul
                 name: name.to_owned(),
             });
         }
-        if let Some(request_id) = &new.request_id {
-            let stored = StoredRequest {
-                fingerprint,
-                model: name.to_owned(),
-                version: 0,
-                response: None,
-            };
-            remember_request(tx, "CreateModel", &actor, request_id, &stored).await?;
-        }
+        id.remember(tx, name, 0, None).await?;
         let event = NewEvent::new(
             EventKind::ModelCreated,
             name,

@@ -26,10 +26,8 @@ pub async fn register_version(store: &Store, new: NewVersion, actor: Actor) -> R
         // and request-id checks never race.
         let current = tx.lock_model(model).await?;
         let fingerprint = format!("{model}:{}", new.fingerprint());
-        if let Some(request_id) = &new.request_id
-            && let Some(stored) =
-                find_retry(tx, "RegisterVersion", &actor, request_id, &fingerprint).await?
-        {
+        let id = RequestId::new("RegisterVersion", &actor, &new.request_id, fingerprint);
+        if let Some(stored) = id.retry(tx).await? {
             return registered_before(tx, &stored).await.map(|r| (r, None));
         }
         let current = current.ok_or_else(|| model_not_found(model))?;
@@ -73,15 +71,13 @@ pub async fn register_version(store: &Store, new: NewVersion, actor: Actor) -> R
                 Some(request)
             }
         };
-        if let Some(request_id) = &new.request_id {
-            let stored = StoredRequest {
-                fingerprint,
-                model: model.to_owned(),
-                version: number,
-                response: request.as_ref().map(|r| r.number.to_string()),
-            };
-            remember_request(tx, "RegisterVersion", &actor, request_id, &stored).await?;
-        }
+        id.remember(
+            tx,
+            model,
+            number,
+            request.as_ref().map(|r| r.number.to_string()),
+        )
+        .await?;
         let seq = append_events(tx, &actor, events).await?;
         // Just inserted: no aliases, no evaluations; nothing to read back.
         Ok((Registered { version, request }, Some(seq)))
