@@ -153,7 +153,9 @@ func (s *Server) Log() string {
 	return string(out)
 }
 
-func (s *Server) logPath() string { return filepath.Join(s.dir, fmt.Sprintf("server-%d.log", s.starts)) }
+func (s *Server) logPath() string {
+	return filepath.Join(s.dir, fmt.Sprintf("server-%d.log", s.starts))
+}
 
 func (s *Server) write(name string, data []byte) string {
 	path := filepath.Join(s.dir, name)
