@@ -152,6 +152,8 @@ step "generate and vet the Go client (client/go, GOPATH mode)"
 mkdir -p "$GOPATH_DIR/src/modelreg"
 ln -sfn "$GO_DIR" "$GOPATH_DIR/src/modelreg/client"
 export GO111MODULE=off GOPATH="$GOPATH_DIR:/usr/share/gocode" GOFLAGS= GOPROXY=off
+# Go keeps its build cache under $HOME; without one, under the tools folder.
+[ -n "${GOCACHE:-}${XDG_CACHE_HOME:-}${HOME:-}" ] || export GOCACHE="$TOOLS/gocache"
 unformatted="$(gofmt -l "$GO_DIR" | grep -v '/modelregv1/' || true)"
 [ -z "$unformatted" ] || { echo "polyglot: gofmt would change: $unformatted" >&2; exit 1; }
 (cd "$GOPATH_DIR/src/modelreg/client" && go vet ./...)
