@@ -185,12 +185,7 @@ export class RegistryClient {
   /** Every version of a model (of `stage`, if given), in version order, fetching page after page. */
   async *listVersions(request: Init<typeof ListVersionsRequestSchema>): AsyncGenerator<ModelVersion> {
     const req = create(ListVersionsRequestSchema, request);
-    for (;;) {
-      const page = await this.rpc.listVersions(req, this.opts);
-      yield* page.versions;
-      if (!page.nextPageToken) return;
-      req.pageToken = page.nextPageToken;
-    }
+    yield* everyPage(req, (r) => this.rpc.listVersions(r, this.opts), (page) => page.versions);
   }
 
   /** Points `alias` at a version; resolves to the model with its aliases. */
@@ -220,12 +215,7 @@ export class RegistryClient {
   /** Every matching event of the log, in sequence order, fetching page after page. */
   async *listEvents(request: Init<typeof ListEventsRequestSchema> = {}): AsyncGenerator<RegistryEvent> {
     const req = create(ListEventsRequestSchema, request);
-    for (;;) {
-      const page = await this.rpc.listEvents(req, this.opts);
-      yield* page.events;
-      if (!page.nextPageToken) return;
-      req.pageToken = page.nextPageToken;
-    }
+    yield* everyPage(req, (r) => this.rpc.listEvents(r, this.opts), (page) => page.events);
   }
 
   /** Re-computes the event log's hash chain on the server. */
@@ -241,6 +231,20 @@ export class RegistryClient {
    */
   watch(filter: WatchFilter = {}, options: WatchOptions = {}): Watch {
     return new Watch(this.rpc, filter, options);
+  }
+}
+
+/** Every item of a paged list RPC: `call` fetches a page of `req`, `items` reads it. */
+async function* everyPage<R extends { pageToken: string }, P extends { nextPageToken: string }, T>(
+  req: R,
+  call: (req: R) => Promise<P>,
+  items: (page: P) => T[],
+): AsyncGenerator<T> {
+  for (;;) {
+    const page = await call(req);
+    yield* items(page);
+    if (!page.nextPageToken) return;
+    req.pageToken = page.nextPageToken;
   }
 }
 

@@ -8,7 +8,6 @@ import { randomUUID } from "node:crypto";
 import { afterEach, beforeEach, describe, test } from "node:test";
 import {
   Code,
-  ConnectError,
   EventType,
   Stage,
   errorCode,
@@ -18,21 +17,12 @@ import {
   type RegistryClient,
   type RegistryEvent,
 } from "../src/index.js";
-import { collect, startServer, type ServerProcess } from "./server.js";
+import { collect, rejection, startServer, type ServerProcess } from "./server.js";
 import { Collector } from "./watcher.js";
 
 const MODEL = "fraud-detector";
 /** A policy that needs no approval at all: the list is present and empty. */
 const UNGOVERNED = { approvalRequiredFor: { stages: [] } };
-
-async function rejection(promise: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await promise;
-  } catch (err) {
-    return ConnectError.from(err);
-  }
-  assert.fail("the call succeeded");
-}
 
 async function lastSequence(registry: RegistryClient): Promise<bigint> {
   const events = await collect(registry.listEvents());

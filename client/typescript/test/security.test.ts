@@ -1,17 +1,8 @@
 /** Tokens and TLS, against a real modelreg-server started with a token file or a test CA. */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { Code, ConnectError, EventType, type RegistryClient } from "../src/index.js";
-import { collect, startServer } from "./server.js";
-
-async function rejection(promise: Promise<unknown>): Promise<ConnectError> {
-  try {
-    await promise;
-  } catch (err) {
-    return ConnectError.from(err);
-  }
-  assert.fail("the call succeeded");
-}
+import { Code, EventType, type RegistryClient } from "../src/index.js";
+import { collect, rejection, startServer } from "./server.js";
 
 test("with a token file: no token is UNAUTHENTICATED, a reader's write is PERMISSION_DENIED, a publisher acts as itself", async () => {
   const server = await startServer({

@@ -16,7 +16,8 @@ import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, wri
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { connect, type ConnectOptions } from "../src/index.js";
+import assert from "node:assert/strict";
+import { ConnectError, connect, type ConnectOptions } from "../src/index.js";
 
 /** The repository root (this file runs from client/typescript/dist/test). */
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../../../..");
@@ -207,4 +208,14 @@ export async function collect<T>(items: AsyncIterable<T>): Promise<T[]> {
   const out: T[] = [];
   for await (const item of items) out.push(item);
   return out;
+}
+
+/** The error a call that must fail failed with; a call that succeeds fails the test. */
+export async function rejection(promise: Promise<unknown>): Promise<ConnectError> {
+  try {
+    await promise;
+  } catch (err) {
+    return ConnectError.from(err);
+  }
+  assert.fail("the call succeeded");
 }
