@@ -18,14 +18,10 @@ pub async fn report_deployment(
     let fingerprint = new.fingerprint();
     write_tx!(store, |tx| -> Deployment {
         let name = new.model.as_str();
-        lock_existing(tx, name).await?;
         let id = RequestId::new("ReportDeployment", &actor, &new.request_id, fingerprint);
-        if let Some(stored) = id.retry(tx).await? {
+        if let Some(stored) = begin_version_write(tx, name, new.version, &id).await? {
             // The deployment as first recorded, even if later reports moved it on.
             return Ok((stored_response(&stored)?, None));
-        }
-        if tx.fetch_version(name, new.version).await?.is_none() {
-            return Err(version_not_found(name, &new.version.to_string()));
         }
         let now = tx.now();
         let deployment = Deployment {
@@ -72,18 +68,14 @@ pub async fn report_worker_failure(
     let fingerprint = f.fingerprint();
     write_tx!(store, |tx| -> Event {
         let name = f.model.as_str();
-        lock_existing(tx, name).await?;
         let id = RequestId::new("ReportWorkerFailure", &actor, &f.request_id, fingerprint);
-        if let Some(stored) = id.retry(tx).await? {
+        if let Some(stored) = begin_version_write(tx, name, f.version, &id).await? {
             let sequence: u64 = stored_response(&stored)?;
             let event = tx
                 .fetch_event(sequence)
                 .await?
                 .ok_or_else(|| vanished("reported event"))?;
             return Ok((event, None));
-        }
-        if tx.fetch_version(name, f.version).await?.is_none() {
-            return Err(version_not_found(name, &f.version.to_string()));
         }
         let (latest, _) = tx.log_head().await?;
         if f.event_sequence > latest {

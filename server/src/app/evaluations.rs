@@ -81,17 +81,13 @@ pub async fn attach_evaluation(
 ) -> Result<Evaluation> {
     write_tx!(store, |tx| -> Evaluation {
         let mut e = new.evaluation;
-        lock_existing(tx, &e.model).await?;
         let id = RequestId::new("AttachEvaluation", &actor, &new.request_id, e.fingerprint());
-        if let Some(stored) = id.retry(tx).await? {
+        if let Some(stored) = begin_version_write(tx, &e.model, e.version, &id).await? {
             return tx
                 .fetch_evaluation(&stored.model, stored.version, &e.set, &e.evaluator_version)
                 .await?
                 .ok_or_else(|| vanished("evaluation"))
                 .map(|v| (v, None));
-        }
-        if tx.fetch_version(&e.model, e.version).await?.is_none() {
-            return Err(version_not_found(&e.model, &e.version.to_string()));
         }
         let set = tx
             .fetch_evaluation_set(&e.set)

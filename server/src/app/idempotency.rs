@@ -3,6 +3,7 @@
 //! with a different request is INVALID_ARGUMENT. Ids are scoped to the
 //! calling identity, so one caller can never claim another's.
 
+use crate::app::{lock_existing, version_not_found};
 use crate::domain::Actor;
 use crate::error::{Error, Result};
 use crate::store::{StoredRequest, Tx};
@@ -85,6 +86,25 @@ impl<'a> RequestId<'a> {
         let key = scoped_request_id(self.actor, request_id);
         tx.remember_request(self.method, &key, &stored).await
     }
+}
+
+/// Begins a write about an existing version of `model`: locks the model
+/// (which must exist), answers a retry of `id` with its stored record, and
+/// otherwise checks that the version exists.
+pub(crate) async fn begin_version_write<T: Tx>(
+    tx: &mut T,
+    model: &str,
+    version: i64,
+    id: &RequestId<'_>,
+) -> Result<Option<StoredRequest>> {
+    lock_existing(tx, model).await?;
+    if let Some(stored) = id.retry(tx).await? {
+        return Ok(Some(stored));
+    }
+    if tx.fetch_version(model, version).await?.is_none() {
+        return Err(version_not_found(model, &version.to_string()));
+    }
+    Ok(None)
 }
 
 /// An answer as JSON, to be kept for retries.
