@@ -124,62 +124,45 @@ pub async fn update_model(store: &Store, update: ModelUpdate, caller: Caller) ->
     })
 }
 
-pub async fn set_alias(
+/// Points `alias` at version `to`, or removes it when `to` is `None`. Setting
+/// an alias where it already points changes nothing and appends no event.
+pub async fn change_alias(
     store: &Store,
     model: Name,
     alias: AliasName,
-    version: i64,
+    to: Option<i64>,
     actor: Actor,
 ) -> Result<Model> {
     write_tx!(store, |tx| -> Model {
         let name = model.as_str();
         let current = lock_existing(tx, name).await?;
-        if tx.fetch_version(name, version).await?.is_none() {
-            return Err(version_not_found(name, &version.to_string()));
-        }
         let previous = current.aliases.get(alias.as_str()).copied();
-        if previous == Some(version) {
-            return Ok((current, None));
-        }
         let now = tx.now();
-        tx.upsert_alias(name, alias.as_str(), version).await?;
+        let event = match (to, previous) {
+            (Some(version), _) => {
+                if tx.fetch_version(name, version).await?.is_none() {
+                    return Err(version_not_found(name, &version.to_string()));
+                }
+                if previous == Some(version) {
+                    return Ok((current, None));
+                }
+                tx.upsert_alias(name, alias.as_str(), version).await?;
+                tx.touch_version(name, version, now).await?;
+                let details =
+                    json!({"alias": alias.as_str(), "previous_version": previous.unwrap_or(0)});
+                NewEvent::new(EventKind::AliasSet, name, version, details)
+            }
+            (None, Some(version)) => {
+                tx.remove_alias(name, alias.as_str()).await?;
+                let details = json!({"alias": alias.as_str()});
+                NewEvent::new(EventKind::AliasDeleted, name, version, details)
+            }
+            (None, None) => return Err(alias_not_found(name, alias.as_str())),
+        };
         tx.touch_model(name, now).await?;
-        tx.touch_version(name, version, now).await?;
         if let Some(prev) = previous {
             tx.touch_version(name, prev, now).await?;
         }
-        let event = NewEvent::new(
-            EventKind::AliasSet,
-            name,
-            version,
-            json!({"alias": alias.as_str(), "previous_version": previous.unwrap_or(0)}),
-        );
-        finish_with_model(tx, &actor, vec![event], name).await
-    })
-}
-
-pub async fn delete_alias(
-    store: &Store,
-    model: Name,
-    alias: AliasName,
-    actor: Actor,
-) -> Result<Model> {
-    write_tx!(store, |tx| -> Model {
-        let name = model.as_str();
-        let current = lock_existing(tx, name).await?;
-        let Some(version) = current.aliases.get(alias.as_str()).copied() else {
-            return Err(alias_not_found(name, alias.as_str()));
-        };
-        let now = tx.now();
-        tx.remove_alias(name, alias.as_str()).await?;
-        tx.touch_model(name, now).await?;
-        tx.touch_version(name, version, now).await?;
-        let event = NewEvent::new(
-            EventKind::AliasDeleted,
-            name,
-            version,
-            json!({"alias": alias.as_str()}),
-        );
         finish_with_model(tx, &actor, vec![event], name).await
     })
 }

@@ -223,7 +223,7 @@ impl ModelRegistryService for RegistryService {
         req: Request<pb::SetAliasRequest>,
     ) -> Result<Response<pb::SetAliasResponse>, Status> {
         let (actor, (model, alias, version)) = identified(req, actor, parse::set_alias)?;
-        let model = app::set_alias(&self.store, model, alias, version, actor).await?;
+        let model = app::change_alias(&self.store, model, alias, Some(version), actor).await?;
         let model = Some(model_to_pb(model));
         Ok(Response::new(pb::SetAliasResponse { model }))
     }
@@ -234,7 +234,7 @@ impl ModelRegistryService for RegistryService {
         req: Request<pb::DeleteAliasRequest>,
     ) -> Result<Response<pb::DeleteAliasResponse>, Status> {
         let (actor, (model, alias)) = identified(req, actor, parse::delete_alias)?;
-        let model = app::delete_alias(&self.store, model, alias, actor).await?;
+        let model = app::change_alias(&self.store, model, alias, None, actor).await?;
         let model = Some(model_to_pb(model));
         Ok(Response::new(pb::DeleteAliasResponse { model }))
     }
