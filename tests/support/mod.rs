@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 pub mod calls;
 pub mod fixtures;
+pub mod http;
 
 pub use calls::*;
 pub use fixtures::*;
