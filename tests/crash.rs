@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use modelreg_client::watch::{ResumingWatch, WatchItem};
+use modelreg_client::watch::{ResumingWatch, WatchItem, is_transient};
 use modelreg_client::{ConnectOptions, RegistryClient, pb, pb::Stage};
 use modelreg_tests::{
     Rng, TestDb, all_events, all_versions, conformance, create_model_with, evaluation_set,
@@ -195,16 +195,10 @@ enum Outcome<T> {
 }
 
 /// Whether a failure leaves the call's fate unknown (the server may have
-/// committed it before it died) rather than being a definite answer.
+/// committed it before it died) rather than being a definite answer: every
+/// failure the client's watch retries, but ABORTED, a definite refusal.
 fn is_unknown(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unavailable
-            | Code::Unknown
-            | Code::Cancelled
-            | Code::DeadlineExceeded
-            | Code::Internal
-    )
+    is_transient(status) && status.code() != Code::Aborted
 }
 
 fn outcome<T>(result: Result<T, Status>) -> Outcome<T> {
