@@ -112,3 +112,11 @@ pub fn precondition_violations(status: &tonic::Status) -> Vec<tonic_types::Preco
         .expect("precondition details")
         .violations
 }
+
+/// The fields an INVALID_ARGUMENT refusal names, sorted.
+pub fn invalid_fields(status: &tonic::Status) -> Vec<String> {
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let mut fields = modelreg_client::errors::violated_fields(status);
+    fields.sort();
+    fields
+}

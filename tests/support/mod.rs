@@ -333,6 +333,18 @@ pub async fn register(
         .expect("version")
 }
 
+/// Registers `count` versions of `model` in `stage`.
+pub async fn register_many(
+    client: &mut RegistryClient,
+    model: &str,
+    count: usize,
+    stage: pb::Stage,
+) {
+    for _ in 0..count {
+        register(client, model, stage).await;
+    }
+}
+
 /// Moves a version, returning the result of the call.
 pub async fn transition(
     client: &mut RegistryClient,
