@@ -5,9 +5,9 @@
 use modelreg_client::errors::violated_fields;
 use modelreg_client::{RegistryClient, pb};
 use modelreg_tests::{
-    Engine, TestDb, all_events, conformance, create_model, create_model_with, evaluation,
-    evaluation_set, holdout, precondition_violations, register, spawn_app, stage_of, transition,
-    transition_requests, update_policy,
+    Engine, TestDb, all_events, assert_policies_refused, carried, conformance, create_model,
+    create_model_with, evaluation, evaluation_set, holdout, precondition_violations, register,
+    spawn_app, stage_of, transition, transition_requests, update_policy,
 };
 use pb::{Stage, StageChangeCause as Cause, TransitionRequestStatus as Status};
 use tonic::Code;
@@ -133,16 +133,11 @@ async fn policies_are_shown_validated_and_audited(db: TestDb) {
     let app = spawn_app(&db).await;
     let mut c = app.client_as("root").await;
     create_holdout(&mut c).await;
-    let plain = c
-        .create_model(pb::CreateModelRequest {
-            name: "plain".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .model
-        .unwrap();
+    let unset = pb::CreateModelRequest {
+        name: "plain".into(),
+        ..Default::default()
+    };
+    let plain = carried(c.create_model(unset).await, |r| r.model).unwrap();
     let p = plain.policy.expect("policy shown");
     assert_eq!(
         p.approval_required_for.unwrap().stages,
@@ -154,7 +149,7 @@ async fn policies_are_shown_validated_and_audited(db: TestDb) {
     assert!(p.standard_evaluation_set.is_none());
 
     let before = count_events(&mut c).await;
-    let bad = [
+    let bad = vec![
         (
             pb::Policy {
                 gates: gated_policy().gates,
@@ -245,19 +240,7 @@ async fn policies_are_shown_validated_and_audited(db: TestDb) {
             vec!["policy.archival.archive_superseded_after_days"],
         ),
     ];
-    for (policy, fields) in bad {
-        let s = update_policy(&mut c, "plain", policy.clone(), "")
-            .await
-            .unwrap_err();
-        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
-        let mut got = violated_fields(&s);
-        got.sort();
-        assert_eq!(got, fields, "{policy:?}: {s:?}");
-        let s = create_model_with(&mut c, "other", policy)
-            .await
-            .unwrap_err();
-        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
-    }
+    assert_policies_refused(&mut c, "plain", bad).await;
     assert_eq!(
         count_events(&mut c).await,
         before,
