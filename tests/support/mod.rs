@@ -268,6 +268,24 @@ impl TestApp {
         client_for(&self.url, actor).await
     }
 
+    /// The status health checking reports for `service` ("" for the whole
+    /// server), over a connection of its own.
+    pub async fn health(&self, service: &str) -> i32 {
+        let channel = tonic::transport::Endpoint::from_shared(self.url.clone())
+            .expect("server URL")
+            .connect()
+            .await
+            .expect("health connects: the server itself stays up");
+        tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health answers")
+            .into_inner()
+            .status
+    }
+
     /// Shuts the server down gracefully and waits for it; the database stays.
     pub async fn stop(mut self) -> TestDb {
         if let Some(tx) = self.shutdown.take() {
