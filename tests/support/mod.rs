@@ -391,6 +391,24 @@ pub async fn all_events(client: &mut RegistryClient) -> Vec<pb::RegistryEvent> {
     list_events(client, pb::ListEventsRequest::default()).await
 }
 
+/// Every event of the log, checked as a long run of writes must leave it:
+/// the sequences are exactly 1..N and the hash chain verifies. Returns the
+/// log and the audit's verdict.
+pub async fn checked_log(
+    client: &mut RegistryClient,
+) -> (Vec<pb::RegistryEvent>, pb::VerifyAuditLogResponse) {
+    let log = all_events(client).await;
+    let seqs: Vec<u64> = log.iter().map(|e| e.sequence).collect();
+    assert_eq!(
+        seqs,
+        (1..=log.len() as u64).collect::<Vec<_>>(),
+        "event sequences are not exactly 1..N"
+    );
+    let audit = verify_audit(client).await;
+    assert!(audit.ok, "audit log broken at {}", audit.first_bad_sequence);
+    (log, audit)
+}
+
 /// Every event matching `req`, through ListEvents pages of 1000.
 pub async fn list_events(
     client: &mut RegistryClient,
