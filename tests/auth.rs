@@ -620,10 +620,8 @@ async fn bad_configurations_stop_the_start() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_token_file() {
-    // Arrange. This process listens for SIGHUP itself too, so the signal can
-    // never take its default action (ending the test binary).
-    let _hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .expect("listen for SIGHUP");
+    // Arrange
+    let _hangups = modelreg_tests::catch_hangups();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens.toml");
     write_atomically(
@@ -646,12 +644,7 @@ async fn sighup_reloads_the_token_file() {
         &path,
         &token_file_text(&[("new", &["reader"], "new-token")]),
     );
-    let kill = std::process::Command::new("sh")
-        .args(["-c", "kill -HUP \"$1\"", "sh"])
-        .arg(std::process::id().to_string())
-        .status()
-        .expect("run sh");
-    assert!(kill.success());
+    modelreg_tests::send_hangup();
 
     // Assert: the signal is handled asynchronously; wait for it, bounded.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -894,10 +894,8 @@ async fn flood(addr: SocketAddr, path: &str, n: usize) -> usize {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_token_ends_open_streams() {
-    // Arrange. This process listens for SIGHUP itself too, so the signal can
-    // never take its default action (ending the test binary).
-    let _hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .expect("listen for SIGHUP");
+    // Arrange
+    let _hangups = modelreg_tests::catch_hangups();
     let dir = tempfile::tempdir().unwrap();
     let app = start(Some(dir.path())).await;
     let http = app.http_addr.unwrap();
@@ -935,12 +933,7 @@ async fn revoked_token_ends_open_streams() {
 
     // Act: rita's token leaves the file; then alice causes an event.
     write_token_file_without(dir.path(), &["rita"]);
-    let hup = std::process::Command::new("sh")
-        .args(["-c", "kill -HUP \"$1\"", "sh"])
-        .arg(std::process::id().to_string())
-        .status()
-        .expect("run sh");
-    assert!(hup.success());
+    modelreg_tests::send_hangup();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let probe = rita.list_models(pb::ListModelsRequest::default()).await;

@@ -452,6 +452,27 @@ where
     }
 }
 
+/// Listens for SIGHUP in this process, so that the signal a test sends with
+/// [`send_hangup`] never takes its default action (ending the test binary).
+/// Keep it until the test ends.
+#[cfg(unix)]
+pub fn catch_hangups() -> tokio::signal::unix::Signal {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .expect("listen for SIGHUP")
+}
+
+/// Sends SIGHUP to this process: a server running in it re-reads its token
+/// file.
+#[cfg(unix)]
+pub fn send_hangup() {
+    let kill = std::process::Command::new("sh")
+        .args(["-c", "kill -HUP \"$1\"", "sh"])
+        .arg(std::process::id().to_string())
+        .status()
+        .expect("run sh");
+    assert!(kill.success());
+}
+
 /// A small deterministic random generator (xorshift64*), so test runs repeat.
 pub struct Rng(u64);
 
