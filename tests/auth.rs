@@ -13,7 +13,8 @@ use modelreg_client::{ConnectOptions, connect, pb};
 use modelreg_server::auth::{Identity, Role, required_role};
 use modelreg_server::{Application, Settings, StartError};
 use modelreg_tests::{
-    TEST_HEARTBEAT, TestDb, events_by_actor, events_of_model, spawn_app_with, update_policy,
+    TEST_HEARTBEAT, TestDb, events_by_actor, events_of_model, get_model, spawn_app_with,
+    update_policy,
 };
 use pb::model_registry_service_client::ModelRegistryServiceClient;
 use tokio::sync::oneshot;
@@ -700,15 +701,7 @@ async fn tls_round_trip_with_a_generated_ca() {
         connect(&ConnectOptions::new(format!("https://127.0.0.1:{port}")).ca_cert(&pki.ca))
             .await
             .expect("connect over TLS by IP");
-    let model = by_ip
-        .get_model(pb::GetModelRequest {
-            name: "secure".into(),
-        })
-        .await
-        .expect("get over TLS")
-        .into_inner()
-        .model
-        .expect("model");
+    let model = get_model(&mut by_ip, "secure").await;
 
     // Assert
     assert_eq!(model.name, "secure");

@@ -12,8 +12,8 @@ use std::time::Duration;
 use modelreg_client::{ConnectOptions, RegistryClient, connect, pb};
 use modelreg_server::settings::HttpListen;
 use modelreg_tests::{
-    TestApp, TestDb, auc_gated, create_holdout, evaluate, get_version, register, spawn_app_with,
-    update_policy,
+    TestApp, TestDb, auc_gated, create_holdout, evaluate, get_version, last_event_of_type,
+    register, spawn_app_with, update_policy,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -424,12 +424,7 @@ async fn sign_in_decide_and_refuse_forgeries() {
     );
     let v2 = get_version(&mut ada, "fraud", 2).await;
     assert_eq!(v2.stage, pb::Stage::Production as i32);
-    let events = modelreg_tests::all_events(&mut ada).await;
-    let approval = events
-        .iter()
-        .rev()
-        .find(|e| e.r#type == pb::EventType::TransitionApproved as i32)
-        .unwrap();
+    let approval = last_event_of_type(&mut ada, pb::EventType::TransitionApproved).await;
     assert_eq!(approval.actor, "bob");
     assert_eq!(approval.comment, "checked <b>auc</b>");
 

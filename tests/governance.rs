@@ -6,8 +6,9 @@ use modelreg_client::errors::violated_fields;
 use modelreg_client::{RegistryClient, pb};
 use modelreg_tests::{
     Engine, TestDb, all_events, assert_policies_refused, carried, conformance, create_model,
-    create_model_with, evaluation, evaluation_set, holdout, precondition_violations, register,
-    spawn_app, stage_of, transition, transition_requests, update_policy,
+    create_model_with, evaluation, evaluation_set, holdout, last_event_of_type,
+    precondition_violations, register, spawn_app, stage_of, transition, transition_requests,
+    update_policy,
 };
 use pb::{Stage, StageChangeCause as Cause, TransitionRequestStatus as Status};
 use tonic::Code;
@@ -333,15 +334,10 @@ async fn the_governed_path_needs_a_second_person(db: TestDb) {
     let r2 = request(&mut alice, "fraud", 2).await;
     assert_eq!(r2.id, "fraud:2");
     // The request carries the comparison with production for the approver.
-    let events = all_events(&mut root).await;
-    let asked = events
-        .iter()
-        .rev()
-        .find(|e| e.r#type == pb::EventType::TransitionRequested as i32)
-        .unwrap();
+    let asked = last_event_of_type(&mut root, pb::EventType::TransitionRequested).await;
     assert_eq!(asked.actor, "alice");
     assert_eq!(asked.transition_request_id, "fraud:2");
-    let d = details(asked);
+    let d = details(&asked);
     assert_eq!(d["requester"], "alice");
     assert_eq!(d["to_stage"], "PRODUCTION");
     assert_eq!(d["artifact_uri"], "s3://models/fraud/artifact");

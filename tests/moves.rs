@@ -13,7 +13,7 @@ use modelreg_server::policy::ManualClock;
 use modelreg_server::store::{Store, StoreOptions};
 use modelreg_server::{app, domain};
 use modelreg_tests::{
-    TestDb, auc_gate, conformance, create_holdout, create_model_with, evaluate, holdout,
+    TestDb, auc_gate, conformance, create_holdout, create_model_with, evaluate, get_model, holdout,
     precondition_violations, register, spawn_app, spawn_app_with, stage_of, stages, update_policy,
 };
 use pb::{Stage, StageChangeCause as Cause};
@@ -456,14 +456,6 @@ async fn a_registration_enters_only_none_or_staging_by_any_way_in(db: TestDb) {
             "{target}: {err:?}"
         );
     }
-    let model = c
-        .get_model(pb::GetModelRequest {
-            name: "direct".into(),
-        })
-        .await
-        .expect("get model")
-        .into_inner()
-        .model
-        .expect("model");
+    let model = get_model(&mut c, "direct").await;
     assert_eq!(model.latest_version, 0, "nothing was registered");
 }

@@ -5,7 +5,7 @@
 use modelreg_client::pb::{Stage, watch_transitions_response::Kind};
 use modelreg_tests::{
     Engine, TestDb, all_events, conformance, create_model, get_model, list_versions, register,
-    set_alias, spawn_app, transition, verify_audit, watch_after,
+    register_many, set_alias, spawn_app, transition, verify_audit, watch_after,
 };
 
 conformance!(data_and_cursors_survive_a_restart);
@@ -19,8 +19,7 @@ async fn data_and_cursors_survive_a_restart(db: TestDb) {
     let app = spawn_app(&db).await;
     let mut c = app.client.clone();
     create_model(&mut c, "durable").await;
-    register(&mut c, "durable", Stage::Staging).await;
-    register(&mut c, "durable", Stage::Staging).await;
+    register_many(&mut c, "durable", 2, Stage::Staging).await;
     transition(&mut c, "durable", 1, Stage::Production)
         .await
         .unwrap();

@@ -173,6 +173,14 @@ pub async fn events_of_type(c: &mut RegistryClient, t: pb::EventType) -> Vec<pb:
     events_where(c, |q| q.types = vec![t as i32]).await
 }
 
+/// The newest event of type `t`.
+pub async fn last_event_of_type(c: &mut RegistryClient, t: pb::EventType) -> pb::RegistryEvent {
+    events_of_type(c, t)
+        .await
+        .pop()
+        .expect("an event of that type")
+}
+
 /// The model `name`.
 pub async fn get_model(c: &mut RegistryClient, name: &str) -> pb::Model {
     c.get_model(pb::GetModelRequest { name: name.into() })
