@@ -7,8 +7,8 @@ use modelreg_client::{RegistryClient, pb};
 use modelreg_tests::{
     Engine, TestDb, all_events, assert_policies_refused, carried, conformance, create_model,
     create_model_with, evaluation, evaluation_set, holdout, last_event_of_type,
-    precondition_violations, register, spawn_app, stage_of, transition, transition_requests,
-    update_policy,
+    precondition_violations, register, register_many, spawn_app, stage_of, transition,
+    transition_requests, update_policy,
 };
 use pb::{Stage, StageChangeCause as Cause, TransitionRequestStatus as Status};
 use tonic::Code;
@@ -538,9 +538,7 @@ async fn requests_are_rejected_cancelled_or_superseded(db: TestDb) {
     let mut alice = app.client_as("alice").await;
     let mut bob = app.client_as("bob").await;
     create_governed(&mut alice, "m", pb::Policy::default()).await;
-    for _ in 0..3 {
-        register(&mut alice, "m", Stage::Staging).await;
-    }
+    register_many(&mut alice, "m", 3, Stage::Staging).await;
     let r1 = request(&mut alice, "m", 1).await;
     let s = bob
         .reject_transition(pb::RejectTransitionRequest {
@@ -618,15 +616,27 @@ async fn requests_are_rejected_cancelled_or_superseded(db: TestDb) {
     assert_eq!(s.code(), Code::NotFound);
 }
 
+/// Rolls `model` back to `version` (0: the previous good one) because the
+/// error rate went up.
 async fn rollback(
     c: &mut RegistryClient,
     model: &str,
     version: i64,
 ) -> Result<pb::RollbackResponse, tonic::Status> {
+    rollback_because(c, model, version, "error rate up").await
+}
+
+/// Rolls `model` back to `version` giving `reason`.
+async fn rollback_because(
+    c: &mut RegistryClient,
+    model: &str,
+    version: i64,
+    reason: &str,
+) -> Result<pb::RollbackResponse, tonic::Status> {
     c.rollback(pb::RollbackRequest {
         model: model.into(),
         version,
-        reason: "error rate up".into(),
+        reason: reason.into(),
     })
     .await
     .map(|r| r.into_inner())
@@ -648,14 +658,7 @@ async fn rollback_goes_back_one_good_version_at_a_time(db: TestDb) {
     // 1 → 2 → 3 were in production; 4 never was.
     let s = rollback(&mut c, "m", 4).await.unwrap_err();
     assert_eq!(preconditions(&s)[0].0, "ROLLBACK_TARGET");
-    let s = c
-        .rollback(pb::RollbackRequest {
-            model: "m".into(),
-            version: 0,
-            reason: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let s = rollback_because(&mut c, "m", 0, "").await.unwrap_err();
     assert_eq!(violated_fields(&s), vec!["reason"]);
 
     let back = rollback(&mut c, "m", 0).await.unwrap();
