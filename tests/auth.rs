@@ -13,7 +13,8 @@ use modelreg_client::{ConnectOptions, connect, pb};
 use modelreg_server::auth::{Identity, Role, required_role};
 use modelreg_server::{Application, Settings, StartError};
 use modelreg_tests::{
-    TEST_HEARTBEAT, TestDb, events_by_actor, events_of_model, spawn_app_with, update_policy,
+    TEST_HEARTBEAT, TestDb, events_by_actor, events_of_model, get_model, spawn_app_with,
+    update_policy,
 };
 use pb::model_registry_service_client::ModelRegistryServiceClient;
 use tokio::sync::oneshot;
@@ -620,10 +621,8 @@ async fn bad_configurations_stop_the_start() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_token_file() {
-    // Arrange. This process listens for SIGHUP itself too, so the signal can
-    // never take its default action (ending the test binary).
-    let _hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .expect("listen for SIGHUP");
+    // Arrange
+    let _hangups = modelreg_tests::catch_hangups();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens.toml");
     write_atomically(
@@ -646,12 +645,7 @@ async fn sighup_reloads_the_token_file() {
         &path,
         &token_file_text(&[("new", &["reader"], "new-token")]),
     );
-    let kill = std::process::Command::new("sh")
-        .args(["-c", "kill -HUP \"$1\"", "sh"])
-        .arg(std::process::id().to_string())
-        .status()
-        .expect("run sh");
-    assert!(kill.success());
+    modelreg_tests::send_hangup();
 
     // Assert: the signal is handled asynchronously; wait for it, bounded.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -707,15 +701,7 @@ async fn tls_round_trip_with_a_generated_ca() {
         connect(&ConnectOptions::new(format!("https://127.0.0.1:{port}")).ca_cert(&pki.ca))
             .await
             .expect("connect over TLS by IP");
-    let model = by_ip
-        .get_model(pb::GetModelRequest {
-            name: "secure".into(),
-        })
-        .await
-        .expect("get over TLS")
-        .into_inner()
-        .model
-        .expect("model");
+    let model = get_model(&mut by_ip, "secure").await;
 
     // Assert
     assert_eq!(model.name, "secure");

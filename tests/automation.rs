@@ -10,9 +10,10 @@ use modelreg_client::errors::violated_fields;
 use modelreg_client::{RegistryClient, pb};
 use modelreg_server::policy::ManualClock;
 use modelreg_tests::{
-    Engine, TestApp, TestDb, all_events, conformance, create_model, create_model_with, get_model,
-    get_version, list_events, register, spawn_app, spawn_app_with, transition, ungoverned,
-    update_policy, verify_audit,
+    Engine, TestApp, TestDb, all_events, assert_policies_refused, carried, conformance,
+    create_model, create_model_with, get_model, get_version, invalid_fields, list_events, register,
+    spawn_app, spawn_app_with, transition, transition_requests, ungoverned, update_policy,
+    verify_audit,
 };
 use pb::{DeploymentStatus, EventType, Stage, StageChangeCause as Cause};
 use tokio_stream::StreamExt;
@@ -105,9 +106,7 @@ async fn deploy(
     c: &mut RegistryClient,
     req: pb::ReportDeploymentRequest,
 ) -> Result<pb::Deployment, tonic::Status> {
-    c.report_deployment(req)
-        .await
-        .map(|r| r.into_inner().deployment.expect("deployment"))
+    carried(c.report_deployment(req).await, |r| r.deployment)
 }
 
 async fn observe(
@@ -349,11 +348,8 @@ async fn bad_deployment_reports_change_nothing(db: TestDb) {
     .unwrap_err();
 
     // Assert
-    assert_eq!(all_bad.code(), Code::InvalidArgument);
-    let mut fields = violated_fields(&all_bad);
-    fields.sort();
     assert_eq!(
-        fields,
+        invalid_fields(&all_bad),
         [
             "endpoint",
             "environment",
@@ -425,13 +421,10 @@ async fn worker_failures_become_events_a_notifier_can_forward(db: TestDb) {
     };
 
     // Act
-    let event = worker
-        .report_worker_failure(failure.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .event
-        .unwrap();
+    let event = carried(worker.report_worker_failure(failure.clone()).await, |r| {
+        r.event
+    })
+    .unwrap();
 
     // Assert
     assert_eq!(event.r#type, EventType::WorkerFailed as i32);
@@ -447,48 +440,45 @@ async fn worker_failures_become_events_a_notifier_can_forward(db: TestDb) {
     assert_eq!(logged.len(), 1);
     assert_eq!(logged[0], event);
 
-    let retry = worker
-        .report_worker_failure(failure.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .event
-        .unwrap();
+    let retry = carried(worker.report_worker_failure(failure.clone()).await, |r| {
+        r.event
+    })
+    .unwrap();
     assert_eq!(retry, event);
     let count = all_events(&mut c).await.len();
     assert_eq!(count as u64, event.sequence);
 
-    let bad = worker
-        .report_worker_failure(pb::ReportWorkerFailureRequest {
-            model: "fraud".into(),
-            version: v1,
-            worker: String::new(),
-            event_sequence: 0,
-            error: " ".into(),
-            attempts: 0,
-            request_id: String::new(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(bad.code(), Code::InvalidArgument);
-    let mut fields = violated_fields(&bad);
-    fields.sort();
-    assert_eq!(fields, ["attempts", "error", "event_sequence", "worker"]);
+    let all_bad = pb::ReportWorkerFailureRequest {
+        model: "fraud".into(),
+        version: v1,
+        worker: String::new(),
+        event_sequence: 0,
+        error: " ".into(),
+        attempts: 0,
+        request_id: String::new(),
+    };
+    let bad = worker.report_worker_failure(all_bad).await.unwrap_err();
+    assert_eq!(
+        invalid_fields(&bad),
+        ["attempts", "error", "event_sequence", "worker"]
+    );
+    let beyond_the_log = pb::ReportWorkerFailureRequest {
+        event_sequence: 1_000,
+        request_id: String::new(),
+        ..failure.clone()
+    };
     let beyond = worker
-        .report_worker_failure(pb::ReportWorkerFailureRequest {
-            event_sequence: 1_000,
-            request_id: String::new(),
-            ..failure.clone()
-        })
+        .report_worker_failure(beyond_the_log)
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&beyond), ["event_sequence"]);
+    let unknown_version = pb::ReportWorkerFailureRequest {
+        version: 7,
+        request_id: String::new(),
+        ..failure
+    };
     let missing = worker
-        .report_worker_failure(pb::ReportWorkerFailureRequest {
-            version: 7,
-            request_id: String::new(),
-            ..failure
-        })
+        .report_worker_failure(unknown_version)
         .await
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
@@ -664,15 +654,12 @@ async fn passed_over_candidates_are_archived_after_their_days(db: TestDb) {
         .collect();
     assert_eq!(superseded.len(), 1);
     assert_eq!(superseded[0].transition_request_id, r1.id);
-    let requests = alice
-        .list_transition_requests(pb::ListTransitionRequestsRequest {
-            model: "ranker".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .requests;
+    let requests = transition_requests(
+        &mut alice,
+        "ranker",
+        pb::TransitionRequestStatus::Unspecified,
+    )
+    .await;
     let r1_now = requests.iter().find(|r| r.id == r1.id).unwrap();
     assert_eq!(
         r1_now.status,
@@ -1127,19 +1114,7 @@ async fn archival_policies_are_validated_and_shown_with_their_defaults(db: TestD
             vec!["policy.archival.live_metric.window"],
         ),
     ];
-    for (policy, fields) in bad {
-        let s = update_policy(&mut c, "plain", policy.clone(), "")
-            .await
-            .unwrap_err();
-        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
-        let mut got = violated_fields(&s);
-        got.sort();
-        assert_eq!(got, fields, "{policy:?}");
-        let s = create_model_with(&mut c, "other", policy)
-            .await
-            .unwrap_err();
-        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
-    }
+    assert_policies_refused(&mut c, "plain", bad).await;
     assert_eq!(all_events(&mut c).await.len(), before);
 }
 

@@ -374,15 +374,6 @@ async fn missing_and_duplicate_resources(db: TestDb) {
     );
 
     let s = c
-        .register_version(pb::RegisterVersionRequest {
-            model: "ghost".into(),
-            ..reg()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(s.code(), Code::NotFound);
-
-    let s = c
         .get_version(pb::GetVersionRequest {
             model: "known".into(),
             version: 9,
@@ -397,38 +388,6 @@ async fn missing_and_duplicate_resources(db: TestDb) {
     );
 
     let s = c
-        .get_version(pb::GetVersionRequest {
-            model: "known".into(),
-            version: 0,
-            alias: "champion".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(s.code(), Code::NotFound);
-
-    let s = c
-        .delete_alias(pb::DeleteAliasRequest {
-            model: "known".into(),
-            alias: "champion".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(s.code(), Code::NotFound);
-
-    let s = c
-        .set_alias(pb::SetAliasRequest {
-            model: "known".into(),
-            alias: "champion".into(),
-            version: 4,
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(s.code(), Code::NotFound);
-
-    let s = c.create_model(create("known")).await.unwrap_err();
-    assert_eq!(s.code(), Code::AlreadyExists);
-
-    let s = c
         .rollback(pb::RollbackRequest {
             model: "known".into(),
             version: 0,
@@ -439,14 +398,59 @@ async fn missing_and_duplicate_resources(db: TestDb) {
     assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
     assert!(s.message().contains("no production version"), "{s:?}");
 
-    let s = c
-        .approve_transition(pb::ApproveTransitionRequest {
-            request_id: "known:7".into(),
-            comment: String::new(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(s.code(), Code::NotFound, "{s:?}");
+    let cases: Vec<(&str, Code, Call)> = vec![
+        (
+            "a version of a missing model",
+            Code::NotFound,
+            call!(|c| c.register_version(pb::RegisterVersionRequest {
+                model: "ghost".into(),
+                ..reg()
+            })),
+        ),
+        (
+            "a missing alias",
+            Code::NotFound,
+            call!(|c| c.get_version(pb::GetVersionRequest {
+                model: "known".into(),
+                version: 0,
+                alias: "champion".into(),
+            })),
+        ),
+        (
+            "deleting a missing alias",
+            Code::NotFound,
+            call!(|c| c.delete_alias(pb::DeleteAliasRequest {
+                model: "known".into(),
+                alias: "champion".into(),
+            })),
+        ),
+        (
+            "an alias to a missing version",
+            Code::NotFound,
+            call!(|c| c.set_alias(pb::SetAliasRequest {
+                model: "known".into(),
+                alias: "champion".into(),
+                version: 4,
+            })),
+        ),
+        (
+            "a duplicate model",
+            Code::AlreadyExists,
+            call!(|c| c.create_model(create("known"))),
+        ),
+        (
+            "approving a missing request",
+            Code::NotFound,
+            call!(|c| c.approve_transition(pb::ApproveTransitionRequest {
+                request_id: "known:7".into(),
+                comment: String::new(),
+            })),
+        ),
+    ];
+    for (what, code, call) in &cases {
+        let s = call(c.clone()).await.expect_err(what);
+        assert_eq!(s.code(), *code, "{what}: {s:?}");
+    }
 
     assert_eq!(snapshot(c).await, before);
 }

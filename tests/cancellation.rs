@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use modelreg_client::{RegistryClient, pb, pb::Stage};
 use modelreg_tests::{
-    Rng, TestDb, all_events, all_versions, conformance, create_model, evaluation_set, spawn_app,
-    verify_audit,
+    Rng, TestDb, all_versions, checked_log, conformance, create_model, evaluation_set, spawn_app,
 };
 use tonic::{Code, Status};
 
@@ -199,15 +198,7 @@ async fn cancelled_and_timed_out_writes_apply_exactly_once(db: TestDb) {
     // Assert
     // Every answer, refusals included, comes after the commit it rests on,
     // so the clients' last answers prove everything they caused is visible.
-    let log = all_events(&mut c).await;
-    let seqs: Vec<u64> = log.iter().map(|e| e.sequence).collect();
-    assert_eq!(
-        seqs,
-        (1..=log.len() as u64).collect::<Vec<_>>(),
-        "log not 1..N"
-    );
-    let audit = verify_audit(&mut c).await;
-    assert!(audit.ok, "audit log broken at {}", audit.first_bad_sequence);
+    let (log, _) = checked_log(&mut c).await;
     let count = |t: pb::EventType, model: &str, version: i64| {
         log.iter()
             .filter(|e| e.r#type == t as i32 && e.model == model && e.version == version)

@@ -19,12 +19,13 @@ use std::time::Duration;
 
 use modelreg_client::{ConnectOptions, RegistryClient, connect, pb};
 use modelreg_server::settings::HttpListen;
+use modelreg_tests::http::read_request;
 use modelreg_tests::{
     TestDb, auc_gate, evaluate, evaluation_set, events_of_model, holdout, register, spawn_app_with,
     stage_of, stages,
 };
 use pb::{EventType, Stage, TransitionRequestStatus};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
@@ -175,7 +176,7 @@ async fn start_sink() -> (String, mpsc::UnboundedReceiver<String>) {
         while let Ok((mut conn, _)) = listener.accept().await {
             let tx = tx.clone();
             tokio::spawn(async move {
-                let Some(body) = read_body(&mut conn).await else {
+                let Some((_, body)) = read_request(&mut conn).await else {
                     return;
                 };
                 let _ = conn
@@ -190,36 +191,6 @@ async fn start_sink() -> (String, mpsc::UnboundedReceiver<String>) {
         }
     });
     (url, rx)
-}
-
-/// Reads one HTTP/1.1 request and returns its body (by `content-length`).
-async fn read_body(conn: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        let n = conn.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    while buf.len() < head_end + length {
-        let n = conn.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Some(buf[head_end..head_end + length].to_vec())
 }
 
 /// An approver follows the notification's link into the dashboard, signs in,

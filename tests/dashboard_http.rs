@@ -12,8 +12,8 @@ use std::time::Duration;
 use modelreg_client::{ConnectOptions, RegistryClient, connect, pb};
 use modelreg_server::settings::HttpListen;
 use modelreg_tests::{
-    TestApp, TestDb, auc_gated, create_holdout, evaluate, get_version, register, spawn_app_with,
-    update_policy,
+    TestApp, TestDb, auc_gated, create_holdout, evaluate, get_version, last_event_of_type,
+    register, spawn_app_with, update_policy,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -424,12 +424,7 @@ async fn sign_in_decide_and_refuse_forgeries() {
     );
     let v2 = get_version(&mut ada, "fraud", 2).await;
     assert_eq!(v2.stage, pb::Stage::Production as i32);
-    let events = modelreg_tests::all_events(&mut ada).await;
-    let approval = events
-        .iter()
-        .rev()
-        .find(|e| e.r#type == pb::EventType::TransitionApproved as i32)
-        .unwrap();
+    let approval = last_event_of_type(&mut ada, pb::EventType::TransitionApproved).await;
     assert_eq!(approval.actor, "bob");
     assert_eq!(approval.comment, "checked <b>auc</b>");
 
@@ -894,10 +889,8 @@ async fn flood(addr: SocketAddr, path: &str, n: usize) -> usize {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_token_ends_open_streams() {
-    // Arrange. This process listens for SIGHUP itself too, so the signal can
-    // never take its default action (ending the test binary).
-    let _hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .expect("listen for SIGHUP");
+    // Arrange
+    let _hangups = modelreg_tests::catch_hangups();
     let dir = tempfile::tempdir().unwrap();
     let app = start(Some(dir.path())).await;
     let http = app.http_addr.unwrap();
@@ -935,12 +928,7 @@ async fn revoked_token_ends_open_streams() {
 
     // Act: rita's token leaves the file; then alice causes an event.
     write_token_file_without(dir.path(), &["rita"]);
-    let hup = std::process::Command::new("sh")
-        .args(["-c", "kill -HUP \"$1\"", "sh"])
-        .arg(std::process::id().to_string())
-        .status()
-        .expect("run sh");
-    assert!(hup.success());
+    modelreg_tests::send_hangup();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let probe = rita.list_models(pb::ListModelsRequest::default()).await;

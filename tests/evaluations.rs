@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use modelreg_client::errors::violated_fields;
 use modelreg_client::{RegistryClient, pb};
 use modelreg_tests::{
-    TestDb, all_events, all_pages, conformance, create_model, events_of_type, get_version,
-    precondition_violations, register, spawn_app, transition,
+    TestDb, all_events, all_pages, carried, conformance, create_model, events_of_type, get_version,
+    precondition_violations, register, register_many, spawn_app, transition,
 };
 use tonic::Code;
 
@@ -70,6 +70,16 @@ fn attach_req(
     }
 }
 
+/// The model `fraud` with `count` versions in `stage`, and the holdout set
+/// in each of the versions `sets`.
+async fn arrange_fraud(c: &mut RegistryClient, sets: &[&str], count: usize, stage: pb::Stage) {
+    create_model(c, "fraud").await;
+    for set in sets {
+        c.create_evaluation_set(holdout(set)).await.unwrap();
+    }
+    register_many(c, "fraud", count, stage).await;
+}
+
 async fn attach(
     c: &mut RegistryClient,
     version: i64,
@@ -93,27 +103,42 @@ fn compare_req(candidate: i64, baseline: i64, set: Option<&str>) -> pb::CompareV
     }
 }
 
+/// Whether every metric of `comparison` has the verdict `outcome`.
+fn every_metric_is(comparison: &pb::VersionComparison, outcome: pb::Outcome) -> bool {
+    comparison
+        .metrics
+        .iter()
+        .all(|m| m.outcome == outcome as i32)
+}
+
+/// Compares `fraud` `candidate` with `baseline` (0: the production version)
+/// on holdout@`set` (`None`: the model's standard set).
+async fn compare(
+    c: &mut RegistryClient,
+    candidate: i64,
+    baseline: i64,
+    set: Option<&str>,
+) -> Result<pb::VersionComparison, tonic::Status> {
+    c.compare_versions(compare_req(candidate, baseline, set))
+        .await
+        .map(|r| r.into_inner().comparison.expect("comparison"))
+}
+
 /// Re-creating an identical set returns the original and writes no event;
 /// a different set under the same name@version is ALREADY_EXISTS; Get and
 /// List (with a name filter and pages) return what was created.
 async fn evaluation_sets_are_immutable_and_idempotent(db: TestDb) {
     let mut app = spawn_app(&db).await;
     let c = &mut app.client;
-    let first = c
-        .create_evaluation_set(holdout("v1"))
-        .await
-        .unwrap()
-        .into_inner()
-        .evaluation_set
-        .unwrap();
+    let first = carried(c.create_evaluation_set(holdout("v1")).await, |r| {
+        r.evaluation_set
+    })
+    .unwrap();
     assert_eq!(first.created_by, "tester");
-    let again = c
-        .create_evaluation_set(holdout("v1"))
-        .await
-        .unwrap()
-        .into_inner()
-        .evaluation_set
-        .unwrap();
+    let again = carried(c.create_evaluation_set(holdout("v1")).await, |r| {
+        r.evaluation_set
+    })
+    .unwrap();
     assert_eq!(again, first);
     let created = events_of_type(c, pb::EventType::EvaluationSetCreated).await;
     assert_eq!(created.len(), 1);
@@ -136,57 +161,43 @@ async fn evaluation_sets_are_immutable_and_idempotent(db: TestDb) {
     })
     .await
     .unwrap();
-    let got = c
-        .get_evaluation_set(pb::GetEvaluationSetRequest {
-            name: "holdout".into(),
-            version: "v1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .evaluation_set
-        .unwrap();
+    let get = |version: &str| pb::GetEvaluationSetRequest {
+        name: "holdout".into(),
+        version: version.into(),
+    };
+    let got = carried(c.get_evaluation_set(get("v1")).await, |r| r.evaluation_set).unwrap();
     assert_eq!(got, first);
-    let err = c
-        .get_evaluation_set(pb::GetEvaluationSetRequest {
-            name: "holdout".into(),
-            version: "v9".into(),
-        })
-        .await
-        .unwrap_err();
+    let err = c.get_evaluation_set(get("v9")).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
-    let names: Vec<String> = all_pages(|page_token| {
-        let mut c = c.clone();
+    let one_a_page = pb::ListEvaluationSetsRequest {
+        page_size: 1,
+        ..Default::default()
+    };
+    let names = listed_sets(c, one_a_page).await;
+    assert_eq!(names, ["canary@v1", "holdout@v1", "holdout@v2"]);
+    let only_holdout = pb::ListEvaluationSetsRequest {
+        name: "holdout".into(),
+        ..Default::default()
+    };
+    assert_eq!(listed_sets(c, only_holdout).await.len(), 2);
+}
+
+/// `name@version` of every set `req` lists, through pages of its size.
+async fn listed_sets(c: &mut RegistryClient, req: pb::ListEvaluationSetsRequest) -> Vec<String> {
+    all_pages(|page_token| {
+        let (mut c, mut req) = (c.clone(), req.clone());
+        req.page_token = page_token;
         async move {
-            let resp = c
-                .list_evaluation_sets(pb::ListEvaluationSetsRequest {
-                    page_size: 1,
-                    page_token,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner();
+            let resp = c.list_evaluation_sets(req).await.unwrap().into_inner();
             let names = resp
                 .evaluation_sets
-                .into_iter()
+                .iter()
                 .map(|s| format!("{}@{}", s.name, s.version));
             (names.collect(), resp.next_page_token)
         }
     })
-    .await;
-    assert_eq!(names, ["canary@v1", "holdout@v1", "holdout@v2"]);
-    let only = c
-        .list_evaluation_sets(pb::ListEvaluationSetsRequest {
-            name: "holdout".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .evaluation_sets;
-    assert_eq!(only.len(), 2);
+    .await
 }
 
 /// A set needs a valid name, version, URI, digest and at least one metric
@@ -309,31 +320,16 @@ async fn evaluations_are_validated_immutable_and_shown_on_versions(db: TestDb) {
 
     let mut req = attach_req(1, "v1", "1.0", 0.9, 40.0);
     req.request_id = "eval-run-17".into();
-    let first = c
-        .attach_evaluation(req.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .evaluation
-        .unwrap();
-    let retry = c
-        .attach_evaluation(req.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .evaluation
-        .unwrap();
+    let first = carried(c.attach_evaluation(req.clone()).await, |r| r.evaluation).unwrap();
+    let retry = carried(c.attach_evaluation(req.clone()).await, |r| r.evaluation).unwrap();
     assert_eq!(retry, first);
-    let same = c
-        .attach_evaluation(attach_req(1, "v1", "1.0", 0.9, 40.0))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(same.evaluation.unwrap(), first);
-    let err = c
-        .attach_evaluation(attach_req(1, "v1", "1.0", 0.95, 40.0))
-        .await
-        .unwrap_err();
+    let same = attach_req(1, "v1", "1.0", 0.9, 40.0);
+    assert_eq!(
+        carried(c.attach_evaluation(same).await, |r| r.evaluation).unwrap(),
+        first
+    );
+    let different = attach_req(1, "v1", "1.0", 0.95, 40.0);
+    let err = c.attach_evaluation(different).await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
     c.attach_evaluation(attach_req(1, "v1", "1.1", 0.91, 41.0))
         .await
@@ -362,11 +358,7 @@ async fn evaluations_are_validated_immutable_and_shown_on_versions(db: TestDb) {
 async fn comparisons_are_direction_aware_and_default_to_production(db: TestDb) {
     let mut app = spawn_app(&db).await;
     let c = &mut app.client;
-    create_model(c, "fraud").await;
-    c.create_evaluation_set(holdout("v1")).await.unwrap();
-    for _ in 0..3 {
-        register(c, "fraud", pb::Stage::Staging).await;
-    }
+    arrange_fraud(c, &["v1"], 3, pb::Stage::Staging).await;
     transition(c, "fraud", 1, pb::Stage::Production)
         .await
         .unwrap();
@@ -374,13 +366,7 @@ async fn comparisons_are_direction_aware_and_default_to_production(db: TestDb) {
     attach(c, 2, "v1", "1.0", 0.93, 40.0).await;
     attach(c, 3, "v1", "1.0", 0.88, 60.0).await;
 
-    let better = c
-        .compare_versions(compare_req(2, 0, Some("v1")))
-        .await
-        .unwrap()
-        .into_inner()
-        .comparison
-        .unwrap();
+    let better = compare(c, 2, 0, Some("v1")).await.unwrap();
     assert_eq!((better.candidate_version, better.baseline_version), (2, 1));
     assert_eq!(better.evaluator_version, "1.0");
     let by_name: HashMap<&str, &pb::MetricComparison> = better
@@ -398,53 +384,19 @@ async fn comparisons_are_direction_aware_and_default_to_production(db: TestDb) {
     assert!((by_name["latency_ms"].relative_delta + 0.2).abs() < 1e-9);
     assert!(!by_name["latency_ms"].higher_is_better);
 
-    let worse = c
-        .compare_versions(compare_req(3, 0, Some("v1")))
-        .await
-        .unwrap()
-        .into_inner()
-        .comparison
-        .unwrap();
-    assert!(
-        worse
-            .metrics
-            .iter()
-            .all(|m| m.outcome == pb::Outcome::Worse as i32)
-    );
+    let worse = compare(c, 3, 0, Some("v1")).await.unwrap();
+    assert!(every_metric_is(&worse, pb::Outcome::Worse), "{worse:?}");
 
-    let explicit = c
-        .compare_versions(compare_req(3, 2, Some("v1")))
-        .await
-        .unwrap()
-        .into_inner()
-        .comparison
-        .unwrap();
+    let explicit = compare(c, 3, 2, Some("v1")).await.unwrap();
     assert_eq!(explicit.baseline_version, 2);
-    let equal = c
-        .compare_versions(compare_req(2, 2, Some("v1")))
-        .await
-        .unwrap()
-        .into_inner()
-        .comparison
-        .unwrap();
-    assert!(
-        equal
-            .metrics
-            .iter()
-            .all(|m| m.outcome == pb::Outcome::Equal as i32)
-    );
+    let equal = compare(c, 2, 2, Some("v1")).await.unwrap();
+    assert!(every_metric_is(&equal, pb::Outcome::Equal), "{equal:?}");
 
     // After promoting version 2, "production" means version 2.
     transition(c, "fraud", 2, pb::Stage::Production)
         .await
         .unwrap();
-    let now = c
-        .compare_versions(compare_req(3, 0, Some("v1")))
-        .await
-        .unwrap()
-        .into_inner()
-        .comparison
-        .unwrap();
+    let now = compare(c, 3, 0, Some("v1")).await.unwrap();
     assert_eq!(now.baseline_version, 2);
 }
 
@@ -455,6 +407,23 @@ fn precondition_kinds(status: &tonic::Status) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Comparing `fraud` `candidate` with the production version on
+/// holdout@`set` is refused for exactly the `expected` (type, subject)
+/// preconditions, in that order.
+async fn assert_incomparable(
+    c: &mut RegistryClient,
+    candidate: i64,
+    set: Option<&str>,
+    expected: &[(&str, &str)],
+) {
+    let err = compare(c, candidate, 0, set).await.unwrap_err();
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(kind, subject)| (kind.to_string(), subject.to_string()))
+        .collect();
+    assert_eq!(precondition_kinds(&err), expected);
+}
+
 /// Every case where two versions are not comparable is FAILED_PRECONDITION
 /// naming what is missing or mismatched: a side without an evaluation on the
 /// set version (both named when both lack one), another set version,
@@ -462,75 +431,29 @@ fn precondition_kinds(status: &tonic::Status) -> Vec<(String, String)> {
 async fn incomparable_versions_are_refused_with_every_reason(db: TestDb) {
     let mut app = spawn_app(&db).await;
     let c = &mut app.client;
-    create_model(c, "fraud").await;
-    c.create_evaluation_set(holdout("v1")).await.unwrap();
-    c.create_evaluation_set(holdout("v2")).await.unwrap();
-    for _ in 0..4 {
-        register(c, "fraud", pb::Stage::Staging).await;
-    }
+    arrange_fraud(c, &["v1", "v2"], 4, pb::Stage::Staging).await;
 
-    let err = c
-        .compare_versions(compare_req(2, 0, Some("v1")))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        precondition_kinds(&err),
-        [("NO_PRODUCTION_VERSION".into(), "fraud".into())]
-    );
+    assert_incomparable(c, 2, Some("v1"), &[("NO_PRODUCTION_VERSION", "fraud")]).await;
     transition(c, "fraud", 1, pb::Stage::Production)
         .await
         .unwrap();
 
-    let err = c
-        .compare_versions(compare_req(2, 0, Some("v1")))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        precondition_kinds(&err),
-        [
-            ("EVALUATION_MISSING".into(), "fraud/2".into()),
-            ("EVALUATION_MISSING".into(), "fraud/1".into())
-        ]
-    );
+    let both_missing = [
+        ("EVALUATION_MISSING", "fraud/2"),
+        ("EVALUATION_MISSING", "fraud/1"),
+    ];
+    assert_incomparable(c, 2, Some("v1"), &both_missing).await;
     attach(c, 1, "v1", "1.0", 0.9, 50.0).await;
-    let err = c
-        .compare_versions(compare_req(2, 0, Some("v1")))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        precondition_kinds(&err),
-        [("EVALUATION_MISSING".into(), "fraud/2".into())]
-    );
+    assert_incomparable(c, 2, Some("v1"), &[("EVALUATION_MISSING", "fraud/2")]).await;
 
     // Scored on another version of the set: not comparable with v1 numbers.
     attach(c, 2, "v2", "1.0", 0.95, 45.0).await;
-    let err = c
-        .compare_versions(compare_req(2, 0, Some("v1")))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        precondition_kinds(&err),
-        [("EVALUATION_MISSING".into(), "fraud/2".into())]
-    );
-    let err = c
-        .compare_versions(compare_req(2, 0, Some("v2")))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        precondition_kinds(&err),
-        [("EVALUATION_MISSING".into(), "fraud/1".into())]
-    );
+    assert_incomparable(c, 2, Some("v1"), &[("EVALUATION_MISSING", "fraud/2")]).await;
+    assert_incomparable(c, 2, Some("v2"), &[("EVALUATION_MISSING", "fraud/1")]).await;
 
     // Same set version, different metric code.
     attach(c, 3, "v1", "2.0", 0.95, 45.0).await;
-    let err = c
-        .compare_versions(compare_req(3, 0, Some("v1")))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        precondition_kinds(&err),
-        [("NOT_COMPARABLE".into(), "fraud/3".into())]
-    );
+    assert_incomparable(c, 3, Some("v1"), &[("NOT_COMPARABLE", "fraud/3")]).await;
     let mut pinned = compare_req(3, 0, Some("v1"));
     pinned.evaluator_version = "1.0".into();
     let err = c.compare_versions(pinned).await.unwrap_err();
@@ -539,28 +462,12 @@ async fn incomparable_versions_are_refused_with_every_reason(db: TestDb) {
         [("EVALUATION_MISSING".into(), "fraud/3".into())]
     );
 
-    let err = c
-        .compare_versions(compare_req(2, 0, None))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        precondition_kinds(&err),
-        [("NO_STANDARD_EVALUATION_SET".into(), "fraud".into())]
-    );
-    let err = c
-        .compare_versions(compare_req(9, 0, Some("v1")))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
-    let err = c
-        .compare_versions(compare_req(2, 0, Some("v3")))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
-    let err = c
-        .compare_versions(compare_req(0, 0, Some("v1")))
-        .await
-        .unwrap_err();
+    assert_incomparable(c, 2, None, &[("NO_STANDARD_EVALUATION_SET", "fraud")]).await;
+    for (candidate, set) in [(9, "v1"), (2, "v3")] {
+        let err = compare(c, candidate, 0, Some(set)).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{candidate} on {set}");
+    }
+    let err = compare(c, 0, 0, Some("v1")).await.unwrap_err();
     assert_eq!(violated_fields(&err), vec!["candidate_version".to_string()]);
 }
 
@@ -570,12 +477,7 @@ async fn incomparable_versions_are_refused_with_every_reason(db: TestDb) {
 async fn metric_history_is_ordered_by_version(db: TestDb) {
     let mut app = spawn_app(&db).await;
     let c = &mut app.client;
-    create_model(c, "fraud").await;
-    c.create_evaluation_set(holdout("v1")).await.unwrap();
-    c.create_evaluation_set(holdout("v2")).await.unwrap();
-    for _ in 0..4 {
-        register(c, "fraud", pb::Stage::None).await;
-    }
+    arrange_fraud(c, &["v1", "v2"], 4, pb::Stage::None).await;
     attach(c, 3, "v1", "1.0", 0.93, 41.0).await;
     attach(c, 1, "v1", "1.0", 0.90, 50.0).await;
     attach(c, 4, "v2", "1.0", 0.99, 10.0).await;

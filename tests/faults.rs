@@ -253,27 +253,11 @@ async fn writer(
     }
 }
 
-async fn health(app: &TestApp) -> i32 {
-    let channel = tonic::transport::Endpoint::from_shared(app.url.clone())
-        .unwrap()
-        .connect()
-        .await
-        .expect("health connects: the server itself stays up");
-    tonic_health::pb::health_client::HealthClient::new(channel)
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "modelreg.v1.ModelRegistryService".into(),
-        })
-        .await
-        .expect("health answers")
-        .into_inner()
-        .status
-}
-
 /// Polls health until it is `want`, for at most `within`; returns how long it took.
 async fn wait_health(app: &TestApp, want: ServingStatus, within: Duration) -> Duration {
     let start = Instant::now();
     loop {
-        if health(app).await == want as i32 {
+        if app.health("modelreg.v1.ModelRegistryService").await == want as i32 {
             return start.elapsed();
         }
         assert!(

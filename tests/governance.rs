@@ -5,8 +5,9 @@
 use modelreg_client::errors::violated_fields;
 use modelreg_client::{RegistryClient, pb};
 use modelreg_tests::{
-    Engine, TestDb, all_events, conformance, create_model, create_model_with, evaluation,
-    evaluation_set, holdout, precondition_violations, register, spawn_app, stage_of, transition,
+    Engine, TestDb, all_events, assert_policies_refused, carried, conformance, create_model,
+    create_model_with, evaluation, evaluation_set, holdout, last_event_of_type,
+    precondition_violations, register, register_many, spawn_app, stage_of, transition,
     transition_requests, update_policy,
 };
 use pb::{Stage, StageChangeCause as Cause, TransitionRequestStatus as Status};
@@ -133,16 +134,11 @@ async fn policies_are_shown_validated_and_audited(db: TestDb) {
     let app = spawn_app(&db).await;
     let mut c = app.client_as("root").await;
     create_holdout(&mut c).await;
-    let plain = c
-        .create_model(pb::CreateModelRequest {
-            name: "plain".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .model
-        .unwrap();
+    let unset = pb::CreateModelRequest {
+        name: "plain".into(),
+        ..Default::default()
+    };
+    let plain = carried(c.create_model(unset).await, |r| r.model).unwrap();
     let p = plain.policy.expect("policy shown");
     assert_eq!(
         p.approval_required_for.unwrap().stages,
@@ -154,7 +150,7 @@ async fn policies_are_shown_validated_and_audited(db: TestDb) {
     assert!(p.standard_evaluation_set.is_none());
 
     let before = count_events(&mut c).await;
-    let bad = [
+    let bad = vec![
         (
             pb::Policy {
                 gates: gated_policy().gates,
@@ -245,19 +241,7 @@ async fn policies_are_shown_validated_and_audited(db: TestDb) {
             vec!["policy.archival.archive_superseded_after_days"],
         ),
     ];
-    for (policy, fields) in bad {
-        let s = update_policy(&mut c, "plain", policy.clone(), "")
-            .await
-            .unwrap_err();
-        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
-        let mut got = violated_fields(&s);
-        got.sort();
-        assert_eq!(got, fields, "{policy:?}: {s:?}");
-        let s = create_model_with(&mut c, "other", policy)
-            .await
-            .unwrap_err();
-        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
-    }
+    assert_policies_refused(&mut c, "plain", bad).await;
     assert_eq!(
         count_events(&mut c).await,
         before,
@@ -350,15 +334,10 @@ async fn the_governed_path_needs_a_second_person(db: TestDb) {
     let r2 = request(&mut alice, "fraud", 2).await;
     assert_eq!(r2.id, "fraud:2");
     // The request carries the comparison with production for the approver.
-    let events = all_events(&mut root).await;
-    let asked = events
-        .iter()
-        .rev()
-        .find(|e| e.r#type == pb::EventType::TransitionRequested as i32)
-        .unwrap();
+    let asked = last_event_of_type(&mut root, pb::EventType::TransitionRequested).await;
     assert_eq!(asked.actor, "alice");
     assert_eq!(asked.transition_request_id, "fraud:2");
-    let d = details(asked);
+    let d = details(&asked);
     assert_eq!(d["requester"], "alice");
     assert_eq!(d["to_stage"], "PRODUCTION");
     assert_eq!(d["artifact_uri"], "s3://models/fraud/artifact");
@@ -559,9 +538,7 @@ async fn requests_are_rejected_cancelled_or_superseded(db: TestDb) {
     let mut alice = app.client_as("alice").await;
     let mut bob = app.client_as("bob").await;
     create_governed(&mut alice, "m", pb::Policy::default()).await;
-    for _ in 0..3 {
-        register(&mut alice, "m", Stage::Staging).await;
-    }
+    register_many(&mut alice, "m", 3, Stage::Staging).await;
     let r1 = request(&mut alice, "m", 1).await;
     let s = bob
         .reject_transition(pb::RejectTransitionRequest {
@@ -639,15 +616,27 @@ async fn requests_are_rejected_cancelled_or_superseded(db: TestDb) {
     assert_eq!(s.code(), Code::NotFound);
 }
 
+/// Rolls `model` back to `version` (0: the previous good one) because the
+/// error rate went up.
 async fn rollback(
     c: &mut RegistryClient,
     model: &str,
     version: i64,
 ) -> Result<pb::RollbackResponse, tonic::Status> {
+    rollback_because(c, model, version, "error rate up").await
+}
+
+/// Rolls `model` back to `version` giving `reason`.
+async fn rollback_because(
+    c: &mut RegistryClient,
+    model: &str,
+    version: i64,
+    reason: &str,
+) -> Result<pb::RollbackResponse, tonic::Status> {
     c.rollback(pb::RollbackRequest {
         model: model.into(),
         version,
-        reason: "error rate up".into(),
+        reason: reason.into(),
     })
     .await
     .map(|r| r.into_inner())
@@ -669,14 +658,7 @@ async fn rollback_goes_back_one_good_version_at_a_time(db: TestDb) {
     // 1 → 2 → 3 were in production; 4 never was.
     let s = rollback(&mut c, "m", 4).await.unwrap_err();
     assert_eq!(preconditions(&s)[0].0, "ROLLBACK_TARGET");
-    let s = c
-        .rollback(pb::RollbackRequest {
-            model: "m".into(),
-            version: 0,
-            reason: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let s = rollback_because(&mut c, "m", 0, "").await.unwrap_err();
     assert_eq!(violated_fields(&s), vec!["reason"]);
 
     let back = rollback(&mut c, "m", 0).await.unwrap();

@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use modelreg_client::errors::violated_fields;
 use modelreg_client::{RegistryClient, pb};
 use modelreg_tests::{
-    DIGEST, TestDb, all_events, all_pages, auc_gated, conformance, create_holdout, create_model,
-    create_model_with, evaluate, register, spawn_app, stages, transition_requests, watch_after,
+    DIGEST, TestDb, all_events, all_pages, auc_gated, carried, conformance, create_holdout,
+    create_model, create_model_with, evaluate, register, spawn_app, stages, transition_requests,
+    watch_after,
 };
 use pb::{Stage, TransitionRequestStatus as Status};
 use tonic::Code;
@@ -142,18 +143,12 @@ async fn compare_versions_reports_the_gates_it_judged(db: TestDb) {
     }
     let compare = |candidate: i64| {
         let mut c = c.clone();
-        async move {
-            c.compare_versions(pb::CompareVersionsRequest {
-                model: "fraud".into(),
-                candidate_version: candidate,
-                ..Default::default()
-            })
-            .await
-            .expect("compare")
-            .into_inner()
-            .comparison
-            .expect("comparison")
-        }
+        let req = pb::CompareVersionsRequest {
+            model: "fraud".into(),
+            candidate_version: candidate,
+            ..Default::default()
+        };
+        async move { carried(c.compare_versions(req).await, |r| r.comparison).expect("compare") }
     };
 
     // Act
@@ -211,18 +206,15 @@ async fn transition_requests_are_listed_newest_first(db: TestDb) {
     }
 
     // Act: pages of two.
+    let two_a_page = pb::ListTransitionRequestsRequest {
+        page_size: 2,
+        ..Default::default()
+    };
     let listed: Vec<String> = all_pages(|page_token| {
-        let mut c = c.clone();
+        let (mut c, mut req) = (c.clone(), two_a_page.clone());
+        req.page_token = page_token;
         async move {
-            let r = c
-                .list_transition_requests(pb::ListTransitionRequestsRequest {
-                    page_size: 2,
-                    page_token,
-                    ..Default::default()
-                })
-                .await
-                .expect("list")
-                .into_inner();
+            let r = c.list_transition_requests(req).await.unwrap().into_inner();
             (r.requests, r.next_page_token)
         }
     })

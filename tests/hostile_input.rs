@@ -671,19 +671,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Health of the whole server, as a load balancer would ask.
 async fn serving(app: &TestApp) -> bool {
-    let channel = tonic::transport::Endpoint::from_shared(app.url.clone())
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect");
-    let resp = tonic_health::pb::health_client::HealthClient::new(channel)
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .expect("health check answers");
-    resp.into_inner().status
-        == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    app.health("").await == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
 }
 
 /// A server with a known model holding one staged version, for RPCs aimed

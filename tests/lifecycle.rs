@@ -4,8 +4,8 @@
 
 use modelreg_client::pb::{self, Stage};
 use modelreg_tests::{
-    TestDb, all_events, conformance, create_model, get_version, list_versions, list_versions_in,
-    register, spawn_app, transition,
+    TestDb, all_events, conformance, create_model, get_version, invalid_fields, list_versions,
+    list_versions_in, register, register_many, spawn_app, transition,
 };
 
 conformance!(
@@ -231,9 +231,7 @@ async fn concurrent_promotions_leave_one_production_version(db: TestDb) {
     let app = spawn_app(&db).await;
     let mut c = app.client.clone();
     create_model(&mut c, "busy").await;
-    for _ in 0..8 {
-        register(&mut c, "busy", Stage::Staging).await;
-    }
+    register_many(&mut c, "busy", 8, Stage::Staging).await;
 
     // Act
     let mut tasks = Vec::new();
@@ -297,11 +295,7 @@ async fn special_targets(db: TestDb) {
     let err = transition(c, "special", 1, Stage::Unspecified)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    assert_eq!(
-        modelreg_client::errors::violated_fields(&err),
-        vec!["target_stage"]
-    );
+    assert_eq!(invalid_fields(&err), ["target_stage"]);
 
     let err = c
         .register_version(pb::RegisterVersionRequest {
@@ -312,9 +306,5 @@ async fn special_targets(db: TestDb) {
         })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    assert_eq!(
-        modelreg_client::errors::violated_fields(&err),
-        vec!["target_stage"]
-    );
+    assert_eq!(invalid_fields(&err), ["target_stage"]);
 }

@@ -610,20 +610,18 @@ async fn the_listener_uses_the_grpc_ports_certificate() {
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
 
+    let handshake = || async {
+        let tcp = tokio::net::TcpStream::connect(http).await.unwrap();
+        connector
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .expect("TLS handshake with the HTTP listener")
+    };
+
     // Act
-    let tcp = tokio::net::TcpStream::connect(http).await.unwrap();
-    let tls = connector
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .expect("TLS handshake with the HTTP listener");
-    let resp = get_over(tls, http, "/metrics", None).await;
+    let resp = get_over(handshake().await, http, "/metrics", None).await;
     // The dashboard on the same listener marks its session cookie Secure.
-    let tcp = tokio::net::TcpStream::connect(http).await.unwrap();
-    let tls = connector
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .expect("TLS handshake with the HTTP listener");
-    let page = get_over(tls, http, "/", None).await;
+    let page = get_over(handshake().await, http, "/", None).await;
     let plain = {
         let mut tcp = tokio::net::TcpStream::connect(http).await.unwrap();
         tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

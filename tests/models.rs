@@ -5,10 +5,10 @@ use std::collections::{HashMap, HashSet};
 
 use modelreg_client::pb::{self, Stage};
 use modelreg_tests::{
-    Engine, TestDb, all_events, all_pages, conformance, create_model, events_after,
-    events_by_actor, events_of_type, events_of_version, get_model, get_version, list_models,
-    list_versions, list_versions_in, register, set_alias, spawn_app, verify_audit,
-    version_by_alias,
+    Engine, TestDb, all_events, all_pages, carried, conformance, create_holdout, create_model,
+    delete_alias, evaluate, events_after, events_by_actor, events_of_type, events_of_version,
+    get_model, get_version, list_models, list_versions, list_versions_in, register, set_alias,
+    spawn_app, verify_audit, version_by_alias,
 };
 
 conformance!(
@@ -89,22 +89,8 @@ async fn create_model_retries_with_a_request_id(db: TestDb) {
         request_id: "req-1".into(),
         ..Default::default()
     };
-    let first = app
-        .client
-        .create_model(req.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .model
-        .unwrap();
-    let again = app
-        .client
-        .create_model(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .model
-        .unwrap();
+    let first = carried(app.client.create_model(req.clone()).await, |r| r.model).unwrap();
+    let again = carried(app.client.create_model(req).await, |r| r.model).unwrap();
     assert_eq!(first, again);
     let err = app
         .client
@@ -211,35 +197,28 @@ async fn update_model_honours_etags(db: TestDb) {
     let mut app = spawn_app(&db).await;
     let c = &mut app.client;
     let created = create_model(c, "upd").await;
-    let updated = c
-        .update_model(pb::UpdateModelRequest {
-            name: "upd".into(),
-            description: "new words".into(),
-            tags: HashMap::from([("tier".to_string(), "gold".to_string())]),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["description".into(), "tags".into()],
-            }),
-            etag: created.etag.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .model
-        .unwrap();
+    let change = pb::UpdateModelRequest {
+        name: "upd".into(),
+        description: "new words".into(),
+        tags: HashMap::from([("tier".to_string(), "gold".to_string())]),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["description".into(), "tags".into()],
+        }),
+        etag: created.etag.clone(),
+        ..Default::default()
+    };
+    let updated = carried(c.update_model(change).await, |r| r.model).unwrap();
     assert_eq!(updated.description, "new words");
     assert_eq!(updated.tags.get("tier").map(String::as_str), Some("gold"));
     assert_ne!(updated.etag, created.etag);
 
-    let err = c
-        .update_model(pb::UpdateModelRequest {
-            name: "upd".into(),
-            description: "stale write".into(),
-            etag: created.etag.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let stale = pb::UpdateModelRequest {
+        name: "upd".into(),
+        description: "stale write".into(),
+        etag: created.etag.clone(),
+        ..Default::default()
+    };
+    let err = c.update_model(stale).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     let now = get_model(c, "upd").await;
     assert_eq!(now, updated);
@@ -272,16 +251,7 @@ async fn aliases_point_at_versions(db: TestDb) {
     let v1 = get_version(c, "ali", 1).await;
     assert!(v1.aliases.is_empty());
 
-    let m = c
-        .delete_alias(pb::DeleteAliasRequest {
-            model: "ali".into(),
-            alias: "champion".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .model
-        .unwrap();
+    let m = delete_alias(c, "ali", "champion").await.unwrap();
     assert!(m.aliases.is_empty());
     let kinds: Vec<i32> = all_events(c).await.into_iter().map(|e| e.r#type).collect();
     assert_eq!(
@@ -525,41 +495,11 @@ async fn reads_reflect_every_committed_write(db: TestDb) {
         .unwrap();
     assert_eq!(get(&mut c, 1).await.stage, Stage::Staging as i32);
 
-    c.set_alias(pb::SetAliasRequest {
-        model: "fresh".into(),
-        alias: "champion".into(),
-        version: 1,
-    })
-    .await
-    .unwrap();
+    set_alias(&mut c, "fresh", "champion", 1).await.unwrap();
     assert_eq!(get(&mut c, 1).await.aliases, vec!["champion".to_string()]);
 
-    c.create_evaluation_set(pb::CreateEvaluationSetRequest {
-        name: "hold".into(),
-        version: "v1".into(),
-        uri: "s3://d/h".into(),
-        digest: format!("sha256:{}", "a".repeat(64)),
-        metrics: vec![pb::MetricDefinition {
-            name: "auc".into(),
-            higher_is_better: true,
-        }],
-        description: String::new(),
-    })
-    .await
-    .unwrap();
-    c.attach_evaluation(pb::AttachEvaluationRequest {
-        model: "fresh".into(),
-        version: 1,
-        evaluation_set: Some(pb::EvaluationSetRef {
-            name: "hold".into(),
-            version: "v1".into(),
-        }),
-        evaluator_version: "1".into(),
-        metrics: HashMap::from([("auc".to_string(), 0.8)]),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    create_holdout(&mut c).await;
+    evaluate(&mut c, "fresh", 1, 0.8).await;
     assert_eq!(get(&mut c, 1).await.evaluations.len(), 1);
 
     modelreg_tests::transition(&mut c, "fresh", 1, Stage::Production)
@@ -575,13 +515,7 @@ async fn reads_reflect_every_committed_write(db: TestDb) {
         "superseded"
     );
 
-    c.set_alias(pb::SetAliasRequest {
-        model: "fresh".into(),
-        alias: "champion".into(),
-        version: 2,
-    })
-    .await
-    .unwrap();
+    set_alias(&mut c, "fresh", "champion", 2).await.unwrap();
     assert!(get(&mut c, 1).await.aliases.is_empty());
     assert_eq!(get(&mut c, 2).await.aliases, vec!["champion".to_string()]);
 }

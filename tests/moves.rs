@@ -13,8 +13,9 @@ use modelreg_server::policy::ManualClock;
 use modelreg_server::store::{Store, StoreOptions};
 use modelreg_server::{app, domain};
 use modelreg_tests::{
-    TestDb, auc_gate, conformance, create_holdout, create_model_with, evaluate, holdout,
-    precondition_violations, register, spawn_app, spawn_app_with, stage_of, stages, update_policy,
+    TestApp, TestDb, auc_gate, auc_gated, conformance, create_holdout, create_model_with, evaluate,
+    get_model, holdout, precondition_violations, register, spawn_app, spawn_app_with, stage_of,
+    stages, update_policy,
 };
 use pb::{Stage, StageChangeCause as Cause};
 
@@ -67,16 +68,26 @@ fn staging_policies() -> Vec<(&'static str, pb::Policy, Outcome)> {
         (
             "gated",
             pb::Policy {
-                standard_evaluation_set: Some(holdout()),
-                gates: auc_gate(pb::MetricGate {
-                    min_value: Some(0.8),
-                    ..Default::default()
-                }),
-                ..governed
+                approval_required_for: governed.approval_required_for,
+                ..auc_gated(0.8)
             },
             Outcome::Refused(vec!["GATE_FAILED".into()]),
         ),
     ]
+}
+
+/// A server with the holdout set and a model under each of the
+/// [`staging_policies`], named after it; each name with its outcome.
+async fn staging_models(db: &TestDb) -> (TestApp, RegistryClient, Vec<(&'static str, Outcome)>) {
+    let app = spawn_app(db).await;
+    let mut c = app.client.clone();
+    create_holdout(&mut c).await;
+    let mut cases = Vec::new();
+    for (name, policy, expected) in staging_policies() {
+        create(&mut c, name, policy).await;
+        cases.push((name, expected));
+    }
+    (app, c, cases)
 }
 
 async fn create(c: &mut RegistryClient, name: &str, policy: pb::Policy) {
@@ -143,13 +154,9 @@ async fn last_cause(c: &mut RegistryClient, model: &str, version: i64) -> i32 {
 /// (registered in NONE), or refused by the gates (nothing registered).
 async fn registration_with_a_target_stage_decides_by_the_rule(db: TestDb) {
     // Arrange
-    let app = spawn_app(&db).await;
-    let mut c = app.client.clone();
-    create_holdout(&mut c).await;
+    let (_app, mut c, cases) = staging_models(&db).await;
 
-    for (name, policy, expected) in staging_policies() {
-        create(&mut c, name, policy).await;
-
+    for (name, expected) in cases {
         // Act
         let outcome = match c
             .register_version(pb::RegisterVersionRequest {
@@ -188,12 +195,9 @@ async fn registration_with_a_target_stage_decides_by_the_rule(db: TestDb) {
 /// policies: the same outcomes as registration.
 async fn transition_decides_by_the_rule(db: TestDb) {
     // Arrange
-    let app = spawn_app(&db).await;
-    let mut c = app.client.clone();
-    create_holdout(&mut c).await;
+    let (_app, mut c, cases) = staging_models(&db).await;
 
-    for (name, policy, expected) in staging_policies() {
-        create(&mut c, name, policy).await;
+    for (name, expected) in cases {
         let v = register(&mut c, name, Stage::None).await;
 
         // Act
@@ -213,23 +217,19 @@ async fn transition_decides_by_the_rule(db: TestDb) {
 /// applies with cause APPROVAL.
 async fn approval_decides_again_when_it_applies(db: TestDb) {
     // Arrange: auc may not regress by more than 0.01 against production.
+    let no_regression = pb::Policy {
+        standard_evaluation_set: Some(holdout()),
+        gates: auc_gate(pb::MetricGate {
+            max_regression: Some(0.01),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
     let app = spawn_app(&db).await;
     let mut alice = app.client_as("alice").await;
     let mut bob = app.client_as("bob").await;
     create_holdout(&mut alice).await;
-    create(
-        &mut alice,
-        "fraud",
-        pb::Policy {
-            standard_evaluation_set: Some(holdout()),
-            gates: auc_gate(pb::MetricGate {
-                max_regression: Some(0.01),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-    )
-    .await;
+    create(&mut alice, "fraud", no_regression).await;
     let mut pending = Vec::new();
     for auc in [0.85, 0.86, 0.95] {
         let v = register(&mut alice, "fraud", Stage::Staging).await;
@@ -295,13 +295,8 @@ async fn rollback_decides_by_the_rule_without_gates(db: TestDb) {
             &mut alice,
             name,
             pb::Policy {
-                standard_evaluation_set: Some(holdout()),
-                gates: auc_gate(pb::MetricGate {
-                    min_value: Some(0.99),
-                    ..Default::default()
-                }),
                 rollback_requires_approval: Some(needs_approval),
-                ..Default::default()
+                ..auc_gated(0.99)
             },
         )
         .await;
@@ -370,11 +365,6 @@ async fn the_policy_engine_decides_by_the_rule(db: TestDb) {
         &mut c,
         "ads",
         pb::Policy {
-            standard_evaluation_set: Some(holdout()),
-            gates: auc_gate(pb::MetricGate {
-                min_value: Some(0.99),
-                ..Default::default()
-            }),
             rollback_requires_approval: Some(true),
             archival: Some(pb::ArchivalPolicy {
                 archive_superseded_after_days: None,
@@ -389,7 +379,7 @@ async fn the_policy_engine_decides_by_the_rule(db: TestDb) {
                     action: pb::LiveMetricAction::Rollback as i32,
                 }),
             }),
-            ..Default::default()
+            ..auc_gated(0.99)
         },
     )
     .await;
@@ -456,14 +446,6 @@ async fn a_registration_enters_only_none_or_staging_by_any_way_in(db: TestDb) {
             "{target}: {err:?}"
         );
     }
-    let model = c
-        .get_model(pb::GetModelRequest {
-            name: "direct".into(),
-        })
-        .await
-        .expect("get model")
-        .into_inner()
-        .model
-        .expect("model");
+    let model = get_model(&mut c, "direct").await;
     assert_eq!(model.latest_version, 0, "nothing was registered");
 }

@@ -2,10 +2,10 @@
 //! database has every model, version, alias and event, its hash chain still
 //! verifies, and a watcher resumes from its old cursor.
 
-use modelreg_client::pb::{self, Stage, watch_transitions_response::Kind};
+use modelreg_client::pb::{Stage, watch_transitions_response::Kind};
 use modelreg_tests::{
-    Engine, TestDb, all_events, conformance, create_model, list_versions, register, spawn_app,
-    transition, verify_audit, watch_after,
+    Engine, TestDb, all_events, conformance, create_model, get_model, list_versions, register,
+    register_many, set_alias, spawn_app, transition, verify_audit, watch_after,
 };
 
 conformance!(data_and_cursors_survive_a_restart);
@@ -19,25 +19,12 @@ async fn data_and_cursors_survive_a_restart(db: TestDb) {
     let app = spawn_app(&db).await;
     let mut c = app.client.clone();
     create_model(&mut c, "durable").await;
-    register(&mut c, "durable", Stage::Staging).await;
-    register(&mut c, "durable", Stage::Staging).await;
+    register_many(&mut c, "durable", 2, Stage::Staging).await;
     transition(&mut c, "durable", 1, Stage::Production)
         .await
         .unwrap();
-    c.set_alias(pb::SetAliasRequest {
-        model: "durable".into(),
-        alias: "champion".into(),
-        version: 1,
-    })
-    .await
-    .unwrap();
-    let model_before = c
-        .get_model(pb::GetModelRequest {
-            name: "durable".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    set_alias(&mut c, "durable", "champion", 1).await.unwrap();
+    let model_before = get_model(&mut c, "durable").await;
     let versions_before = list_versions(&mut c, "durable").await;
     let events_before = all_events(&mut c).await;
     let cursor = events_before.last().unwrap().sequence;
@@ -52,13 +39,7 @@ async fn data_and_cursors_survive_a_restart(db: TestDb) {
     let mut c = app.client.clone();
 
     // Assert
-    let model_after = c
-        .get_model(pb::GetModelRequest {
-            name: "durable".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let model_after = get_model(&mut c, "durable").await;
     assert_eq!(model_after, model_before);
     let versions_after = list_versions(&mut c, "durable").await;
     assert_eq!(versions_after, versions_before);

@@ -10,7 +10,7 @@ use modelreg_client::pb::{self, watch_transitions_response::Kind};
 use modelreg_client::watch::{ResumingWatch, WatchItem};
 use modelreg_client::{RegistryClient, pb::Stage};
 use modelreg_tests::{
-    TestDb, all_events, create_model, register, spawn_app, watch_after, write_changes,
+    TestApp, TestDb, all_events, create_model, register, spawn_app, watch_after, write_changes,
 };
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
@@ -42,6 +42,13 @@ async fn watch_until(
     }
 }
 
+/// Two replicas on one fresh PostgreSQL database; `None` (the test is
+/// skipped) when there is no PostgreSQL.
+async fn two_replicas() -> Option<(TestApp, TestApp)> {
+    let db = TestDb::postgres().await?;
+    Some((spawn_app(&db).await, spawn_app(&db).await))
+}
+
 /// Kills every LISTEN connection of the replicas on `db`; returns how many.
 async fn kill_listeners(db: &TestDb) -> u64 {
     use sqlx::Connection;
@@ -64,12 +71,10 @@ async fn kill_listeners(db: &TestDb) -> u64 {
 /// LISTEN connections are killed several times during the run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_share_one_ordered_stream_through_lost_listeners() {
-    let Some(db) = TestDb::postgres().await else {
+    // Arrange
+    let Some((a, b)) = two_replicas().await else {
         return;
     };
-    // Arrange
-    let a = spawn_app(&db).await;
-    let b = spawn_app(&db).await;
     let mut c = a.client.clone();
     let models: Vec<String> = (0..4).map(|i| format!("shared-{i}")).collect();
     for m in &models {
@@ -93,7 +98,7 @@ async fn two_replicas_share_one_ordered_stream_through_lost_listeners() {
     let mut killed = 0;
     while killed < 3 {
         // Wait until the replicas have (re)connected, then cut them again.
-        let n = kill_listeners(&db).await;
+        let n = kill_listeners(&a.db).await;
         killed += n;
         register(&mut c, "shared-0", Stage::None).await;
     }
@@ -123,13 +128,11 @@ async fn two_replicas_share_one_ordered_stream_through_lost_listeners() {
 /// sequence is assigned only after the previous one has committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_commits_never_expose_a_sequence_gap() {
-    let Some(db) = TestDb::postgres().await else {
-        return;
-    };
     // Arrange: one model per writer, so model locks do not serialize them and
     // only the log head orders their commits.
-    let a = spawn_app(&db).await;
-    let b = spawn_app(&db).await;
+    let Some((a, b)) = two_replicas().await else {
+        return;
+    };
     let mut c = a.client.clone();
     for i in 0..12 {
         create_model(&mut c, &format!("gap-{i}")).await;
@@ -200,12 +203,10 @@ async fn concurrent_commits_never_expose_a_sequence_gap() {
 /// away, and receives exactly the events it missed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watcher_moves_to_another_replica_with_its_cursor() {
-    let Some(db) = TestDb::postgres().await else {
+    // Arrange
+    let Some((a, b)) = two_replicas().await else {
         return;
     };
-    // Arrange
-    let a = spawn_app(&db).await;
-    let b = spawn_app(&db).await;
     let mut c = b.client.clone();
     create_model(&mut c, "moving").await;
     let mut on_a = watch_after(&mut a.client.clone(), 0).await.unwrap();

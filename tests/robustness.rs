@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use modelreg_client::pb::{self, Stage, watch_transitions_response::Kind};
 use modelreg_server::watch::open_watch_streams;
-use modelreg_tests::{TestDb, client_for, create_model, register, spawn_app};
+use modelreg_tests::{TestDb, client_for, create_model, register, register_many, spawn_app};
 use tokio_stream::StreamExt;
 
 /// Streams opened in all.
@@ -87,9 +87,7 @@ async fn ten_thousand_dropped_watch_streams_leave_no_task_or_memory() {
     let app = spawn_app(&db).await;
     let mut c = app.client.clone();
     create_model(&mut c, "churn").await;
-    for _ in 0..10 {
-        register(&mut c, "churn", Stage::Staging).await;
-    }
+    register_many(&mut c, "churn", 10, Stage::Staging).await;
     let mut clients = Vec::new();
     for _ in 0..CONNECTIONS {
         clients.push(client_for(&app.url, "watcher").await);

@@ -5,7 +5,7 @@
 //! Workers are killed and restarted mid-stream; afterwards nothing is lost,
 //! nothing is doubled, and the audit trail tells the story.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -14,6 +14,10 @@ use std::time::Duration;
 use modelreg_client::{ConnectOptions, RegistryClient, connect, pb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
+
+#[path = "../../tests/support/http.rs"]
+mod http;
+use http::read_request;
 
 const SECRET: &str = "webhook-secret";
 
@@ -379,44 +383,6 @@ impl Sink {
     fn deliveries(&self) -> Vec<Delivery> {
         self.received.lock().unwrap().clone()
     }
-}
-
-/// Reads one HTTP/1.1 request: lower-cased headers and the body.
-async fn read_request(
-    conn: &mut tokio::net::TcpStream,
-) -> Option<(BTreeMap<String, String>, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        let n = conn.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let headers: BTreeMap<String, String> = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let len: usize = headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = buf[head_end..].to_vec();
-    while body.len() < len {
-        let n = conn.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            break;
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    Some((headers, body))
 }
 
 async fn events(c: &mut RegistryClient, model: &str) -> Vec<pb::RegistryEvent> {

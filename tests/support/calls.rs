@@ -3,8 +3,19 @@
 //! call's `Result`, so the check stays in the test.
 
 use modelreg_client::{RegistryClient, pb};
+use tonic::{Response, Status};
 
 use crate::all_pages;
+
+/// What an answered call carries in the `field` of its reply; a refusal as
+/// it came. `carried(c.create_model(req).await, |r| r.model)` is the model
+/// created, or why not.
+pub fn carried<M, T>(
+    reply: Result<Response<M>, Status>,
+    field: impl FnOnce(M) -> Option<T>,
+) -> Result<T, Status> {
+    Ok(field(reply?.into_inner()).expect("an answered call carries its result"))
+}
 
 /// Creates the model `name` under `policy`.
 pub async fn create_model_with(
@@ -162,6 +173,14 @@ pub async fn events_of_type(c: &mut RegistryClient, t: pb::EventType) -> Vec<pb:
     events_where(c, |q| q.types = vec![t as i32]).await
 }
 
+/// The newest event of type `t`.
+pub async fn last_event_of_type(c: &mut RegistryClient, t: pb::EventType) -> pb::RegistryEvent {
+    events_of_type(c, t)
+        .await
+        .pop()
+        .expect("an event of that type")
+}
+
 /// The model `name`.
 pub async fn get_model(c: &mut RegistryClient, name: &str) -> pb::Model {
     c.get_model(pb::GetModelRequest { name: name.into() })
@@ -201,6 +220,20 @@ pub async fn set_alias(
         model: model.into(),
         alias: alias.into(),
         version,
+    })
+    .await
+    .map(|r| r.into_inner().model.expect("model"))
+}
+
+/// Removes `alias` of `model`; the model as it is then.
+pub async fn delete_alias(
+    c: &mut RegistryClient,
+    model: &str,
+    alias: &str,
+) -> Result<pb::Model, tonic::Status> {
+    c.delete_alias(pb::DeleteAliasRequest {
+        model: model.into(),
+        alias: alias.into(),
     })
     .await
     .map(|r| r.into_inner().model.expect("model"))

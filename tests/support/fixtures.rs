@@ -112,3 +112,31 @@ pub fn precondition_violations(status: &tonic::Status) -> Vec<tonic_types::Preco
         .expect("precondition details")
         .violations
 }
+
+/// The fields an INVALID_ARGUMENT refusal names, sorted.
+pub fn invalid_fields(status: &tonic::Status) -> Vec<String> {
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let mut fields = modelreg_client::errors::violated_fields(status);
+    fields.sort();
+    fields
+}
+
+/// Each of the `bad` policies is refused as INVALID_ARGUMENT, both as the new
+/// policy of the model `model` (naming exactly its fields, sorted) and as
+/// the policy of a new model.
+pub async fn assert_policies_refused(
+    c: &mut RegistryClient,
+    model: &str,
+    bad: Vec<(pb::Policy, Vec<&str>)>,
+) {
+    for (policy, fields) in bad {
+        let s = crate::update_policy(c, model, policy.clone(), "")
+            .await
+            .unwrap_err();
+        assert_eq!(invalid_fields(&s), fields, "{policy:?}: {s:?}");
+        let s = crate::create_model_with(c, "other", policy)
+            .await
+            .unwrap_err();
+        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    }
+}

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 pub mod calls;
 pub mod fixtures;
+pub mod http;
 
 pub use calls::*;
 pub use fixtures::*;
@@ -267,6 +268,24 @@ impl TestApp {
         client_for(&self.url, actor).await
     }
 
+    /// The status health checking reports for `service` ("" for the whole
+    /// server), over a connection of its own.
+    pub async fn health(&self, service: &str) -> i32 {
+        let channel = tonic::transport::Endpoint::from_shared(self.url.clone())
+            .expect("server URL")
+            .connect()
+            .await
+            .expect("health connects: the server itself stays up");
+        tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health answers")
+            .into_inner()
+            .status
+    }
+
     /// Shuts the server down gracefully and waits for it; the database stays.
     pub async fn stop(mut self) -> TestDb {
         if let Some(tx) = self.shutdown.take() {
@@ -332,6 +351,18 @@ pub async fn register(
         .expect("version")
 }
 
+/// Registers `count` versions of `model` in `stage`.
+pub async fn register_many(
+    client: &mut RegistryClient,
+    model: &str,
+    count: usize,
+    stage: pb::Stage,
+) {
+    for _ in 0..count {
+        register(client, model, stage).await;
+    }
+}
+
 /// Moves a version, returning the result of the call.
 pub async fn transition(
     client: &mut RegistryClient,
@@ -358,6 +389,24 @@ pub async fn transition(
 /// Every event of the log, through ListEvents pages.
 pub async fn all_events(client: &mut RegistryClient) -> Vec<pb::RegistryEvent> {
     list_events(client, pb::ListEventsRequest::default()).await
+}
+
+/// Every event of the log, checked as a long run of writes must leave it:
+/// the sequences are exactly 1..N and the hash chain verifies. Returns the
+/// log and the audit's verdict.
+pub async fn checked_log(
+    client: &mut RegistryClient,
+) -> (Vec<pb::RegistryEvent>, pb::VerifyAuditLogResponse) {
+    let log = all_events(client).await;
+    let seqs: Vec<u64> = log.iter().map(|e| e.sequence).collect();
+    assert_eq!(
+        seqs,
+        (1..=log.len() as u64).collect::<Vec<_>>(),
+        "event sequences are not exactly 1..N"
+    );
+    let audit = verify_audit(client).await;
+    assert!(audit.ok, "audit log broken at {}", audit.first_bad_sequence);
+    (log, audit)
 }
 
 /// Every event matching `req`, through ListEvents pages of 1000.
@@ -401,6 +450,27 @@ where
         }
         token = next;
     }
+}
+
+/// Listens for SIGHUP in this process, so that the signal a test sends with
+/// [`send_hangup`] never takes its default action (ending the test binary).
+/// Keep it until the test ends.
+#[cfg(unix)]
+pub fn catch_hangups() -> tokio::signal::unix::Signal {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .expect("listen for SIGHUP")
+}
+
+/// Sends SIGHUP to this process: a server running in it re-reads its token
+/// file.
+#[cfg(unix)]
+pub fn send_hangup() {
+    let kill = std::process::Command::new("sh")
+        .args(["-c", "kill -HUP \"$1\"", "sh"])
+        .arg(std::process::id().to_string())
+        .status()
+        .expect("run sh");
+    assert!(kill.success());
 }
 
 /// A small deterministic random generator (xorshift64*), so test runs repeat.
