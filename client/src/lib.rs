@@ -18,6 +18,8 @@
 //! - [`subscription`]: the workers' subscription: a durable cursor file,
 //!   idempotency keys per event, graceful stop on SIGINT/SIGTERM.
 //! - [`webhook`]: one signed HTTP POST to a webhook, and its retry policy.
+//! - [`summary`]: the words of a notification, with the evidence for a
+//!   request, in each channel's markup.
 //! - [`slack`]: the Slack-compatible message the notifier posts for an event.
 //! - [`terminal`]: text made safe to print for people (no terminal escapes).
 //!
@@ -31,6 +33,7 @@ pub mod json;
 pub mod names;
 pub mod slack;
 pub mod subscription;
+pub mod summary;
 pub mod terminal;
 pub mod watch;
 pub mod webhook;
