@@ -21,6 +21,8 @@
 //! - [`summary`]: the words of a notification, with the evidence for a
 //!   request, in each channel's markup.
 //! - [`slack`]: the Slack-compatible message the notifier posts for an event.
+//! - [`email`]: the mail the notifier sends for an event (subject, plain
+//!   text and HTML, a Message-ID per event) and SMTP delivery.
 //! - [`terminal`]: text made safe to print for people (no terminal escapes).
 //!
 //! The generated stubs are re-exported as [`pb`]; this crate adds no second
@@ -28,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod email;
 pub mod errors;
 pub mod json;
 pub mod names;
