@@ -10,9 +10,9 @@ use modelreg_client::errors::violated_fields;
 use modelreg_client::{RegistryClient, pb};
 use modelreg_server::policy::ManualClock;
 use modelreg_tests::{
-    Engine, TestApp, TestDb, all_events, conformance, create_model, create_model_with, get_model,
-    get_version, list_events, register, spawn_app, spawn_app_with, transition, ungoverned,
-    update_policy, verify_audit,
+    Engine, TestApp, TestDb, all_events, assert_policy_refused, conformance, create_model,
+    create_model_with, get_model, get_version, list_events, register, spawn_app, spawn_app_with,
+    transition, ungoverned, update_policy, verify_audit,
 };
 use pb::{DeploymentStatus, EventType, Stage, StageChangeCause as Cause};
 use tokio_stream::StreamExt;
@@ -1128,17 +1128,7 @@ async fn archival_policies_are_validated_and_shown_with_their_defaults(db: TestD
         ),
     ];
     for (policy, fields) in bad {
-        let s = update_policy(&mut c, "plain", policy.clone(), "")
-            .await
-            .unwrap_err();
-        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
-        let mut got = violated_fields(&s);
-        got.sort();
-        assert_eq!(got, fields, "{policy:?}");
-        let s = create_model_with(&mut c, "other", policy)
-            .await
-            .unwrap_err();
-        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+        assert_policy_refused(&mut c, "plain", policy, &fields).await;
     }
     assert_eq!(all_events(&mut c).await.len(), before);
 }

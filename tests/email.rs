@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use modelreg_client::subscription::CursorFile;
 use modelreg_client::{RegistryClient, pb};
-use modelreg_tests::fixtures::{auc_gated, create_holdout, evaluate};
+use modelreg_tests::fixtures::{auc_gated, create_holdout, evaluate, reviewers};
 use modelreg_tests::{TestApp, TestDb, all_events, modelreg_bin, register, spawn_app};
 use pki::Pki;
 use serde_json::Value;
@@ -184,28 +184,50 @@ impl Notifier {
     }
 }
 
-/// A model with `reviewers` (email, identity) in its policy, gated on
+/// A model with `list` (email, identity) as its reviewers, gated on
 /// `auc >= 0.8` on holdout@v1.
-async fn model_with_reviewers(c: &mut RegistryClient, name: &str, reviewers: &[(&str, &str)]) {
-    let reviewers = pb::ReviewerList {
-        reviewers: reviewers
-            .iter()
-            .map(|(email, identity)| pb::Reviewer {
-                email: (*email).into(),
-                identity: (*identity).into(),
-            })
-            .collect(),
-    };
+async fn model_with_reviewers(c: &mut RegistryClient, name: &str, list: &[(&str, &str)]) {
     c.create_model(pb::CreateModelRequest {
         name: name.into(),
         policy: Some(pb::Policy {
-            reviewers: Some(reviewers),
+            reviewers: reviewers(list),
             ..auc_gated(0.8)
         }),
         ..Default::default()
     })
     .await
     .expect("create model");
+}
+
+/// What both tests start from: a temporary directory with a throwaway CA,
+/// the SMTP server speaking `tls`, and a registry with holdout@v1 (and a
+/// client acting as ada).
+struct Stage {
+    dir: tempfile::TempDir,
+    pki: Pki,
+    smtp: SmtpServer,
+    app: TestApp,
+    ada: RegistryClient,
+}
+
+impl Stage {
+    /// `None` when the test must be skipped (see [`smtp_python`]).
+    async fn set(tls: &str) -> Option<Stage> {
+        let python = smtp_python()?;
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(dir.path());
+        let smtp = SmtpServer::start(&python, &pki, tls).await;
+        let app = spawn_app(&TestDb::sqlite()).await;
+        let mut ada = app.client_as("ada").await;
+        create_holdout(&mut ada).await;
+        Some(Stage {
+            dir,
+            pki,
+            smtp,
+            app,
+            ada,
+        })
+    }
 }
 
 /// `who` asks for `model` `version` in PRODUCTION with `comment`; the
@@ -254,28 +276,25 @@ async fn last_sequence(c: &mut RegistryClient) -> u64 {
 /// skipped; after a restart no accepted event is mailed again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_mailed_to_each_models_reviewers_once() {
-    let Some(python) = smtp_python() else { return };
     // Arrange: a mail server with STARTTLS and AUTH, a registry, and four models.
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::generate(dir.path());
-    let smtp = SmtpServer::start(&python, &pki, "starttls").await;
-    let app = spawn_app(&TestDb::sqlite()).await;
-    let mut ada = app.client_as("ada").await;
-    let mut alice = app.client_as("alice").await;
-    create_holdout(&mut ada).await;
+    let Some(mut s) = Stage::set("starttls").await else {
+        return;
+    };
+    let mut alice = s.app.client_as("alice").await;
     model_with_reviewers(
-        &mut ada,
+        &mut s.ada,
         "fraud",
         &[("ana@example.com", "ana"), ("ben@example.com", "")],
     )
     .await;
-    model_with_reviewers(&mut ada, "churn", &[]).await;
-    model_with_reviewers(&mut ada, "risk", &[("tempfail-risk@example.com", "")]).await;
-    model_with_reviewers(&mut ada, "legacy", &[("reject-legacy@example.com", "")]).await;
+    model_with_reviewers(&mut s.ada, "churn", &[]).await;
+    model_with_reviewers(&mut s.ada, "risk", &[("tempfail-risk@example.com", "")]).await;
+    model_with_reviewers(&mut s.ada, "legacy", &[("reject-legacy@example.com", "")]).await;
     // fraud v1 in production, v2 and one version of each other model staged.
     let v1 = staged(&mut alice, "fraud", 0.9).await;
     let id = request_production(&mut alice, "fraud", v1, "first").await;
-    app.client_as("bob")
+    s.app
+        .client_as("bob")
         .await
         .approve_transition(pb::ApproveTransitionRequest {
             request_id: id,
@@ -287,19 +306,19 @@ async fn requests_are_mailed_to_each_models_reviewers_once() {
     for model in ["churn", "risk", "legacy"] {
         staged(&mut alice, model, 0.9).await;
     }
-    let after = last_sequence(&mut ada).await;
-    let url = format!("smtp://{USER}@127.0.0.1:{}", smtp.port);
-    let mut notifier = Notifier::start(&app, dir.path(), &url, &pki.ca, after, "first");
+    let after = last_sequence(&mut s.ada).await;
+    let url = format!("smtp://{USER}@127.0.0.1:{}", s.smtp.port);
+    let mut notifier = Notifier::start(&s.app, s.dir.path(), &url, &s.pki.ca, after, "first");
 
     // Act: four requests.
     let fraud_id = request_production(&mut alice, "fraud", v2, HOSTILE).await;
     request_production(&mut alice, "churn", 1, "churn please").await;
     request_production(&mut alice, "risk", 1, "risk please").await;
     request_production(&mut alice, "legacy", 1, "legacy please").await;
-    let last_request = last_sequence(&mut ada).await;
+    let last_request = last_sequence(&mut s.ada).await;
 
     // Assert: one message reached both of fraud's reviewers, with the evidence.
-    let fraud = smtp.message_to("ana@example.com").await;
+    let fraud = s.smtp.message_to("ana@example.com").await;
     assert_eq!(
         fraud["rcpt_tos"],
         serde_json::json!(["ana@example.com", "ben@example.com"])
@@ -352,15 +371,15 @@ async fn requests_are_mailed_to_each_models_reviewers_once() {
     );
 
     // A model without reviewers goes to --email-to.
-    let churn = smtp.message_to("oncall@example.com").await;
+    let churn = s.smtp.message_to("oncall@example.com").await;
     assert_eq!(
         churn["subject"],
         "[modelreg] churn v1 → PRODUCTION needs your approval"
     );
 
     // Greylisted twice, then accepted: delayed, not lost, one Message-ID throughout.
-    let risk = smtp.message_to("tempfail-risk@example.com").await;
-    let greylisted = smtp.refusals(451);
+    let risk = s.smtp.message_to("tempfail-risk@example.com").await;
+    let greylisted = s.smtp.refusals(451);
     assert_eq!(greylisted.len(), 2, "{greylisted:?}");
     for attempt in &greylisted {
         assert_eq!(attempt["message_id"], risk["message_id"], "{attempt}");
@@ -368,13 +387,13 @@ async fn requests_are_mailed_to_each_models_reviewers_once() {
 
     // The 550 is logged and skipped: the cursor moves past it.
     until("the cursor past every request", || {
-        CursorFile::new(dir.path().join("notify.cursor"))
+        CursorFile::new(s.dir.path().join("notify.cursor"))
             .load()
             .unwrap()
             .filter(|s| *s >= last_request)
     })
     .await;
-    assert_eq!(smtp.refusals(550).len(), 1);
+    assert_eq!(s.smtp.refusals(550).len(), 1);
     let log = notifier.log();
     assert!(
         log.lines().any(
@@ -386,18 +405,20 @@ async fn requests_are_mailed_to_each_models_reviewers_once() {
 
     // Act: the notifier dies after the mail was accepted; a new one starts.
     notifier.child.kill().await.unwrap();
-    let mut second = Notifier::start(&app, dir.path(), &url, &pki.ca, after, "second");
+    let mut second = Notifier::start(&s.app, s.dir.path(), &url, &s.pki.ca, after, "second");
     let v2_churn = staged(&mut alice, "churn", 0.9).await;
     request_production(&mut alice, "churn", v2_churn, "again").await;
 
     // Assert: the new request is mailed; nothing accepted before is mailed again.
     until("the second churn request's mail", || {
-        smtp.messages()
+        s.smtp
+            .messages()
             .into_iter()
             .find(|m| m["subject"] == "[modelreg] churn v2 → PRODUCTION needs your approval")
     })
     .await;
-    let ids: Vec<String> = smtp
+    let ids: Vec<String> = s
+        .smtp
         .messages()
         .iter()
         .map(|m| m["message_id"].as_str().unwrap().to_owned())
@@ -416,19 +437,15 @@ async fn requests_are_mailed_to_each_models_reviewers_once() {
 /// environment without a user to log in as.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn implicit_tls_works_and_bad_mail_settings_change_nothing() {
-    let Some(python) = smtp_python() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::generate(dir.path());
-    let smtp = SmtpServer::start(&python, &pki, "implicit").await;
-    let app = spawn_app(&TestDb::sqlite()).await;
-    let mut ada = app.client_as("ada").await;
-    create_holdout(&mut ada).await;
-    model_with_reviewers(&mut ada, "fraud", &[("ana@example.com", "")]).await;
-    let v1 = staged(&mut ada, "fraud", 0.9).await;
-    let after = last_sequence(&mut ada).await;
+    let Some(mut s) = Stage::set("implicit").await else {
+        return;
+    };
+    model_with_reviewers(&mut s.ada, "fraud", &[("ana@example.com", "")]).await;
+    let v1 = staged(&mut s.ada, "fraud", 0.9).await;
+    let after = last_sequence(&mut s.ada).await;
 
     // Bad settings: a clear error, no cursor, no mail.
-    let cursor = dir.path().join("bad.cursor");
+    let cursor = s.dir.path().join("bad.cursor");
     let bad = [
         ("smtp//notifier:hunter2@127.0.0.1:25", "--smtp: not a URL"),
         (
@@ -442,7 +459,7 @@ async fn implicit_tls_works_and_bad_mail_settings_change_nothing() {
     ];
     for (url, says) in bad {
         let out = Command::new(modelreg_bin())
-            .args(["--server", &app.url, "notify", "--smtp", url])
+            .args(["--server", &s.app.url, "notify", "--smtp", url])
             .args(["--email-from", "modelreg@example.com", "--cursor-file"])
             .arg(&cursor)
             .env("MODELREG_SMTP_PASSWORD", "from-env")
@@ -461,10 +478,10 @@ async fn implicit_tls_works_and_bad_mail_settings_change_nothing() {
 
     // smtps:// with the password in the URL.
     let password = percent_encode(PASSWORD);
-    let url = format!("smtps://{USER}:{password}@127.0.0.1:{}", smtp.port);
-    let mut notifier = Notifier::start(&app, dir.path(), &url, &pki.ca, after, "tls");
-    request_production(&mut ada, "fraud", v1, "over TLS").await;
-    let mail = smtp.message_to("ana@example.com").await;
+    let url = format!("smtps://{USER}:{password}@127.0.0.1:{}", s.smtp.port);
+    let mut notifier = Notifier::start(&s.app, s.dir.path(), &url, &s.pki.ca, after, "tls");
+    request_production(&mut s.ada, "fraud", v1, "over TLS").await;
+    let mail = s.smtp.message_to("ana@example.com").await;
     assert_eq!(mail["login"], USER);
     assert_eq!(
         mail["subject"],

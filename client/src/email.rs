@@ -23,7 +23,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::names::{cause_label, event_type_label};
 use crate::pb;
-use crate::summary::{Markup, summary};
+use crate::summary::{Markup, escape_with, summary};
 use crate::webhook::Outcome;
 
 /// The environment variable a password may come from instead of the URL,
@@ -50,18 +50,14 @@ const HTML: Markup = Markup {
 /// `text` as HTML shows it literally, in element content and in quoted
 /// attribute values alike.
 pub fn escape_html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+    let table = [
+        ('&', "&amp;"),
+        ('<', "&lt;"),
+        ('>', "&gt;"),
+        ('"', "&quot;"),
+        ('\'', "&#39;"),
+    ];
+    escape_with(text, &table)
 }
 
 /// What one event's mail says, before it is addressed.

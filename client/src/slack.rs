@@ -5,7 +5,7 @@
 
 use crate::names::event_type_label;
 use crate::pb;
-use crate::summary::{Markup, summary};
+use crate::summary::{Markup, escape_with, summary};
 
 /// Slack's mrkdwn: `*bold*`, `` `code` ``, bare URLs (Slack links them).
 const MRKDWN: Markup = Markup {
@@ -37,16 +37,7 @@ pub fn message(
 /// mention `<!channel>` or show `<https://evil.example|a trusted URL>`;
 /// the rest of mrkdwn (`*bold*`, `_italic_`) only styles text.
 pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            c => out.push(c),
-        }
-    }
-    out
+    escape_with(text, &[('&', "&amp;"), ('<', "&lt;"), ('>', "&gt;")])
 }
 
 #[cfg(test)]

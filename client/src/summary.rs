@@ -22,6 +22,19 @@ pub struct Markup {
     pub link: fn(&str) -> String,
 }
 
+/// `text` with each character found in `table` replaced by its entity:
+/// the escaping rule of a channel, given as its table.
+pub fn escape_with(text: &str, table: &[(char, &str)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match table.iter().find(|(from, _)| *from == c) {
+            Some((_, to)) => out.push_str(to),
+            None => out.push(c),
+        }
+    }
+    out
+}
+
 /// A count or version number from event details, which carry numbers as
 /// JSON floats: `3`, not `3.0`.
 fn whole(value: &serde_json::Value) -> String {

@@ -249,3 +249,23 @@ pub async fn events_where(
     filter(&mut req);
     crate::list_events(c, req).await
 }
+
+/// Checks that `policy` is refused as INVALID_ARGUMENT with a violation on
+/// exactly `fields` (in any order) as a change to `model`'s policy, and
+/// also as the policy of a new model.
+pub async fn assert_policy_refused(
+    c: &mut RegistryClient,
+    model: &str,
+    policy: pb::Policy,
+    fields: &[&str],
+) {
+    let s = update_policy(c, model, policy.clone(), "")
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    let mut got = modelreg_client::errors::violated_fields(&s);
+    got.sort();
+    assert_eq!(got, fields, "{policy:?}: {s:?}");
+    let s = create_model_with(c, "other", policy).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+}

@@ -112,3 +112,16 @@ pub fn precondition_violations(status: &tonic::Status) -> Vec<tonic_types::Preco
         .expect("precondition details")
         .violations
 }
+
+/// A policy's reviewers, each `(email, identity)` (an empty identity is none).
+pub fn reviewers(list: &[(&str, &str)]) -> Option<pb::ReviewerList> {
+    Some(pb::ReviewerList {
+        reviewers: list
+            .iter()
+            .map(|(email, identity)| pb::Reviewer {
+                email: (*email).into(),
+                identity: (*identity).into(),
+            })
+            .collect(),
+    })
+}
