@@ -15,6 +15,10 @@
 # which scripts/browser.sh installs (as root) on first use. Without them that
 # test is skipped with a notice, or fails when MODELREG_REQUIRE_BROWSER=1
 # (as in CI).
+#
+# The notifier's mail test needs aiosmtpd in tests/smtp/.venv, which
+# scripts/smtp.sh installs on first use; without it that test is skipped
+# with a notice, or fails when MODELREG_REQUIRE_SMTP=1 (as in CI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +39,14 @@ if ! bash scripts/browser.sh; then
         exit 1
     fi
     echo "test.sh: WARNING: Chromium or playwright-core could not be installed; the browser test will be SKIPPED" >&2
+fi
+
+if ! bash scripts/smtp.sh; then
+    if [ "${MODELREG_REQUIRE_SMTP:-0}" = 1 ]; then
+        echo "test.sh: the mail test is required but aiosmtpd could not be installed" >&2
+        exit 1
+    fi
+    echo "test.sh: WARNING: aiosmtpd could not be installed; the mail test will be SKIPPED" >&2
 fi
 
 # The end-to-end tests run the real binaries (modelreg-server, modelreg);

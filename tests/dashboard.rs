@@ -88,22 +88,6 @@ fn missing_browser_parts() -> Vec<String> {
     missing
 }
 
-/// The `modelreg` CLI, built next to this test (`target/debug/modelreg`).
-fn cli_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    // target/debug/deps/dashboard-… → target/debug/modelreg
-    exe.ancestors()
-        .skip(1)
-        .map(|dir| dir.join(format!("modelreg{}", std::env::consts::EXE_SUFFIX)))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "the modelreg binary was not found near {}: run cargo build --workspace --bins",
-                exe.display()
-            )
-        })
-}
-
 /// A token file granting [`PEOPLE`] their roles.
 fn write_token_file(dir: &Path) -> PathBuf {
     let text: String = PEOPLE
@@ -268,7 +252,7 @@ async fn an_approver_approves_from_the_notification_link() {
     // Act: the real notifier delivers the request; its text carries the link.
     let (sink_url, mut deliveries) = start_sink().await;
     let notify_log = dir.path().join("notify.log");
-    let mut notifier = Command::new(cli_bin())
+    let mut notifier = Command::new(modelreg_tests::modelreg_bin())
         .args(["--server", &app.url, "--token", &token("rita"), "notify"])
         .args(["--webhook", &sink_url])
         .args(["--link-base", &format!("http://{http_addr}")])

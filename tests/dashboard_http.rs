@@ -81,7 +81,21 @@ async fn arrange(app: &TestApp, tokens: bool) {
     ada.create_model(pb::CreateModelRequest {
         name: "fraud".into(),
         description: "Card fraud <script>alert('x')</script> scorer".into(),
-        policy: Some(auc_gated(0.8)),
+        policy: Some(pb::Policy {
+            reviewers: Some(pb::ReviewerList {
+                reviewers: vec![
+                    pb::Reviewer {
+                        email: "bob@example.com".into(),
+                        identity: "bob".into(),
+                    },
+                    pb::Reviewer {
+                        email: "risk-team@example.com".into(),
+                        identity: String::new(),
+                    },
+                ],
+            }),
+            ..auc_gated(0.8)
+        }),
         ..Default::default()
     })
     .await
@@ -442,6 +456,12 @@ async fn sign_in_decide_and_refuse_forgeries() {
     let model = bob.get("/models/fraud").await;
     assert!(model.body.contains("<tr data-version=\"2\"><td>v2</td><td class=\"stage\"><span class=\"stage production\">Production</span>"), "{}", model.body);
     assert!(model.body.contains("id=\"metric-chart\""));
+    assert!(
+        model.body.contains("bob@example.com (bob)")
+            && model.body.contains("risk-team@example.com"),
+        "the policy's reviewers are shown: {}",
+        model.body
+    );
     assert!(
         !model.body.contains("<script>alert"),
         "descriptions are escaped"

@@ -6,8 +6,8 @@ use modelreg_client::errors::violated_fields;
 use modelreg_client::{RegistryClient, pb};
 use modelreg_tests::{
     Engine, TestDb, all_events, assert_policies_refused, carried, conformance, create_model,
-    create_model_with, evaluation, evaluation_set, holdout, last_event_of_type,
-    precondition_violations, register, register_many, spawn_app, stage_of, transition,
+    create_model_with, evaluation, evaluation_set, get_model, holdout, last_event_of_type,
+    precondition_violations, register, register_many, reviewers, spawn_app, stage_of, transition,
     transition_requests, update_policy,
 };
 use pb::{Stage, StageChangeCause as Cause, TransitionRequestStatus as Status};
@@ -15,6 +15,7 @@ use tonic::Code;
 
 conformance!(
     policies_are_shown_validated_and_audited,
+    reviewers_are_validated_shown_and_audited,
     the_governed_path_needs_a_second_person,
     gates_refuse_with_every_failing_check,
     gates_are_judged_again_at_approval,
@@ -125,6 +126,17 @@ fn details(e: &pb::RegistryEvent) -> serde_json::Value {
 
 async fn count_events(c: &mut RegistryClient) -> usize {
     all_events(c).await.len()
+}
+
+/// Each policy of `bad` is refused with violations on its fields, and the
+/// log still holds `before` events.
+async fn refused_changing_nothing(
+    c: &mut RegistryClient,
+    bad: Vec<(pb::Policy, Vec<&str>)>,
+    before: usize,
+) {
+    assert_policies_refused(c, "plain", bad).await;
+    assert_eq!(count_events(c).await, before, "refusals change nothing");
 }
 
 /// GetModel shows the policy with its defaults filled in; an admin's change
@@ -241,12 +253,7 @@ async fn policies_are_shown_validated_and_audited(db: TestDb) {
             vec!["policy.archival.archive_superseded_after_days"],
         ),
     ];
-    assert_policies_refused(&mut c, "plain", bad).await;
-    assert_eq!(
-        count_events(&mut c).await,
-        before,
-        "refusals change nothing"
-    );
+    refused_changing_nothing(&mut c, bad, before).await;
 
     let updated = update_policy(&mut c, "plain", gated_policy(), &plain.etag)
         .await
@@ -274,6 +281,67 @@ async fn policies_are_shown_validated_and_audited(db: TestDb) {
         .unwrap();
     assert_eq!(again.etag, updated.etag);
     assert_eq!(all_events(&mut c).await.len(), events.len());
+}
+
+fn with_reviewers(list: &[(&str, &str)]) -> pb::Policy {
+    pb::Policy {
+        reviewers: reviewers(list),
+        ..Default::default()
+    }
+}
+
+/// A policy's reviewers: none by default; bad addresses, bad identities,
+/// an address listed twice (in any case) and too many reviewers are
+/// INVALID_ARGUMENT with a violation per field, on create and update alike,
+/// and store nothing; valid ones are kept in order, shown, and audited.
+async fn reviewers_are_validated_shown_and_audited(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let mut c = app.client_as("root").await;
+    let plain = create_model(&mut c, "plain").await;
+    let shown = plain.policy.unwrap().reviewers;
+    assert_eq!(shown, Some(pb::ReviewerList::default()), "none by default");
+
+    let before = count_events(&mut c).await;
+    let many: Vec<String> = (0..65).map(|i| format!("r{i}@example.com")).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|e| (e.as_str(), "")).collect();
+    let bad = vec![
+        (
+            with_reviewers(&[
+                ("ana@example.com", "ana"),
+                ("not-an-address", ""),
+                ("ANA@example.com", "bell\u{7}"),
+                ("Ana <ana@example.com>", ""),
+                ("root@[127.0.0.1]", ""),
+            ]),
+            vec![
+                "policy.reviewers[1].email",
+                "policy.reviewers[2].email",
+                "policy.reviewers[2].identity",
+                "policy.reviewers[3].email",
+                "policy.reviewers[4].email",
+            ],
+        ),
+        (with_reviewers(&many), vec!["policy.reviewers"]),
+    ];
+    refused_changing_nothing(&mut c, bad, before).await;
+
+    let set = with_reviewers(&[("ana@example.com", "ana"), ("risk-team@example.com", "")]);
+    let updated = update_policy(&mut c, "plain", set.clone(), &plain.etag)
+        .await
+        .unwrap();
+    assert_eq!(updated.policy.unwrap().reviewers, set.reviewers);
+    let got = get_model(&mut c, "plain").await;
+    assert_eq!(got.policy.unwrap().reviewers, set.reviewers, "stored");
+    let events = all_events(&mut c).await;
+    let details = details(events.last().unwrap());
+    assert_eq!(
+        details["after"]["policy"]["reviewers"][0],
+        serde_json::json!({"email": "ana@example.com", "identity": "ana"})
+    );
+    assert_eq!(
+        details["before"]["policy"]["reviewers"],
+        serde_json::json!([])
+    );
 }
 
 /// The publisher asks, cannot approve their own request, a second person

@@ -831,33 +831,45 @@ fn the_policy_parser_refuses_garbage_with_policy_field_paths() {
                 hostile_i32(),
             )),
         )),
+        prop::option::of(prop::collection::vec(
+            (hostile_string(), hostile_string()),
+            0..70,
+        )),
     )
         .prop_map(
-            |(stages, min_approvals, self_approval, set, gates, rollback, archival)| pb::Policy {
-                approval_required_for: stages.map(|stages| pb::StageList { stages }),
-                min_approvals,
-                allow_self_approval: self_approval,
-                standard_evaluation_set: set
-                    .map(|(name, version)| pb::EvaluationSetRef { name, version }),
-                gates: gates.map(|gates| pb::MetricGateList { gates }),
-                rollback_requires_approval: rollback,
-                archival: archival.map(|(days, live)| pb::ArchivalPolicy {
-                    archive_superseded_after_days: days,
-                    live_metric: live.map(
-                        |(metric, threshold, higher_is_better, window, action)| {
-                            pb::LiveMetricRule {
-                                metric,
-                                threshold,
-                                higher_is_better,
-                                window: window.map(|(seconds, nanos)| prost_types::Duration {
-                                    seconds,
-                                    nanos,
-                                }),
-                                action,
-                            }
-                        },
-                    ),
-                }),
+            |(stages, min_approvals, self_approval, set, gates, rollback, archival, reviewers)| {
+                pb::Policy {
+                    reviewers: reviewers.map(|list| pb::ReviewerList {
+                        reviewers: list
+                            .into_iter()
+                            .map(|(email, identity)| pb::Reviewer { email, identity })
+                            .collect(),
+                    }),
+                    approval_required_for: stages.map(|stages| pb::StageList { stages }),
+                    min_approvals,
+                    allow_self_approval: self_approval,
+                    standard_evaluation_set: set
+                        .map(|(name, version)| pb::EvaluationSetRef { name, version }),
+                    gates: gates.map(|gates| pb::MetricGateList { gates }),
+                    rollback_requires_approval: rollback,
+                    archival: archival.map(|(days, live)| pb::ArchivalPolicy {
+                        archive_superseded_after_days: days,
+                        live_metric: live.map(
+                            |(metric, threshold, higher_is_better, window, action)| {
+                                pb::LiveMetricRule {
+                                    metric,
+                                    threshold,
+                                    higher_is_better,
+                                    window: window.map(|(seconds, nanos)| prost_types::Duration {
+                                        seconds,
+                                        nanos,
+                                    }),
+                                    action,
+                                }
+                            },
+                        ),
+                    }),
+                }
             },
         );
     check("policy parser", 256, policy, |raw| {

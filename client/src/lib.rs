@@ -18,7 +18,11 @@
 //! - [`subscription`]: the workers' subscription: a durable cursor file,
 //!   idempotency keys per event, graceful stop on SIGINT/SIGTERM.
 //! - [`webhook`]: one signed HTTP POST to a webhook, and its retry policy.
+//! - [`summary`]: the words of a notification, with the evidence for a
+//!   request, in each channel's markup.
 //! - [`slack`]: the Slack-compatible message the notifier posts for an event.
+//! - [`email`]: the mail the notifier sends for an event (subject, plain
+//!   text and HTML, a Message-ID per event) and SMTP delivery.
 //! - [`terminal`]: text made safe to print for people (no terminal escapes).
 //!
 //! The generated stubs are re-exported as [`pb`]; this crate adds no second
@@ -26,11 +30,13 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod email;
 pub mod errors;
 pub mod json;
 pub mod names;
 pub mod slack;
 pub mod subscription;
+pub mod summary;
 pub mod terminal;
 pub mod watch;
 pub mod webhook;

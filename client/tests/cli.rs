@@ -468,6 +468,38 @@ async fn the_cli_governs_policies_requests_rollbacks_and_the_audit_trail() {
         archival.contains("holdout@v1"),
         "flags change only what they name: {archival}"
     );
+    let reviewers = alice(vec![
+        "model",
+        "policy",
+        "churn",
+        "--reviewer",
+        "ana@example.com:ana",
+        "--reviewer",
+        "ben@example.com",
+    ])
+    .await;
+    let line = reviewers.lines().find(|l| l.starts_with("reviewers"));
+    assert!(
+        line.unwrap()
+            .ends_with(" ana@example.com (ana), ben@example.com"),
+        "{reviewers}"
+    );
+    assert!(reviewers.contains("holdout@v1"), "{reviewers}");
+    let refused = modelreg_as(
+        &server,
+        "alice",
+        &["model", "policy", "churn", "--reviewer", "ana"],
+    )
+    .await;
+    assert_eq!(
+        refused.status.code(),
+        Some(3),
+        "INVALID_ARGUMENT: {refused:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("policy.reviewers[0].email"),
+        "{refused:?}"
+    );
     let approval = shown
         .lines()
         .find(|l| l.starts_with("approval required for"));

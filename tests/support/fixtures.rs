@@ -140,3 +140,16 @@ pub async fn assert_policies_refused(
         assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
     }
 }
+
+/// A policy's reviewers, each `(email, identity)` (an empty identity is none).
+pub fn reviewers(list: &[(&str, &str)]) -> Option<pb::ReviewerList> {
+    Some(pb::ReviewerList {
+        reviewers: list
+            .iter()
+            .map(|(email, identity)| pb::Reviewer {
+                email: (*email).into(),
+                identity: (*identity).into(),
+            })
+            .collect(),
+    })
+}

@@ -190,6 +190,23 @@ impl TestDb {
     }
 }
 
+/// The `modelreg` CLI, built next to the running test (`target/debug/modelreg`
+/// by `cargo build --workspace --bins`), for the tests that run it.
+pub fn modelreg_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/dashboard-… → target/debug/modelreg
+    exe.ancestors()
+        .skip(1)
+        .map(|dir| dir.join(format!("modelreg{}", std::env::consts::EXE_SUFFIX)))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "the modelreg binary was not found near {}: run cargo build --workspace --bins",
+                exe.display()
+            )
+        })
+}
+
 /// A running server and what a test needs to reach it.
 pub struct TestApp {
     /// Where it listens.

@@ -20,6 +20,8 @@ use modelreg_client::{ConnectOptions, RegistryClient, connect, errors, pb};
 
 #[path = "modelreg/governance.rs"]
 mod governance;
+#[path = "modelreg/notify.rs"]
+mod notify;
 #[path = "modelreg/workers.rs"]
 mod workers;
 

@@ -13,6 +13,11 @@ use super::*;
 pub const MAX_MIN_APPROVALS: u32 = 10;
 /// Most gates one policy may hold.
 pub const MAX_GATES: usize = 64;
+/// Most reviewers one policy may name.
+pub const MAX_REVIEWERS: usize = 64;
+/// The longest reviewer address, in characters (RFC 5321's path limit less
+/// its angle brackets).
+pub const MAX_EMAIL_CHARS: usize = 254;
 /// `archive_superseded_after_days` when the policy leaves it unset.
 pub const DEFAULT_ARCHIVE_AFTER_DAYS: u32 = 30;
 /// The largest `archive_superseded_after_days` (ten years).
@@ -48,6 +53,8 @@ pub struct Policy {
     /// What the policy engine does by itself [archive passed-over candidates
     /// after 30 days; no live monitoring].
     pub archival: Option<ArchivalPolicy>,
+    /// Who reviews this model's requests: the notifier mails them [none].
+    pub reviewers: Option<Vec<Reviewer>>,
 }
 
 impl Policy {
@@ -92,6 +99,11 @@ impl Policy {
         }
     }
 
+    /// The designated reviewers, none by default.
+    pub fn reviewers(&self) -> &[Reviewer] {
+        self.reviewers.as_deref().unwrap_or(&[])
+    }
+
     /// Every field with its default filled in, as GetModel shows it.
     pub fn effective(&self) -> Policy {
         Policy {
@@ -102,8 +114,78 @@ impl Policy {
             gates: Some(self.gates().to_vec()),
             rollback_requires_approval: Some(self.rollback_requires_approval()),
             archival: Some(self.archival()),
+            reviewers: Some(self.reviewers().to_vec()),
         }
     }
+}
+
+/// A person designated to review a model's transition requests.
+#[serde_with::skip_serializing_none]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reviewer {
+    /// Where the notifier mails them (see [`parse_email`]).
+    pub email: String,
+    /// The identity they sign in as, when known: lets a reader match a
+    /// reviewer to the approvals in the audit trail.
+    pub identity: Option<String>,
+}
+
+/// Checks a mail address (at `field`): a plain addr-spec (`ana@example.com`)
+/// of at most [`MAX_EMAIL_CHARS`] characters, without a display name or a
+/// domain literal, which a notifier could not use as a recipient as is.
+pub fn parse_email(field: &str, raw: &str) -> Result<String> {
+    use email_address::{EmailAddress, Options};
+    let options = Options::default()
+        .without_display_text()
+        .without_domain_literal();
+    if raw.chars().count() > MAX_EMAIL_CHARS || raw.chars().any(char::is_control) {
+        return Err(crate::error::Error::invalid(
+            field,
+            format!("must be at most {MAX_EMAIL_CHARS} printable characters"),
+        ));
+    }
+    EmailAddress::parse_with_options(raw, options)
+        .map(|a| a.as_str().to_owned())
+        .map_err(|e| {
+            crate::error::Error::invalid(
+                field,
+                format!("{raw:?} is not a mail address like ana@example.com ({e})"),
+            )
+        })
+}
+
+/// Checks a policy's reviewers (at `field`, e.g. `policy.reviewers`): at
+/// most [`MAX_REVIEWERS`], each a valid address (named once, in any case)
+/// with an optional valid identity.
+pub fn parse_reviewers(field: &str, raw: Vec<(String, String)>) -> Result<Vec<Reviewer>> {
+    let mut v = crate::domain::Violations::default();
+    if raw.len() > MAX_REVIEWERS {
+        v.add(
+            format!("{field}.reviewers"),
+            format!("at most {MAX_REVIEWERS} reviewers are allowed"),
+        );
+    }
+    let mut reviewers: Vec<Reviewer> = Vec::new();
+    for (i, (email, identity)) in raw.into_iter().enumerate() {
+        let at = format!("{field}.reviewers[{i}]");
+        let email = v.take(parse_email(&format!("{at}.email"), &email));
+        let identity = match identity.as_str() {
+            "" => Some(None),
+            name => v
+                .take(Actor::parse(&format!("{at}.identity"), name))
+                .map(|a| Some(a.0)),
+        };
+        if let Some(e) = &email
+            && reviewers.iter().any(|r| r.email.eq_ignore_ascii_case(e))
+        {
+            v.add(format!("{at}.email"), format!("{e} is listed twice"));
+        }
+        if let (Some(email), Some(identity)) = (email, identity) {
+            reviewers.push(Reviewer { email, identity });
+        }
+    }
+    v.finish()?;
+    Ok(reviewers)
 }
 
 /// One metric gate. Bounds are in the metric's units; the relative bounds

@@ -39,6 +39,15 @@ pub fn policy_to_pb(p: &Policy) -> pb::Policy {
                 .collect(),
         }),
         rollback_requires_approval: p.rollback_requires_approval,
+        reviewers: p.reviewers.as_ref().map(|list| pb::ReviewerList {
+            reviewers: list
+                .iter()
+                .map(|r| pb::Reviewer {
+                    email: r.email.clone(),
+                    identity: r.identity.clone().unwrap_or_default(),
+                })
+                .collect(),
+        }),
         archival: p.archival.as_ref().map(|a| pb::ArchivalPolicy {
             archive_superseded_after_days: a.archive_superseded_after_days.map(|d| d as i32),
             live_metric: a.live_metric.as_ref().map(|r| pb::LiveMetricRule {
@@ -269,6 +278,10 @@ pub fn policy_from_pb(field: &str, raw: pb::Policy) -> Result<Policy> {
     let archival = raw
         .archival
         .and_then(|a| archival_from_pb(&format!("{field}.archival"), a, &mut v));
+    let reviewers = raw.reviewers.and_then(|list| {
+        let raw = list.reviewers.into_iter().map(|r| (r.email, r.identity));
+        v.take(crate::domain::parse_reviewers(field, raw.collect()))
+    });
     v.finish()?;
     Ok(Policy {
         approval_required_for,
@@ -278,5 +291,6 @@ pub fn policy_from_pb(field: &str, raw: pb::Policy) -> Result<Policy> {
         gates,
         rollback_requires_approval: raw.rollback_requires_approval,
         archival,
+        reviewers,
     })
 }

@@ -48,10 +48,18 @@ pub struct PolicyArgs {
     /// e.g. `error_rate:lower:0.05:15m:rollback`; `none` removes it.
     #[arg(long, value_parser = parse_live_rule)]
     live_metric: Option<LiveRule>,
+    /// A designated reviewer, EMAIL or EMAIL:IDENTITY (repeatable; replaces
+    /// every reviewer), e.g. `ana@example.com:ana`; the notifier mails them.
+    #[arg(long = "reviewer", value_parser = parse_reviewer)]
+    reviewers: Vec<pb::Reviewer>,
+    /// Remove every reviewer.
+    #[arg(long, conflicts_with = "reviewers")]
+    no_reviewers: bool,
     /// Replace the whole policy with this proto3 JSON file (a modelreg.v1.Policy).
     #[arg(long, conflicts_with_all = [
         "approval_stages", "min_approvals", "allow_self_approval", "standard_set",
         "gates", "no_gates", "rollback_requires_approval", "archive_after_days", "live_metric",
+        "reviewers", "no_reviewers",
     ])]
     file: Option<std::path::PathBuf>,
     /// Refuse the change if the model changed since this etag was read.
@@ -70,6 +78,8 @@ impl PolicyArgs {
             || self.rollback_requires_approval.is_some()
             || self.archive_after_days.is_some()
             || self.live_metric.is_some()
+            || !self.reviewers.is_empty()
+            || self.no_reviewers
             || self.file.is_some()
     }
 }
@@ -164,6 +174,23 @@ fn parse_gate(raw: &str) -> Result<pb::MetricGate, String> {
     Ok(gate)
 }
 
+/// `EMAIL` or `EMAIL:IDENTITY` (an address has no colon); the server
+/// judges both.
+fn parse_reviewer(raw: &str) -> Result<pb::Reviewer, String> {
+    let (email, identity) = raw.split_once(':').unwrap_or((raw, ""));
+    Ok(pb::Reviewer {
+        email: email.trim().to_owned(),
+        identity: identity.trim().to_owned(),
+    })
+}
+
+fn reviewer_label(r: &pb::Reviewer) -> String {
+    match r.identity.as_str() {
+        "" => r.email.clone(),
+        who => format!("{} ({who})", r.email),
+    }
+}
+
 fn gate_label(g: &pb::MetricGate) -> String {
     let m = &g.metric;
     let mut parts = Vec::new();
@@ -213,6 +240,15 @@ fn archival_label(a: Option<&pb::ArchivalPolicy>) -> String {
     }
 }
 
+/// `items` joined by `sep`, or `none`.
+fn joined_or_none(items: &[String], sep: &str) -> String {
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(sep)
+    }
+}
+
 fn print_policy(model: &pb::Model, json: bool) {
     let p = model.policy.clone().unwrap_or_default();
     if json {
@@ -238,6 +274,10 @@ fn print_policy(model: &pb::Model, json: bool) {
         .gates
         .map(|g| g.gates.iter().map(gate_label).collect())
         .unwrap_or_default();
+    let reviewers: Vec<String> = p
+        .reviewers
+        .map(|l| l.reviewers.iter().map(reviewer_label).collect())
+        .unwrap_or_default();
     let yes_no = |b: Option<bool>| if b == Some(true) { "yes" } else { "no" }.to_owned();
     print_fields(&[
         ("model", model.name.clone()),
@@ -245,19 +285,13 @@ fn print_policy(model: &pb::Model, json: bool) {
         ("approvals needed", p.min_approvals.unwrap_or(1).to_string()),
         ("self-approval", yes_no(p.allow_self_approval)),
         ("standard evaluation set", set),
-        (
-            "gates",
-            if gates.is_empty() {
-                "none".to_owned()
-            } else {
-                gates.join("; ")
-            },
-        ),
+        ("gates", joined_or_none(&gates, "; ")),
         (
             "rollback needs approval",
             yes_no(p.rollback_requires_approval),
         ),
         ("archival", archival_label(p.archival.as_ref())),
+        ("reviewers", joined_or_none(&reviewers, ", ")),
         ("etag", model.etag.clone()),
     ]);
 }
@@ -309,6 +343,11 @@ pub async fn policy_cmd(
             }
             if args.no_gates || !args.gates.is_empty() {
                 p.gates = Some(pb::MetricGateList { gates: args.gates });
+            }
+            if args.no_reviewers || !args.reviewers.is_empty() {
+                p.reviewers = Some(pb::ReviewerList {
+                    reviewers: args.reviewers,
+                });
             }
             if args.rollback_requires_approval.is_some() {
                 p.rollback_requires_approval = args.rollback_requires_approval;

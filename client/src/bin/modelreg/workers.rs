@@ -16,10 +16,11 @@ use modelreg_client::slack;
 use modelreg_client::subscription::{CursorFile, Delivery, Start, Subscription, stop_on_signals};
 use modelreg_client::terminal::printable;
 use modelreg_client::watch::is_transient;
-use modelreg_client::webhook::{Outcome, Webhook, backoff};
+use modelreg_client::webhook::{Webhook, backoff};
 use modelreg_client::{RegistryClient, pb};
 use tokio::io::AsyncReadExt as _;
 
+use super::notify::{EmailArgs, Mailer, deliver};
 use super::{Failure, parse_set_ref};
 use modelreg_client::errors;
 
@@ -114,9 +115,9 @@ pub enum Format {
 /// `notify`.
 #[derive(Args)]
 pub struct NotifyArgs {
-    /// Where to POST.
-    #[arg(long)]
-    webhook: String,
+    /// Where to POST (optional with --smtp).
+    #[arg(long, required_unless_present = "smtp")]
+    webhook: Option<String>,
     /// The body's shape.
     #[arg(long, value_enum, default_value = "slack")]
     format: Format,
@@ -133,18 +134,20 @@ pub struct NotifyArgs {
     #[arg(long, default_value = "60s", value_parser = modelreg_api::duration::parse)]
     max_backoff: Duration,
     #[command(flatten)]
+    email: EmailArgs,
+    #[command(flatten)]
     source: SourceArgs,
 }
 
 /// One log line on stderr: event text, command output and server messages
 /// in it are made printable, and it stays one line.
-fn log(worker: &str, msg: impl std::fmt::Display) {
+pub(super) fn log(worker: &str, msg: impl std::fmt::Display) {
     eprintln!("modelreg {worker}: {}", printable(&msg.to_string()));
 }
 
 /// Runs `call` until it succeeds or fails for a reason other than the
 /// registry being unreachable for a moment.
-async fn with_retry<T, F, Fut>(worker: &str, mut call: F) -> Result<T, tonic::Status>
+pub(super) async fn with_retry<T, F, Fut>(worker: &str, mut call: F) -> Result<T, tonic::Status>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
@@ -716,13 +719,20 @@ pub async fn notify(client: RegistryClient, args: NotifyArgs) -> Result<(), Fail
         ),
         None => None,
     };
-    let hook = Webhook::new(
-        &args.webhook,
-        args.secret.as_deref(),
-        ca.as_deref(),
-        Duration::from_secs(10),
-    )
-    .map_err(Failure::Local)?;
+    let hook = args
+        .webhook
+        .as_deref()
+        .map(|url| {
+            Webhook::new(
+                url,
+                args.secret.as_deref(),
+                ca.as_deref(),
+                Duration::from_secs(10),
+            )
+        })
+        .transpose()
+        .map_err(Failure::Local)?;
+    let mailer = Mailer::new(&args.email)?;
     let filter = pb::WatchTransitionsRequest {
         models: args.source.models.clone(),
         types: notify_types(),
@@ -732,6 +742,7 @@ pub async fn notify(client: RegistryClient, args: NotifyArgs) -> Result<(), Fail
     let stop = stop_on_signals();
     run_loop(WORKER, &client, filter, &args.source, |d| {
         let hook = hook.clone();
+        let (client, mailer) = (client.clone(), &mailer);
         let link_base = args.link_base.clone();
         let format = args.format;
         let max_backoff = args.max_backoff;
@@ -743,52 +754,26 @@ pub async fn notify(client: RegistryClient, args: NotifyArgs) -> Result<(), Fail
             if !worth_notifying(e, &details) {
                 return Ok(true);
             }
-            let (body, content_type) = match format {
-                Format::Json => (json.to_string(), "application/json"),
-                Format::Slack => {
-                    let body = slack::message(e, &details, link_base.as_deref());
-                    (body.to_string(), "application/json")
-                }
-            };
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                match hook.post(body.as_bytes(), content_type, e.sequence).await {
-                    Outcome::Delivered(code) => {
-                        log(WORKER, format!("event {} delivered ({code})", e.sequence));
-                        return Ok(true);
+            if let Some(hook) = &hook {
+                let (body, content_type) = match format {
+                    Format::Json => (json.to_string(), "application/json"),
+                    Format::Slack => {
+                        let body = slack::message(e, &details, link_base.as_deref());
+                        (body.to_string(), "application/json")
                     }
-                    Outcome::Rejected(why) => {
-                        // Retrying the same message cannot help; say so loudly and move on.
-                        log(
-                            WORKER,
-                            format!(
-                                "event {} NOT delivered, the webhook refused it: {why}",
-                                e.sequence
-                            ),
-                        );
-                        return Ok(true);
-                    }
-                    Outcome::Retry {
-                        reason,
-                        retry_after,
-                    } => {
-                        let wait = backoff(attempt, max_backoff, retry_after);
-                        log(
-                            WORKER,
-                            format!(
-                                "event {}: {reason}; retry {attempt} in {wait:?}",
-                                e.sequence
-                            ),
-                        );
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            // Stopping: the cursor stays before this event, so it is sent after a restart.
-                            _ = stop.changed() => return Ok(false),
-                        }
-                    }
+                };
+                let post = || hook.post(body.as_bytes(), content_type, e.sequence);
+                if !deliver(e.sequence, "the webhook", max_backoff, &mut stop, post).await {
+                    return Ok(false);
                 }
             }
+            if let Some(mailer) = mailer {
+                let link_base = link_base.as_deref();
+                return mailer
+                    .send(&client, e, &details, link_base, max_backoff, &mut stop)
+                    .await;
+            }
+            Ok(true)
         }
     })
     .await

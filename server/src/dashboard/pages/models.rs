@@ -132,6 +132,13 @@ pub fn model(
                 dd { "v" (model.latest_version) }
                 dt { "Standard evaluation set" }
                 dd { @if let Some(s) = set { (s.name) "@" (s.version) } @else { span.muted { "none in the policy" } } }
+                dt { "Reviewers" }
+                dd #reviewers {
+                    @for r in model.policy.reviewers() {
+                        span.pill { (r.email) @if let Some(who) = &r.identity { " (" (who) ")" } } " "
+                    }
+                    @if model.policy.reviewers().is_empty() { span.muted { "none in the policy" } }
+                }
                 dt { "Audit" }
                 dd { a href=(format!("/audit?model={}", encode_component(&model.name))) { "this model's events" } }
             }
