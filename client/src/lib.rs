@@ -18,6 +18,11 @@
 //! - [`subscription`]: the workers' subscription: a durable cursor file,
 //!   idempotency keys per event, graceful stop on SIGINT/SIGTERM.
 //! - [`webhook`]: one signed HTTP POST to a webhook, and its retry policy.
+//! - [`verify`]: content digests (files and directories) and the workers'
+//!   content-addressed cache of verified inputs.
+//! - [`fetch`]: an evaluation set or artifact materialised from its URI
+//!   (file, http(s), or a fetch hook) into that cache, checked against its
+//!   digest.
 //! - [`slack`]: the Slack-compatible message the notifier posts for an event.
 //! - [`terminal`]: text made safe to print for people (no terminal escapes).
 //!
@@ -27,11 +32,13 @@
 
 pub mod audit;
 pub mod errors;
+pub mod fetch;
 pub mod json;
 pub mod names;
 pub mod slack;
 pub mod subscription;
 pub mod terminal;
+pub mod verify;
 pub mod watch;
 pub mod webhook;
 
