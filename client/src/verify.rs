@@ -359,18 +359,30 @@ mod tests {
         );
     }
 
+    /// The digest of "foo".
+    fn foo_digest() -> Sha256Digest {
+        Sha256Digest::parse(
+            "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+        )
+        .unwrap()
+    }
+
+    /// A cache in a temporary root, and `content` staged in it (the
+    /// temporary directories live as long as the caller keeps them).
+    fn staged(content: &str) -> (tempfile::TempDir, Cache, tempfile::TempDir, PathBuf) {
+        let root = tempfile::tempdir().unwrap();
+        let cache = Cache::new(root.path());
+        let staging = cache.staging_dir().unwrap();
+        let staged = staging.path().join("content");
+        fs::write(&staged, content).unwrap();
+        (root, cache, staging, staged)
+    }
+
     #[test]
     fn a_changed_entry_is_evicted_not_trusted() {
         // Arrange: "foo" admitted under its digest.
-        let root = tempfile::tempdir().unwrap();
-        let cache = Cache::new(root.path());
-        let digest = Sha256Digest::parse(
-            "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
-        )
-        .unwrap();
-        let staging = cache.staging_dir().unwrap();
-        let staged = staging.path().join("content");
-        fs::write(&staged, "foo").unwrap();
+        let (_root, cache, _staging, staged) = staged("foo");
+        let digest = foo_digest();
         let path = cache.admit(&staged, &digest, None).unwrap();
         assert_eq!(cache.lookup(&digest, None), Some(path.clone()));
         assert_eq!(cache.lookup(&digest, Some("other source")), None);
@@ -389,15 +401,8 @@ mod tests {
 
     #[test]
     fn wrong_content_is_refused_with_its_digest() {
-        let root = tempfile::tempdir().unwrap();
-        let cache = Cache::new(root.path());
-        let expected = Sha256Digest::parse(
-            "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
-        )
-        .unwrap();
-        let staging = cache.staging_dir().unwrap();
-        let staged = staging.path().join("content");
-        fs::write(&staged, "bar").unwrap();
+        let (_root, cache, _staging, staged) = staged("bar");
+        let expected = foo_digest();
         match cache.admit(&staged, &expected, None) {
             Err(Admit::Mismatch(actual)) => assert_eq!(
                 actual.hex(),

@@ -1083,6 +1083,17 @@ fn digest(content: &str) -> String {
     format!("sha256:{}", sha256_hex(content))
 }
 
+/// Asserts that `message` reports a digest mismatch for `what`: expected
+/// the digest of `registered`, got that of `found`.
+fn assert_mismatch(message: &str, what: &str, registered: &str, found: &str) {
+    let expected = format!(
+        "digest mismatch for {what}: expected {}, got {}",
+        digest(registered),
+        digest(found)
+    );
+    assert!(message.contains(&expected), "{message}");
+}
+
 /// The evaluate worker gives its command a verified copy of the set; once
 /// one byte of the set's file changes, the next evaluation fails naming the
 /// set and both digests, its command does not run and nothing is attached.
@@ -1118,12 +1129,7 @@ async fn a_changed_evaluation_file_fails_the_evaluation_and_attaches_nothing() {
     let error = wait_worker_failure(&env, &mut ada, 2).await;
 
     // Assert
-    assert!(
-        error.contains("evaluation set holdout@v1")
-            && error.contains(&format!("expected {}", digest("foo")))
-            && error.contains(&format!("got {}", digest("fop"))),
-        "{error}"
-    );
+    assert_mismatch(&error, "evaluation set holdout@v1", "foo", "fop");
     assert!(version(&mut ada, "fraud", 2).await.evaluations.is_empty());
     assert_eq!(
         env.log("evaluate.runs").lines().count(),
@@ -1157,12 +1163,7 @@ async fn a_fetch_command_that_writes_the_wrong_bytes_fails_the_evaluation() {
     let error = wait_worker_failure(&env, &mut ada, 1).await;
 
     // Assert
-    assert!(
-        error.contains("evaluation set holdout@v1")
-            && error.contains(&format!("expected {}", digest("foo")))
-            && error.contains(&format!("got {}", digest("bar"))),
-        "{error}"
-    );
+    assert_mismatch(&error, "evaluation set holdout@v1", "foo", "bar");
     assert!(version(&mut ada, "fraud", 1).await.evaluations.is_empty());
     assert_eq!(env.log("evaluate.runs"), "", "the command never ran");
     assert_eq!(
@@ -1296,12 +1297,11 @@ async fn a_changed_artifact_fails_the_deployment_and_deploys_nothing() {
 
     // Assert
     let v2 = version(&mut ada, "fraud", 2).await;
-    let message = &v2.deployments[0].message;
-    assert!(
-        message.contains("artifact of fraud/2")
-            && message.contains(&format!("expected {}", digest("test")))
-            && message.contains(&format!("got {}", digest("tesT"))),
-        "{message}"
+    assert_mismatch(
+        &v2.deployments[0].message,
+        "artifact of fraud/2",
+        "test",
+        "tesT",
     );
     assert_eq!(env.log("deploy.runs"), "1 test\n", "nothing deployed for 2");
     assert_eq!(succeeded(&events(&mut ada, "fraud").await, 2), 0);
