@@ -104,6 +104,7 @@ class Loop:
                 return found
             time.sleep(0.1)  # poll interval, not a guess at how long anything takes
         logs = "\n".join(f"--- {n}\n{self.log(n)[-4000:]}" for n in ("evaluate", "deploy", "monitor"))
+        logs += "\n--- modelreg version list\n" + self.run("reader", "--json", "version", "list", MODEL).stdout[-6000:]
         pytest.fail(f"gave up waiting for {what}\n{logs}\n--- server\n{self.server.log()[-4000:]}")
 
 
@@ -151,15 +152,13 @@ def run_the_loop(loop: Loop, registry) -> None:
         requests = registry.list_transition_requests(model=MODEL, status=pb.TRANSITION_REQUEST_STATUS_PENDING)
         return next((r.id for r in requests if r.version == v), "")
 
-    def serving(v: int, after_reports: int = 0) -> str:
-        """The endpoint of v's newest SUCCEEDED deployment, once there are more than ``after_reports``."""
-        deployments = registry.get_version(MODEL, v).deployments
-        ok = [d for d in deployments if d.environment == "prod" and d.status == pb.DEPLOYMENT_STATUS_SUCCEEDED]
-        return ok[0].endpoint if ok and succeeded_reports(v) > after_reports else ""
-
-    def succeeded_reports(v: int) -> int:
-        events = registry.list_events(model=MODEL, version=v, types=[pb.EVENT_TYPE_DEPLOYMENT_REPORTED])
-        return sum("SUCCEEDED" in str(e.details) for e in events)
+    def serving(v: int, reported_after: float = 0.0) -> tuple[str, float]:
+        """The endpoint and report time of v's SUCCEEDED deployment in prod, if reported after ``reported_after``."""
+        for d in registry.get_version(MODEL, v).deployments:
+            at = d.report_time.ToNanoseconds() / 1e9
+            if d.environment == "prod" and d.status == pb.DEPLOYMENT_STATUS_SUCCEEDED and at > reported_after:
+                return d.endpoint, at
+        return ()
 
     row, label = first_holdout_row(loop.workdir)
     measured = {}
@@ -171,7 +170,7 @@ def run_the_loop(loop: Loop, registry) -> None:
     measured[1] = evaluation(1)
     assert measured[1]["f1"] >= 0.9 and measured[1]["latency_ms"] > 0, measured[1]
     loop.ok("bob", "approve", request, "--comment", "canary metrics checked")
-    endpoint_1 = loop.wait_for("version 1 serving", lambda: serving(1))
+    endpoint_1, deployed_1 = loop.wait_for("version 1 serving", lambda: serving(1))
     answer = predict(endpoint_1, row)
     assert answer == {"predictions": [label], "version": 1}
 
@@ -191,7 +190,7 @@ def run_the_loop(loop: Loop, registry) -> None:
     request = loop.wait_for("version 3's production request", lambda: pending(3))
     measured[3] = evaluation(3)
     loop.ok("bob", "approve", request)
-    endpoint_3 = loop.wait_for("version 3 serving", lambda: serving(3))
+    endpoint_3, _ = loop.wait_for("version 3 serving", lambda: serving(3))
     assert predict(endpoint_3, row)["version"] == 3
     loop.wait_for("version 1 stopped", lambda: not (loop.workdir / "run" / f"prod-{MODEL}-1.pid").exists())
     with pytest.raises(urllib.error.URLError):
@@ -202,7 +201,7 @@ def run_the_loop(loop: Loop, registry) -> None:
     loop.spawn("monitor", "monitor", sys.executable, str(EXAMPLE / "monitor.py"), "--flip-labels", "--interval", "0.3")
     loop.wait_for("the rollback to version 1", lambda: registry.get_model(MODEL).production_version == 1)
     loop.stop("monitor")
-    endpoint_1 = loop.wait_for("version 1 serving again", lambda: serving(1, after_reports=1))
+    endpoint_1, _ = loop.wait_for("version 1 serving again", lambda: serving(1, reported_after=deployed_1))
     assert predict(endpoint_1, row) == {"predictions": [label], "version": 1}
     breaches = list(registry.list_events(model=MODEL, types=[pb.EVENT_TYPE_LIVE_METRIC_BREACH]))
     assert breaches and breaches[0].version == 3, breaches
