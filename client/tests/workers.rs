@@ -520,10 +520,15 @@ fn worker_args(env: &Env, args: &[&str], cursor: &str) -> Vec<String> {
         .collect()
 }
 
+/// The fetch hook of the s3:// URIs in these tests: the bytes whose
+/// SHA-256 the sets ("foo") and versions ("test") record.
+const FETCH_S3: &str = r#"case "$MODELREG_FETCH_URI" in s3://models/*) printf test;; *) printf foo;; esac > "$MODELREG_FETCH_DEST""#;
+
 /// `modelreg worker NAME` for the model fraud, with `options`, running
-/// the shell `script`, its cursor in `NAME.cursor`.
+/// the shell `script`, its cursor in `NAME.cursor`, fetching s3:// inputs
+/// with [`FETCH_S3`] into the test's cache.
 fn fraud_worker_args(env: &Env, name: &str, options: &[&str], script: &str) -> Vec<String> {
-    let mut args = vec!["worker", name];
+    let mut args = vec!["worker", name, "--fetch", FETCH_S3, "--cache-dir", "cache"];
     args.extend(options);
     args.extend(["--model", "fraud", "--exec", script]);
     worker_args(env, &args, &format!("{name}.cursor"))
@@ -891,6 +896,10 @@ async fn a_failing_evaluation_is_retried_then_reported() {
             "5s",
             "--cursor-file",
             &cursor,
+            "--fetch",
+            FETCH_S3,
+            "--cache-dir",
+            "cache",
             "--exec",
             "echo 'out of memory' >&2; exit 3",
         ],
@@ -982,4 +991,285 @@ async fn a_server_on_port_zero_reports_the_addresses_it_bound() {
         .filter(|n| n.starts_with("server.ready"))
         .collect();
     assert_eq!(names, ["server.ready"]);
+}
+
+/// The error of the WORKER_FAILED event about version `v` of fraud, if any.
+async fn worker_failure(c: &mut RegistryClient, v: i64) -> Option<String> {
+    let failed = events(c, "fraud")
+        .await
+        .into_iter()
+        .find(|e| e.r#type == pb::EventType::WorkerFailed as i32 && e.version == v)?;
+    let json = modelreg_client::json::to_json(&failed, "modelreg.v1.RegistryEvent");
+    json["details"]["error"].as_str().map(str::to_owned)
+}
+
+/// Waits until `v` of fraud has an evaluation attached.
+async fn wait_evaluated(env: &Env, c: &RegistryClient, v: i64) {
+    env.wait_for_registry(
+        &format!("an evaluation of version {v}"),
+        c,
+        |mut c| async move { !version(&mut c, "fraud", v).await.evaluations.is_empty() },
+    )
+    .await;
+}
+
+/// Waits until a WORKER_FAILED event about `v` of fraud is there; its error.
+async fn wait_worker_failure(env: &Env, c: &mut RegistryClient, v: i64) -> String {
+    let what = format!("a worker failure on version {v}");
+    env.wait_for_registry(&what, c, |mut c| async move {
+        worker_failure(&mut c, v).await.is_some()
+    })
+    .await;
+    worker_failure(c, v).await.unwrap()
+}
+
+/// An evaluation worker for fraud on holdout@v1 that fetches s3:// with
+/// [`FETCH_S3`] (or `fetch`), retries `retries` times, and runs a command
+/// that logs `VERSION CONTENT PATH` of the verified set to `evaluate.runs`.
+fn verifying_evaluator(env: &Env, fetch: &str, retries: &str) -> Vec<String> {
+    let exec = r#"echo "$MODELREG_VERSION $(cat "$MODELREG_EVAL_SET_PATH") $MODELREG_EVAL_SET_PATH" >> evaluate.runs; echo '{"auc": 0.9}'"#;
+    let options = [
+        "--set",
+        "holdout@v1",
+        "--evaluator-version",
+        "1",
+        "--retries",
+        retries,
+    ];
+    let mut args = fraud_worker_args(env, "evaluate", &options, exec);
+    if !fetch.is_empty() {
+        let at = args.iter().position(|a| a == FETCH_S3).unwrap();
+        args[at] = fetch.to_owned();
+    }
+    args
+}
+
+/// The SHA-256 digest of `content`, as the registry writes it.
+fn digest(content: &str) -> String {
+    format!("sha256:{}", sha256_hex(content))
+}
+
+/// Asserts that `message` reports a digest mismatch for `what`: expected
+/// the digest of `registered`, got that of `found`.
+fn assert_mismatch(message: &str, what: &str, registered: &str, found: &str) {
+    let expected = format!(
+        "digest mismatch for {what}: expected {}, got {}",
+        digest(registered),
+        digest(found)
+    );
+    assert!(message.contains(&expected), "{message}");
+}
+
+/// The evaluate worker gives its command a verified copy of the set; once
+/// one byte of the set's file changes, the next evaluation fails naming the
+/// set and both digests, its command does not run and nothing is attached.
+/// Put back, the file is accepted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_evaluation_file_fails_the_evaluation_and_attaches_nothing() {
+    // Arrange: the set's file holds "foo", whose digest the set records.
+    let env = Env::start().await;
+    let data = env.path("holdout.csv");
+    std::fs::write(&data, "foo").unwrap();
+    holdout_and_fraud(&env, &format!("file://{}", data.display())).await;
+    let args = verifying_evaluator(&env, "", "0");
+    let mut worker = env.spawn("evaluator", "evaluate.log", &strs(&args));
+    let mut ada = env.client("ada").await;
+    register(&env, "run-1", "s3://models/fraud/1").await;
+    wait_evaluated(&env, &ada, 1).await;
+    let runs = env.log("evaluate.runs");
+    let (content, path) = runs
+        .trim()
+        .strip_prefix("1 ")
+        .unwrap()
+        .split_once(' ')
+        .unwrap();
+    assert_eq!(content, "foo");
+    assert!(
+        path.starts_with(&env.path("cache").display().to_string()),
+        "the command reads the verified copy in the cache, not the source: {path}"
+    );
+
+    // Act: one byte of the set's file changes; version 2 enters staging.
+    std::fs::write(&data, "fop").unwrap();
+    register(&env, "run-2", "s3://models/fraud/2").await;
+    let error = wait_worker_failure(&env, &mut ada, 2).await;
+
+    // Assert
+    assert_mismatch(&error, "evaluation set holdout@v1", "foo", "fop");
+    assert!(version(&mut ada, "fraud", 2).await.evaluations.is_empty());
+    assert_eq!(
+        env.log("evaluate.runs").lines().count(),
+        1,
+        "the command never ran for 2"
+    );
+
+    // The file put back is verified afresh and accepted.
+    std::fs::write(&data, "foo").unwrap();
+    register(&env, "run-3", "s3://models/fraud/3").await;
+    wait_evaluated(&env, &ada, 3).await;
+    assert!(env.log("evaluate.runs").contains("3 foo "));
+    crash(&mut worker).await;
+}
+
+/// A fetch hook that writes other bytes than the set's digest promises
+/// fails the evaluation at once (a mismatch is not retried), nothing is
+/// attached, and nothing is left in the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_command_that_writes_the_wrong_bytes_fails_the_evaluation() {
+    // Arrange
+    let env = Env::start().await;
+    holdout_and_fraud(&env, "s3://datasets/holdout/v1").await;
+    let hook = r#"echo "$MODELREG_FETCH_URI" >> fetch.log; printf bar > "$MODELREG_FETCH_DEST""#;
+    let args = verifying_evaluator(&env, hook, "2");
+    let mut worker = env.spawn("evaluator", "evaluate.log", &strs(&args));
+    let mut ada = env.client("ada").await;
+
+    // Act
+    register(&env, "run-1", "s3://models/fraud/1").await;
+    let error = wait_worker_failure(&env, &mut ada, 1).await;
+
+    // Assert
+    assert_mismatch(&error, "evaluation set holdout@v1", "foo", "bar");
+    assert!(version(&mut ada, "fraud", 1).await.evaluations.is_empty());
+    assert_eq!(env.log("evaluate.runs"), "", "the command never ran");
+    assert_eq!(
+        env.log("fetch.log"),
+        "s3://datasets/holdout/v1\n",
+        "fetched once"
+    );
+    let cached = std::fs::read_dir(env.path("cache/sha256"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(cached, 0, "nothing kept");
+    crash(&mut worker).await;
+}
+
+/// A tiny HTTP server: `/moved` redirects to `/holdout`, which serves
+/// `body`; counts the GETs of `/holdout`.
+async fn serve_file(body: &'static str) -> (String, Arc<Mutex<u32>>) {
+    use tokio::io::AsyncBufReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let hits = Arc::new(Mutex::new(0u32));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut conn = tokio::io::BufReader::new(conn);
+                let mut first = String::new();
+                conn.read_line(&mut first).await.ok()?;
+                let mut line = String::new();
+                while conn.read_line(&mut line).await.ok()? > 2 {
+                    line.clear();
+                }
+                let answer = if first.starts_with("GET /holdout ") {
+                    *counted.lock().unwrap() += 1;
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    "HTTP/1.1 302 Found\r\nlocation: /holdout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned()
+                };
+                conn.get_mut().write_all(answer.as_bytes()).await.ok()
+            });
+        }
+    });
+    (format!("{base}/moved"), hits)
+}
+
+/// An http:// set is downloaded (following a redirect) once, verified, and
+/// then served from the cache to every later evaluation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_set_is_downloaded_once_and_reused_from_the_cache() {
+    // Arrange
+    let env = Env::start().await;
+    let (url, hits) = serve_file("foo").await;
+    holdout_and_fraud(&env, &url).await;
+    let args = verifying_evaluator(&env, "", "0");
+    let mut worker = env.spawn("evaluator", "evaluate.log", &strs(&args));
+    let ada = env.client("ada").await;
+
+    // Act
+    register(&env, "run-1", "s3://models/fraud/1").await;
+    wait_evaluated(&env, &ada, 1).await;
+    register(&env, "run-2", "s3://models/fraud/2").await;
+    wait_evaluated(&env, &ada, 2).await;
+
+    // Assert
+    let runs = env.log("evaluate.runs");
+    assert!(runs.contains("1 foo ") && runs.contains("2 foo "), "{runs}");
+    assert_eq!(
+        *hits.lock().unwrap(),
+        1,
+        "the second evaluation used the cache"
+    );
+    crash(&mut worker).await;
+}
+
+/// Waits until `v` of fraud has a deployment report with `status`.
+async fn wait_deployed(env: &Env, c: &RegistryClient, v: i64, status: pb::DeploymentStatus) {
+    let what = format!("version {v} {status:?}");
+    env.wait_for_registry(&what, c, |mut c| async move {
+        version(&mut c, "fraud", v)
+            .await
+            .deployments
+            .iter()
+            .any(|d| d.status == status as i32)
+    })
+    .await;
+}
+
+/// The deploy worker deploys an artifact only as registered: unchanged,
+/// its command gets the verified copy; changed after registration, the
+/// deployment is FAILED naming both digests and the command never runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_artifact_fails_the_deployment_and_deploys_nothing() {
+    // Arrange: two versions whose artifacts held "test" when registered.
+    let env = Env::start().await;
+    env.ok("ada", &["model", "create", "fraud"]).await;
+    for v in ["1", "2"] {
+        let file = env.path(&format!("model-{v}.bin"));
+        std::fs::write(&file, "test").unwrap();
+        register(
+            &env,
+            &format!("run-{v}"),
+            &format!("file://{}", file.display()),
+        )
+        .await;
+    }
+    let exec = r#"echo "$MODELREG_VERSION $(cat "$MODELREG_ARTIFACT_PATH")" >> deploy.runs; echo "https://serve.example/$MODELREG_VERSION""#;
+    let args = fraud_worker_args(
+        &env,
+        "deploy",
+        &["--environment", "prod", "--retries", "0"],
+        exec,
+    );
+    let mut worker = env.spawn("deployer", "deploy.log", &strs(&args));
+    let mut ada = env.client("ada").await;
+    env.ok("alice", &["transition", "fraud", "1", "production"])
+        .await;
+    env.ok("bob", &["approve", "fraud:1"]).await;
+    wait_deployed(&env, &ada, 1, pb::DeploymentStatus::Succeeded).await;
+    assert_eq!(env.log("deploy.runs"), "1 test\n");
+
+    // Act: version 2's artifact changes after registration; it is approved.
+    std::fs::write(env.path("model-2.bin"), "tesT").unwrap();
+    env.ok("alice", &["transition", "fraud", "2", "production"])
+        .await;
+    env.ok("bob", &["approve", "fraud:2"]).await;
+    wait_deployed(&env, &ada, 2, pb::DeploymentStatus::Failed).await;
+
+    // Assert
+    let v2 = version(&mut ada, "fraud", 2).await;
+    assert_mismatch(
+        &v2.deployments[0].message,
+        "artifact of fraud/2",
+        "test",
+        "tesT",
+    );
+    assert_eq!(env.log("deploy.runs"), "1 test\n", "nothing deployed for 2");
+    assert_eq!(succeeded(&events(&mut ada, "fraud").await, 2), 0);
+    crash(&mut worker).await;
 }

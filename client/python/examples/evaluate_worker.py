@@ -4,7 +4,10 @@
 It watches the registry for STAGE_CHANGED events into STAGE_STAGING, "evaluates"
 the version on the standard evaluation set, and attaches the metrics with
 AttachEvaluation. The evaluation here is a stand-in (it derives numbers from the
-version's training metrics); put your real scoring code in ``evaluate()``.
+version's training metrics); put your real scoring code in ``evaluate()``, or see
+examples/sklearn/evaluate.py at the repository's root: real scoring of a
+scikit-learn model through a canary prediction server, run by
+``modelreg worker evaluate`` on the digest-verified evaluation set.
 
 The worker is restartable without missing or repeating work: the watch resumes
 by itself after a server restart, and ``--state-file`` keeps the last sequence
@@ -37,7 +40,8 @@ EVALUATOR_VERSION = "example-evaluator-1.0"  # the version of the scoring code
 
 
 def evaluate(version: pb.ModelVersion) -> dict[str, float]:
-    """Scores a version on the evaluation set. A stand-in for real scoring code."""
+    """Scores a version on the evaluation set. A stand-in for real scoring code
+    (examples/sklearn/evaluate.py is the real thing)."""
     accuracy = version.training_metrics.get("accuracy", 0.9)
     return {"accuracy": round(max(0.0, accuracy - 0.01), 4), "f1": round(max(0.0, accuracy - 0.03), 4)}
 

@@ -56,9 +56,11 @@ def read_ready_file(path: Path) -> Optional[dict]:
 class ServerProcess:
     """One modelreg-server process that can be stopped and started again on the same database."""
 
-    def __init__(self, binary: Path, workdir: Path) -> None:
+    def __init__(self, binary: Path, workdir: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.binary = binary
         self.workdir = workdir
+        #: Flags added to every start (e.g. ``--policy-interval``).
+        self.extra_args = extra_args
         self.database = workdir / "registry.db"
         #: None until the first start reports the port it bound; kept for restarts.
         self.port: Optional[int] = None
@@ -105,6 +107,7 @@ class ServerProcess:
                     # Parallel servers must not fight over the /metrics port 8080.
                     "--http-listen",
                     "off",
+                    *self.extra_args,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -167,21 +170,35 @@ class ServerProcess:
             raise RuntimeError(f"modelreg-server ignored signal {sig} for {timeout}s:\n{self.log()}")
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    """A running server with a fresh database, stopped after the test."""
+def cli_binary() -> Path:
+    """The `modelreg` CLI under test: ``MODELREG_CLI_BIN``, or the one beside the server binary."""
+    explicit = os.environ.get("MODELREG_CLI_BIN")
+    binary = Path(explicit) if explicit else server_binary().with_name("modelreg")
+    if not binary.is_file():
+        pytest.fail(f"modelreg CLI not found at {binary}: run `cargo build --workspace --bins` or set MODELREG_CLI_BIN")
+    return binary
+
+
+def running_server(workdir: Path, *extra_args: str) -> Iterator[ServerProcess]:
+    """Starts a server with a fresh database in ``workdir``; yields it and stops it."""
     binary = server_binary()
     if not binary.is_file():
         pytest.fail(
             f"modelreg-server binary not found at {binary}: run `cargo build -p modelreg-server` "
             "or set MODELREG_SERVER_BIN"
         )
-    srv = ServerProcess(binary, tmp_path)
+    srv = ServerProcess(binary, workdir, extra_args)
     srv.start()
     try:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A running server with a fresh database, stopped after the test."""
+    yield from running_server(tmp_path)
 
 
 @pytest.fixture

@@ -129,6 +129,18 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         to: i64,
     },
+    /// Report one observation of a live metric of a deployed version (what a
+    /// monitor sends; a model's live-metric policy rule reads these).
+    LiveMetric {
+        /// The model.
+        model: String,
+        /// The version observed.
+        version: i64,
+        /// The metric, e.g. error_rate.
+        metric: String,
+        /// The observed value.
+        value: f64,
+    },
     /// Create, show and list standard evaluation sets.
     #[command(subcommand)]
     Evalset(EvalsetCmd),
@@ -664,6 +676,23 @@ async fn run(cli: Cli, mut client: RegistryClient) -> Result<(), Failure> {
         Command::Cancel(a) => {
             let verdict = governance::Verdict::Cancel;
             governance::decide_cmd(&mut client, verdict, a.request_id, a.comment, json).await
+        }
+        Command::LiveMetric {
+            model,
+            version,
+            metric,
+            value,
+        } => {
+            client
+                .report_live_metric(pb::ReportLiveMetricRequest {
+                    model,
+                    version,
+                    metric,
+                    value,
+                    observe_time: None,
+                })
+                .await?;
+            Ok(())
         }
         Command::Rollback { model, reason, to } => {
             governance::rollback_cmd(&mut client, model, reason, to, json).await

@@ -23,6 +23,8 @@ use tokio::io::AsyncReadExt as _;
 use super::notify::{EmailArgs, Mailer, deliver};
 use super::{Failure, parse_set_ref};
 use modelreg_client::errors;
+use modelreg_client::fetch::{Fetcher, Input, default_cache_dir};
+use modelreg_client::verify::Cache;
 
 /// Which events a worker or the notifier reads, and where it keeps its place.
 #[derive(Args, Clone)]
@@ -49,9 +51,28 @@ pub struct CommonArgs {
     /// Longest a command may run (e.g. 10m, 30s).
     #[arg(long, default_value = "10m", value_parser = modelreg_api::duration::parse)]
     timeout: Duration,
-    /// Attempts after the first when a command fails.
+    /// Attempts after the first when a command (or fetching an input) fails.
     #[arg(long, default_value_t = 2)]
     retries: u32,
+    /// Where verified evaluation sets and artifacts are kept, by digest.
+    #[arg(long, env = "MODELREG_CACHE_DIR", default_value_os_t = default_cache_dir())]
+    cache_dir: PathBuf,
+    /// The command (run by `sh -c`) that fetches URIs other than file://,
+    /// http:// and https://: it writes MODELREG_FETCH_URI to the path
+    /// MODELREG_FETCH_DEST.
+    #[arg(long)]
+    fetch: Option<String>,
+}
+
+impl CommonArgs {
+    /// What materialises and verifies the command's inputs.
+    fn fetcher(&self) -> Fetcher {
+        // Absolute, so that the paths commands get hold wherever they run.
+        let cache = Cache::new(
+            std::path::absolute(&self.cache_dir).unwrap_or_else(|_| self.cache_dir.clone()),
+        );
+        Fetcher::new(cache, self.fetch.clone(), self.timeout, self.retries + 1)
+    }
 }
 
 /// `worker …`.
@@ -399,6 +420,12 @@ async fn evaluate(client: RegistryClient, args: EvaluateArgs) -> Result<(), Fail
     run_loop(WORKER, &client, filter, &common.source, |d| {
         let client = client.clone();
         let set_ref = args.set.clone();
+        let set_input = Input {
+            what: format!("evaluation set {set_label}"),
+            uri: set.uri.clone(),
+            digest: set.digest.clone(),
+            env: "MODELREG_EVAL_SET_PATH",
+        };
         let set_uri = set.uri.clone();
         let set_label = set_label.clone();
         let exec = args.exec.clone();
@@ -407,19 +434,39 @@ async fn evaluate(client: RegistryClient, args: EvaluateArgs) -> Result<(), Fail
         async move {
             let e = &d.event;
             let version = current_version(WORKER, &client, e).await?;
+            let subject = event_subject(e);
+            let mut last_error = String::new();
+            let attempts = common.retries + 1;
+            // The set (and the artifact, when it has a digest) verified first;
+            // on a mismatch the command never runs and nothing is attached.
+            let inputs: Vec<Input> = [set_input]
+                .into_iter()
+                .chain(Input::artifact(&e.model, &version))
+                .collect();
+            let (verified, runs) = match common
+                .fetcher()
+                .verified_env(&inputs, |m| log(WORKER, format!("{subject}: {m}")))
+                .await
+            {
+                Ok(paths) => (paths, attempts),
+                Err(err) => {
+                    last_error = err.to_string();
+                    log(WORKER, format!("{subject}: {last_error}"));
+                    (vec![], 0)
+                }
+            };
             let env = command_env(
                 e,
                 &version,
                 [
                     ("MODELREG_EVAL_SET", set_label.clone()),
                     ("MODELREG_EVAL_SET_URI", set_uri.clone()),
-                ],
+                ]
+                .into_iter()
+                .chain(verified),
             );
-            let subject = event_subject(e);
-            let mut last_error = String::new();
-            let attempts = common.retries + 1;
             let mut attached = false;
-            for attempt in 1..=attempts {
+            for attempt in 1..=runs {
                 let metrics = match run_command(&exec, &env, common.timeout).await {
                     Ok(ran) => parse_metrics(&ran.last_line),
                     Err(err) => Err(err),
@@ -486,7 +533,7 @@ async fn evaluate(client: RegistryClient, args: EvaluateArgs) -> Result<(), Fail
                         worker: "evaluate".into(),
                         event_sequence: e.sequence,
                         error: tail(&last_error, 4000),
-                        attempts: attempts as i32,
+                        attempts: runs.max(1) as i32,
                         request_id: d.key("evaluate-failed"),
                     };
                     async move { c.report_worker_failure(req).await }
@@ -495,7 +542,10 @@ async fn evaluate(client: RegistryClient, args: EvaluateArgs) -> Result<(), Fail
                 match report {
                     Ok(_) => log(
                         WORKER,
-                        format!("{subject}: gave up after {attempts} attempts; reported"),
+                        format!(
+                            "{subject}: gave up after {} attempts; reported",
+                            runs.max(1)
+                        ),
                     ),
                     Err(s) => return Err(Failure::Status(s)),
                 }
@@ -627,6 +677,33 @@ async fn deploy(client: RegistryClient, args: DeployArgs) -> Result<(), Failure>
                     .map_err(Failure::Status)
                 }
             };
+            // What is deployed is what was registered: a mismatch deploys nothing.
+            let artifact = if leaving {
+                None
+            } else {
+                Input::artifact(&e.model, &version)
+            };
+            let verified = match common
+                .fetcher()
+                .verified_env(artifact.as_slice(), |m| {
+                    log(WORKER, format!("{subject}: {m}"))
+                })
+                .await
+            {
+                Ok(paths) => paths,
+                Err(err) => {
+                    let message = tail(&err.to_string(), 4000);
+                    report(
+                        pb::DeploymentStatus::Failed,
+                        String::new(),
+                        message,
+                        "failed",
+                    )
+                    .await?;
+                    log(WORKER, format!("{subject}: FAILED in {environment}: {err}"));
+                    return Ok(true);
+                }
+            };
             if !leaving {
                 report(
                     pb::DeploymentStatus::Deploying,
@@ -636,7 +713,13 @@ async fn deploy(client: RegistryClient, args: DeployArgs) -> Result<(), Failure>
                 )
                 .await?;
             }
-            let env = command_env(e, &version, [("MODELREG_ENVIRONMENT", environment.clone())]);
+            let env = command_env(
+                e,
+                &version,
+                [("MODELREG_ENVIRONMENT", environment.clone())]
+                    .into_iter()
+                    .chain(verified),
+            );
             let attempts = common.retries + 1;
             let mut last_error = String::new();
             for attempt in 1..=attempts {
