@@ -233,8 +233,13 @@ impl Cache {
         read_only(staged).map_err(io)?;
         let path = self.entry(expected);
         fs::create_dir_all(path.parent().expect("under the root")).map_err(io)?;
-        self.evict(expected);
-        fs::rename(staged, &path).map_err(io)?;
+        // A file replaces an earlier entry atomically, so another worker
+        // sharing the cache never sees the path missing; a directory cannot
+        // replace a directory, so an earlier one goes first.
+        if fs::rename(staged, &path).is_err() {
+            self.evict(expected);
+            fs::rename(staged, &path).map_err(io)?;
+        }
         let record = Record {
             entry: stamp_of(&path).map_err(io)?,
             source: source_stamp,
@@ -261,9 +266,11 @@ impl Cache {
     fn write_record(&self, digest: &Sha256Digest, record: &Record) -> io::Result<()> {
         let json = serde_json::json!({ "entry": record.entry, "source": record.source });
         let path = self.record_path(digest);
-        let tmp = path.with_extension("json.tmp");
-        fs::write(&tmp, json.to_string())?;
-        fs::rename(tmp, path)
+        // A temporary file of its own: workers sharing the cache may write
+        // the same record at once.
+        let mut tmp = tempfile::NamedTempFile::new_in(path.parent().expect("under the root"))?;
+        io::Write::write_all(&mut tmp, json.to_string().as_bytes())?;
+        tmp.persist(path).map(drop).map_err(|e| e.error)
     }
 }
 
