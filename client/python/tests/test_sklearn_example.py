@@ -24,6 +24,7 @@ from typing import Callable, Iterator
 import pytest
 
 from conftest import ServerProcess, cli_binary, running_server
+import modelreg_client
 from modelreg_client import pb
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "sklearn"
@@ -120,11 +121,14 @@ def first_holdout_row(workdir: Path) -> tuple[list[float], int]:
     return [float(v) for v in line[:-1]], int(line[-1])
 
 
-def test_a_scikit_learn_model_goes_through_the_whole_loop(policy_server, registry, tmp_path):
+def test_a_scikit_learn_model_goes_through_the_whole_loop(policy_server, tmp_path):
+    # One server only: the `registry` fixture would start a second one on the
+    # same database, and the two would read each other's ready file.
     loop = Loop(policy_server, tmp_path / "example")
     loop.workdir.mkdir()
     try:
-        run_the_loop(loop, registry)
+        with modelreg_client.connect(policy_server.address, actor="alice") as registry:
+            run_the_loop(loop, registry)
     finally:
         loop.close()
 
