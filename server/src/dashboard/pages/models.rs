@@ -123,25 +123,7 @@ pub fn model(
         page,
         html! {
             @if !model.description.is_empty() { p.lead { (model.description) } }
-            dl.facts {
-                dt { "Production" }
-                dd { @if model.production_version > 0 { span.stage.production { "v" (model.production_version) } } @else { span.muted { "none" } } }
-                dt { "Deployments" }
-                dd { (deployments(&model.deployments, 0)) }
-                dt { "Latest version" }
-                dd { "v" (model.latest_version) }
-                dt { "Standard evaluation set" }
-                dd { @if let Some(s) = set { (s.name) "@" (s.version) } @else { span.muted { "none in the policy" } } }
-                dt { "Reviewers" }
-                dd #reviewers {
-                    @for r in model.policy.reviewers() {
-                        span.pill { (r.email) @if let Some(who) = &r.identity { " (" (who) ")" } } " "
-                    }
-                    @if model.policy.reviewers().is_empty() { span.muted { "none in the policy" } }
-                }
-                dt { "Audit" }
-                dd { a href=(format!("/audit?model={}", encode_component(&model.name))) { "this model's events" } }
-            }
+            (facts(model, set))
             @if !pending.is_empty() {
                 h2 { "Pending requests" }
                 ul #pending {
@@ -172,6 +154,32 @@ pub fn model(
             }
         },
     )
+}
+
+/// The model's facts: production, deployments, latest version, standard
+/// set, reviewers and its audit link.
+fn facts(model: &Model, set: Option<&SetRef>) -> Markup {
+    html! {
+        dl.facts {
+            dt { "Production" }
+            dd { @if model.production_version > 0 { span.stage.production { "v" (model.production_version) } } @else { span.muted { "none" } } }
+            dt { "Deployments" }
+            dd { (deployments(&model.deployments, 0)) }
+            dt { "Latest version" }
+            dd { "v" (model.latest_version) }
+            dt { "Standard evaluation set" }
+            dd { @if let Some(s) = set { (s.name) "@" (s.version) } @else { span.muted { "none in the policy" } } }
+            dt { "Reviewers" }
+            dd #reviewers {
+                @for r in model.policy.reviewers() {
+                    span.pill { (r.email) @if let Some(who) = &r.identity { " (" (who) ")" } } " "
+                }
+                @if model.policy.reviewers().is_empty() { span.muted { "none in the policy" } }
+            }
+            dt { "Audit" }
+            dd { a href=(format!("/audit?model={}", encode_component(&model.name))) { "this model's events" } }
+        }
+    }
 }
 
 /// Every version, newest first, with its stage and standard-set metrics.
