@@ -407,6 +407,32 @@ mod tests {
     }
 
     #[test]
+    fn workers_sharing_a_cache_admit_the_same_content_at_once() {
+        // Two workers (here threads, each with its own Cache on one root)
+        // admit the same content again and again at the same time: every
+        // admission succeeds and leaves a readable entry.
+        let root = tempfile::tempdir().unwrap();
+        let digest = foo_digest();
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let (cache, digest) = (Cache::new(root.path()), digest);
+                std::thread::spawn(move || {
+                    for _ in 0..300 {
+                        let staging = cache.staging_dir().unwrap();
+                        let staged = staging.path().join("content");
+                        fs::write(&staged, "foo").unwrap();
+                        let path = cache.admit(&staged, &digest, None).unwrap();
+                        assert_eq!(fs::read_to_string(path).unwrap(), "foo");
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().expect("every admission succeeds");
+        }
+    }
+
+    #[test]
     fn wrong_content_is_refused_with_its_digest() {
         let (_root, cache, _staging, staged) = staged("bar");
         let expected = foo_digest();
