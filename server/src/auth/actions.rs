@@ -40,11 +40,12 @@ pub enum Action {
     ListEvents,
     VerifyAuditLog,
     WatchTransitions,
+    UpdateVersion,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 27] = [
+    pub const ALL: [Action; 28] = [
         Action::CreateModel,
         Action::GetModel,
         Action::ListModels,
@@ -72,6 +73,7 @@ impl Action {
         Action::ListEvents,
         Action::VerifyAuditLog,
         Action::WatchTransitions,
+        Action::UpdateVersion,
     ];
 
     /// The role the action needs: the table both edges enforce.
@@ -91,7 +93,7 @@ impl Action {
             | VerifyAuditLog
             | WatchTransitions => Role::Reader,
             CreateModel | UpdateModel | RegisterVersion | SetAlias | DeleteAlias
-            | TransitionStage | CancelTransition => Role::Publisher,
+            | TransitionStage | CancelTransition | UpdateVersion => Role::Publisher,
             // Deployment workers report their failures with ReportDeployment FAILED.
             AttachEvaluation | ReportWorkerFailure => Role::Evaluator,
             ReportDeployment | ReportLiveMetric => Role::Deployer,
@@ -131,6 +133,7 @@ impl Action {
             ListEvents => "ListEvents",
             VerifyAuditLog => "VerifyAuditLog",
             WatchTransitions => "WatchTransitions",
+            UpdateVersion => "UpdateVersion",
         }
     }
 
