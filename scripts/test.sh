@@ -19,6 +19,12 @@
 # The notifier's mail test needs aiosmtpd in tests/smtp/.venv, which
 # scripts/smtp.sh installs on first use; without it that test is skipped
 # with a notice, or fails when MODELREG_REQUIRE_SMTP=1 (as in CI).
+#
+# The MLflow compatibility tests (tests/mlflow: the real MLflow client
+# against the facade, a real `mlflow server` for the importer) need MLflow in
+# tests/mlflow/.venv, which scripts/mlflow.sh installs on first use; without
+# it they are skipped with a notice, or fail when MODELREG_REQUIRE_MLFLOW=1
+# (as in CI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,8 +55,22 @@ if ! bash scripts/smtp.sh; then
     echo "test.sh: WARNING: aiosmtpd could not be installed; the mail test will be SKIPPED" >&2
 fi
 
+mlflow=1
+if ! bash scripts/mlflow.sh; then
+    if [ "${MODELREG_REQUIRE_MLFLOW:-0}" = 1 ]; then
+        echo "test.sh: the MLflow tests are required but MLflow could not be installed" >&2
+        exit 1
+    fi
+    echo "test.sh: WARNING: MLflow could not be installed; the MLflow tests will be SKIPPED" >&2
+    mlflow=0
+fi
+
 # The end-to-end tests run the real binaries (modelreg-server, modelreg);
 # `cargo test` builds bins of other packages only as test harnesses.
 cargo build --workspace --bins
 cargo test --workspace --all-targets
+if [ "$mlflow" = 1 ]; then
+    echo "==> MLflow compatibility (tests/mlflow)"
+    tests/mlflow/.venv/bin/pytest -q -ra -p no:cacheprovider tests/mlflow
+fi
 bash scripts/polyglot.sh
