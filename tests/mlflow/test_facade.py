@@ -249,11 +249,23 @@ def test_roles_and_credentials(mlflow_env: Registry) -> None:
     status, body = call(reg, "GET", "registered-models/get?name=fraud", token=None,
                         headers={"Authorization": "Bearer not-a-token"})
     assert (status, body["error_code"]) == (401, "UNAUTHENTICATED")
+    # Refused before the body matters, the answer still arrives whole: the body
+    # is read first (a socket closed on unread data is reset under the client).
+    big = json.dumps({"name": "fraud", "source": "s3://x", "description": "d" * (3 * 1024 * 1024)}).encode()
+    for token in (None, "viewer"):
+        status, body = call(reg, "POST", "model-versions/create", big, token=token)
+        assert (status, body["error_code"]) == ((401, "UNAUTHENTICATED") if token is None else
+                                               (403, "PERMISSION_DENIED")), body
     basic = base64.b64encode(f"someone:{reg.tokens['ci']}".encode()).decode()
     status, body = call(reg, "POST", "model-versions/create", json.dumps(
         {"name": "fraud", "source": "s3://models/fraud/1"}).encode(), token=None,
         headers={"Authorization": f"Basic {basic}"})
     assert status == 200 and body["model_version"]["user_id"] == "ci", body
+    # The MLflow UI's prefix serves the same API.
+    req = urllib.request.Request(f"{reg.url}/ajax-api/2.0/mlflow/registered-models/get?name=fraud")
+    req.add_header("Authorization", f"Bearer {reg.tokens['viewer']}")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert json.loads(resp.read())["registered_model"]["latest_versions"][0]["version"] == "1"
 
 
 def test_bad_input_gets_mlflow_errors_and_changes_nothing(mlflow_env: Registry) -> None:
