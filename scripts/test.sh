@@ -39,31 +39,22 @@ if [ -z "${MODELREG_TEST_POSTGRES_URL:-}" ]; then
     fi
 fi
 
-if ! bash scripts/browser.sh; then
-    if [ "${MODELREG_REQUIRE_BROWSER:-0}" = 1 ]; then
-        echo "test.sh: the browser test is required but Chromium or playwright-core could not be installed" >&2
+# Runs the installer SCRIPT of an optional part; when it fails, the part is
+# skipped with a warning, or the suite stops when REQUIRED is 1.
+optional() {
+    local script="$1" required="$2" what="$3" tools="$4"
+    bash "$script" && return 0
+    if [ "$required" = 1 ]; then
+        echo "test.sh: $what is required but $tools could not be installed" >&2
         exit 1
     fi
-    echo "test.sh: WARNING: Chromium or playwright-core could not be installed; the browser test will be SKIPPED" >&2
-fi
-
-if ! bash scripts/smtp.sh; then
-    if [ "${MODELREG_REQUIRE_SMTP:-0}" = 1 ]; then
-        echo "test.sh: the mail test is required but aiosmtpd could not be installed" >&2
-        exit 1
-    fi
-    echo "test.sh: WARNING: aiosmtpd could not be installed; the mail test will be SKIPPED" >&2
-fi
-
-mlflow=1
-if ! bash scripts/mlflow.sh; then
-    if [ "${MODELREG_REQUIRE_MLFLOW:-0}" = 1 ]; then
-        echo "test.sh: the MLflow tests are required but MLflow could not be installed" >&2
-        exit 1
-    fi
-    echo "test.sh: WARNING: MLflow could not be installed; the MLflow tests will be SKIPPED" >&2
-    mlflow=0
-fi
+    echo "test.sh: WARNING: $tools could not be installed; $what will be SKIPPED" >&2
+    return 1
+}
+optional scripts/browser.sh "${MODELREG_REQUIRE_BROWSER:-0}" "the browser test" "Chromium or playwright-core" || true
+optional scripts/smtp.sh "${MODELREG_REQUIRE_SMTP:-0}" "the mail test" "aiosmtpd" || true
+mlflow=0
+optional scripts/mlflow.sh "${MODELREG_REQUIRE_MLFLOW:-0}" "the MLflow tests" "MLflow" && mlflow=1
 
 # The end-to-end tests run the real binaries (modelreg-server, modelreg);
 # `cargo test` builds bins of other packages only as test harnesses.
