@@ -249,6 +249,45 @@ async fn the_cli_walks_a_model_to_production() {
     assert_eq!(garbled.status.code(), Some(2), "a usage error");
 }
 
+/// `version update` changes a version's description and tags, and nothing
+/// else; without a field to change it refuses before calling.
+#[tokio::test]
+async fn the_cli_updates_a_versions_description_and_tags() {
+    let server = start_server().await;
+    ok_json(&modelreg(&server, &["--json", "model", "create", "fraud-detector"]).await);
+    let args = ["--json", "version", "register", "fraud-detector"];
+    ok_json(
+        &modelreg(
+            &server,
+            &[&args[..], &["--artifact-uri", "s3://models/fraud/1"]].concat(),
+        )
+        .await,
+    );
+
+    let updated = ok_json(
+        &modelreg(
+            &server,
+            &[
+                "--json",
+                "version",
+                "update",
+                "fraud-detector",
+                "1",
+                "--description",
+                "retrained on June data",
+                "--tag",
+                "validated=yes",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(updated["description"], "retrained on June data");
+    assert_eq!(updated["tags"]["validated"], "yes");
+    assert_eq!(updated["artifact_uri"], "s3://models/fraud/1");
+    let nothing = modelreg(&server, &["version", "update", "fraud-detector", "1"]).await;
+    assert!(!nothing.status.success());
+    assert!(String::from_utf8_lossy(&nothing.stderr).contains("nothing to update"));
+}
 /// A refused call exits non-zero and prints the server's code and the field
 /// violation; nothing goes to stdout.
 #[tokio::test]

@@ -284,19 +284,45 @@ enum ModelCmd {
     Update {
         /// The model name.
         name: String,
-        /// A new description.
-        #[arg(long)]
-        description: Option<String>,
-        /// The new tags KEY=VALUE (repeatable; replaces all tags).
-        #[arg(long = "tag", value_parser = parse_key_value)]
-        tags: Vec<(String, String)>,
-        /// Remove every tag.
-        #[arg(long, conflicts_with = "tags")]
-        clear_tags: bool,
-        /// Refuse the update if the model changed since this etag was read.
-        #[arg(long, default_value = "")]
-        etag: String,
+        #[command(flatten)]
+        change: UpdateArgs,
     },
+}
+
+/// What `model update` and `version update` change.
+#[derive(Args)]
+struct UpdateArgs {
+    /// A new description.
+    #[arg(long)]
+    description: Option<String>,
+    /// The new tags KEY=VALUE (repeatable; replaces all tags).
+    #[arg(long = "tag", value_parser = parse_key_value)]
+    tags: Vec<(String, String)>,
+    /// Remove every tag.
+    #[arg(long, conflicts_with = "tags")]
+    clear_tags: bool,
+    /// Refuse the update if it changed since this etag was read.
+    #[arg(long, default_value = "")]
+    etag: String,
+}
+
+impl UpdateArgs {
+    /// The update mask: the fields given.
+    fn mask(&self) -> Result<Option<prost_types::FieldMask>, Failure> {
+        let mut paths = Vec::new();
+        if self.description.is_some() {
+            paths.push("description".to_owned());
+        }
+        if !self.tags.is_empty() || self.clear_tags {
+            paths.push("tags".to_owned());
+        }
+        if paths.is_empty() {
+            return Err(Failure::Local(
+                "nothing to update: give --description, --tag or --clear-tags".into(),
+            ));
+        }
+        Ok(Some(prost_types::FieldMask { paths }))
+    }
 }
 
 #[derive(Subcommand)]
@@ -320,6 +346,16 @@ enum VersionCmd {
         /// Versions per request.
         #[arg(long, default_value_t = 100)]
         page_size: i32,
+    },
+    /// Update a version's description or tags (artifact, source and metrics
+    /// stay as registered).
+    Update {
+        /// The model.
+        model: String,
+        /// The version number.
+        version: i64,
+        #[command(flatten)]
+        change: UpdateArgs,
     },
 }
 
@@ -1044,33 +1080,15 @@ async fn model_cmd(client: &mut RegistryClient, cmd: ModelCmd, json: bool) -> Re
             })
             .await?;
         }
-        ModelCmd::Update {
-            name,
-            description,
-            tags,
-            clear_tags,
-            etag,
-        } => {
-            let mut paths = Vec::new();
-            if description.is_some() {
-                paths.push("description".to_owned());
-            }
-            if !tags.is_empty() || clear_tags {
-                paths.push("tags".to_owned());
-            }
-            if paths.is_empty() {
-                return Err(Failure::Local(
-                    "nothing to update: give --description, --tag or --clear-tags".into(),
-                ));
-            }
+        ModelCmd::Update { name, change } => {
             let answer = client
                 .update_model(pb::UpdateModelRequest {
                     name,
-                    description: description.unwrap_or_default(),
-                    tags: tags.into_iter().collect(),
+                    update_mask: change.mask()?,
+                    description: change.description.unwrap_or_default(),
+                    tags: change.tags.into_iter().collect(),
                     policy: None,
-                    update_mask: Some(prost_types::FieldMask { paths }),
-                    etag,
+                    etag: change.etag,
                 })
                 .await?;
             print_model_answer(answer, json);
@@ -1121,6 +1139,26 @@ async fn version_cmd(
                     println!("{note}");
                 }
             }
+        }
+        VersionCmd::Update {
+            model,
+            version,
+            change,
+        } => {
+            let v = client
+                .update_version(pb::UpdateVersionRequest {
+                    model,
+                    version,
+                    update_mask: change.mask()?,
+                    description: change.description.unwrap_or_default(),
+                    tags: change.tags.into_iter().collect(),
+                    etag: change.etag,
+                })
+                .await?
+                .into_inner()
+                .version
+                .unwrap_or_default();
+            print_version(&v, json);
         }
         VersionCmd::Get { model, version } => {
             let (number, alias) = match version.parse::<i64>() {
