@@ -1097,6 +1097,7 @@ async fn version_cmd(
                         pipeline_url: a.pipeline_url,
                         run_id: a.run_id,
                         repository: a.repository,
+                        ..Default::default()
                     }),
                     training_metrics: a.metrics.into_iter().collect(),
                     tags: a.tags.into_iter().collect(),

@@ -40,11 +40,12 @@ pub enum Action {
     ListEvents,
     VerifyAuditLog,
     WatchTransitions,
+    ImportVersion,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 27] = [
+    pub const ALL: [Action; 28] = [
         Action::CreateModel,
         Action::GetModel,
         Action::ListModels,
@@ -72,6 +73,7 @@ impl Action {
         Action::ListEvents,
         Action::VerifyAuditLog,
         Action::WatchTransitions,
+        Action::ImportVersion,
     ];
 
     /// The role the action needs: the table both edges enforce.
@@ -96,7 +98,8 @@ impl Action {
             AttachEvaluation | ReportWorkerFailure => Role::Evaluator,
             ReportDeployment | ReportLiveMetric => Role::Deployer,
             ApproveTransition | RejectTransition | Rollback => Role::Approver,
-            CreateEvaluationSet => Role::Admin,
+            // An import records history no one here decided: admins only.
+            CreateEvaluationSet | ImportVersion => Role::Admin,
         }
     }
 
@@ -131,6 +134,7 @@ impl Action {
             ListEvents => "ListEvents",
             VerifyAuditLog => "VerifyAuditLog",
             WatchTransitions => "WatchTransitions",
+            ImportVersion => "ImportVersion",
         }
     }
 
@@ -160,5 +164,6 @@ mod tests {
         assert_eq!(Action::from_method("DropEverything"), None);
         assert_eq!(Action::ApproveTransition.required_role(), Role::Approver);
         assert_eq!(Action::CreateEvaluationSet.required_role(), Role::Admin);
+        assert_eq!(Action::ImportVersion.required_role(), Role::Admin);
     }
 }
