@@ -395,7 +395,7 @@ fn resolve(base: &hyper::Uri, location: &str) -> String {
 }
 
 /// TLS with the Mozilla roots.
-fn tls_connector() -> TlsConnector {
+pub(crate) fn tls_connector() -> TlsConnector {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
