@@ -98,6 +98,7 @@ pub async fn import_cmd(
 ) -> Result<(), Failure> {
     let ImportCmd::Mlflow(args) = cmd;
     let source = Mlflow::from_env(&args.from).map_err(Failure::Local)?;
+    may_import(client).await?;
     let progress = progress_bar(json);
     progress.set_message("reading MLflow");
     let mut run = Importer {
@@ -127,6 +128,21 @@ pub async fn import_cmd(
         n => Err(Failure::Local(format!(
             "{n} item(s) were refused (listed above); everything else was imported"
         ))),
+    }
+}
+
+/// Refuses to start unless the caller may call ImportVersion, so that a
+/// publisher's run stops before it has created any model. An empty request
+/// tells: the role is checked before the request is read, so an admin gets
+/// INVALID_ARGUMENT (and nothing is written) and anyone else
+/// PERMISSION_DENIED or UNAUTHENTICATED.
+async fn may_import(client: &mut RegistryClient) -> Result<(), Failure> {
+    match client
+        .import_version(pb::ImportVersionRequest::default())
+        .await
+    {
+        Err(s) if s.code() != Code::InvalidArgument => Err(s.into()),
+        _ => Ok(()),
     }
 }
 
@@ -185,6 +201,12 @@ fn request_id(parts: &[&str]) -> String {
         hash.update([0x1f]);
     }
     format!("mlflow-import-{:x}", hash.finalize())
+}
+
+/// Why modelreg refused an item, on one line (the server's message names
+/// the field and the rule).
+fn reason(status: &tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
 }
 
 /// Whether modelreg refused one item (the rest can go on), rather than the
@@ -317,7 +339,7 @@ impl Importer<'_> {
             Ok(_) => true,
             Err(s) if s.code() == Code::NotFound => false,
             Err(s) if refuses_item(&s) => {
-                self.refuse(name, None, None, errors::describe(&s));
+                self.refuse(name, None, None, reason(&s));
                 return Ok(None);
             }
             Err(s) => return Err(s.into()),
@@ -346,7 +368,7 @@ impl Importer<'_> {
                 return Ok(Some(false));
             }
             Err(s) if refuses_item(&s) => {
-                self.refuse(name, None, None, errors::describe(&s));
+                self.refuse(name, None, None, reason(&s));
                 return Ok(None);
             }
             Err(s) => return Err(s.into()),
@@ -399,7 +421,7 @@ impl Importer<'_> {
         let answer = match self.client.import_version(req).await {
             Ok(a) => a.into_inner(),
             Err(s) if refuses_item(&s) => {
-                self.refuse(model, Some(&v.version), None, errors::describe(&s));
+                self.refuse(model, Some(&v.version), None, reason(&s));
                 return Ok(None);
             }
             Err(s) => return Err(s.into()),
@@ -501,7 +523,7 @@ impl Importer<'_> {
             match self.client.set_alias(set).await {
                 Ok(_) => self.summary.imported.aliases += 1,
                 Err(s) if refuses_item(&s) => {
-                    self.refuse(name, None, Some(&a.alias), errors::describe(&s));
+                    self.refuse(name, None, Some(&a.alias), reason(&s));
                 }
                 Err(s) => return Err(s.into()),
             }
