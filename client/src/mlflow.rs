@@ -11,12 +11,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt as _;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
-use tokio::net::TcpStream;
-use tokio_rustls::rustls::pki_types::ServerName;
 
 /// Models asked for per page (MLflow allows up to 1000).
 const MODELS_PER_PAGE: &str = "1000";
@@ -175,8 +172,6 @@ impl MlflowError {
 pub struct Mlflow {
     /// `http(s)://host[:port][/prefix]`, without a trailing slash.
     base: String,
-    /// The parsed base.
-    uri: hyper::Uri,
     /// The `Authorization` header value, if credentials are set.
     authorization: Option<String>,
 }
@@ -215,7 +210,6 @@ impl Mlflow {
         }
         Ok(Mlflow {
             base,
-            uri,
             authorization,
         })
     }
@@ -366,71 +360,27 @@ impl Mlflow {
         })
     }
 
-    /// One GET on a fresh HTTP/1.1 connection: the status and the body.
+    /// One GET: the status and the body (up to [`MAX_ANSWER_BYTES`]).
     async fn send(&self, url: &str) -> Result<(u16, Bytes), MlflowError> {
         let transport =
             |e: String| MlflowError::Transport(format!("cannot read MLflow at {}: {e}", self.base));
         let uri: hyper::Uri = url.parse().map_err(|e| transport(format!("{e}")))?;
-        let host = self
-            .uri
-            .host()
-            .unwrap_or_default()
-            .trim_matches(['[', ']'])
-            .to_owned();
-        let https = self.uri.scheme_str() == Some("https");
-        let port = self.uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let tcp = TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| transport(format!("cannot connect to {host}:{port}: {e}")))?;
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut req = hyper::Request::get(path)
-            .header(
-                hyper::header::HOST,
-                self.uri.authority().map_or(host.as_str(), |a| a.as_str()),
-            )
-            .header(hyper::header::USER_AGENT, "modelreg-import")
-            .header(hyper::header::ACCEPT, "application/json");
+        let mut headers = vec![
+            (hyper::header::USER_AGENT, "modelreg-import"),
+            (hyper::header::ACCEPT, "application/json"),
+        ];
         if let Some(auth) = &self.authorization {
-            req = req.header(hyper::header::AUTHORIZATION, auth);
+            headers.push((hyper::header::AUTHORIZATION, auth));
         }
-        let req = req
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| transport(e.to_string()))?;
-        let answer = if https {
-            let name = ServerName::try_from(host.clone())
-                .map_err(|e| transport(format!("{host:?}: {e}")))?;
-            let tls = crate::fetch::tls_connector()
-                .connect(name, tcp)
-                .await
-                .map_err(|e| transport(format!("TLS with {host}: {e}")))?;
-            exchange(TokioIo::new(tls), req).await
-        } else {
-            exchange(TokioIo::new(tcp), req).await
-        };
-        answer.map_err(transport)
+        let resp = crate::fetch::get(&uri, &headers).await.map_err(transport)?;
+        let status = resp.status().as_u16();
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| transport(format!("reading the answer: {e}")))?
+            .to_bytes();
+        Ok((status, body))
     }
-}
-
-/// Sends `req` on `io` and reads the whole answer (up to [`MAX_ANSWER_BYTES`]).
-async fn exchange<I>(io: I, req: hyper::Request<Empty<Bytes>>) -> Result<(u16, Bytes), String>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| format!("HTTP handshake: {e}"))?;
-    tokio::spawn(conn);
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("GET: {e}"))?;
-    let status = resp.status().as_u16();
-    let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
-        .collect()
-        .await
-        .map_err(|e| format!("reading the answer: {e}"))?
-        .to_bytes();
-    Ok((status, body))
 }
 
 #[cfg(test)]
