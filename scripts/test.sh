@@ -19,6 +19,12 @@
 # The notifier's mail test needs aiosmtpd in tests/smtp/.venv, which
 # scripts/smtp.sh installs on first use; without it that test is skipped
 # with a notice, or fails when MODELREG_REQUIRE_SMTP=1 (as in CI).
+#
+# The MLflow compatibility tests (tests/mlflow: the real MLflow client
+# against the facade, a real `mlflow server` for the importer) need MLflow in
+# tests/mlflow/.venv, which scripts/mlflow.sh installs on first use; without
+# it they are skipped with a notice, or fail when MODELREG_REQUIRE_MLFLOW=1
+# (as in CI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,24 +39,29 @@ if [ -z "${MODELREG_TEST_POSTGRES_URL:-}" ]; then
     fi
 fi
 
-if ! bash scripts/browser.sh; then
-    if [ "${MODELREG_REQUIRE_BROWSER:-0}" = 1 ]; then
-        echo "test.sh: the browser test is required but Chromium or playwright-core could not be installed" >&2
+# Runs the installer SCRIPT of an optional part; when it fails, the part is
+# skipped with a warning, or the suite stops when REQUIRED is 1.
+optional() {
+    local script="$1" required="$2" what="$3" tools="$4"
+    bash "$script" && return 0
+    if [ "$required" = 1 ]; then
+        echo "test.sh: $what is required but $tools could not be installed" >&2
         exit 1
     fi
-    echo "test.sh: WARNING: Chromium or playwright-core could not be installed; the browser test will be SKIPPED" >&2
-fi
-
-if ! bash scripts/smtp.sh; then
-    if [ "${MODELREG_REQUIRE_SMTP:-0}" = 1 ]; then
-        echo "test.sh: the mail test is required but aiosmtpd could not be installed" >&2
-        exit 1
-    fi
-    echo "test.sh: WARNING: aiosmtpd could not be installed; the mail test will be SKIPPED" >&2
-fi
+    echo "test.sh: WARNING: $tools could not be installed; $what will be SKIPPED" >&2
+    return 1
+}
+optional scripts/browser.sh "${MODELREG_REQUIRE_BROWSER:-0}" "the browser test" "Chromium or playwright-core" || true
+optional scripts/smtp.sh "${MODELREG_REQUIRE_SMTP:-0}" "the mail test" "aiosmtpd" || true
+mlflow=0
+optional scripts/mlflow.sh "${MODELREG_REQUIRE_MLFLOW:-0}" "the MLflow tests" "MLflow" && mlflow=1
 
 # The end-to-end tests run the real binaries (modelreg-server, modelreg);
 # `cargo test` builds bins of other packages only as test harnesses.
 cargo build --workspace --bins
 cargo test --workspace --all-targets
+if [ "$mlflow" = 1 ]; then
+    echo "==> MLflow compatibility (tests/mlflow)"
+    tests/mlflow/.venv/bin/pytest -q -ra -p no:cacheprovider tests/mlflow
+fi
 bash scripts/polyglot.sh

@@ -30,7 +30,7 @@ use pki::Pki;
 /// out from the documented table (not read from the server's), so the matrix
 /// catches a wrong entry; `the_method_list_is_complete` checks the names
 /// against the proto, so a new RPC cannot skip the matrix.
-const METHODS: [(&str, Role); 28] = [
+const METHODS: [(&str, Role); 29] = [
     ("CreateModel", Role::Publisher),
     ("GetModel", Role::Reader),
     ("ListModels", Role::Reader),
@@ -38,6 +38,7 @@ const METHODS: [(&str, Role); 28] = [
     ("RegisterVersion", Role::Publisher),
     ("GetVersion", Role::Reader),
     ("ListVersions", Role::Reader),
+    ("UpdateVersion", Role::Publisher),
     ("SetAlias", Role::Publisher),
     ("DeleteAlias", Role::Publisher),
     ("TransitionStage", Role::Publisher),
@@ -199,6 +200,7 @@ async fn call(
         "RegisterVersion" => unary!(register_version, RegisterVersionRequest),
         "GetVersion" => unary!(get_version, GetVersionRequest),
         "ListVersions" => unary!(list_versions, ListVersionsRequest),
+        "UpdateVersion" => unary!(update_version, UpdateVersionRequest),
         "SetAlias" => unary!(set_alias, SetAliasRequest),
         "DeleteAlias" => unary!(delete_alias, DeleteAliasRequest),
         "TransitionStage" => unary!(transition_stage, TransitionStageRequest),

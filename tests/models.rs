@@ -16,6 +16,7 @@ conformance!(
     create_model_retries_with_a_request_id,
     list_models_paginates_and_filters,
     update_model_honours_etags,
+    update_version_changes_description_and_tags_only,
     aliases_point_at_versions,
     list_versions_and_events_filter_and_page,
     the_audit_chain_detects_tampering,
@@ -227,6 +228,79 @@ async fn update_model_honours_etags(db: TestDb) {
     assert_eq!(events.len(), 1);
     let details = events[0].details.as_ref().expect("details");
     assert!(details.fields.contains_key("before") && details.fields.contains_key("after"));
+}
+
+/// UpdateVersion changes a version's description and tags and nothing else,
+/// honours etags, writes one VERSION_UPDATED event per change (none when
+/// nothing changes), and refuses a mask naming another field.
+async fn update_version_changes_description_and_tags_only(db: TestDb) {
+    // Arrange
+    let mut app = spawn_app(&db).await;
+    let c = &mut app.client;
+    create_model(c, "vupd").await;
+    let registered = register(c, "vupd", Stage::Staging).await;
+    let change = pb::UpdateVersionRequest {
+        model: "vupd".into(),
+        version: 1,
+        description: "validated on holdout".into(),
+        tags: HashMap::from([("owner".to_string(), "risk".to_string())]),
+        etag: registered.etag.clone(),
+        ..Default::default()
+    };
+
+    // Act
+    let updated = carried(c.update_version(change.clone()).await, |r| r.version).unwrap();
+    let again = carried(
+        c.update_version(pb::UpdateVersionRequest {
+            etag: String::new(),
+            ..change.clone()
+        })
+        .await,
+        |r| r.version,
+    )
+    .unwrap();
+    let stale = c.update_version(change).await.unwrap_err();
+    let bad_mask = c
+        .update_version(pb::UpdateVersionRequest {
+            model: "vupd".into(),
+            version: 1,
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["artifact_uri".into()],
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+
+    // Assert
+    assert_eq!(updated.description, "validated on holdout");
+    assert_eq!(updated.tags.get("owner").map(String::as_str), Some("risk"));
+    assert_eq!(
+        (&updated.artifact_uri, updated.stage),
+        (&registered.artifact_uri, registered.stage)
+    );
+    assert_ne!(updated.etag, registered.etag);
+    assert_eq!(
+        again, updated,
+        "an update that changes nothing keeps the etag"
+    );
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    assert_eq!(bad_mask.code(), Code::InvalidArgument);
+    assert!(
+        bad_mask.message().contains("artifact_uri"),
+        "{}",
+        bad_mask.message()
+    );
+    assert_eq!(get_version(c, "vupd", 1).await, updated);
+    let events = events_of_type(c, pb::EventType::VersionUpdated).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].model.as_str(), events[0].version), ("vupd", 1));
+    let details = events[0].details.as_ref().expect("details");
+    let after = details.fields["after"].kind.as_ref();
+    assert!(
+        matches!(after, Some(prost_types::value::Kind::StructValue(s)) if s.fields.contains_key("description") && s.fields.contains_key("tags")),
+        "{details:?}"
+    );
 }
 
 /// Aliases: set, resolve with GetVersion, move, delete; the model and the

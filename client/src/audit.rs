@@ -144,7 +144,7 @@ pub fn describe(e: &pb::RegistryEvent) -> String {
             text("evaluator_version")
         ),
         T::VersionRegistered => format!("registered {}", text("artifact_uri")),
-        T::ModelUpdated => {
+        T::ModelUpdated | T::VersionUpdated => {
             let after = details["after"].as_object();
             let fields: Vec<&str> = after
                 .map(|m| m.keys().map(String::as_str).collect())

@@ -4,7 +4,9 @@
 //! HTTP/1.1 on hyper; every connection ends with the server. It owns only
 //! the connections, the `Host` names it answers to ([`AllowedHosts`]) and
 //! `/metrics`' access rule; what the series say is [`crate::metrics`]'s
-//! business, every other path is [`crate::dashboard`]'s.
+//! business, the MLflow REST API under `/api/2.0/mlflow/` and
+//! `/ajax-api/2.0/mlflow/` is [`crate::mlflow`]'s, every other path is
+//! [`crate::dashboard`]'s.
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -23,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::TokenStore;
 use crate::dashboard::{Body, Dashboard, Registry};
 use crate::metrics::Metrics;
+use crate::mlflow::{self, Facade};
 use crate::settings::PublicUrl;
 
 /// How long a client may take for its TLS handshake or request head.
@@ -38,8 +41,10 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// The bearer tokens; `None` is local mode (loopback only, open).
     tokens: Option<TokenStore>,
-    /// Every path but `/metrics`.
+    /// Every path but `/metrics` and the MLflow API's.
     dashboard: Arc<Dashboard>,
+    /// The MLflow REST API.
+    mlflow: Arc<Facade>,
     /// Which `Host` names are answered.
     hosts: Arc<AllowedHosts>,
 }
@@ -58,8 +63,9 @@ pub struct AllowedHosts {
     /// Local mode: every path is checked, `/metrics` too, since nothing else
     /// stands between a page and the data. With tokens, only dashboard paths
     /// are, and only when `--public-url` names the dashboard: a re-bound page
-    /// has no session cookie for its name, and `/metrics` wants a bearer
-    /// token (its scrapers address the server by any name or address).
+    /// has no session cookie for its name, and `/metrics` and the MLflow API
+    /// want a token in every request (their clients address the server by
+    /// any name or address).
     local: bool,
 }
 
@@ -76,7 +82,9 @@ impl AllowedHosts {
     /// Whether to answer `req`: its `Host` (exactly one), and the authority
     /// of an absolute-form target if it has one, are this server's names.
     fn admits<B>(&self, req: &Request<B>) -> bool {
-        let checked = self.local || (self.public.is_some() && req.uri().path() != "/metrics");
+        let path = req.uri().path();
+        let checked =
+            self.local || (self.public.is_some() && path != "/metrics" && !mlflow::serves(path));
         if !checked {
             return true;
         }
@@ -143,11 +151,18 @@ pub async fn serve(
     registry: Registry,
     stop: CancellationToken,
 ) {
+    let mlflow = Arc::new(Facade::new(
+        registry.store.clone(),
+        tokens.clone(),
+        hosts.public.clone(),
+        tls.is_some(),
+    ));
     let dashboard = Arc::new(Dashboard::new(registry, tokens.clone(), tls.is_some()));
     let shared = Shared {
         metrics,
         tokens,
         dashboard,
+        mlflow,
         hosts: Arc::new(hosts),
     };
     let mut connections = tokio::task::JoinSet::new();
@@ -225,6 +240,9 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
             "this server answers to localhost, 127.0.0.1 and [::1] on its own port, and to the host of \
              --public-url (MODELREG_PUBLIC_URL) when that is set\n",
         );
+    }
+    if mlflow::serves(req.uri().path()) {
+        return shared.mlflow.handle(req).await;
     }
     if req.uri().path() != "/metrics" {
         return shared.dashboard.handle(req).await;

@@ -74,6 +74,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod mlflow;
 pub mod policy;
 pub mod ready;
 pub mod settings;

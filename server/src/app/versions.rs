@@ -1,9 +1,11 @@
 //! Use cases of versions: register (with a target stage, decided like any
-//! other move), read and list.
+//! other move), update (description, tags), read and list.
 
 use serde_json::json;
 
-use crate::domain::{Actor, EventKind, NewEvent, NewVersion, Stage, TransitionRequest, Version};
+use crate::domain::{
+    Actor, EventKind, NewEvent, NewVersion, Stage, TransitionRequest, Version, VersionUpdate,
+};
 use crate::error::Result;
 use crate::store::{Db, Store, StoredRequest, Tx, VersionRef};
 
@@ -99,6 +101,58 @@ pub(crate) async fn registered_before<T: Tx>(
         _ => None,
     };
     Ok(Registered { version, request })
+}
+
+/// Changes a version's description or tags. The artifact, its source and
+/// metrics stay as registered; the stage moves only by transitions.
+pub async fn update_version(store: &Store, update: VersionUpdate, actor: Actor) -> Result<Version> {
+    write_tx!(store, |tx| -> Version {
+        let (name, number) = (update.model.as_str(), update.version);
+        lock_existing(tx, name).await?;
+        let current = tx
+            .fetch_version(name, number)
+            .await?
+            .ok_or_else(|| version_not_found(name, &number.to_string()))?;
+        check_etag(
+            update.etag,
+            current.revision,
+            "version",
+            &format!("{name}/{number}"),
+        )?;
+        let mut before = serde_json::Map::new();
+        let mut after = serde_json::Map::new();
+        let mut next = current.clone();
+        if let Some(d) = &update.description
+            && *d != current.description
+        {
+            before.insert("description".into(), json!(current.description));
+            after.insert("description".into(), json!(d));
+            next.description = d.clone();
+        }
+        if let Some(t) = &update.tags
+            && *t != current.tags
+        {
+            before.insert("tags".into(), json!(current.tags));
+            after.insert("tags".into(), json!(t));
+            next.tags = t.clone();
+        }
+        if after.is_empty() {
+            // Nothing changes: no write, no event, same etag.
+            return Ok((current, None));
+        }
+        let now = tx.now();
+        next.update_time = now;
+        tx.update_version(&next).await?;
+        tx.touch_model(name, now).await?;
+        let details = json!({"before": before, "after": after});
+        let event = NewEvent::new(EventKind::VersionUpdated, name, number, details);
+        let seq = append_events(tx, &actor, vec![event]).await?;
+        let version = tx
+            .fetch_version(name, number)
+            .await?
+            .ok_or_else(|| vanished("version"))?;
+        Ok((version, Some(seq)))
+    })
 }
 
 pub async fn get_version(store: &Store, model: &str, which: &VersionRef) -> Result<Version> {

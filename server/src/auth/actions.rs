@@ -40,12 +40,13 @@ pub enum Action {
     ListEvents,
     VerifyAuditLog,
     WatchTransitions,
+    UpdateVersion,
     ImportVersion,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 28] = [
+    pub const ALL: [Action; 29] = [
         Action::CreateModel,
         Action::GetModel,
         Action::ListModels,
@@ -73,6 +74,7 @@ impl Action {
         Action::ListEvents,
         Action::VerifyAuditLog,
         Action::WatchTransitions,
+        Action::UpdateVersion,
         Action::ImportVersion,
     ];
 
@@ -93,7 +95,7 @@ impl Action {
             | VerifyAuditLog
             | WatchTransitions => Role::Reader,
             CreateModel | UpdateModel | RegisterVersion | SetAlias | DeleteAlias
-            | TransitionStage | CancelTransition => Role::Publisher,
+            | TransitionStage | CancelTransition | UpdateVersion => Role::Publisher,
             // Deployment workers report their failures with ReportDeployment FAILED.
             AttachEvaluation | ReportWorkerFailure => Role::Evaluator,
             ReportDeployment | ReportLiveMetric => Role::Deployer,
@@ -134,6 +136,7 @@ impl Action {
             ListEvents => "ListEvents",
             VerifyAuditLog => "VerifyAuditLog",
             WatchTransitions => "WatchTransitions",
+            UpdateVersion => "UpdateVersion",
             ImportVersion => "ImportVersion",
         }
     }

@@ -40,11 +40,13 @@ pub enum EventKind {
     TransitionSuperseded,
     /// A live-metric rule was breached by the production version.
     LiveMetricBreach,
+    /// A version's description or tags changed.
+    VersionUpdated,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 16] = [
+    pub const ALL: [EventKind; 17] = [
         EventKind::ModelCreated,
         EventKind::ModelUpdated,
         EventKind::VersionRegistered,
@@ -61,6 +63,7 @@ impl EventKind {
         EventKind::WorkerFailed,
         EventKind::TransitionSuperseded,
         EventKind::LiveMetricBreach,
+        EventKind::VersionUpdated,
     ];
 
     /// The stored name (the proto enum value without its prefix).

@@ -164,6 +164,22 @@ pub struct ModelUpdate {
     pub etag: Option<i64>,
 }
 
+/// A checked change of a version's description or tags (what may change of
+/// a version besides its stage and aliases).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionUpdate {
+    /// The model.
+    pub model: Name,
+    /// The version number.
+    pub version: i64,
+    /// New description.
+    pub description: Option<String>,
+    /// New tags (replacing all).
+    pub tags: Option<BTreeMap<String, String>>,
+    /// Expected revision.
+    pub etag: Option<i64>,
+}
+
 /// A checked RegisterVersion.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewVersion {

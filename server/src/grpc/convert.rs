@@ -81,6 +81,7 @@ fn event_kind_to_pb(kind: EventKind) -> pb::EventType {
         EventKind::WorkerFailed => pb::EventType::WorkerFailed,
         EventKind::TransitionSuperseded => pb::EventType::TransitionSuperseded,
         EventKind::LiveMetricBreach => pb::EventType::LiveMetricBreach,
+        EventKind::VersionUpdated => pb::EventType::VersionUpdated,
     }
 }
 

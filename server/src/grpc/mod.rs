@@ -26,7 +26,7 @@ use crate::app::{self, Caller, Decision};
 use crate::auth::{Identity, Role};
 use crate::domain::{
     Actor, CompareRequest, EvaluationSet, ModelUpdate, Name, NewDeployment, NewEvaluation,
-    NewImport, NewModel, NewVersion, RequestStatus, StageChange, WorkerFailure,
+    NewImport, NewModel, NewVersion, RequestStatus, StageChange, VersionUpdate, WorkerFailure,
 };
 use crate::error::Error;
 use crate::store::Store;
@@ -215,6 +215,17 @@ impl ModelRegistryService for RegistryService {
         Ok(Response::new(
             lists::versions(&self.store, req.into_inner()).await?,
         ))
+    }
+
+    #[instrument(skip_all, fields(model = %req.get_ref().model, version = req.get_ref().version))]
+    async fn update_version(
+        &self,
+        req: Request<pb::UpdateVersionRequest>,
+    ) -> Result<Response<pb::UpdateVersionResponse>, Status> {
+        let (actor, update) = identified(req, actor, VersionUpdate::try_from)?;
+        let version = app::update_version(&self.store, update, actor).await?;
+        let version = Some(version_to_pb(version));
+        Ok(Response::new(pb::UpdateVersionResponse { version }))
     }
 
     #[instrument(skip_all, fields(model = %req.get_ref().model))]

@@ -12,7 +12,7 @@ use crate::domain::evaluation;
 use crate::domain::{
     self, AliasName, CompareRequest, Evaluation, EvaluationSet, LiveObservation, ModelUpdate, Name,
     NewDeployment, NewEvaluation, NewImport, NewModel, NewVersion, SetRef, Source, Stage,
-    StageChange, Violations, WorkerFailure,
+    StageChange, VersionUpdate, Violations, WorkerFailure,
 };
 use crate::error::{Error, Result};
 use crate::grpc::convert;
@@ -103,47 +103,26 @@ impl TryFrom<pb::UpdateModelRequest> for ModelUpdate {
         let mut v = Violations::default();
         let name = v.take(Name::parse("name", &r.name));
         let etag = v.take(domain::parse_etag("etag", &r.etag));
-        // AIP-134: without a mask, every field that is set is updated.
-        let paths: Vec<String> = match &r.update_mask {
-            Some(mask) if !mask.paths.is_empty() => mask.paths.clone(),
-            _ => [
-                (!r.description.is_empty(), "description"),
-                (!r.tags.is_empty(), "tags"),
-                (r.policy.is_some(), "policy"),
-            ]
-            .into_iter()
-            .filter(|(set, _)| *set)
-            .map(|(_, path)| path.to_owned())
-            .collect(),
-        };
+        let set = [
+            (!r.description.is_empty(), "description"),
+            (!r.tags.is_empty(), "tags"),
+            (r.policy.is_some(), "policy"),
+        ];
         let (mut description, mut tags, mut policy) = (None, None, None);
-        for path in &paths {
-            match path.as_str() {
+        for path in update_paths(r.update_mask.as_ref(), &set, &mut v) {
+            match path {
                 "description" => {
                     description = v.take(domain::parse_text("description", &r.description))
                 }
                 "tags" => tags = v.take(domain::parse_tags("tags", &to_btree(&r.tags))),
-                "policy" => {
+                _ => {
                     // In the mask but unset: back to the defaults (AIP-134).
                     policy = v.take(convert::policy_from_pb(
                         "policy",
                         r.policy.clone().unwrap_or_default(),
                     ))
                 }
-                other => v.add(
-                    "update_mask",
-                    format!(
-                        "{:?} cannot be updated: use description, tags or policy",
-                        domain::truncate(other, 64)
-                    ),
-                ),
             }
-        }
-        if paths.is_empty() {
-            v.add(
-                "update_mask",
-                "names no field and the request sets none: nothing to update",
-            );
         }
         v.finish()?;
         Ok(ModelUpdate {
@@ -154,6 +133,81 @@ impl TryFrom<pb::UpdateModelRequest> for ModelUpdate {
             etag: etag.expect("checked"),
         })
     }
+}
+
+impl TryFrom<pb::UpdateVersionRequest> for VersionUpdate {
+    type Error = Error;
+
+    fn try_from(r: pb::UpdateVersionRequest) -> Result<VersionUpdate> {
+        let mut v = Violations::default();
+        let model = v.take(Name::parse("model", &r.model));
+        let version = v.take(domain::parse_version_number("version", r.version));
+        let etag = v.take(domain::parse_etag("etag", &r.etag));
+        let set = [
+            (!r.description.is_empty(), "description"),
+            (!r.tags.is_empty(), "tags"),
+        ];
+        let (mut description, mut tags) = (None, None);
+        for path in update_paths(r.update_mask.as_ref(), &set, &mut v) {
+            match path {
+                "description" => {
+                    description = v.take(domain::parse_text("description", &r.description))
+                }
+                _ => tags = v.take(domain::parse_tags("tags", &to_btree(&r.tags))),
+            }
+        }
+        v.finish()?;
+        Ok(VersionUpdate {
+            model: model.expect("checked"),
+            version: version.expect("checked"),
+            description,
+            tags,
+            etag: etag.expect("checked"),
+        })
+    }
+}
+
+/// The fields an update changes (AIP-134): those `mask` names, or without a
+/// mask every field `set` in the request. A path that is not one of `set`'s
+/// fields, or an update that names none, is recorded in `v`; only known
+/// paths are returned.
+fn update_paths(
+    mask: Option<&prost_types::FieldMask>,
+    set: &[(bool, &'static str)],
+    v: &mut Violations,
+) -> Vec<&'static str> {
+    let named: Vec<String> = match mask {
+        Some(mask) if !mask.paths.is_empty() => mask.paths.clone(),
+        _ => set
+            .iter()
+            .filter(|(is_set, _)| *is_set)
+            .map(|(_, path)| path.to_string())
+            .collect(),
+    };
+    if named.is_empty() {
+        v.add(
+            "update_mask",
+            "names no field and the request sets none: nothing to update",
+        );
+    }
+    let fields: Vec<&str> = set.iter().map(|(_, f)| *f).collect();
+    let mut paths = Vec::new();
+    for path in &named {
+        match fields.iter().find(|f| **f == path.as_str()) {
+            Some(f) => paths.push(*f),
+            None => v.add(
+                "update_mask",
+                format!(
+                    "{:?} cannot be updated: use {}",
+                    domain::truncate(path, 64),
+                    fields
+                        .join(" or ")
+                        .replacen(" or ", ", ", fields.len().saturating_sub(2))
+                ),
+            ),
+        }
+    }
+    paths
 }
 
 /// The stage a registration asks for: UNSPECIFIED means NONE; the rule of

@@ -306,6 +306,8 @@ pub trait Tx: Send {
     fn insert_model(&mut self, model: &Model) -> impl Future<Output = Result<bool>> + Send;
     /// Replaces description and tags, bumping the revision.
     fn update_model(&mut self, model: &Model) -> impl Future<Output = Result<()>> + Send;
+    /// Replaces a version's description and tags, bumping its revision.
+    fn update_version(&mut self, version: &Version) -> impl Future<Output = Result<()>> + Send;
     /// Inserts a version and makes it the model's latest.
     fn insert_version(&mut self, version: &Version) -> impl Future<Output = Result<()>> + Send;
     /// Moves a version between stages, bumping its revision.

@@ -212,6 +212,22 @@ where
         Ok(())
     }
 
+    async fn update_version(&mut self, v: &Version) -> Result<()> {
+        sqlx::query(
+            r#"UPDATE versions SET tags = $1, description = $2, revision = revision + 1, update_time = $3
+               WHERE model = $4 AND version = $5"#,
+        )
+        .bind(serde_json::to_string(&v.tags).map_err(json_err)?)
+        .bind(v.description.as_str())
+        .bind(v.update_time)
+        .bind(v.model.as_str())
+        .bind(v.version)
+        .execute(self.conn())
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
     async fn move_stage(
         &mut self,
         model: &str,
