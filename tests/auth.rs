@@ -30,7 +30,7 @@ use pki::Pki;
 /// out from the documented table (not read from the server's), so the matrix
 /// catches a wrong entry; `the_method_list_is_complete` checks the names
 /// against the proto, so a new RPC cannot skip the matrix.
-const METHODS: [(&str, Role); 28] = [
+const METHODS: [(&str, Role); 29] = [
     ("CreateModel", Role::Publisher),
     ("GetModel", Role::Reader),
     ("ListModels", Role::Reader),
@@ -59,6 +59,7 @@ const METHODS: [(&str, Role); 28] = [
     ("ListEvents", Role::Reader),
     ("VerifyAuditLog", Role::Reader),
     ("WatchTransitions", Role::Reader),
+    ("ImportVersion", Role::Admin),
 ];
 
 /// One caller of the token file: a name, its single role, its token.
@@ -221,6 +222,7 @@ async fn call(
         "ReportWorkerFailure" => unary!(report_worker_failure, ReportWorkerFailureRequest),
         "ListEvents" => unary!(list_events, ListEventsRequest),
         "VerifyAuditLog" => unary!(verify_audit_log, VerifyAuditLogRequest),
+        "ImportVersion" => unary!(import_version, ImportVersionRequest),
         "WatchTransitions" => {
             let mut stream = c
                 .watch_transitions(with_auth(pb::WatchTransitionsRequest::default(), auth))

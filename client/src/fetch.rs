@@ -303,41 +303,51 @@ async fn download(url: &str, dest: &Path) -> Result<(), String> {
     let mut url = url.to_owned();
     for _ in 0..=5 {
         let uri: hyper::Uri = url.parse().map_err(|e| format!("{url:?}: {e}"))?;
-        let host = uri
-            .host()
-            .ok_or_else(|| format!("{url:?} names no host"))?
-            .trim_matches(['[', ']'])
-            .to_owned();
-        let https = uri.scheme_str() == Some("https");
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let tcp = TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
-        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let req = hyper::Request::get(path)
-            .header(
-                hyper::header::HOST,
-                uri.authority().map(|a| a.as_str()).unwrap_or(&host),
-            )
-            .header(hyper::header::USER_AGENT, "modelreg-worker")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let response = if https {
-            let name = ServerName::try_from(host.clone()).map_err(|e| format!("{host:?}: {e}"))?;
-            let tls = tls_connector()
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("TLS with {host}: {e}"))?;
-            get(TokioIo::new(tls), req, dest).await?
-        } else {
-            get(TokioIo::new(tcp), req, dest).await?
-        };
-        match response {
+        let headers = [(hyper::header::USER_AGENT, "modelreg-worker")];
+        let resp = get(&uri, &headers).await?;
+        match save(resp, dest).await? {
             Got::Done => return Ok(()),
             Got::Redirect(location) => url = resolve(&uri, &location),
         }
     }
     Err(format!("{url}: too many redirects"))
+}
+
+/// One GET of `uri` with `headers` on a fresh HTTP/1.1 connection (TLS with
+/// the Mozilla roots for https): the answer, whose body is still to be read.
+pub(crate) async fn get(
+    uri: &hyper::Uri,
+    headers: &[(hyper::header::HeaderName, &str)],
+) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("{uri} names no host"))?
+        .trim_matches(['[', ']'])
+        .to_owned();
+    let https = uri.scheme_str() == Some("https");
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut req = hyper::Request::get(path).header(
+        hyper::header::HOST,
+        uri.authority().map(|a| a.as_str()).unwrap_or(&host),
+    );
+    for (name, value) in headers {
+        req = req.header(name, *value);
+    }
+    let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+    if https {
+        let name = ServerName::try_from(host.clone()).map_err(|e| format!("{host:?}: {e}"))?;
+        let tls = tls_connector()
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS with {host}: {e}"))?;
+        request_on(TokioIo::new(tls), req).await
+    } else {
+        request_on(TokioIo::new(tcp), req).await
+    }
 }
 
 /// How one GET ended.
@@ -348,19 +358,8 @@ enum Got {
     Redirect(String),
 }
 
-/// Sends `req` on `io`; a 2xx body is written to `dest`.
-async fn get<I>(io: I, req: hyper::Request<Empty<Bytes>>, dest: &Path) -> Result<Got, String>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| format!("HTTP handshake: {e}"))?;
-    tokio::spawn(conn);
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("GET: {e}"))?;
+/// A 2xx answer's body written to `dest`, or the redirect it is.
+async fn save(resp: hyper::Response<hyper::body::Incoming>, dest: &Path) -> Result<Got, String> {
     let status = resp.status();
     let location = resp.headers().get(hyper::header::LOCATION);
     if let Some(location) = location.filter(|_| status.is_redirection()) {
@@ -382,6 +381,29 @@ where
     }
     file.flush().await.map_err(|e| e.to_string())?;
     Ok(Got::Done)
+}
+
+/// Sends `req` on a fresh HTTP/1.1 connection over `io`: the answer, whose
+/// body is still to be read.
+pub(crate) async fn request_on<I, B>(
+    io: I,
+    req: hyper::Request<B>,
+) -> Result<hyper::Response<hyper::body::Incoming>, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| format!("HTTP handshake: {e}"))?;
+    // The connection ends with the exchange (the sender is dropped).
+    tokio::spawn(conn);
+    sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("sending the request: {e}"))
 }
 
 /// A redirect's `location`, absolute, relative to `base`.

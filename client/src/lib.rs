@@ -28,6 +28,8 @@
 //! - [`slack`]: the Slack-compatible message the notifier posts for an event.
 //! - [`email`]: the mail the notifier sends for an event (subject, plain
 //!   text and HTML, a Message-ID per event) and SMTP delivery.
+//! - [`mlflow`]: an MLflow Model Registry read through MLflow's REST API,
+//!   for `modelreg import mlflow`.
 //! - [`terminal`]: text made safe to print for people (no terminal escapes).
 //!
 //! The generated stubs are re-exported as [`pb`]; this crate adds no second
@@ -39,6 +41,7 @@ pub mod email;
 pub mod errors;
 pub mod fetch;
 pub mod json;
+pub mod mlflow;
 pub mod names;
 pub mod slack;
 pub mod subscription;

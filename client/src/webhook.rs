@@ -191,16 +191,7 @@ async fn send<I>(io: I, req: Request<Full<Bytes>>) -> Result<(u16, Option<Durati
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| format!("HTTP handshake: {e}"))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("sending: {e}"))?;
+    let resp = crate::fetch::request_on(io, req).await?;
     let status = resp.status().as_u16();
     let retry_after = resp
         .headers()

@@ -17,9 +17,11 @@ use tokio::task::JoinHandle;
 pub mod calls;
 pub mod fixtures;
 pub mod http;
+pub mod tokens;
 
 pub use calls::*;
 pub use fixtures::*;
+pub use tokens::*;
 
 /// The variable naming a PostgreSQL server (the URL of a role with
 /// CREATEDB: each test creates a database of its own and drops it) for the

@@ -20,6 +20,8 @@ use modelreg_client::{ConnectOptions, RegistryClient, connect, errors, pb};
 
 #[path = "modelreg/governance.rs"]
 mod governance;
+#[path = "modelreg/import.rs"]
+mod import;
 #[path = "modelreg/notify.rs"]
 mod notify;
 #[path = "modelreg/workers.rs"]
@@ -163,6 +165,9 @@ enum Command {
         #[arg(long, default_value = "")]
         evaluator_version: String,
     },
+    /// Copy another registry into this one (admins): `import mlflow --from URL`.
+    #[command(subcommand)]
+    Import(import::ImportCmd),
 }
 
 /// `approve` and `cancel`: a pending request, and why.
@@ -766,6 +771,7 @@ async fn run(cli: Cli, mut client: RegistryClient) -> Result<(), Failure> {
                 ))
             }
         }
+        Command::Import(cmd) => import::import_cmd(&mut client, cmd, json).await,
     }
 }
 
@@ -1115,6 +1121,7 @@ async fn version_cmd(
                         pipeline_url: a.pipeline_url,
                         run_id: a.run_id,
                         repository: a.repository,
+                        ..Default::default()
                     }),
                     training_metrics: a.metrics.into_iter().collect(),
                     tags: a.tags.into_iter().collect(),

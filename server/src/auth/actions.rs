@@ -41,11 +41,12 @@ pub enum Action {
     VerifyAuditLog,
     WatchTransitions,
     UpdateVersion,
+    ImportVersion,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 28] = [
+    pub const ALL: [Action; 29] = [
         Action::CreateModel,
         Action::GetModel,
         Action::ListModels,
@@ -74,6 +75,7 @@ impl Action {
         Action::VerifyAuditLog,
         Action::WatchTransitions,
         Action::UpdateVersion,
+        Action::ImportVersion,
     ];
 
     /// The role the action needs: the table both edges enforce.
@@ -98,7 +100,8 @@ impl Action {
             AttachEvaluation | ReportWorkerFailure => Role::Evaluator,
             ReportDeployment | ReportLiveMetric => Role::Deployer,
             ApproveTransition | RejectTransition | Rollback => Role::Approver,
-            CreateEvaluationSet => Role::Admin,
+            // An import records history no one here decided: admins only.
+            CreateEvaluationSet | ImportVersion => Role::Admin,
         }
     }
 
@@ -134,6 +137,7 @@ impl Action {
             VerifyAuditLog => "VerifyAuditLog",
             WatchTransitions => "WatchTransitions",
             UpdateVersion => "UpdateVersion",
+            ImportVersion => "ImportVersion",
         }
     }
 
@@ -163,5 +167,6 @@ mod tests {
         assert_eq!(Action::from_method("DropEverything"), None);
         assert_eq!(Action::ApproveTransition.required_role(), Role::Approver);
         assert_eq!(Action::CreateEvaluationSet.required_role(), Role::Admin);
+        assert_eq!(Action::ImportVersion.required_role(), Role::Admin);
     }
 }

@@ -67,6 +67,8 @@ pub enum Cause {
     Rollback,
     /// The policy engine.
     Policy,
+    /// ImportVersion: the stage the version had where it was imported from.
+    Import,
 }
 
 impl Cause {
@@ -144,10 +146,23 @@ pub fn plan_transition(
             ),
         ));
     }
+    Ok(entering(
+        version,
+        from,
+        to,
+        production_version,
+        Cause::Request,
+    ))
+}
+
+/// The moves of `version` from `from` into `to` (for `cause`), after the
+/// archival of the production version it supersedes, if it enters
+/// production: at most one version stays in PRODUCTION on every path.
+fn entering(version: i64, from: Stage, to: Stage, production: i64, cause: Cause) -> Vec<Move> {
     let mut moves = Vec::with_capacity(2);
-    if to == Stage::Production && production_version != 0 && production_version != version {
+    if to == Stage::Production && production != 0 && production != version {
         moves.push(Move {
-            version: production_version,
+            version: production,
             from: Stage::Production,
             to: Stage::Archived,
             cause: Cause::Superseded,
@@ -157,9 +172,26 @@ pub fn plan_transition(
         version,
         from,
         to,
-        cause: Cause::Request,
+        cause,
     });
-    Ok(moves)
+    moves
+}
+
+/// Plans recording that an imported `version` (just inserted in NONE) is in
+/// `stage` where it comes from: no move for NONE, else NONE→stage with
+/// cause IMPORT, superseding the production version like any entry into
+/// PRODUCTION. Any stage is allowed: the move already happened elsewhere.
+pub fn plan_import(version: i64, stage: Stage, production_version: i64) -> Vec<Move> {
+    if stage == Stage::None {
+        return Vec::new();
+    }
+    entering(
+        version,
+        Stage::None,
+        stage,
+        production_version,
+        Cause::Import,
+    )
 }
 
 #[cfg(test)]
@@ -183,6 +215,23 @@ mod tests {
                 assert_eq!(plan.is_ok(), allowed.contains(&(from, to)), "{from}->{to}");
             }
         }
+    }
+
+    #[test]
+    fn an_import_records_its_stage_and_supersedes_production() {
+        assert!(plan_import(3, Stage::None, 1).is_empty());
+        let archived = plan_import(3, Stage::Archived, 1);
+        assert_eq!(archived.len(), 1);
+        assert_eq!(
+            (archived[0].from, archived[0].to),
+            (Stage::None, Stage::Archived)
+        );
+        assert_eq!(archived[0].cause, Cause::Import);
+        let plan = plan_import(3, Stage::Production, 1);
+        assert_eq!(plan.len(), 2);
+        assert_eq!((plan[0].version, plan[0].cause), (1, Cause::Superseded));
+        assert_eq!((plan[1].version, plan[1].to), (3, Stage::Production));
+        assert_eq!(plan[1].cause, Cause::Import);
     }
 
     #[test]

@@ -202,6 +202,16 @@ mod tests {
     }
 
     #[test]
+    fn imported_numbers_are_kept_above_the_latest_or_refused() {
+        assert_eq!(import_number("m", 0, 4).unwrap(), 5);
+        assert_eq!(import_number("m", 9, 4).unwrap(), 9);
+        for taken in [1, 4] {
+            let err = import_number("m", taken, 4).unwrap_err();
+            assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
+        }
+    }
+
+    #[test]
     fn etags_round_trip() {
         assert_eq!(parse_etag("etag", &etag(7)).unwrap(), Some(7));
         assert!(parse_etag("etag", "abc").is_err());

@@ -20,6 +20,16 @@ pub struct Source {
     pub run_id: String,
     /// The repository.
     pub repository: String,
+    /// Where an imported version came from (`mlflow:URL/NAME/VERSION`);
+    /// empty for a version registered here. Left out of the stored JSON
+    /// when empty, so the rows, events and request fingerprints of
+    /// registered versions read as before.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub imported_from: String,
+    /// When an imported version was created where it came from, µs since
+    /// the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_create_time: Option<i64>,
 }
 
 impl Source {
@@ -33,6 +43,10 @@ impl Source {
         ));
         v.take(parse_text(&format!("{field}.run_id"), &raw.run_id));
         v.take(parse_text(&format!("{field}.repository"), &raw.repository));
+        v.take(parse_text(
+            &format!("{field}.imported_from"),
+            &raw.imported_from,
+        ));
         v.finish()?;
         Ok(raw)
     }
@@ -238,6 +252,47 @@ impl NewVersion {
             "training_metrics": self.training_metrics,
             "tags": self.tags,
         })
+    }
+}
+
+/// A checked ImportVersion: a version that exists in another registry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewImport {
+    /// Its fields, checked by RegisterVersion's rules (target stage NONE).
+    pub version: NewVersion,
+    /// The number to keep; 0 for the next one.
+    pub number: i64,
+    /// Its stage in the registry it comes from.
+    pub stage: Stage,
+}
+
+impl NewImport {
+    /// A digest of everything the request asks for, as for
+    /// [`NewVersion::fingerprint`].
+    pub fn fingerprint(&self) -> String {
+        digest(serde_json::json!([
+            self.number,
+            self.stage.as_str(),
+            self.version.fingerprint()
+        ]))
+    }
+}
+
+/// The number an imported version gets: `requested` when it is above the
+/// model's `latest` (numbers are never reused; gaps are fine), the next one
+/// for 0. A taken number is FAILED_PRECONDITION saying which are taken.
+pub fn import_number(model: &str, requested: i64, latest: i64) -> Result<i64> {
+    match requested {
+        0 => Ok(latest + 1),
+        n if n > latest => Ok(n),
+        n => Err(crate::error::Error::precondition(
+            "VERSION_NUMBER_TAKEN",
+            format!("{model}/{n}"),
+            format!(
+                "version {n} of model {model:?} cannot be imported under its number: numbers up to {latest} are taken (numbers are never reused); import it as a number above {latest}, or as 0 for the next number ({})",
+                latest + 1
+            ),
+        )),
     }
 }
 

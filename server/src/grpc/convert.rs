@@ -59,6 +59,7 @@ fn cause_to_pb(cause: Cause) -> pb::StageChangeCause {
         Cause::Superseded => pb::StageChangeCause::Superseded,
         Cause::Rollback => pb::StageChangeCause::Rollback,
         Cause::Policy => pb::StageChangeCause::Policy,
+        Cause::Import => pb::StageChangeCause::Import,
     }
 }
 
@@ -104,13 +105,32 @@ pub fn event_kinds_from_pb(field: &str, raw: &[i32], v: &mut Violations) -> Vec<
     kinds
 }
 
-/// A wire source as a domain one.
-pub fn source_from_pb(s: pb::Source) -> Source {
-    Source {
+/// A wire source as a domain one; `original_create_time` is checked and
+/// converted, so a bad one is a violation of `{field}.original_create_time`.
+pub fn source_from_pb(field: &str, s: pb::Source) -> Result<Source> {
+    let original_create_time = s
+        .original_create_time
+        .map(|t| micros_from_pb(&format!("{field}.original_create_time"), &t))
+        .transpose()?;
+    Ok(Source {
         commit: s.commit,
         pipeline_url: s.pipeline_url,
         run_id: s.run_id,
         repository: s.repository,
+        imported_from: s.imported_from,
+        original_create_time,
+    })
+}
+
+/// A domain source on the wire.
+fn source_to_pb(s: Source) -> pb::Source {
+    pb::Source {
+        commit: s.commit,
+        pipeline_url: s.pipeline_url,
+        run_id: s.run_id,
+        repository: s.repository,
+        imported_from: s.imported_from,
+        original_create_time: s.original_create_time.map(micros_to_pb),
     }
 }
 
@@ -181,12 +201,7 @@ pub fn version_to_pb(v: Version) -> pb::ModelVersion {
         version: v.version,
         artifact_uri: v.artifact_uri,
         artifact_digest: v.artifact_digest,
-        source: Some(pb::Source {
-            commit: v.source.commit,
-            pipeline_url: v.source.pipeline_url,
-            run_id: v.source.run_id,
-            repository: v.source.repository,
-        }),
+        source: Some(source_to_pb(v.source)),
         training_metrics: v.training_metrics.into_iter().collect(),
         tags: v.tags.into_iter().collect(),
         stage: stage_to_pb(v.stage) as i32,

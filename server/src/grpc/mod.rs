@@ -26,7 +26,7 @@ use crate::app::{self, Caller, Decision};
 use crate::auth::{Identity, Role};
 use crate::domain::{
     Actor, CompareRequest, EvaluationSet, ModelUpdate, Name, NewDeployment, NewEvaluation,
-    NewModel, NewVersion, RequestStatus, StageChange, VersionUpdate, WorkerFailure,
+    NewImport, NewModel, NewVersion, RequestStatus, StageChange, VersionUpdate, WorkerFailure,
 };
 use crate::error::Error;
 use crate::store::Store;
@@ -456,5 +456,18 @@ impl ModelRegistryService for RegistryService {
         req: Request<pb::WatchTransitionsRequest>,
     ) -> Result<Response<Self::WatchTransitionsStream>, Status> {
         events::watch_transitions(self, req).await
+    }
+
+    #[instrument(skip_all, fields(model = %req.get_ref().model, version = req.get_ref().version))]
+    async fn import_version(
+        &self,
+        req: Request<pb::ImportVersionRequest>,
+    ) -> Result<Response<pb::ImportVersionResponse>, Status> {
+        let (actor, import) = identified(req, actor, NewImport::try_from)?;
+        let imported = app::import_version(&self.store, import, actor).await?;
+        Ok(Response::new(pb::ImportVersionResponse {
+            version: Some(version_to_pb(imported.version)),
+            created: imported.created,
+        }))
     }
 }

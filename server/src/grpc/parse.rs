@@ -11,8 +11,8 @@ use crate::app::{Caller, RollbackOrder};
 use crate::domain::evaluation;
 use crate::domain::{
     self, AliasName, CompareRequest, Evaluation, EvaluationSet, LiveObservation, ModelUpdate, Name,
-    NewDeployment, NewEvaluation, NewModel, NewVersion, SetRef, Source, Stage, StageChange,
-    VersionUpdate, Violations, WorkerFailure,
+    NewDeployment, NewEvaluation, NewImport, NewModel, NewVersion, SetRef, Source, Stage,
+    StageChange, VersionUpdate, Violations, WorkerFailure,
 };
 use crate::error::{Error, Result};
 use crate::grpc::convert;
@@ -224,38 +224,96 @@ impl TryFrom<pb::RegisterVersionRequest> for NewVersion {
     type Error = Error;
 
     fn try_from(r: pb::RegisterVersionRequest) -> Result<NewVersion> {
-        let source = r.source.map(convert::source_from_pb).unwrap_or_default();
-        let (
-            model,
-            artifact_uri,
-            artifact_digest,
-            source,
-            training_metrics,
-            tags,
-            description,
-            request_id,
-            target_stage,
-        ) = domain::all((
-            Name::parse("model", &r.model),
-            domain::parse_artifact_uri("artifact_uri", &r.artifact_uri),
-            domain::parse_digest("artifact_digest", &r.artifact_digest),
-            Source::parse("source", source),
-            domain::parse_metrics("training_metrics", &to_btree(&r.training_metrics)),
-            domain::parse_tags("tags", &to_btree(&r.tags)),
-            domain::parse_text("description", &r.description),
-            domain::parse_request_id("request_id", &r.request_id),
-            registration_stage(r.target_stage),
+        // Where a version was imported from is recorded by ImportVersion
+        // (admins) alone, so the field can be trusted.
+        let imported = r
+            .source
+            .as_ref()
+            .is_some_and(|s| !s.imported_from.is_empty() || s.original_create_time.is_some());
+        let (new, ()) = domain::all((
+            version_fields(r),
+            require(
+                !imported,
+                "source.imported_from",
+                "imported_from and original_create_time are set only by ImportVersion; RegisterVersion records versions made here",
+            ),
         ))?;
-        Ok(NewVersion {
-            model,
-            artifact_uri,
-            artifact_digest,
-            source,
-            training_metrics,
-            tags,
-            description,
-            request_id,
-            target_stage,
+        Ok(new)
+    }
+}
+
+/// The fields RegisterVersion and ImportVersion share, checked by the one
+/// set of rules (ImportVersion's are passed in a RegisterVersionRequest).
+fn version_fields(r: pb::RegisterVersionRequest) -> Result<NewVersion> {
+    let source = r.source.map_or(Ok(Source::default()), |s| {
+        convert::source_from_pb("source", s).and_then(|s| Source::parse("source", s))
+    });
+    let (
+        model,
+        artifact_uri,
+        artifact_digest,
+        source,
+        training_metrics,
+        tags,
+        description,
+        request_id,
+        target_stage,
+    ) = domain::all((
+        Name::parse("model", &r.model),
+        domain::parse_artifact_uri("artifact_uri", &r.artifact_uri),
+        domain::parse_digest("artifact_digest", &r.artifact_digest),
+        source,
+        domain::parse_metrics("training_metrics", &to_btree(&r.training_metrics)),
+        domain::parse_tags("tags", &to_btree(&r.tags)),
+        domain::parse_text("description", &r.description),
+        domain::parse_request_id("request_id", &r.request_id),
+        registration_stage(r.target_stage),
+    ))?;
+    Ok(NewVersion {
+        model,
+        artifact_uri,
+        artifact_digest,
+        source,
+        training_metrics,
+        tags,
+        description,
+        request_id,
+        target_stage,
+    })
+}
+
+impl TryFrom<pb::ImportVersionRequest> for NewImport {
+    type Error = Error;
+
+    fn try_from(r: pb::ImportVersionRequest) -> Result<NewImport> {
+        let shared = pb::RegisterVersionRequest {
+            model: r.model,
+            artifact_uri: r.artifact_uri,
+            artifact_digest: r.artifact_digest,
+            source: r.source,
+            training_metrics: r.training_metrics,
+            tags: r.tags,
+            request_id: r.request_id,
+            target_stage: pb::Stage::None as i32,
+            description: r.description,
+        };
+        let number = require(
+            r.version >= 0,
+            "version",
+            format!(
+                "is the number to keep, or 0 for the next number; got {}",
+                r.version
+            ),
+        );
+        let stage = match pb::Stage::try_from(r.stage) {
+            Ok(pb::Stage::Unspecified) => Ok(Stage::None),
+            _ => parse_stage_field("stage", r.stage),
+        };
+        let (version, (), stage) = domain::all((version_fields(shared), number, stage))?;
+        Ok(NewImport {
+            version,
+            number: r.version,
+            stage,
         })
     }
 }
