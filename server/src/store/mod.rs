@@ -14,6 +14,7 @@
 //! cannot cancel a transaction half way: it is applied whole or not at all,
 //! and a retry with the same request id finds it.
 
+mod batch;
 mod cache;
 mod db;
 mod postgres;
@@ -464,18 +465,6 @@ pub enum Backend {
     Sqlite(SqliteStore),
     /// PostgreSQL: any number of replicas on one database.
     Postgres(PgStore),
-}
-
-/// Runs a write on its own task so that dropping the caller's future (a
-/// client that hangs up) cannot interrupt the transaction.
-pub(crate) async fn detached<T, F>(fut: F) -> Result<T>
-where
-    F: Future<Output = Result<T>> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::spawn(fut)
-        .await
-        .map_err(|e| Error::Internal(format!("write task failed: {e}")))?
 }
 
 impl Store {

@@ -1,11 +1,21 @@
 //! The PostgreSQL backend, for any number of stateless server replicas that
 //! share one database.
 //!
-//! - **No visible gap in sequences.** A writer appends its events last and
-//!   takes the `event_log_head` row lock to do so, holding it until commit.
-//!   Sequence N+1 is therefore assigned only after N has committed, and a
-//!   reader can never see N+1 without N. (The cost: appends of concurrent
-//!   transactions are serialized over their final statements and commit.)
+//! - **No visible gap in sequences.** Sequences are assigned under the
+//!   `event_log_head` row lock, held until commit. Sequence N+1 is therefore
+//!   assigned only after N has committed, and a reader can never see N+1
+//!   without N.
+//! - **Group commit, as on SQLite.** Each replica's writes queue for one
+//!   writer task, which runs every write waiting at that moment in one
+//!   transaction, each in a savepoint of its own (a refused write rolls back
+//!   to it), and commits them together: one WAL flush and one hold of the
+//!   log-head lock for the whole batch instead of one per write. Every write,
+//!   refused or not, is answered only after the commit; a failed commit fails
+//!   the whole batch as retryable. The batch takes the log-head lock first,
+//!   before any model lock: with every replica taking its locks in that
+//!   order, two replicas' batches can never deadlock (a batch that took model
+//!   locks first could hold one another replica's batch waits for, while
+//!   waiting for the head that batch holds).
 //! - **Changes to one model serialize** on that model's row lock
 //!   (`SELECT … FOR UPDATE`), so "read the production version, then move"
 //!   cannot interleave between replicas.
@@ -23,14 +33,20 @@ use std::time::Duration;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPoolOptions, PgQueryResult};
 use sqlx::query::Query;
 use sqlx::{PgPool, QueryBuilder};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::StoreOptions;
 use crate::clock::Clock;
 use crate::domain::Event;
 use crate::error::{Error, Result};
+use crate::store::batch::{self, Staged};
 use crate::store::cache::VersionCache;
 use crate::store::sql::{Engine, SqlStore, SqlTx, db_err};
+
+/// Most writes committed together.
+const MAX_BATCH: usize = 256;
+/// Writes queued for the writer before callers wait to enqueue.
+const QUEUE: usize = 4096;
 
 /// The notification channel that carries "committed up to sequence N".
 pub const CHANNEL: &str = "modelreg_events";
@@ -43,11 +59,11 @@ pub const LISTENER_APPLICATION_NAME: &str = "modelreg-listener";
 pub struct PgStore {
     /// Connections for reads and writes.
     pool: PgPool,
-    /// Publishes the highest committed sequence known to this replica.
-    latest: Arc<watch::Sender<u64>>,
     /// The LISTEN/poll task; aborted on close.
     follower: Arc<tokio::task::JoinHandle<()>>,
-    /// Writes per commit for `/metrics`: always 1 here (no group commit).
+    /// Writes queued for this replica's writer task.
+    jobs: mpsc::Sender<batch::Job<PgTx>>,
+    /// Writes per commit, for `/metrics`.
     pub(super) batch_sizes: Histogram,
     /// "Now" for every write and read that needs it.
     clock: Clock,
@@ -91,12 +107,21 @@ impl PgStore {
             latest.clone(),
             options.poll_interval,
         ));
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let batch_sizes = super::sqlite::batch_size_histogram();
+        tokio::spawn(write_batches(
+            pool.clone(),
+            queue,
+            latest.clone(),
+            batch_sizes.clone(),
+            options.clock.clone(),
+        ));
         Ok((
             PgStore {
                 pool,
-                latest,
                 follower: Arc::new(follower),
-                batch_sizes: super::sqlite::batch_size_histogram(),
+                jobs,
+                batch_sizes,
                 clock: options.clock.clone(),
             },
             rx,
@@ -110,7 +135,7 @@ impl PgStore {
     }
 }
 
-/// Reads and writes on one pool, each write its own transaction.
+/// Reads on the pool, writes queued for the replica's writer task.
 impl SqlStore for PgStore {
     type Engine = sqlx::Postgres;
     type Tx = PgTx;
@@ -128,28 +153,109 @@ impl SqlStore for PgStore {
         &self.clock
     }
 
-    /// One transaction per write, on a task of its own; replicas serialize
-    /// where they must through row locks (see the module documentation).
+    /// Queues `write` for the writer task and waits for its durable answer
+    /// (see the module documentation).
     async fn run_write<R, F>(&self, write: F) -> Result<R>
     where
         R: Send + 'static,
         F: for<'t> FnOnce(&'t mut PgTx) -> crate::store::WriteFuture<'t, R> + Send + 'static,
     {
-        let pool = self.pool.clone();
-        let latest = self.latest.clone();
-        let batch_sizes = self.batch_sizes.clone();
-        let clock = self.clock.clone();
-        crate::store::detached(async move {
-            let mut tx = PgTx(pool.begin().await.map_err(db_err)?, clock);
-            let (result, sequence) = write(&mut tx).await?;
-            SqlTx::commit(tx).await?;
-            batch_sizes.observe(1.0);
-            if let Some(sequence) = sequence {
-                publish(&latest, sequence);
-            }
-            Ok(result)
-        })
+        batch::enqueue(&self.jobs, write).await
+    }
+}
+
+/// Opens a batch's transaction and takes the end of the log first.
+async fn begin_batch(pool: &PgPool, clock: &Clock) -> Result<PgTx> {
+    let mut tx = PgTx(pool.begin().await.map_err(db_err)?, clock.clone());
+    tx.head().await?;
+    Ok(tx)
+}
+
+/// Runs savepoint statements in one round trip (the simple query protocol
+/// takes several statements at once), turning failure into the batch's poison.
+async fn savepoint(tx: &mut PgTx, sql: &'static str) -> std::result::Result<(), String> {
+    // A plain string carries no arguments: sent with the simple protocol.
+    sqlx::Executor::execute(&mut *tx.0, sql)
         .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The writer task: commits queued writes in batches (see the module docs).
+async fn write_batches(
+    pool: PgPool,
+    mut queue: mpsc::Receiver<batch::Job<PgTx>>,
+    latest: Arc<watch::Sender<u64>>,
+    batch_sizes: Histogram,
+    clock: Clock,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut tx = match begin_batch(&pool, &clock).await {
+            Ok(tx) => tx,
+            Err(e) => {
+                batch::fail_queued(first, &mut queue, &e.to_string()).await;
+                continue;
+            }
+        };
+        let mut staged: Vec<Staged> = Vec::new();
+        let mut last_sequence = None;
+        let mut poison: Option<String> = None;
+        // A succeeded write's savepoint is released together with the next
+        // write's SAVEPOINT, or by COMMIT: one round trip fewer per write.
+        let mut unreleased = false;
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            let open = if unreleased {
+                "RELEASE SAVEPOINT write; SAVEPOINT write"
+            } else {
+                "SAVEPOINT write"
+            };
+            unreleased = false;
+            if let Err(e) = savepoint(&mut tx, open).await {
+                poison = Some(e);
+                let done = job(Err(Error::Unavailable("the batch failed".into()))).await;
+                done.answer(None);
+                break;
+            }
+            let done = job(Ok(&mut tx)).await;
+            if done.ok {
+                unreleased = true;
+                last_sequence = done.last_sequence.or(last_sequence);
+            } else if let Err(e) = savepoint(
+                &mut tx,
+                "ROLLBACK TO SAVEPOINT write; RELEASE SAVEPOINT write",
+            )
+            .await
+            {
+                poison = Some(e);
+            }
+            staged.push(done);
+            if poison.is_some() || staged.len() >= MAX_BATCH {
+                break;
+            }
+            next = queue.try_recv().ok();
+        }
+        let failure = match poison {
+            Some(e) => {
+                let _ = tx.0.rollback().await;
+                Some(e)
+            }
+            None => tx.0.commit().await.err().map(|e| e.to_string()),
+        };
+        match &failure {
+            Some(e) => {
+                tracing::error!(error = %e, writes = staged.len(), "a batch of writes failed to commit")
+            }
+            None => {
+                batch_sizes.observe(staged.len() as f64);
+                if let Some(sequence) = last_sequence {
+                    publish(&latest, sequence);
+                }
+            }
+        }
+        for done in staged {
+            done.answer(failure.as_deref());
+        }
     }
 }
 

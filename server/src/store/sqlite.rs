@@ -18,8 +18,6 @@
 //! depend on an earlier write of the same batch). A failed commit fails every
 //! write of the batch, refusals included, as retryable.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,12 +29,13 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, SqlitePool};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::clock::Clock;
 use crate::domain::Event;
 use crate::error::{Error, Result};
 use crate::store::WriteFuture;
+use crate::store::batch::{self, Staged};
 use crate::store::cache::VersionCache;
 use crate::store::sql::{Engine, SqlStore, SqlTx, db_err};
 
@@ -47,27 +46,7 @@ const MAX_BATCH: usize = 256;
 /// Writes queued for the writer before callers wait to enqueue.
 const QUEUE: usize = 4096;
 
-/// A queued write: run it in the given transaction (or learn that none could
-/// be opened) and say how it went.
-type Job = Box<
-    dyn for<'t> FnOnce(
-            Result<&'t mut SqliteTx>,
-        ) -> Pin<Box<dyn Future<Output = Staged> + Send + 't>>
-        + Send,
->;
-
-/// Answers a staged write's caller, given the commit's failure if there was one.
-type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
-
-/// A write that has run inside the batch's transaction.
-struct Staged {
-    /// Whether it succeeded (its savepoint is released) or failed (rolled back).
-    ok: bool,
-    /// The last sequence it appended, if any.
-    last_sequence: Option<u64>,
-    /// Answers the caller.
-    answer: Answer,
-}
+type Job = batch::Job<SqliteTx>;
 
 /// The SQLite store.
 #[derive(Clone)]
@@ -241,45 +220,7 @@ impl SqlStore for SqliteStore {
         R: Send + 'static,
         F: for<'t> FnOnce(&'t mut SqliteTx) -> WriteFuture<'t, R> + Send + 'static,
     {
-        let (reply, answer) = oneshot::channel::<Result<R>>();
-        let job: Job = Box::new(move |tx: Result<&mut SqliteTx>| {
-            Box::pin(async move {
-                let outcome = match tx {
-                    Ok(tx) => write(tx).await,
-                    Err(e) => Err(e),
-                };
-                match outcome {
-                    Ok((result, last_sequence)) => Staged {
-                        ok: true,
-                        last_sequence,
-                        answer: Box::new(move |commit_failure: Option<&str>| {
-                            let _ = reply.send(match commit_failure {
-                                None => Ok(result),
-                                Some(e) => Err(Error::Unavailable(format!("commit failed: {e}"))),
-                            });
-                        }),
-                    },
-                    Err(e) => Staged {
-                        ok: false,
-                        last_sequence: None,
-                        answer: Box::new(move |commit_failure: Option<&str>| {
-                            let _ = reply.send(match commit_failure {
-                                None => Err(e),
-                                // The refusal may have rested on what the batch undid.
-                                Some(f) => Err(Error::Unavailable(format!("commit failed: {f}"))),
-                            });
-                        }),
-                    },
-                }
-            }) as Pin<Box<dyn Future<Output = Staged> + Send + '_>>
-        });
-        self.jobs
-            .send(job)
-            .await
-            .map_err(|_| Error::Unavailable("the database writer has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| Error::Internal("the database writer dropped a write".into()))?
+        batch::enqueue(&self.jobs, write).await
     }
 }
 
@@ -324,15 +265,7 @@ async fn write_batches(
         let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
             Ok(tx) => SqliteTx(tx, head.clone(), Vec::new(), clock.clone()),
             Err(e) => {
-                let message = e.to_string();
-                let mut failed = vec![first];
-                while let Ok(job) = queue.try_recv() {
-                    failed.push(job);
-                }
-                for job in failed {
-                    let staged = job(Err(Error::Unavailable(message.clone()))).await;
-                    (staged.answer)(None);
-                }
+                batch::fail_queued(first, &mut queue, &e.to_string()).await;
                 continue;
             }
         };
@@ -355,7 +288,7 @@ async fn write_batches(
             if let Err(e) = savepoint(&mut tx, open).await {
                 poison = Some(e);
                 let done = job(Err(Error::Unavailable("the batch failed".into()))).await;
-                (done.answer)(None);
+                done.answer(None);
                 break;
             }
             let head_before = tx.1.clone();
@@ -416,7 +349,7 @@ async fn write_batches(
             });
         }
         for done in staged.into_iter().chain(refused) {
-            (done.answer)(failure.as_deref());
+            done.answer(failure.as_deref());
         }
     }
 }
