@@ -82,7 +82,11 @@ where
 
 /// Fails `first` and every write queued behind it with `message`: no
 /// transaction could be opened for them.
-pub(super) async fn fail_queued<T>(first: Job<T>, queue: &mut mpsc::Receiver<Job<T>>, message: &str) {
+pub(super) async fn fail_queued<T>(
+    first: Job<T>,
+    queue: &mut mpsc::Receiver<Job<T>>,
+    message: &str,
+) {
     let mut failed = vec![first];
     while let Ok(job) = queue.try_recv() {
         failed.push(job);

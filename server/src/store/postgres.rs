@@ -69,8 +69,18 @@ pub struct PgStore {
     clock: Clock,
 }
 
-/// One write transaction.
-pub struct PgTx(sqlx::Transaction<'static, sqlx::Postgres>, Clock);
+/// One batch's transaction. It holds the `event_log_head` row lock from its
+/// start, so the end of the log is kept here and written back once, with the
+/// notification, just before the commit.
+pub struct PgTx {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    clock: Clock,
+    /// The end of the log: read (and locked) at the batch's start, moved by
+    /// each append.
+    head: (u64, String),
+    /// Whether `head` moved since it was read.
+    moved: bool,
+}
 
 impl PgStore {
     /// Connects, migrates, and starts following other replicas' commits.
@@ -166,16 +176,51 @@ impl SqlStore for PgStore {
 
 /// Opens a batch's transaction and takes the end of the log first.
 async fn begin_batch(pool: &PgPool, clock: &Clock) -> Result<PgTx> {
-    let mut tx = PgTx(pool.begin().await.map_err(db_err)?, clock.clone());
-    tx.head().await?;
-    Ok(tx)
+    let mut tx = pool.begin().await.map_err(db_err)?;
+    let (last, hash): (i64, String) = sqlx::query_as(
+        "SELECT last_sequence, last_hash FROM event_log_head WHERE id = 1 FOR UPDATE",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    Ok(PgTx {
+        tx,
+        clock: clock.clone(),
+        head: (last as u64, hash),
+        moved: false,
+    })
+}
+
+impl PgTx {
+    /// Writes the end of the log back (queueing the notification other
+    /// replicas receive at commit) and commits.
+    async fn finish(mut self) -> Result<()> {
+        if self.moved {
+            let (sequence, hash) = &self.head;
+            sqlx::query(
+                "UPDATE event_log_head SET last_sequence = $1, last_hash = $2 WHERE id = 1",
+            )
+            .bind(*sequence as i64)
+            .bind(hash.as_str())
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_err)?;
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(sequence.to_string())
+                .execute(&mut *self.tx)
+                .await
+                .map_err(db_err)?;
+        }
+        self.tx.commit().await.map_err(db_err)
+    }
 }
 
 /// Runs savepoint statements in one round trip (the simple query protocol
 /// takes several statements at once), turning failure into the batch's poison.
 async fn savepoint(tx: &mut PgTx, sql: &'static str) -> std::result::Result<(), String> {
     // A plain string carries no arguments: sent with the simple protocol.
-    sqlx::Executor::execute(&mut *tx.0, sql)
+    sqlx::Executor::execute(&mut *tx.tx, sql)
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
@@ -217,17 +262,17 @@ async fn write_batches(
                 done.answer(None);
                 break;
             }
+            let head_before = (tx.head.clone(), tx.moved);
             let done = job(Ok(&mut tx)).await;
             if done.ok {
                 unreleased = true;
                 last_sequence = done.last_sequence.or(last_sequence);
-            } else if let Err(e) = savepoint(
-                &mut tx,
-                "ROLLBACK TO SAVEPOINT write; RELEASE SAVEPOINT write",
-            )
-            .await
-            {
-                poison = Some(e);
+            } else {
+                (tx.head, tx.moved) = head_before;
+                let undo = "ROLLBACK TO SAVEPOINT write; RELEASE SAVEPOINT write";
+                if let Err(e) = savepoint(&mut tx, undo).await {
+                    poison = Some(e);
+                }
             }
             staged.push(done);
             if poison.is_some() || staged.len() >= MAX_BATCH {
@@ -237,10 +282,10 @@ async fn write_batches(
         }
         let failure = match poison {
             Some(e) => {
-                let _ = tx.0.rollback().await;
+                let _ = tx.tx.rollback().await;
                 Some(e)
             }
-            None => tx.0.commit().await.err().map(|e| e.to_string()),
+            None => tx.finish().await.err().map(|e| e.to_string()),
         };
         match &failure {
             Some(e) => {
@@ -382,47 +427,30 @@ impl SqlTx for PgTx {
     type Engine = sqlx::Postgres;
 
     fn conn(&mut self) -> &mut sqlx::PgConnection {
-        &mut self.0
+        &mut self.tx
     }
 
     fn clock(&self) -> &Clock {
-        &self.1
+        &self.clock
     }
 
     /// Events need no bookkeeping here: replicas learn of them from the log.
     fn note_event(&mut self, _event: &Event) {}
 
-    /// The end of the log, locked until commit: no other transaction can
-    /// assign a sequence until this one has committed.
+    /// The end of the log, locked since the batch began: no other
+    /// transaction can assign a sequence until this one has committed.
     async fn head(&mut self) -> Result<(u64, String)> {
-        let (last, hash): (i64, String) = sqlx::query_as(
-            "SELECT last_sequence, last_hash FROM event_log_head WHERE id = 1 FOR UPDATE",
-        )
-        .fetch_one(&mut *self.0)
-        .await
-        .map_err(db_err)?;
-        Ok((last as u64, hash))
+        Ok(self.head.clone())
     }
 
-    /// Moves the end of the log and queues the notification other replicas
-    /// receive when this transaction commits.
+    /// Moves the end of the log; [`PgTx::finish`] writes it back.
     async fn set_head(&mut self, sequence: u64, hash: &str) -> Result<()> {
-        sqlx::query("UPDATE event_log_head SET last_sequence = $1, last_hash = $2 WHERE id = 1")
-            .bind(sequence as i64)
-            .bind(hash)
-            .execute(&mut *self.0)
-            .await
-            .map_err(db_err)?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(sequence.to_string())
-            .execute(&mut *self.0)
-            .await
-            .map_err(db_err)?;
+        self.head = (sequence, hash.to_owned());
+        self.moved = true;
         Ok(())
     }
 
     async fn commit(self) -> Result<()> {
-        self.0.commit().await.map_err(db_err)
+        self.finish().await
     }
 }
