@@ -7,11 +7,14 @@
 //!   without N.
 //! - **Group commit, as on SQLite.** Each replica's writes queue for one
 //!   writer task, which runs every write waiting at that moment in one
-//!   transaction, each in a savepoint of its own (a refused write rolls back
-//!   to it), and commits them together: one WAL flush and one hold of the
-//!   log-head lock for the whole batch instead of one per write. Every write,
-//!   refused or not, is answered only after the commit; a failed commit fails
-//!   the whole batch as retryable. The batch takes the log-head lock first,
+//!   transaction, each after the first in a savepoint of its own (a refused
+//!   write rolls back to it; a refused first write rolls the transaction
+//!   back and is answered at once, having seen only committed state), and
+//!   commits them together: one WAL flush and one hold of the log-head lock
+//!   for the whole batch instead of one per write. Every other write,
+//!   refused or not, is answered only after the commit; a failed commit
+//!   fails the whole batch as retryable. The end of the log is kept in
+//!   memory during the batch and written back once. The batch takes the log-head lock first,
 //!   before any model lock: with every replica taking its locks in that
 //!   order, two replicas' batches can never deadlock (a batch that took model
 //!   locks first could hold one another replica's batch waits for, while
@@ -226,6 +229,11 @@ async fn savepoint(tx: &mut PgTx, sql: &'static str) -> std::result::Result<(), 
         .map_err(|e| e.to_string())
 }
 
+/// Runs one queued write inside the batch's transaction.
+async fn job_in(job: batch::Job<PgTx>, tx: &mut PgTx) -> Staged {
+    job(Ok(tx)).await
+}
+
 /// The writer task: commits queued writes in batches (see the module docs).
 async fn write_batches(
     pool: PgPool,
@@ -242,14 +250,23 @@ async fn write_batches(
                 continue;
             }
         };
-        let mut staged: Vec<Staged> = Vec::new();
-        let mut last_sequence = None;
+        // The first write needs no savepoint: when it fails, the whole
+        // transaction is rolled back and its refusal rests on committed state
+        // only, so it is answered at once.
+        let done = job_in(first, &mut tx).await;
+        if !done.ok {
+            let _ = tx.tx.rollback().await;
+            done.answer(None);
+            continue;
+        }
+        let mut last_sequence = done.last_sequence;
+        let mut staged: Vec<Staged> = vec![done];
         let mut poison: Option<String> = None;
         // A succeeded write's savepoint is released together with the next
         // write's SAVEPOINT, or by COMMIT: one round trip fewer per write.
         let mut unreleased = false;
-        let mut next = Some(first);
-        while let Some(job) = next.take() {
+        while staged.len() < MAX_BATCH {
+            let Ok(job) = queue.try_recv() else { break };
             let open = if unreleased {
                 "RELEASE SAVEPOINT write; SAVEPOINT write"
             } else {
@@ -263,7 +280,7 @@ async fn write_batches(
                 break;
             }
             let head_before = (tx.head.clone(), tx.moved);
-            let done = job(Ok(&mut tx)).await;
+            let done = job_in(job, &mut tx).await;
             if done.ok {
                 unreleased = true;
                 last_sequence = done.last_sequence.or(last_sequence);
@@ -275,10 +292,9 @@ async fn write_batches(
                 }
             }
             staged.push(done);
-            if poison.is_some() || staged.len() >= MAX_BATCH {
+            if poison.is_some() {
                 break;
             }
-            next = queue.try_recv().ok();
         }
         let failure = match poison {
             Some(e) => {
