@@ -262,23 +262,16 @@ async fn write_batches(
         let mut last_sequence = done.last_sequence;
         let mut staged: Vec<Staged> = vec![done];
         let mut poison: Option<String> = None;
-        // A succeeded write's savepoint is released together with the next
-        // write's SAVEPOINT, or by COMMIT: one round trip fewer per write.
+        // Whether the last write's savepoint is still to be released.
         let mut unreleased = false;
         while staged.len() < MAX_BATCH {
             let Ok(job) = queue.try_recv() else { break };
-            let open = if unreleased {
-                "RELEASE SAVEPOINT write; SAVEPOINT write"
-            } else {
-                "SAVEPOINT write"
-            };
-            unreleased = false;
-            if let Err(e) = savepoint(&mut tx, open).await {
+            if let Err(e) = savepoint(&mut tx, batch::open_savepoint(unreleased)).await {
                 poison = Some(e);
-                let done = job(Err(Error::Unavailable("the batch failed".into()))).await;
-                done.answer(None);
+                batch::abandon(job).await;
                 break;
             }
+            unreleased = false;
             let head_before = (tx.head.clone(), tx.moved);
             let done = job_in(job, &mut tx).await;
             if done.ok {
@@ -286,8 +279,7 @@ async fn write_batches(
                 last_sequence = done.last_sequence.or(last_sequence);
             } else {
                 (tx.head, tx.moved) = head_before;
-                let undo = "ROLLBACK TO SAVEPOINT write; RELEASE SAVEPOINT write";
-                if let Err(e) = savepoint(&mut tx, undo).await {
+                if let Err(e) = savepoint(&mut tx, batch::UNDO_SAVEPOINT).await {
                     poison = Some(e);
                 }
             }

@@ -274,23 +274,16 @@ async fn write_batches(
         let mut refused: Vec<Staged> = Vec::new();
         let mut last_sequence = None;
         let mut poison: Option<String> = None;
-        // A succeeded write's savepoint is released together with the next
-        // write's SAVEPOINT, or by COMMIT: one round trip fewer per write.
+        // Whether the last write's savepoint is still to be released.
         let mut unreleased = false;
         let mut next = Some(first);
         while let Some(job) = next.take() {
-            let open = if unreleased {
-                "RELEASE SAVEPOINT write; SAVEPOINT write"
-            } else {
-                "SAVEPOINT write"
-            };
-            unreleased = false;
-            if let Err(e) = savepoint(&mut tx, open).await {
+            if let Err(e) = savepoint(&mut tx, batch::open_savepoint(unreleased)).await {
                 poison = Some(e);
-                let done = job(Err(Error::Unavailable("the batch failed".into()))).await;
-                done.answer(None);
+                batch::abandon(job).await;
                 break;
             }
+            unreleased = false;
             let head_before = tx.1.clone();
             let done = job(Ok(&mut tx)).await;
             if done.ok {
@@ -299,11 +292,7 @@ async fn write_batches(
                 staged.push(done);
             } else {
                 tx.1 = head_before;
-                let undone = savepoint(
-                    &mut tx,
-                    "ROLLBACK TO SAVEPOINT write; RELEASE SAVEPOINT write",
-                )
-                .await;
+                let undone = savepoint(&mut tx, batch::UNDO_SAVEPOINT).await;
                 refused.push(done);
                 if let Err(e) = undone {
                     poison = Some(e);
