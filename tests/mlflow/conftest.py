@@ -13,9 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -178,28 +178,22 @@ def mlflow_env(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> Registry:
     return registry
 
 
-def free_port() -> int:
-    """A port for `mlflow server`, which cannot report the one it bound."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """A real `mlflow server` with a SQLite backend; yields its URL."""
+    """A real `mlflow server` with a SQLite backend; yields its URL.
+
+    It listens on port 0 and its web server (uvicorn) logs the port it got:
+    no port is picked here that another process could take first."""
     workdir = tmp_path / "mlflow"
     workdir.mkdir()
     mlflow = Path(sys.executable).with_name("mlflow")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     log_path = workdir / "mlflow.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [
                 str(mlflow), "server",
                 "--host", "127.0.0.1",
-                "--port", str(port),
+                "--port", "0",
                 "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
                 "--default-artifact-root", str(workdir / "artifacts"),
                 "--workers", "1",
@@ -211,13 +205,18 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
         )
     try:
         deadline = time.monotonic() + START_TIMEOUT * 2
+        url = None
         while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
+            if url is None:
+                found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", log_path.read_text(errors="replace"))
+                url = found.group(1) if found else None
+            if url is not None:
+                try:
+                    with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                        if resp.status == 200:
+                            break
+                except (urllib.error.URLError, ConnectionError, OSError):
+                    pass
             if proc.poll() is not None:
                 pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log_path.read_text()}")
             if time.monotonic() > deadline:
