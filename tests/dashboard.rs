@@ -22,7 +22,7 @@ use modelreg_server::settings::HttpListen;
 use modelreg_tests::http::read_request;
 use modelreg_tests::{
     TestDb, auc_gate, evaluate, evaluation_set, events_of_model, holdout, register, spawn_app_with,
-    stage_of, stages,
+    stage_of, stages, token_file, token_of,
 };
 use pb::{EventType, Stage, TransitionRequestStatus};
 use tokio::io::AsyncWriteExt;
@@ -50,10 +50,6 @@ const PEOPLE: [(&str, &str); 5] = [
     ("bob", "approver"),
     ("rita", "reader"),
 ];
-
-fn token(who: &str) -> String {
-    format!("dashboard-token-of-{who}")
-}
 
 /// The workspace root (this crate lives in `tests/`).
 fn workspace() -> PathBuf {
@@ -88,25 +84,9 @@ fn missing_browser_parts() -> Vec<String> {
     missing
 }
 
-/// A token file granting [`PEOPLE`] their roles.
-fn write_token_file(dir: &Path) -> PathBuf {
-    let text: String = PEOPLE
-        .iter()
-        .map(|(who, role)| {
-            format!(
-                "[[tokens]]\nidentity = {who:?}\nroles = [{role:?}]\ntoken_sha256 = {:?}\n\n",
-                modelreg_server::domain::audit::sha256_hex(token(who).as_bytes())
-            )
-        })
-        .collect();
-    let path = dir.join("tokens.toml");
-    std::fs::write(&path, text).expect("write token file");
-    path
-}
-
 /// A connection to `url` with `who`'s token.
 async fn client_for(url: &str, who: &str) -> RegistryClient {
-    connect(&ConnectOptions::new(url).token(token(who)))
+    connect(&ConnectOptions::new(url).token(token_of(who)))
         .await
         .unwrap_or_else(|e| panic!("connect as {who}: {e}"))
 }
@@ -198,7 +178,7 @@ async fn an_approver_approves_from_the_notification_link() {
 
     // Arrange: a server with tokens and the HTTP listener (the dashboard).
     let dir = tempfile::tempdir().expect("temp dir");
-    let tokens = write_token_file(dir.path());
+    let tokens = token_file(dir.path(), &PEOPLE);
     let db = TestDb::sqlite();
     let app = spawn_app_with(&db, |s| {
         s.http_listen = HttpListen::On("127.0.0.1:0".parse().unwrap());
@@ -253,7 +233,7 @@ async fn an_approver_approves_from_the_notification_link() {
     let (sink_url, mut deliveries) = start_sink().await;
     let notify_log = dir.path().join("notify.log");
     let mut notifier = Command::new(modelreg_tests::modelreg_bin())
-        .args(["--server", &app.url, "--token", &token("rita"), "notify"])
+        .args(["--server", &app.url, "--token", &token_of("rita"), "notify"])
         .args(["--webhook", &sink_url])
         .args(["--link-base", &format!("http://{http_addr}")])
         .args(["--max-backoff", "1s", "--after", "0"])
@@ -299,8 +279,8 @@ async fn an_approver_approves_from_the_notification_link() {
         .current_dir(browser_dir())
         .env("BASE_URL", format!("http://{http_addr}"))
         .env("REQUEST_URL", &request_url)
-        .env("APPROVER_TOKEN", token("bob"))
-        .env("READER_TOKEN", token("rita"))
+        .env("APPROVER_TOKEN", token_of("bob"))
+        .env("READER_TOKEN", token_of("rita"))
         .env("SCREENSHOT_DIR", &screenshots)
         .env("FAILURE_DIR", &failures)
         .env("MODEL", "fraud")
