@@ -9,6 +9,7 @@ use protox::prost::Message;
 const PROTOS: &[&str] = &[
     "proto/modelreg/v1/resources.proto",
     "proto/modelreg/v1/events.proto",
+    "proto/modelreg/v1/consumers.proto",
     "proto/modelreg/v1/registry.proto",
 ];
 

@@ -68,6 +68,7 @@
 pub mod app;
 pub mod auth;
 pub mod clock;
+pub mod consume;
 pub mod dashboard;
 pub mod domain;
 pub mod error;

@@ -19,6 +19,10 @@ pub async fn report_deployment(
     write_tx!(store, |tx| -> Deployment {
         let name = new.model.as_str();
         let id = RequestId::new("ReportDeployment", &actor, &new.request_id, fingerprint);
+        // A member whose delivery moved on records nothing, not even a retry.
+        if let Some(fence) = &new.fence {
+            check_fence(tx, fence, name, &actor).await?;
+        }
         if let Some(stored) = begin_version_write(tx, name, new.version, &id).await? {
             // The deployment as first recorded, even if later reports moved it on.
             return Ok((stored_response(&stored)?, None));

@@ -55,6 +55,7 @@ macro_rules! read_db {
 pub mod approvals;
 pub mod audit;
 pub mod authz;
+pub mod consumers;
 pub mod deployments;
 pub mod evaluations;
 pub mod events;
@@ -68,6 +69,7 @@ pub mod versions;
 
 pub use approvals::*;
 pub use audit::*;
+pub use consumers::*;
 pub use deployments::*;
 pub use evaluations::*;
 pub use events::*;

@@ -42,11 +42,19 @@ pub enum Action {
     WatchTransitions,
     UpdateVersion,
     ImportVersion,
+    Consume,
+    AckEvent,
+    RejectEvent,
+    GetConsumer,
+    ListConsumers,
+    DeleteConsumer,
+    ListDeadLetters,
+    RetryDeadLetter,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 29] = [
+    pub const ALL: [Action; 37] = [
         Action::CreateModel,
         Action::GetModel,
         Action::ListModels,
@@ -76,6 +84,14 @@ impl Action {
         Action::WatchTransitions,
         Action::UpdateVersion,
         Action::ImportVersion,
+        Action::Consume,
+        Action::AckEvent,
+        Action::RejectEvent,
+        Action::GetConsumer,
+        Action::ListConsumers,
+        Action::DeleteConsumer,
+        Action::ListDeadLetters,
+        Action::RetryDeadLetter,
     ];
 
     /// The role the action needs: the table both edges enforce.
@@ -93,15 +109,23 @@ impl Action {
             | CompareVersions
             | ListEvents
             | VerifyAuditLog
-            | WatchTransitions => Role::Reader,
+            | WatchTransitions
+            // A consumer is a shared subscription: reading is what it needs;
+            // only the identity that joined as a member settles its events.
+            | Consume
+            | AckEvent
+            | RejectEvent
+            | GetConsumer
+            | ListConsumers
+            | ListDeadLetters => Role::Reader,
             CreateModel | UpdateModel | RegisterVersion | SetAlias | DeleteAlias
             | TransitionStage | CancelTransition | UpdateVersion => Role::Publisher,
             // Deployment workers report their failures with ReportDeployment FAILED.
             AttachEvaluation | ReportWorkerFailure => Role::Evaluator,
             ReportDeployment | ReportLiveMetric => Role::Deployer,
-            ApproveTransition | RejectTransition | Rollback => Role::Approver,
+            ApproveTransition | RejectTransition | Rollback | RetryDeadLetter => Role::Approver,
             // An import records history no one here decided: admins only.
-            CreateEvaluationSet | ImportVersion => Role::Admin,
+            CreateEvaluationSet | ImportVersion | DeleteConsumer => Role::Admin,
         }
     }
 
@@ -138,6 +162,14 @@ impl Action {
             WatchTransitions => "WatchTransitions",
             UpdateVersion => "UpdateVersion",
             ImportVersion => "ImportVersion",
+            Consume => "Consume",
+            AckEvent => "AckEvent",
+            RejectEvent => "RejectEvent",
+            GetConsumer => "GetConsumer",
+            ListConsumers => "ListConsumers",
+            DeleteConsumer => "DeleteConsumer",
+            ListDeadLetters => "ListDeadLetters",
+            RetryDeadLetter => "RetryDeadLetter",
         }
     }
 

@@ -42,11 +42,15 @@ pub enum EventKind {
     LiveMetricBreach,
     /// A version's description or tags changed.
     VersionUpdated,
+    /// A consumer parked an event as a dead letter.
+    DeadLettered,
+    /// A dead letter was retried.
+    DeadLetterRetried,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::ModelCreated,
         EventKind::ModelUpdated,
         EventKind::VersionRegistered,
@@ -64,6 +68,8 @@ impl EventKind {
         EventKind::TransitionSuperseded,
         EventKind::LiveMetricBreach,
         EventKind::VersionUpdated,
+        EventKind::DeadLettered,
+        EventKind::DeadLetterRetried,
     ];
 
     /// The stored name (the proto enum value without its prefix).

@@ -7,6 +7,7 @@
 //! `crate::domain::Stage`, not the file it lives in.
 
 pub mod audit;
+pub mod consumer;
 pub mod evaluation;
 pub mod event;
 pub mod gates;
@@ -17,6 +18,7 @@ pub mod policy;
 pub mod requests;
 pub mod text;
 
+pub use consumer::*;
 pub use evaluation::*;
 pub use event::*;
 pub use gates::*;

@@ -387,6 +387,8 @@ pub struct NewDeployment {
     pub message: String,
     /// AIP-155 request id.
     pub request_id: Option<String>,
+    /// The consumer delivery the report is made for.
+    pub fence: Option<Fence>,
 }
 
 /// A checked ReportWorkerFailure.

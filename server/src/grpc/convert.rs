@@ -63,7 +63,7 @@ fn cause_to_pb(cause: Cause) -> pb::StageChangeCause {
     }
 }
 
-fn event_kind_to_pb(kind: EventKind) -> pb::EventType {
+pub fn event_kind_to_pb(kind: EventKind) -> pb::EventType {
     match kind {
         EventKind::ModelCreated => pb::EventType::ModelCreated,
         EventKind::ModelUpdated => pb::EventType::ModelUpdated,
@@ -82,6 +82,8 @@ fn event_kind_to_pb(kind: EventKind) -> pb::EventType {
         EventKind::TransitionSuperseded => pb::EventType::TransitionSuperseded,
         EventKind::LiveMetricBreach => pb::EventType::LiveMetricBreach,
         EventKind::VersionUpdated => pb::EventType::VersionUpdated,
+        EventKind::DeadLettered => pb::EventType::DeadLettered,
+        EventKind::DeadLetterRetried => pb::EventType::DeadLetterRetried,
     }
 }
 

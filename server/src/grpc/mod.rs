@@ -7,6 +7,7 @@
 //! ([`events`]) are longer and have files of their own. No rule and no SQL
 //! lives here.
 
+mod consumers;
 pub mod convert;
 mod events;
 mod lists;
@@ -52,6 +53,8 @@ pub struct RegistryService {
     heartbeat: Duration,
     /// Recent events shared by every watch stream.
     tail: std::sync::Arc<Tail>,
+    /// Wakes this server's consumer member streams.
+    consumers: std::sync::Arc<crate::consume::Hub>,
 }
 
 impl RegistryService {
@@ -67,6 +70,7 @@ impl RegistryService {
             shutdown,
             heartbeat,
             tail,
+            consumers: std::sync::Arc::default(),
         }
     }
 }
@@ -469,5 +473,79 @@ impl ModelRegistryService for RegistryService {
             version: Some(version_to_pb(imported.version)),
             created: imported.created,
         }))
+    }
+
+    type ConsumeStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::ConsumeResponse, Status>> + Send>,
+    >;
+
+    #[instrument(skip_all)]
+    async fn consume(
+        &self,
+        req: Request<tonic::Streaming<pb::ConsumeRequest>>,
+    ) -> Result<Response<Self::ConsumeStream>, Status> {
+        consumers::consume(self, req).await
+    }
+
+    #[instrument(skip_all, fields(consumer = %req.get_ref().consumer, model = %req.get_ref().model, sequence = req.get_ref().sequence))]
+    async fn ack_event(
+        &self,
+        req: Request<pb::AckEventRequest>,
+    ) -> Result<Response<pb::AckEventResponse>, Status> {
+        Ok(Response::new(consumers::ack(self, req).await?))
+    }
+
+    #[instrument(skip_all, fields(consumer = %req.get_ref().consumer, model = %req.get_ref().model, sequence = req.get_ref().sequence))]
+    async fn reject_event(
+        &self,
+        req: Request<pb::RejectEventRequest>,
+    ) -> Result<Response<pb::RejectEventResponse>, Status> {
+        Ok(Response::new(consumers::reject(self, req).await?))
+    }
+
+    #[instrument(skip_all, fields(consumer = %req.get_ref().name))]
+    async fn get_consumer(
+        &self,
+        req: Request<pb::GetConsumerRequest>,
+    ) -> Result<Response<pb::GetConsumerResponse>, Status> {
+        Ok(Response::new(consumers::get(self, req.into_inner()).await?))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_consumers(
+        &self,
+        req: Request<pb::ListConsumersRequest>,
+    ) -> Result<Response<pb::ListConsumersResponse>, Status> {
+        Ok(Response::new(
+            consumers::list(self, req.into_inner()).await?,
+        ))
+    }
+
+    #[instrument(skip_all, fields(consumer = %req.get_ref().name))]
+    async fn delete_consumer(
+        &self,
+        req: Request<pb::DeleteConsumerRequest>,
+    ) -> Result<Response<pb::DeleteConsumerResponse>, Status> {
+        Ok(Response::new(
+            consumers::delete(self, req.into_inner()).await?,
+        ))
+    }
+
+    #[instrument(skip_all, fields(consumer = %req.get_ref().consumer))]
+    async fn list_dead_letters(
+        &self,
+        req: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        Ok(Response::new(
+            consumers::dead_letters(self, req.into_inner()).await?,
+        ))
+    }
+
+    #[instrument(skip_all, fields(consumer = %req.get_ref().consumer, sequence = req.get_ref().sequence))]
+    async fn retry_dead_letter(
+        &self,
+        req: Request<pb::RetryDeadLetterRequest>,
+    ) -> Result<Response<pb::RetryDeadLetterResponse>, Status> {
+        Ok(Response::new(consumers::retry(self, req).await?))
     }
 }

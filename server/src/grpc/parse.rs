@@ -322,15 +322,17 @@ impl TryFrom<pb::ReportDeploymentRequest> for NewDeployment {
     type Error = Error;
 
     fn try_from(r: pb::ReportDeploymentRequest) -> Result<NewDeployment> {
-        let (model, version, environment, status, endpoint, message, request_id) = domain::all((
-            Name::parse("model", &r.model),
-            domain::parse_version_number("version", r.version),
-            Name::parse("environment", &r.environment),
-            convert::deployment_status_from_pb("status", r.status),
-            domain::parse_text("endpoint", &r.endpoint),
-            domain::parse_text("message", &r.message),
-            domain::parse_request_id("request_id", &r.request_id),
-        ))?;
+        let (model, version, environment, status, endpoint, message, request_id, fence) =
+            domain::all((
+                Name::parse("model", &r.model),
+                domain::parse_version_number("version", r.version),
+                Name::parse("environment", &r.environment),
+                convert::deployment_status_from_pb("status", r.status),
+                domain::parse_text("endpoint", &r.endpoint),
+                domain::parse_text("message", &r.message),
+                domain::parse_request_id("request_id", &r.request_id),
+                r.fence.map(parse_fence).transpose(),
+            ))?;
         Ok(NewDeployment {
             model,
             version,
@@ -339,8 +341,24 @@ impl TryFrom<pb::ReportDeploymentRequest> for NewDeployment {
             endpoint,
             message,
             request_id,
+            fence,
         })
     }
+}
+
+/// A ConsumerFence, checked.
+pub(super) fn parse_fence(f: pb::ConsumerFence) -> Result<domain::Fence> {
+    let (consumer, member) = domain::all((
+        Name::parse("fence.consumer", &f.consumer),
+        domain::parse_member("fence.member", &f.member),
+    ))?;
+    require(f.sequence > 0, "fence.sequence", "must be 1 or more")?;
+    Ok(domain::Fence {
+        consumer: consumer.to_string(),
+        member,
+        sequence: f.sequence,
+        epoch: f.epoch,
+    })
 }
 
 /// Checks a condition of one field: `Ok(())`, or its violation.

@@ -15,16 +15,18 @@ use std::marker::PhantomData;
 
 use sqlx::{ColumnIndex, Executor, FromRow, IntoArguments, QueryBuilder, Row};
 
+use crate::domain::{ConsumerRecord, DeadLetterRecord};
 use crate::domain::{Evaluation, EvaluationSet, Event, EventFilter, Model, SetRef, Stage, Version};
 use crate::domain::{LiveMetricRule, Readings, RequestStatus, StageSince, TransitionRequest};
 use crate::error::Result;
+use crate::store::consumers::ConsumerSql;
 use crate::store::rows::{
     self, EVALUATION_COLUMNS, EVALUATION_SET_COLUMNS, EVENT_COLUMNS, EvaluationRow,
     EvaluationSetRow, EventRow, LIVE_READINGS, ModelRow, REQUEST_COLUMNS, ReadingsRow, RequestRow,
     StageSinceRow, VersionRow, convert,
 };
 use crate::store::sql::{Column, Engine, Param, SqlStore, db_err, json_err};
-use crate::store::{Db, ModelFilter, RequestCursor, WriteFuture};
+use crate::store::{ConsumerState, Db, ModelFilter, RequestCursor, WriteFuture};
 
 impl<S, DB> Db for S
 where
@@ -365,6 +367,27 @@ where
         now: i64,
     ) -> Result<Readings> {
         Reads::live_readings(self.readers(), (model, version), rule, since, now).await
+    }
+
+    async fn consumer_state(&self, name: &str) -> Result<Option<ConsumerState>> {
+        let mut conn = self.readers().acquire().await.map_err(db_err)?;
+        ConsumerSql::<DB>::load(&mut conn, name).await
+    }
+
+    async fn list_consumers(&self, after: &str, limit: usize) -> Result<Vec<ConsumerRecord>> {
+        let mut conn = self.readers().acquire().await.map_err(db_err)?;
+        ConsumerSql::<DB>::list(&mut conn, after, limit).await
+    }
+
+    async fn list_dead_letters(
+        &self,
+        name: &str,
+        include_resolved: bool,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterRecord>> {
+        let mut conn = self.readers().acquire().await.map_err(db_err)?;
+        ConsumerSql::<DB>::dead_letters(&mut conn, name, include_resolved, after, limit).await
     }
 
     async fn breach_recorded(

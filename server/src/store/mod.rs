@@ -16,6 +16,7 @@
 
 mod batch;
 mod cache;
+mod consumers;
 mod db;
 mod postgres;
 mod rows;
@@ -32,11 +33,13 @@ use crate::domain::{
     AliasName, Deployment, Evaluation, EvaluationSet, Event, EventFilter, LiveObservation, Model,
     SetRef, Stage, Version,
 };
+use crate::domain::{ConsumerRecord, DeadLetterRecord, ModelSlot};
 use crate::domain::{
     LiveMetricRule, Readings, RequestStatus, StageSince, StageStep, TransitionRequest,
 };
 use crate::error::{Error, Result};
 
+pub use consumers::{ConsumerChanges, ConsumerState};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -258,6 +261,25 @@ pub trait Db: Clone + Send + Sync + 'static {
         since: i64,
         now: i64,
     ) -> impl Future<Output = Result<Readings>> + Send;
+    /// A consumer's state.
+    fn consumer_state(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<ConsumerState>>> + Send;
+    /// Up to `limit` consumers by name after `after`.
+    fn list_consumers(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<ConsumerRecord>>> + Send;
+    /// Up to `limit` dead letters of consumer `name` after sequence `after`.
+    fn list_dead_letters(
+        &self,
+        name: &str,
+        include_resolved: bool,
+        after: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<DeadLetterRecord>>> + Send;
     /// Whether the breach episode that began at `bad_since` was reported.
     fn breach_recorded(
         &self,
@@ -444,6 +466,32 @@ pub trait Tx: Send {
     ) -> impl Future<Output = Result<()>> + Send;
     /// One event of the log, as this transaction sees it.
     fn fetch_event(&mut self, sequence: u64) -> impl Future<Output = Result<Option<Event>>> + Send;
+    /// A consumer's state as this transaction sees it (lock it first with
+    /// [`Tx::lock_key`] on `consumer/NAME`).
+    fn load_consumer(
+        &mut self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<ConsumerState>>> + Send;
+    /// One model's place in a consumer.
+    fn consumer_slot(
+        &mut self,
+        name: &str,
+        model: &str,
+    ) -> impl Future<Output = Result<Option<ModelSlot>>> + Send;
+    /// One dead letter of a consumer.
+    fn dead_letter(
+        &mut self,
+        name: &str,
+        sequence: u64,
+    ) -> impl Future<Output = Result<Option<DeadLetterRecord>>> + Send;
+    /// Writes what a use case changed in consumer `name`.
+    fn save_consumer(
+        &mut self,
+        name: &str,
+        changes: &ConsumerChanges,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes a consumer and its state; false when it did not exist.
+    fn delete_consumer(&mut self, name: &str) -> impl Future<Output = Result<bool>> + Send;
     /// Commits.
     fn commit(self) -> impl Future<Output = Result<()>> + Send;
 }

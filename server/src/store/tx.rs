@@ -14,18 +14,20 @@ use std::collections::BTreeMap;
 
 use sqlx::{ColumnIndex, Executor, IntoArguments, QueryBuilder};
 
+use crate::domain::{DeadLetterRecord, ModelSlot};
 use crate::domain::{
     Deployment, Evaluation, EvaluationSet, Event, LiveObservation, Model, SetRef, Stage, Version,
 };
 use crate::domain::{LiveMetricRule, Readings, StageSince, StageStep, TransitionRequest};
 use crate::error::{Error, Result};
+use crate::store::consumers::ConsumerSql;
 use crate::store::db::Reads;
 use crate::store::rows::{
     EVALUATION_COLUMNS, EVALUATION_SET_COLUMNS, EVENT_COLUMNS, EvaluationRow, EventRow,
     REQUEST_COLUMNS, RequestRow, StageStepRow, StoredRequestRow, convert,
 };
 use crate::store::sql::{Column, Engine, Param, SqlTx, db_err, json_err};
-use crate::store::{StoredRequest, Tx};
+use crate::store::{ConsumerChanges, ConsumerState, StoredRequest, Tx};
 
 /// Most events in one INSERT: 14 parameters each stays far below either
 /// engine's limit on parameters per statement.
@@ -603,6 +605,26 @@ where
             .await
             .map_err(db_err)?;
         row.map(Event::try_from).transpose()
+    }
+
+    async fn load_consumer(&mut self, name: &str) -> Result<Option<ConsumerState>> {
+        ConsumerSql::<DB>::load(self.conn(), name).await
+    }
+
+    async fn consumer_slot(&mut self, name: &str, model: &str) -> Result<Option<ModelSlot>> {
+        ConsumerSql::<DB>::slot(self.conn(), name, model).await
+    }
+
+    async fn dead_letter(&mut self, name: &str, sequence: u64) -> Result<Option<DeadLetterRecord>> {
+        ConsumerSql::<DB>::dead_letter(self.conn(), name, sequence).await
+    }
+
+    async fn save_consumer(&mut self, name: &str, changes: &ConsumerChanges) -> Result<()> {
+        ConsumerSql::<DB>::save(self.conn(), name, changes).await
+    }
+
+    async fn delete_consumer(&mut self, name: &str) -> Result<bool> {
+        ConsumerSql::<DB>::delete(self.conn(), name).await
     }
 
     async fn commit(self) -> Result<()> {
