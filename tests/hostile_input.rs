@@ -500,6 +500,7 @@ fn calls(c: &RegistryClient, h: &Hostile) -> Vec<(&'static str, CallFuture)> {
                 endpoint: h.b.clone(),
                 message: h.b.clone(),
                 request_id: h.a.clone(),
+                fence: None,
             }
         ),
         rpc!(

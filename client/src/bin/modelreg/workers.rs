@@ -665,6 +665,7 @@ async fn deploy(client: RegistryClient, args: DeployArgs) -> Result<(), Failure>
                     endpoint,
                     message,
                     request_id: d.key(&format!("deploy-{step}")),
+                    fence: None,
                 };
                 async move {
                     with_retry(WORKER, || {
