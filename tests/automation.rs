@@ -342,6 +342,7 @@ async fn bad_deployment_reports_change_nothing(db: TestDb) {
             endpoint: big.clone(),
             message: big.clone(),
             request_id: "r".repeat(129),
+            fence: None,
         },
     )
     .await
