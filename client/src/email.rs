@@ -131,6 +131,10 @@ fn subject(e: &pb::RegistryEvent, details: &serde_json::Value) -> String {
         }
         T::StageChanged => format!("{about} is now in PRODUCTION"),
         T::WorkerFailed => format!("{about}: worker {} gave up", text("worker")),
+        T::DeadLettered => format!(
+            "{about}: consumer {} parked a dead letter",
+            text("consumer")
+        ),
         T::DeploymentReported => format!("{about}: deployment to {} FAILED", text("environment")),
         other => format!("{about}: {}", event_type_label(other as i32)),
     };

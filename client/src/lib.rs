@@ -37,6 +37,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod consumer;
 pub mod email;
 pub mod errors;
 pub mod fetch;

@@ -98,6 +98,7 @@ mod tests {
             T::TransitionRejected,
             T::StageChanged,
             T::WorkerFailed,
+            T::DeadLettered,
             T::DeploymentReported,
             T::LiveMetricBreach,
         ];

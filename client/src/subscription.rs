@@ -94,12 +94,32 @@ pub fn idempotency_key(worker: &str, sequence: u64) -> String {
 pub struct Delivery {
     /// The event.
     pub event: pb::RegistryEvent,
+    /// Which delivery of the event this is (1 from a cursor file; a
+    /// consumer counts redeliveries).
+    pub attempt: u32,
+    /// For a consumer's delivery, the fence its writes carry.
+    pub fence: Option<pb::ConsumerFence>,
 }
 
 impl Delivery {
-    /// The idempotency key of this delivery for `worker`.
+    /// An event read with a cursor file.
+    pub fn of(event: pb::RegistryEvent) -> Delivery {
+        Delivery {
+            event,
+            attempt: 1,
+            fence: None,
+        }
+    }
+
+    /// The idempotency key of this delivery for `worker`: the same for
+    /// every delivery of the event from a cursor file; a consumer's
+    /// redelivery (after a rejection) gets its own, since what it reports
+    /// may differ.
     pub fn key(&self, worker: &str) -> String {
-        idempotency_key(worker, self.event.sequence)
+        match self.attempt {
+            0 | 1 => idempotency_key(worker, self.event.sequence),
+            n => format!("{}-{n}", idempotency_key(worker, self.event.sequence)),
+        }
     }
 }
 
@@ -149,7 +169,7 @@ impl Subscription {
     pub async fn next(&mut self) -> Result<Delivery, SubscriptionError> {
         loop {
             match self.watch.next().await.map_err(SubscriptionError::Status)? {
-                WatchItem::Event(event) => return Ok(Delivery { event }),
+                WatchItem::Event(event) => return Ok(Delivery::of(event)),
                 WatchItem::Heartbeat(sequence) => {
                     if self.saved.is_none_or(|s| sequence > s) {
                         self.cursor

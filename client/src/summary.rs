@@ -190,6 +190,19 @@ fn lines(
             whole(&details["attempts"]),
             details["error"].as_str().unwrap_or("?")
         )),
+        T::DeadLettered => {
+            let consumer = details["consumer"].as_str().unwrap_or("?");
+            let sequence = whole(&details["event_sequence"]);
+            lines.push(format!(
+                "consumer {consumer} parked event {sequence} of {subject} as a dead letter after {} deliveries: {}",
+                whole(&details["deliveries"]),
+                details["reason"].as_str().unwrap_or("?")
+            ));
+            lines.push(format!(
+                "retry: {}",
+                (markup.code)(&format!("modelreg consumers retry {consumer} {sequence}"))
+            ));
+        }
         T::DeploymentReported => lines.push(format!(
             "deployment of {subject} to {} FAILED: {}",
             details["environment"].as_str().unwrap_or("?"),

@@ -18,6 +18,8 @@ use modelreg_client::terminal::printable;
 use modelreg_client::watch::{ResumingWatch, WatchItem};
 use modelreg_client::{ConnectOptions, RegistryClient, connect, errors, pb};
 
+#[path = "modelreg/consumers.rs"]
+mod consumers;
 #[path = "modelreg/governance.rs"]
 mod governance;
 #[path = "modelreg/import.rs"]
@@ -120,6 +122,9 @@ enum Command {
     /// Post notifications (requests, approvals, production changes,
     /// failures) to a webhook.
     Notify(Box<workers::NotifyArgs>),
+    /// Durable consumers: list, show, dead letters, retry, delete.
+    #[command(subcommand)]
+    Consumers(consumers::ConsumersCmd),
     /// Return the previous good production version (or --to N) to production.
     Rollback {
         /// The model.
@@ -691,6 +696,7 @@ async fn run(cli: Cli, mut client: RegistryClient) -> Result<(), Failure> {
         Command::Watch(args) => watch_cmd(client, args).await,
         Command::Worker(cmd) => workers::worker_cmd(client, cmd).await,
         Command::Notify(args) => workers::notify(client, *args).await,
+        Command::Consumers(cmd) => consumers::consumers_cmd(&mut client, cmd, json).await,
         Command::Audit(AuditArgs {
             cmd: None,
             model: Some(model),
@@ -1347,6 +1353,8 @@ impl_paging! {
     list_evaluations: ListEvaluationsRequest, ListEvaluationsResponse => evaluations: Evaluation,
     list_transition_requests: ListTransitionRequestsRequest, ListTransitionRequestsResponse => requests: TransitionRequest,
     list_events: ListEventsRequest, ListEventsResponse => events: RegistryEvent,
+    list_consumers: ListConsumersRequest, ListConsumersResponse => consumers: Consumer,
+    list_dead_letters: ListDeadLettersRequest, ListDeadLettersResponse => dead_letters: DeadLetter,
 }
 
 /// Asks for `request`'s first page, follows `next_page_token` to the last,

@@ -10,6 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
+use modelreg_client::consumer::Membership;
 use modelreg_client::json::to_json;
 use modelreg_client::names::{parse_stage, stage_label};
 use modelreg_client::slack;
@@ -26,19 +27,50 @@ use modelreg_client::errors;
 use modelreg_client::fetch::{Fetcher, Input, default_cache_dir};
 use modelreg_client::verify::Cache;
 
-/// Which events a worker or the notifier reads, and where it keeps its place.
+/// Which events a worker or the notifier reads, and where it keeps its place:
+/// in a durable consumer on the server (`--consumer`, for workers that keep
+/// no local state: any number of replicas share the work), or in a local
+/// cursor file.
 #[derive(Args, Clone)]
 pub struct SourceArgs {
+    /// Join this durable consumer (created on first use): the registry
+    /// keeps its place, hands each model's events to one member at a time,
+    /// retries rejected events and parks them as dead letters.
+    #[arg(
+        long,
+        required_unless_present = "cursor_file",
+        conflicts_with = "cursor_file"
+    )]
+    consumer: Option<String>,
+    /// This worker's member id in the consumer; default: host name and pid.
+    #[arg(long, requires = "consumer")]
+    member: Option<String>,
+    /// With --consumer: deliveries of an event before it is parked as a
+    /// dead letter (default 5; a new consumer's setting).
+    #[arg(long, requires = "consumer")]
+    max_deliveries: Option<u32>,
+    /// With --consumer: how long a member keeps its models without a
+    /// heartbeat (default 10s; a new consumer's setting).
+    #[arg(long, requires = "consumer", value_parser = modelreg_api::duration::parse)]
+    lease: Option<Duration>,
+    /// With --consumer: the wait before the first redelivery of a rejected
+    /// event, doubled for each further one (default 1s).
+    #[arg(long, requires = "consumer", value_parser = modelreg_api::duration::parse)]
+    backoff: Option<Duration>,
+    /// With --consumer: what a parked event does to its model's later
+    /// events: block (the default) or skip.
+    #[arg(long, requires = "consumer", value_parser = ["block", "skip"])]
+    on_dead_letter: Option<String>,
     /// The file that keeps this worker's place in the event log, written
     /// atomically after each handled event (the notifier's moves only past
     /// delivered messages).
     #[arg(long)]
-    cursor_file: PathBuf,
+    cursor_file: Option<PathBuf>,
     /// Only these models' events (repeatable); default: every model.
     #[arg(long = "model")]
     models: Vec<String>,
-    /// Without a cursor file, start after this sequence (0 = the whole log);
-    /// default: only events from now on.
+    /// Where a new cursor file or consumer starts: after this sequence (0 =
+    /// the whole log); default: only events from now on.
     #[arg(long)]
     after: Option<u64>,
 }
@@ -330,21 +362,57 @@ fn parse_metrics(line: &str) -> Result<HashMap<String, f64>, String> {
         .collect()
 }
 
-/// Opens the subscription, then hands each event to `handle` until a signal.
+/// What a handler made of a delivery.
+#[derive(Debug)]
+pub(super) enum Handled {
+    /// Done (or nothing to do): move past it.
+    Done,
+    /// It failed after the worker's own attempts, for this reason: a
+    /// consumer delivers it again later (or parks it); a cursor file moves
+    /// past it, the failure having been reported.
+    Failed(String),
+    /// Not finished (stopping): it stays to be handled.
+    Stopped,
+}
+
+/// Hands each event of `source` to `handle` until a signal: from a durable
+/// consumer, or from a watch with a cursor file.
 async fn run_loop<H, Fut>(
     worker: &str,
     client: &RegistryClient,
     filter: pb::WatchTransitionsRequest,
     source: &SourceArgs,
+    handle: H,
+) -> Result<(), Failure>
+where
+    H: FnMut(Delivery) -> Fut,
+    Fut: std::future::Future<Output = Result<Handled, Failure>>,
+{
+    match (&source.consumer, &source.cursor_file) {
+        (Some(name), _) => consume_loop(worker, client, filter, source, name, handle).await,
+        (None, Some(path)) => cursor_loop(worker, client, filter, source, path, handle).await,
+        (None, None) => Err(Failure::Local(
+            "name a --consumer or a --cursor-file".into(),
+        )),
+    }
+}
+
+/// With a cursor file: the cursor moves past each event handled (or given up on).
+async fn cursor_loop<H, Fut>(
+    worker: &str,
+    client: &RegistryClient,
+    filter: pb::WatchTransitionsRequest,
+    source: &SourceArgs,
+    path: &std::path::Path,
     mut handle: H,
 ) -> Result<(), Failure>
 where
     H: FnMut(Delivery) -> Fut,
-    Fut: std::future::Future<Output = Result<bool, Failure>>,
+    Fut: std::future::Future<Output = Result<Handled, Failure>>,
 {
     let mut stop = stop_on_signals();
     let start = source.after.map(Start::After).unwrap_or(Start::End);
-    let cursor = CursorFile::new(source.cursor_file.clone());
+    let cursor = CursorFile::new(path);
     let mut sub =
         Subscription::open(client.clone(), filter, cursor, start).map_err(Failure::Local)?;
     log(
@@ -360,17 +428,133 @@ where
             _ = stop.changed() => break,
         };
         // The event in hand is finished even if a signal arrives meanwhile.
-        if handle(delivery.clone()).await? {
-            sub.done(&delivery)
-                .map_err(|e| Failure::Local(e.to_string()))?;
-        } else {
+        match handle(delivery.clone()).await? {
+            Handled::Done | Handled::Failed(_) => sub
+                .done(&delivery)
+                .map_err(|e| Failure::Local(e.to_string()))?,
             // Not handled (stopping mid-delivery): the cursor stays before it.
-            break;
+            Handled::Stopped => break,
         }
         if *stop.borrow() {
             break;
         }
     }
+    log(worker, "stopped");
+    Ok(())
+}
+
+/// The spec a worker brings to its consumer.
+fn consumer_spec(filter: pb::WatchTransitionsRequest, source: &SourceArgs) -> pb::ConsumerSpec {
+    let duration = |d: Duration| prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    };
+    pb::ConsumerSpec {
+        models: filter.models,
+        types: filter.types,
+        to_stages: filter.to_stages,
+        start_after: source.after,
+        lease: source.lease.map(duration),
+        max_deliveries: source.max_deliveries.unwrap_or(0) as i32,
+        backoff: source.backoff.map(duration),
+        on_dead_letter: match source.on_dead_letter.as_deref() {
+            Some("skip") => pb::OnDeadLetter::Skip,
+            Some(_) => pb::OnDeadLetter::Block,
+            None => pb::OnDeadLetter::Unspecified,
+        } as i32,
+    }
+}
+
+/// As a member of a durable consumer: each event is acknowledged when
+/// handled, rejected (to be delivered again, or parked) when it failed;
+/// a write refused because the model moved to another member drops it.
+async fn consume_loop<H, Fut>(
+    worker: &str,
+    client: &RegistryClient,
+    filter: pb::WatchTransitionsRequest,
+    source: &SourceArgs,
+    name: &str,
+    mut handle: H,
+) -> Result<(), Failure>
+where
+    H: FnMut(Delivery) -> Fut,
+    Fut: std::future::Future<Output = Result<Handled, Failure>>,
+{
+    let mut stop = stop_on_signals();
+    let member = source
+        .member
+        .clone()
+        .unwrap_or_else(modelreg_client::consumer::default_member_id);
+    let spec = consumer_spec(filter, source);
+    let mut membership = Membership::open(client.clone(), name, &member, spec);
+    log(worker, format!("joining consumer {name} as {member}"));
+    let refused = |what: &str, e: &pb::RegistryEvent, s: &tonic::Status| {
+        log(
+            worker,
+            format!(
+                "{}: {what} refused, the model moved to another member: {}",
+                event_subject(e),
+                errors::describe(s)
+            ),
+        )
+    };
+    loop {
+        let d = tokio::select! {
+            d = membership.next() => d.map_err(Failure::Status)?,
+            _ = stop.changed() => break,
+        };
+        let delivery = Delivery {
+            event: d.event.clone(),
+            attempt: d.attempt.max(1) as u32,
+            fence: Some(d.fence()),
+        };
+        if d.attempt > 1 {
+            log(
+                worker,
+                format!(
+                    "{}: delivery {} of {}",
+                    event_subject(&d.event),
+                    d.attempt,
+                    d.max_deliveries
+                ),
+            );
+        }
+        let outcome = match handle(delivery).await {
+            Err(Failure::Status(s)) if s.code() == tonic::Code::FailedPrecondition => {
+                refused("a report", &d.event, &s);
+                membership.drop_delivery(&d);
+                continue;
+            }
+            other => other?,
+        };
+        let settled = match outcome {
+            Handled::Done => membership.ack(&d).await.map(|_| ()),
+            Handled::Failed(reason) => membership.reject(&d, &tail(&reason, 4000)).await.map(|r| {
+                if r.dead_lettered {
+                    log(
+                        worker,
+                        format!(
+                            "{}: parked as a dead letter after {} deliveries",
+                            event_subject(&d.event),
+                            r.deliveries
+                        ),
+                    );
+                }
+            }),
+            Handled::Stopped => break,
+        };
+        match settled {
+            Ok(()) => {}
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                refused("the acknowledgement", &d.event, &s)
+            }
+            Err(s) => return Err(Failure::Status(s)),
+        }
+        if *stop.borrow() {
+            break;
+        }
+    }
+    membership.leave().await;
     log(worker, "stopped");
     Ok(())
 }
@@ -549,7 +733,7 @@ async fn evaluate(client: RegistryClient, args: EvaluateArgs) -> Result<(), Fail
                     ),
                     Err(s) => return Err(Failure::Status(s)),
                 }
-                return Ok(true);
+                return Ok(Handled::Failed(tail(&last_error, 4000)));
             }
             if let Some(stage) = request_stage {
                 let asked = with_retry(WORKER, || {
@@ -594,7 +778,7 @@ async fn evaluate(client: RegistryClient, args: EvaluateArgs) -> Result<(), Fail
                     Err(s) => return Err(Failure::Status(s)),
                 }
             }
-            Ok(true)
+            Ok(Handled::Done)
         }
     })
     .await
@@ -624,7 +808,7 @@ async fn deploy(client: RegistryClient, args: DeployArgs) -> Result<(), Failure>
             } else if e.from_stage == production && undeploy.is_some() {
                 (undeploy.unwrap_or_default(), true)
             } else {
-                return Ok(true);
+                return Ok(Handled::Done);
             };
             let subject = event_subject(e);
             let version = current_version(WORKER, &client, e).await?;
@@ -633,9 +817,10 @@ async fn deploy(client: RegistryClient, args: DeployArgs) -> Result<(), Failure>
                     WORKER,
                     format!("{subject}: no longer in PRODUCTION; not deployed"),
                 );
-                return Ok(true);
+                return Ok(Handled::Done);
             }
-            // A report newer than the event means it was handled already.
+            // A success newer than the event means it was handled already
+            // (a failure is tried again when the event is delivered again).
             let handled = version.deployments.iter().any(|dep| {
                 dep.environment == environment
                     && dep
@@ -643,14 +828,15 @@ async fn deploy(client: RegistryClient, args: DeployArgs) -> Result<(), Failure>
                         .as_ref()
                         .zip(e.occur_time.as_ref())
                         .is_some_and(|(r, o)| (r.seconds, r.nanos) >= (o.seconds, o.nanos))
-                    && dep.status != pb::DeploymentStatus::Deploying as i32
+                    && (dep.status == pb::DeploymentStatus::Succeeded as i32
+                        || dep.status == pb::DeploymentStatus::Undeployed as i32)
             });
             if handled {
                 log(
                     WORKER,
                     format!("{subject}: already handled in {environment}"),
                 );
-                return Ok(true);
+                return Ok(Handled::Done);
             }
             let report = |status: pb::DeploymentStatus,
                           endpoint: String,
@@ -665,7 +851,7 @@ async fn deploy(client: RegistryClient, args: DeployArgs) -> Result<(), Failure>
                     endpoint,
                     message,
                     request_id: d.key(&format!("deploy-{step}")),
-                    fence: None,
+                    fence: d.fence.clone(),
                 };
                 async move {
                     with_retry(WORKER, || {
@@ -697,12 +883,12 @@ async fn deploy(client: RegistryClient, args: DeployArgs) -> Result<(), Failure>
                     report(
                         pb::DeploymentStatus::Failed,
                         String::new(),
-                        message,
+                        message.clone(),
                         "failed",
                     )
                     .await?;
                     log(WORKER, format!("{subject}: FAILED in {environment}: {err}"));
-                    return Ok(true);
+                    return Ok(Handled::Failed(message));
                 }
             };
             if !leaving {
@@ -740,7 +926,7 @@ async fn deploy(client: RegistryClient, args: DeployArgs) -> Result<(), Failure>
                             WORKER,
                             format!("{subject}: {step} in {environment} {endpoint}"),
                         );
-                        return Ok(true);
+                        return Ok(Handled::Done);
                     }
                     Err(err) => {
                         attempt_failed(WORKER, &subject, attempt, attempts, &err).await;
@@ -757,7 +943,7 @@ async fn deploy(client: RegistryClient, args: DeployArgs) -> Result<(), Failure>
             )
             .await?;
             log(WORKER, format!("{subject}: FAILED in {environment}"));
-            Ok(true)
+            Ok(Handled::Failed(format!("{what}{last_error}")))
         }
     })
     .await
@@ -771,6 +957,7 @@ fn notify_types() -> Vec<i32> {
         "EVENT_TYPE_TRANSITION_REJECTED",
         "EVENT_TYPE_STAGE_CHANGED",
         "EVENT_TYPE_WORKER_FAILED",
+        "EVENT_TYPE_DEAD_LETTERED",
         "EVENT_TYPE_DEPLOYMENT_REPORTED",
         "EVENT_TYPE_LIVE_METRIC_BREACH",
     ]
@@ -836,7 +1023,7 @@ pub async fn notify(client: RegistryClient, args: NotifyArgs) -> Result<(), Fail
             let json = to_json(e, "modelreg.v1.RegistryEvent");
             let details = json["details"].clone();
             if !worth_notifying(e, &details) {
-                return Ok(true);
+                return Ok(Handled::Done);
             }
             if let Some(hook) = &hook {
                 let (body, content_type) = match format {
@@ -848,16 +1035,21 @@ pub async fn notify(client: RegistryClient, args: NotifyArgs) -> Result<(), Fail
                 };
                 let post = || hook.post(body.as_bytes(), content_type, e.sequence);
                 if !deliver(e.sequence, "the webhook", max_backoff, &mut stop, post).await {
-                    return Ok(false);
+                    return Ok(Handled::Stopped);
                 }
             }
             if let Some(mailer) = mailer {
                 let link_base = link_base.as_deref();
-                return mailer
+                let sent = mailer
                     .send(&client, e, &details, link_base, max_backoff, &mut stop)
-                    .await;
+                    .await?;
+                return Ok(if sent {
+                    Handled::Done
+                } else {
+                    Handled::Stopped
+                });
             }
-            Ok(true)
+            Ok(Handled::Done)
         }
     })
     .await
