@@ -45,12 +45,22 @@ def expected_sequences(registry, models: list[str]) -> dict[str, list[int]]:
 
 
 def next_delivery(consumer, timeout: float = WAIT):
-    """The consumer's next delivery, failing the test after ``timeout`` seconds."""
+    """The consumer's next delivery, failing the test after ``timeout`` seconds; re-raises what the
+    iteration raised."""
     box: list = []
-    t = threading.Thread(target=lambda: box.append(next(consumer)), daemon=True)
+
+    def take() -> None:
+        try:
+            box.append(next(consumer))
+        except BaseException as err:  # noqa: BLE001 - handed to the test's thread
+            box.append(err)
+
+    t = threading.Thread(target=take, daemon=True)
     t.start()
     t.join(timeout)
     assert box, f"no delivery within {timeout}s"
+    if isinstance(box[0], BaseException):
+        raise box[0]
     return box[0]
 
 
@@ -278,3 +288,25 @@ def test_heartbeats_keep_the_lease_while_a_delivery_is_worked_on(registry):
         assert [m.member for m in state.members] == ["w1"]
         assert [(s.member, s.epoch) for s in state.assignments] == [("w1", d.epoch)]
         d.ack()
+
+
+def test_list_consumers_pages_and_delete_ends_the_members_stream_with_not_found(registry):
+    """list_consumers follows the pages (one consumer a page here) in name order; delete_consumer removes one,
+    and its live member's iteration raises NOT_FOUND instead of waiting forever."""
+    # Arrange
+    members = [registry.consume(name, member="w1", lease=LONG_LEASE) for name in ("c-3", "c-1", "c-2")]
+    for c in members:
+        assert c.wait_for_assignment(lambda _held: True, WAIT)
+
+    # Act
+    listed = [c.name for c in registry.list_consumers(page_size=1)]
+    registry.delete_consumer("c-3")
+
+    # Assert
+    assert listed == ["c-1", "c-2", "c-3"]
+    with pytest.raises(grpc.RpcError) as err:
+        next_delivery(members[0])
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert [c.name for c in registry.list_consumers()] == ["c-1", "c-2"]
+    for c in members[1:]:
+        c.close()
