@@ -8,6 +8,8 @@ package adds a thin typed layer on top:
   ``RegistryClient`` whose methods add the caller's identity to every call;
 - ``RegistryClient.watch(...)`` is a ``WatchTransitions`` subscription that
   resumes after ``UNAVAILABLE`` from the last sequence it saw;
+- ``RegistryClient.consume(name, ...)`` joins a durable consumer and yields
+  ``Delivery`` objects to ``ack()`` or ``reject(reason)``;
 - ``field_violations(err)`` decodes the ``google.rpc.BadRequest`` of an
   ``INVALID_ARGUMENT`` error;
 - ``pb`` holds every generated message and enum (``pb.STAGE_STAGING``).
@@ -36,11 +38,14 @@ except ImportError as err:  # pragma: no cover - only before generation
     ) from err
 
 from .client import ACTOR_HEADER, RegistryClient, Watch, connect
+from .consumer import Consumer, Delivery
 from .errors import FieldViolation, bad_request, detail, field_violations, rich_status
 from .health import ServingStatus
 
 __all__ = [
     "ACTOR_HEADER",
+    "Consumer",
+    "Delivery",
     "FieldViolation",
     "RegistryClient",
     "ServingStatus",

@@ -11,6 +11,9 @@ What the plain stub makes awkward, and this adds:
 - ``watch()`` resumes a ``WatchTransitions`` stream after ``UNAVAILABLE``
   (a restart, a network cut) from the last sequence it saw, so a worker never
   misses or repeats an event.
+- ``consume()`` joins a durable consumer as one of its members and yields
+  its deliveries (see ``consumer.py``): heartbeats, reconnects under the same
+  member id, acknowledgements fenced by epoch, a leave on ``close()``.
 
 Everything else is the generated code: ``client.stub`` is the raw stub and
 ``client.metadata`` the metadata to pass it; ``client.call("Rollback", req)``
@@ -21,16 +24,19 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import threading
 import time
+from datetime import timedelta
 from typing import Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import grpc
 
 from . import health as _health
 from . import pb
+from .consumer import Consumer
 
-__all__ = ["RegistryClient", "Watch", "connect", "ACTOR_HEADER"]
+__all__ = ["RegistryClient", "Watch", "Consumer", "connect", "default_member", "ACTOR_HEADER"]
 
 #: The metadata key naming the caller while the server runs without tokens.
 ACTOR_HEADER = "x-modelreg-actor"
@@ -401,6 +407,112 @@ class RegistryClient:
             initial_backoff=initial_backoff,
             max_backoff=max_backoff,
         )
+
+
+    # -- durable consumers ------------------------------------------------
+
+    def consume(
+        self,
+        consumer: str,
+        *,
+        member: Optional[str] = None,
+        models: Iterable[str] = (),
+        types: Iterable[int] = (),
+        to_stages: Iterable[int] = (),
+        start_after: Optional[int] = None,
+        lease: Optional[float] = None,
+        max_deliveries: int = 0,
+        backoff: Optional[float] = None,
+        on_dead_letter: Optional[int] = None,
+        initial_reconnect_backoff: float = 0.1,
+        max_reconnect_backoff: float = 5.0,
+    ) -> Consumer:
+        """Joins the durable consumer ``consumer`` as ``member`` and returns the
+        member: an iterator of ``Delivery`` objects, and a context manager.
+
+        The consumer is created by its first join with this spec; a later
+        join must give the same filter (``models``, ``types``, ``to_stages``)
+        and settings that are unset or equal, else the iteration raises
+        ``FAILED_PRECONDITION``.
+
+        - ``member``: this worker's id, stable across reconnects (default:
+          host name and pid). A member that comes back under the same id
+          within its lease keeps its models.
+        - ``start_after``: where a new consumer starts: None at the end of
+          the log, 0 at its beginning, N after event N. Ignored when the
+          consumer exists.
+        - ``lease``: seconds a member keeps its models without a heartbeat
+          (1 to 300; None: the server's 10). Heartbeats go every third of it.
+        - ``max_deliveries``: deliveries of an event before it is parked as a
+          dead letter (1 to 100; 0: the server's 5).
+        - ``backoff``: seconds before the first redelivery of a rejected
+          event, doubled for each further one (None: the server's 1).
+        - ``on_dead_letter``: ``pb.ON_DEAD_LETTER_BLOCK`` (the default) or
+          ``pb.ON_DEAD_LETTER_SKIP``: whether a model's later events wait for
+          a parked one.
+        - ``initial_reconnect_backoff``, ``max_reconnect_backoff``: the wait
+          in seconds before reopening the stream after ``UNAVAILABLE``,
+          doubling from the first to the second.
+
+        Each event of a model comes after the previous one is settled:
+        ``delivery.ack()`` when done, ``delivery.reject(reason)`` to have it
+        delivered again later. ``close()`` leaves, handing the models to the
+        other members at once.
+        """
+        spec = pb.ConsumerSpec(
+            models=list(models),
+            types=list(types),
+            to_stages=list(to_stages),
+            max_deliveries=max_deliveries,
+            on_dead_letter=on_dead_letter or pb.ON_DEAD_LETTER_UNSPECIFIED,
+        )
+        if start_after is not None:
+            spec.start_after = start_after
+        if lease is not None:
+            spec.lease.FromTimedelta(timedelta(seconds=lease))
+        if backoff is not None:
+            spec.backoff.FromTimedelta(timedelta(seconds=backoff))
+        return Consumer(
+            self,
+            consumer,
+            member if member is not None else default_member(),
+            spec,
+            initial_backoff=initial_reconnect_backoff,
+            max_backoff=max_reconnect_backoff,
+        )
+
+    def get_consumer(self, name: str) -> pb.Consumer:
+        """Returns one consumer with its spec, live members, assignments and lag; ``NOT_FOUND`` if none."""
+        return self.call("GetConsumer", pb.GetConsumerRequest(name=name)).consumer
+
+    def list_consumers(self, *, page_size: int = 0) -> Iterator[pb.Consumer]:
+        """Every consumer, in name order, fetching page after page."""
+        yield from self._every_page("ListConsumers", pb.ListConsumersRequest(page_size=page_size), "consumers")
+
+    def delete_consumer(self, name: str) -> None:
+        """Deletes a consumer and its state (admins); its live members' streams end with ``NOT_FOUND``."""
+        self.call("DeleteConsumer", pb.DeleteConsumerRequest(name=name))
+
+    def list_dead_letters(
+        self, consumer: str, *, include_resolved: bool = False, page_size: int = 0
+    ) -> Iterator[pb.DeadLetter]:
+        """Every dead letter of ``consumer`` in event order: the parked and
+        retrying ones, and with ``include_resolved`` those acknowledged since."""
+        req = pb.ListDeadLettersRequest(consumer=consumer, include_resolved=include_resolved, page_size=page_size)
+        yield from self._every_page("ListDeadLetters", req, "dead_letters")
+
+    def retry_dead_letter(self, consumer: str, sequence: int) -> pb.DeadLetter:
+        """Delivers the parked event ``sequence`` again, before its model's
+        later events and with a fresh count of deliveries (approvers and
+        admins); ``FAILED_PRECONDITION`` unless it is parked."""
+        req = pb.RetryDeadLetterRequest(consumer=consumer, sequence=sequence)
+        return self.call("RetryDeadLetter", req).dead_letter
+
+
+def default_member() -> str:
+    """The default member id of this process: ``HOSTNAME-PID``, as the CLI workers use."""
+    host = "".join(c if (c.isascii() and c.isalnum()) or c in "._:-" else "-" for c in socket.gethostname()) or "host"
+    return f"{host[:100]}-{os.getpid()}"
 
 
 class Watch(Iterator[pb.WatchTransitionsResponse]):
