@@ -1,7 +1,8 @@
 //! The dashboard over real HTTP, without a browser: sign-in and sessions,
 //! CSRF refusals that change nothing, decisions made through the service's
 //! own rules (roles, four-eyes), escaping of hostile text, the audit page's
-//! filters and chain status, and the SSE stream that drives live refresh.
+//! filters and chain status, the SSE stream that drives live refresh, and
+//! the consumers' pages with their dead-letter Retry.
 //! (`tests/dashboard.rs` drives the same pages in headless Chromium.)
 
 use std::collections::HashMap;
@@ -11,9 +12,10 @@ use std::time::Duration;
 
 use modelreg_client::{ConnectOptions, RegistryClient, connect, pb};
 use modelreg_server::settings::HttpListen;
+use modelreg_tests::consumers::{dead_letters, park_dead_letter};
 use modelreg_tests::{
-    TestApp, TestDb, auc_gated, create_holdout, evaluate, get_version, last_event_of_type,
-    register, spawn_app_with, update_policy,
+    TestApp, TestDb, auc_gated, create_holdout, create_model, evaluate, get_version,
+    last_event_of_type, register, spawn_app_with, update_policy,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -1122,4 +1124,124 @@ async fn dns_rebinding_host_is_refused_in_local_mode() {
         assert_eq!(page.status, status, "Host {host:?}: {}", page.body);
     }
     public.stop().await;
+}
+
+/// The text of the first cell marked `data-field="NAME"` after `from` in `body`.
+fn field_after<'a>(body: &'a str, from: &str, name: &str) -> &'a str {
+    let start = body
+        .find(from)
+        .unwrap_or_else(|| panic!("no {from:?} on the page:\n{body}"));
+    let rest = &body[start..];
+    let at = rest
+        .find(&format!("data-field=\"{name}\""))
+        .unwrap_or_else(|| panic!("no {name} cell after {from:?}:\n{body}"));
+    let cell = &rest[at..];
+    let open = cell.find('>').unwrap() + 1;
+    let close = cell.find("</td>").unwrap();
+    &cell[open..close]
+}
+
+/// The Consumers pages: the list shows a consumer's filter, live members,
+/// lag and parked dead letters; its page shows members, assignments and
+/// dead letters, escaped. A reader sees no Retry and a reader's Retry POST
+/// is 403 and changes nothing, as does a forged one; an approver's Retry
+/// moves the dead letter to RETRYING, with the approver as the actor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_pages_show_dead_letters_that_approvers_retry() {
+    // Arrange: deploy-prod reads churn's registrations; v1 is parked with a
+    // hostile reason and v2 waits behind it (lag 2).
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(Some(dir.path())).await;
+    let http = app.http_addr.unwrap();
+    let mut ada = grpc(&app, "ada", true).await;
+    create_model(&mut ada, "churn").await;
+    let reason = "rollout failed: <script>alert('dl')</script>";
+    let (_member, parked) = park_dead_letter(&mut ada, "deploy-prod", "churn", reason).await;
+    register(&mut ada, "churn", pb::Stage::None).await;
+    let retry_path = "/consumers/deploy-prod/retry";
+    let row = format!("data-sequence=\"{parked}\"");
+
+    // Act + Assert: the list, as a reader.
+    let mut rita = Browser::new(http);
+    let list = rita.sign_in("rita", "/consumers").await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    assert!(list.body.contains("href=\"/consumers\""), "nav link");
+    let at = "data-consumer=\"deploy-prod\"";
+    assert_eq!(field_after(&list.body, at, "lag"), "2");
+    assert_eq!(field_after(&list.body, at, "members"), "1");
+    assert_eq!(field_after(&list.body, at, "dead-letters"), "1");
+    assert!(
+        list.body.contains("types: VERSION_REGISTERED"),
+        "{}",
+        list.body
+    );
+
+    // The consumer's page: member, assignment, the dead letter escaped, no Retry.
+    let page = rita.get("/consumers/deploy-prod").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("data-member=\"m1\""), "{}", page.body);
+    assert!(page.body.contains("<td>ada</td>"), "the member's identity");
+    assert!(page.body.contains("data-model=\"churn\""));
+    let blocked = field_after(&page.body, "data-model=\"churn\"", "blocked");
+    assert!(blocked.contains("blocked"), "{blocked}");
+    assert_eq!(field_after(&page.body, &row, "state"), "Parked");
+    assert!(!page.body.contains("<script>alert"), "{}", page.body);
+    assert!(page.body.contains("&lt;script&gt;alert("), "{}", page.body);
+    assert!(!page.body.contains(retry_path), "no Retry for a reader");
+    assert!(page.body.contains("needs the approver role"));
+
+    // A reader's POST is refused by the role check and writes nothing.
+    let before = event_count(&mut ada).await;
+    let sequence = parked.to_string();
+    let refused = rita
+        .post(
+            retry_path,
+            &[("csrf", &page.csrf()), ("sequence", &sequence)],
+        )
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(refused.body.contains("needs the approver role"));
+
+    // An approver's page has Retry; without the CSRF token it does nothing.
+    let mut bob = Browser::new(http);
+    let page = bob.sign_in("bob", "/consumers/deploy-prod").await;
+    assert!(page.body.contains(retry_path), "{}", page.body);
+    let forged = bob.post(retry_path, &[("sequence", &sequence)]).await;
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    assert_eq!(event_count(&mut ada).await, before, "nothing was written");
+    let state = |d: &[pb::DeadLetter]| d.iter().map(|d| d.state).collect::<Vec<_>>();
+    let parked_state = vec![pb::DeadLetterState::Parked as i32];
+    assert_eq!(
+        state(&dead_letters(&mut ada, "deploy-prod").await),
+        parked_state
+    );
+
+    // Bob's Retry goes through RetryDeadLetter's use case, as bob.
+    let done = bob
+        .post(
+            retry_path,
+            &[("csrf", &page.csrf()), ("sequence", &sequence)],
+        )
+        .await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(done.body.contains("Retrying"), "{}", done.body);
+    let retrying = vec![pb::DeadLetterState::Retrying as i32];
+    assert_eq!(
+        state(&dead_letters(&mut ada, "deploy-prod").await),
+        retrying
+    );
+    let retried = last_event_of_type(&mut ada, pb::EventType::DeadLetterRetried).await;
+    assert_eq!(retried.actor, "bob");
+    let after = bob.get("/consumers/deploy-prod").await;
+    assert_eq!(field_after(&after.body, &row, "state"), "Retrying");
+    assert!(!after.body.contains(retry_path), "nothing left to retry");
+
+    // Retrying it again is the use case's refusal, shown with its status.
+    let again = bob
+        .post(
+            retry_path,
+            &[("csrf", &page.csrf()), ("sequence", &sequence)],
+        )
+        .await;
+    assert_eq!(again.status, 409, "{}", again.body);
 }

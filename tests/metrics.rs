@@ -1,6 +1,7 @@
 //! `/metrics` on the HTTP listener (`--http-listen`): scraped over real TCP
 //! and parsed as Prometheus text; every documented series is there, the
-//! counters move with traffic, a token file guards it, `off` turns it off
+//! counters move with traffic, each durable consumer has its lag and dead
+//! letters, a token file guards it, `off` turns it off
 //! and the gRPC port's start rules (loopback without tokens) hold for it.
 
 use std::collections::{BTreeMap, HashMap};
@@ -9,7 +10,10 @@ use std::net::SocketAddr;
 use modelreg_client::{ConnectOptions, connect, pb};
 use modelreg_server::settings::HttpListen;
 use modelreg_server::{Application, Settings};
-use modelreg_tests::{TestApp, TestDb, conformance, register, spawn_app_with, watch_after};
+use modelreg_tests::consumers::{Member, park_dead_letter};
+use modelreg_tests::{
+    TestApp, TestDb, conformance, create_model, register, spawn_app_with, watch_after,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
@@ -17,7 +21,10 @@ use tonic::Code;
 mod pki;
 use pki::Pki;
 
-conformance!(the_series_are_served_and_move_with_traffic);
+conformance!(
+    the_series_are_served_and_move_with_traffic,
+    consumer_lag_and_dead_letters_are_read_at_each_scrape,
+);
 
 /// Every family `/metrics` must carry, with its type.
 const FAMILIES: [(&str, &str); 9] = [
@@ -402,6 +409,64 @@ async fn the_series_are_served_and_move_with_traffic(db: TestDb) {
         + after.must("modelreg_db_pool_connections", &[("state", "in_use")]);
     assert!(open >= 1.0, "{open}");
     drop(watch);
+}
+
+/// Each durable consumer has `modelreg_consumer_lag_events` and
+/// `modelreg_consumer_dead_letters`, read at the scrape: a parked event and
+/// the one blocked behind it are lag 2 with one dead letter; a consumer with
+/// nothing to do is 0 and 0; a retry leaves no parked dead letter; a
+/// deleted consumer's series are gone.
+async fn consumer_lag_and_dead_letters_are_read_at_each_scrape(db: TestDb) {
+    // Arrange: deploy-prod parks churn v1, v2 waits behind it; idle reads
+    // a model no one registers.
+    let app = spawn_app_with(&db, |s| s.http_listen = http_on()).await;
+    let http = app.http_addr.expect("the HTTP listener is on");
+    let mut c = app.client_as("ops").await;
+    create_model(&mut c, "churn").await;
+    let (member, parked) = park_dead_letter(&mut c, "deploy-prod", "churn", "no capacity").await;
+    register(&mut c, "churn", pb::Stage::None).await;
+    let nothing = pb::ConsumerSpec {
+        models: vec!["no-such-model".into()],
+        ..Default::default()
+    };
+    let idle = Member::join(&mut c, "idle", "m2", nothing).await;
+    let lag = "modelreg_consumer_lag_events";
+    let dead = "modelreg_consumer_dead_letters";
+
+    // Act
+    let first = scrape(http, None).await;
+
+    // Assert
+    assert_eq!(first.types.get(lag).map(String::as_str), Some("gauge"));
+    assert_eq!(first.types.get(dead).map(String::as_str), Some("gauge"));
+    assert!(first.help.contains_key(lag) && first.help.contains_key(dead));
+    assert_eq!(first.must(lag, &[("consumer", "deploy-prod")]), 2.0);
+    assert_eq!(first.must(dead, &[("consumer", "deploy-prod")]), 1.0);
+    assert_eq!(first.must(lag, &[("consumer", "idle")]), 0.0);
+    assert_eq!(first.must(dead, &[("consumer", "idle")]), 0.0);
+
+    // A retried dead letter is no longer parked; the lag stays until it is acknowledged.
+    c.retry_dead_letter(pb::RetryDeadLetterRequest {
+        consumer: "deploy-prod".into(),
+        sequence: parked,
+    })
+    .await
+    .expect("retry");
+    let retried = scrape(http, None).await;
+    assert_eq!(retried.must(dead, &[("consumer", "deploy-prod")]), 0.0);
+    assert_eq!(retried.must(lag, &[("consumer", "deploy-prod")]), 2.0);
+
+    // A deleted consumer has no series left.
+    c.delete_consumer(pb::DeleteConsumerRequest {
+        name: "deploy-prod".into(),
+    })
+    .await
+    .expect("delete");
+    let deleted = scrape(http, None).await;
+    assert_eq!(deleted.value(lag, &[("consumer", "deploy-prod")]), None);
+    assert_eq!(deleted.value(dead, &[("consumer", "deploy-prod")]), None);
+    assert_eq!(deleted.must(lag, &[("consumer", "idle")]), 0.0);
+    drop((member, idle));
 }
 
 /// With a token file, `/metrics` needs a bearer token of any identity:

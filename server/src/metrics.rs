@@ -3,9 +3,11 @@
 //!
 //! The hot path only touches lock-free counters and histograms
 //! (`prometheus-client`); everything that has to be looked up (the latest
-//! sequence, open streams, pool use, pending requests) is read when a scrape
-//! asks, with at most one cheap query. This module must never add a database
-//! round trip to a gRPC call.
+//! sequence, open streams, pool use, pending requests, each durable
+//! consumer's lag and dead letters) is read when a scrape asks: one cheap
+//! query, and the consumers' reads of `app::list_consumers`, a few per
+//! consumer. This module must never add a database round trip to a gRPC
+//! call.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -63,6 +65,22 @@ const TRANSITION_REQUESTS_PENDING: Series = (
     "Transition requests waiting for approval (status PENDING)",
 );
 
+/// `modelreg_consumer_lag_events`.
+const CONSUMER_LAG_EVENTS: Series = (
+    "consumer_lag_events",
+    "Matching events a durable consumer has not yet acknowledged (nor skipped as dead \
+     letters), over every model, by consumer",
+);
+
+/// `modelreg_consumer_dead_letters`.
+const CONSUMER_DEAD_LETTERS: Series = (
+    "consumer_dead_letters",
+    "Dead letters a durable consumer has parked (not being retried), by consumer",
+);
+
+/// Consumers read per page at a scrape.
+const CONSUMER_PAGE: usize = 500;
+
 /// The labels of one gRPC call's count.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -86,6 +104,13 @@ struct PoolLabels {
     state: &'static str,
 }
 
+/// The labels of the consumer gauges.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConsumerLabels {
+    /// The consumer's name.
+    consumer: String,
+}
+
 /// Every series of one server, and what the scrape-time ones are read from.
 pub struct Metrics {
     /// The registry `/metrics` encodes.
@@ -106,6 +131,14 @@ pub struct Metrics {
     pool: Family<PoolLabels, Gauge>,
     /// PENDING transition requests.
     pending_requests: Gauge,
+    /// Each consumer's lag, refilled at every scrape so a deleted consumer's
+    /// series goes away.
+    consumer_lag: Family<ConsumerLabels, Gauge>,
+    /// Each consumer's parked dead letters, refilled like `consumer_lag`.
+    consumer_dead_letters: Family<ConsumerLabels, Gauge>,
+    /// Held from refilling the consumer families to encoding, so a scrape
+    /// never encodes another's half-refilled families.
+    encoding: std::sync::Mutex<()>,
     /// The database the scrape-time series are read from.
     store: Store,
     /// This server's subscribers' cursors.
@@ -163,6 +196,10 @@ impl Metrics {
             store.write_batch_sizes(),
         );
         let pending_requests: Gauge = registered(&mut registry, TRANSITION_REQUESTS_PENDING);
+        let consumer_lag: Family<ConsumerLabels, Gauge> =
+            registered(&mut registry, CONSUMER_LAG_EVENTS);
+        let consumer_dead_letters: Family<ConsumerLabels, Gauge> =
+            registered(&mut registry, CONSUMER_DEAD_LETTERS);
         Arc::new(Metrics {
             registry,
             grpc,
@@ -173,6 +210,9 @@ impl Metrics {
             slowest_watcher_lag,
             pool,
             pending_requests,
+            consumer_lag,
+            consumer_dead_letters,
+            encoding: std::sync::Mutex::new(()),
             store,
             watchers,
         })
@@ -211,11 +251,53 @@ impl Metrics {
             // The last value stays; the scrape still answers.
             Err(e) => tracing::warn!(error = %e, "metrics: cannot count pending requests"),
         }
+        // Read whole before anything is replaced: a failed read keeps the
+        // last values, as for pending requests.
+        let consumers = match self.consumer_gauges().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: cannot read the consumers");
+                None
+            }
+        };
+        let _encoding = self.encoding.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(consumers) = consumers {
+            self.consumer_lag.clear();
+            self.consumer_dead_letters.clear();
+            for (consumer, lag, parked) in consumers {
+                let labels = ConsumerLabels { consumer };
+                self.consumer_lag
+                    .get_or_create(&labels)
+                    .set(gauge_value(lag));
+                self.consumer_dead_letters
+                    .get_or_create(&labels)
+                    .set(gauge_value(parked));
+            }
+        }
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "metrics: cannot encode");
         }
         out
+    }
+}
+
+impl Metrics {
+    /// Every consumer's name, lag and parked dead letters, page after page.
+    async fn consumer_gauges(&self) -> Result<Vec<(String, u64, u64)>, crate::error::Error> {
+        let mut out = Vec::new();
+        let mut after = String::new();
+        loop {
+            let (views, more) =
+                crate::app::list_consumers(&self.store, &after, CONSUMER_PAGE).await?;
+            for v in views {
+                after.clone_from(&v.state.record.name);
+                out.push((v.state.record.name, v.lag, v.state.parked));
+            }
+            if !more {
+                return Ok(out);
+            }
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub mod calls;
+pub mod consumers;
 pub mod fixtures;
 pub mod http;
 pub mod tokens;

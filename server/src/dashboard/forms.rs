@@ -1,5 +1,6 @@
-//! The POSTs: decisions on requests, sign-in and sign-out, each behind the
-//! session's CSRF token; and where a sign-in may send the visitor next.
+//! The POSTs: decisions on requests, dead-letter retries, sign-in and
+//! sign-out, each behind the session's CSRF token; and where a sign-in may
+//! send the visitor next.
 
 use std::collections::HashMap;
 
@@ -10,7 +11,7 @@ use hyper::{Request, Response, StatusCode};
 
 use crate::app::{self, Decision};
 use crate::auth::{Action, Identity};
-use crate::domain::{RequestStatus, TransitionRequest, Version};
+use crate::domain::{DeadLetterRecord, Name, RequestStatus, TransitionRequest, Version};
 use crate::error::Error;
 
 use super::*;
@@ -25,20 +26,7 @@ impl Dashboard {
     ) -> Result<Response<Body>, Failure> {
         let form = self.checked_form(req, visit).await?;
         let field = |k: &str| form.get(k).map(|v| v.trim()).unwrap_or("").to_owned();
-        let who = if visit.local {
-            let actor = field("actor");
-            if !valid_actor(&actor) {
-                return Err(Failure::new(
-                    StatusCode::BAD_REQUEST,
-                    "local mode: say who is deciding in the \"Acting as\" field \
-                     (1 to 128 printable ASCII characters)",
-                ));
-            }
-            self.sessions.remember_actor(&visit.session, &actor);
-            Identity::local(actor)
-        } else {
-            who
-        };
+        let who = self.acting(visit, who, &form, "deciding")?;
         let comment = field("comment");
         let page = Page::new(visit, "Decision").acting_as(&who);
         let decision = match field("decision").as_str() {
@@ -97,6 +85,84 @@ impl Dashboard {
                 app::close_request(self.store(), decided, RequestStatus::Rejected).await
             }
         }
+    }
+
+    /// Who a form acts as: the visitor, or in local mode the name the form's
+    /// "Acting as" field gives (remembered for the session's next forms).
+    fn acting(
+        &self,
+        visit: &Visit,
+        who: Identity,
+        form: &HashMap<String, String>,
+        doing: &str,
+    ) -> Result<Identity, Failure> {
+        if !visit.local {
+            return Ok(who);
+        }
+        let actor = form.get("actor").map(|v| v.trim()).unwrap_or("");
+        if !valid_actor(actor) {
+            return Err(Failure::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "local mode: say who is {doing} in the \"Acting as\" field \
+                     (1 to 128 printable ASCII characters)"
+                ),
+            ));
+        }
+        self.sessions.remember_actor(&visit.session, actor);
+        Ok(Identity::local(actor))
+    }
+
+    /// Retries dead letter `sequence` (a form field) of consumer `name` as
+    /// `who`: the use case behind RetryDeadLetter, after the same role check.
+    pub(super) async fn retry(
+        &self,
+        req: Request<Incoming>,
+        visit: &Visit,
+        who: Identity,
+        name: &str,
+    ) -> Result<Response<Body>, Failure> {
+        let form = self.checked_form(req, visit).await?;
+        let who = self.acting(visit, who, &form, "retrying")?;
+        let page = Page::new(visit, "Retry").acting_as(&who);
+        let sequence = form.get("sequence").map(|v| v.trim()).unwrap_or("");
+        let result = self.retry_as(&who, name, sequence).await;
+        match &result {
+            Ok(d) => tracing::info!(
+                consumer = %name, sequence = d.sequence, actor = %who.name, "dashboard: dead letter retried"
+            ),
+            Err(e) => tracing::info!(
+                consumer = %name, sequence, actor = %who.name, error = %e, "dashboard: retry refused"
+            ),
+        }
+        match result {
+            Ok(d) => Ok(html_response(
+                StatusCode::OK,
+                pages::retried(&page, name, &d),
+            )),
+            Err(e) => {
+                let failure = Failure::from(e);
+                Ok(html_response(
+                    failure.status,
+                    pages::retry_refused(&page, name, &failure.message),
+                ))
+            }
+        }
+    }
+
+    async fn retry_as(
+        &self,
+        who: &Identity,
+        name: &str,
+        sequence: &str,
+    ) -> Result<DeadLetterRecord, Error> {
+        permit(who, Action::RetryDeadLetter)?;
+        let name = Name::parse("consumer", name)?;
+        let sequence = match sequence.parse::<u64>() {
+            Ok(s) if s > 0 => s,
+            _ => return Err(Error::invalid("sequence", "must be 1 or more")),
+        };
+        app::retry_dead_letter(self.store(), &name, sequence, caller(who)?.actor).await
     }
 
     /// Reads a POSTed form and checks it came from this site's page: the

@@ -1,6 +1,7 @@
 //! The approval dashboard on the HTTP listener: server-rendered pages for
-//! models, versions, pending approvals and the audit log, Approve / Reject
-//! forms, and live refresh by server-sent events.
+//! models, versions, pending approvals, the audit log and durable consumers,
+//! Approve / Reject and dead-letter Retry forms, and live refresh by
+//! server-sent events.
 //!
 //! - An edge like the gRPC one, beside it: every read and every decision is
 //!   a call of a [`crate::app`] use case with domain values, as the
@@ -236,11 +237,15 @@ impl Dashboard {
                 self.decide(req, visit, who, id).await
             }
             ["audit"] if is_get => self.audit_page(&who, page, &query).await,
-            ["events"] if is_get => self.events(&who, visit, req.headers(), &query).await,
-            ["" | "requests" | "audit" | "events"] | ["models" | "requests", _] => {
-                Err(not_allowed("GET"))
+            ["consumers"] if is_get => self.consumers_page(&who, page).await,
+            ["consumers", name] if is_get => self.consumer_page(&who, page, name).await,
+            ["consumers", name, "retry"] if method == Method::POST => {
+                self.retry(req, visit, who, name).await
             }
-            ["requests", _, "decide"] => Err(not_allowed("POST")),
+            ["events"] if is_get => self.events(&who, visit, req.headers(), &query).await,
+            ["" | "requests" | "audit" | "events" | "consumers"]
+            | ["models" | "requests" | "consumers", _] => Err(not_allowed("GET")),
+            ["requests", _, "decide"] | ["consumers", _, "retry"] => Err(not_allowed("POST")),
             _ => Err(Failure::new(
                 StatusCode::NOT_FOUND,
                 format!("no page at {path}"),
@@ -293,6 +298,11 @@ pub(crate) fn roles(who: &Identity) -> String {
 /// Whether `who` may decide on requests at all.
 pub fn may_decide(who: &Identity) -> bool {
     who.has(Role::Approver)
+}
+
+/// Whether `who` may retry dead letters: the role RetryDeadLetter needs.
+pub fn may_retry(who: &Identity) -> bool {
+    who.has(Action::RetryDeadLetter.required_role())
 }
 
 pub(crate) fn signed_out() -> Failure {

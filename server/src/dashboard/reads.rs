@@ -3,9 +3,11 @@
 
 use std::time::Instant;
 
-use crate::app;
+use crate::app::{self, ConsumerView};
 use crate::auth::{Action, Identity};
-use crate::domain::{Event, EventFilter, Model, RequestStatus, TransitionRequest, Version};
+use crate::domain::{
+    DeadLetterRecord, Event, EventFilter, Model, RequestStatus, TransitionRequest, Version,
+};
 use crate::error::Error;
 use crate::store::{ChainReport, ModelFilter, RequestCursor};
 
@@ -71,6 +73,33 @@ impl Dashboard {
         every_page(cursor, |after| {
             app::list_requests(self.store(), model, pending, after, PAGE)
         })
+        .await
+    }
+
+    /// Every consumer, by name, with its lag.
+    pub(super) async fn all_consumers(&self, who: &Identity) -> Result<Vec<ConsumerView>, Error> {
+        permit(who, Action::ListConsumers)?;
+        every_page(
+            |v: &ConsumerView| v.state.record.name.clone(),
+            |after| async move {
+                app::list_consumers(self.store(), after.as_deref().unwrap_or(""), PAGE).await
+            },
+        )
+        .await
+    }
+
+    /// Every dead letter of consumer `name`, resolved ones included, in
+    /// event order, with its event.
+    pub(super) async fn all_dead_letters(
+        &self,
+        who: &Identity,
+        name: &str,
+    ) -> Result<Vec<(DeadLetterRecord, Event)>, Error> {
+        permit(who, Action::ListDeadLetters)?;
+        every_page(
+            |(d, _): &(DeadLetterRecord, Event)| d.sequence,
+            |after| app::list_dead_letters(self.store(), name, true, after.unwrap_or(0), PAGE),
+        )
         .await
     }
 

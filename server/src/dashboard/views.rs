@@ -1,5 +1,5 @@
 //! The GET pages: models, a model, pending approvals, a request's evidence,
-//! the audit log.
+//! the audit log, durable consumers.
 
 use std::collections::HashMap;
 
@@ -212,6 +212,38 @@ impl Dashboard {
         Ok(html_response(
             StatusCode::OK,
             pages::audit(&page, &filters, &events, &chain),
+        ))
+    }
+
+    pub(super) async fn consumers_page(
+        &self,
+        who: &Identity,
+        page: Page,
+    ) -> Result<Response<Body>, Failure> {
+        let views = self.all_consumers(who).await?;
+        let page = page.titled("Consumers").live("/events");
+        Ok(html_response(
+            StatusCode::OK,
+            pages::consumers(&page, &views),
+        ))
+    }
+
+    pub(super) async fn consumer_page(
+        &self,
+        who: &Identity,
+        page: Page,
+        name: &str,
+    ) -> Result<Response<Body>, Failure> {
+        permit(who, Action::GetConsumer)?;
+        let name = Name::parse("name", name)?;
+        let view = app::get_consumer(self.store(), name.as_str()).await?;
+        let dead = self.all_dead_letters(who, name.as_str()).await?;
+        let page = page
+            .titled(&format!("Consumer {}", name.as_str()))
+            .live("/events");
+        Ok(html_response(
+            StatusCode::OK,
+            pages::consumer(&page, &view, &dead),
         ))
     }
 }

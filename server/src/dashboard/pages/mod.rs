@@ -8,15 +8,17 @@ use hyper::StatusCode;
 use maud::{DOCTYPE, Markup, html};
 
 use super::chart::{self};
-use super::{Visit, encode_component, may_decide, roles};
+use super::{Visit, encode_component, may_decide, may_retry, roles};
 use crate::auth::Identity;
 use crate::domain::{self, Cause, DeploymentStatus, Outcome, RequestStatus, Stage};
 
 mod audit;
+mod consumers;
 mod models;
 mod requests;
 
 pub use audit::*;
+pub use consumers::*;
 pub use models::*;
 pub use requests::*;
 
@@ -94,6 +96,7 @@ pub(super) fn layout(page: &Page, body: Markup) -> Markup {
                         a href="/" { "Models" }
                         a href="/requests" { "Approvals" }
                         a href="/audit" { "Audit log" }
+                        a href="/consumers" { "Consumers" }
                     }
                     div #whoami {
                         @match &page.who {
