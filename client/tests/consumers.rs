@@ -9,6 +9,8 @@
 //! handled by two members at once, nothing skipped after a kill, a paused
 //! member fenced, dead letters parked, forwarded, listed and retried, and a
 //! server restart losing no acknowledgement. No check is on a timing.
+//! Servers bind port 0 and report the port they got; a restarted one binds
+//! the port it had, freed by its own death.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -32,16 +34,6 @@ fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A free port on 127.0.0.1, so a restarted server comes back where its
-/// clients look for it.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Server {
     child: Child,
     url: String,
@@ -50,6 +42,8 @@ struct Server {
 }
 
 impl Server {
+    /// Starts a server on `port` (0: one the server picks and reports, as
+    /// a restart must come back where its clients look for it).
     async fn start(dir: &Path, database: &str, port: u16, name: &str) -> Server {
         let ready = dir.join(format!("{name}.ready"));
         let _ = std::fs::remove_file(&ready);
@@ -68,10 +62,12 @@ impl Server {
             .spawn()
             .unwrap();
         for _ in 0..1200 {
-            if std::fs::read_to_string(&ready).is_ok_and(|t| t.contains("grpc=")) {
+            let text = std::fs::read_to_string(&ready).unwrap_or_default();
+            if let Some(addr) = text.lines().find_map(|l| l.strip_prefix("grpc=")) {
+                let port = addr.rsplit(':').next().unwrap().parse().unwrap();
                 return Server {
                     child,
-                    url: format!("http://127.0.0.1:{port}"),
+                    url: format!("http://{addr}"),
                     port,
                     database: database.to_owned(),
                 };
@@ -102,7 +98,7 @@ impl Env {
     async fn sqlite() -> Env {
         let dir = tempfile::tempdir().unwrap();
         let db = format!("sqlite://{}", dir.path().join("registry.db").display());
-        let server = Server::start(dir.path(), &db, free_port(), "server-a").await;
+        let server = Server::start(dir.path(), &db, 0, "server-a").await;
         Env::ready(dir, vec![server]).await
     }
 
@@ -131,8 +127,8 @@ impl Env {
         let (base, _) = admin.rsplit_once('/').unwrap();
         let db = format!("{base}/{name}");
         let dir = tempfile::tempdir().unwrap();
-        let a = Server::start(dir.path(), &db, free_port(), "server-a").await;
-        let b = Server::start(dir.path(), &db, free_port(), "server-b").await;
+        let a = Server::start(dir.path(), &db, 0, "server-a").await;
+        let b = Server::start(dir.path(), &db, 0, "server-b").await;
         Some(Env::ready(dir, vec![a, b]).await)
     }
 
