@@ -5,8 +5,11 @@
 //! connections, and reports throughput and latency percentiles per scenario.
 //! Every scenario creates its own uniquely named models, so runs can repeat
 //! against the same server; `list` and `replay` seed a fixed data set once and
-//! reuse it.
+//! reuse it; `consume` pre-fills its own events on every run.
 #![forbid(unsafe_code)]
+
+#[path = "modelreg-bench/consume.rs"]
+mod consume;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,6 +60,18 @@ struct Args {
     /// Events the replay scenario needs in the log (seeded when missing).
     #[arg(long, default_value_t = 1_000_000)]
     replay_events: u64,
+    /// Events the consume scenario pre-fills and reads.
+    #[arg(long, default_value_t = 20_000)]
+    consume_events: u64,
+    /// Models the consume scenario's events are spread over.
+    #[arg(long, default_value_t = 64)]
+    consume_models: usize,
+    /// Member counts the consume scenario measures, one consumer each.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    consume_members: Vec<usize>,
+    /// The consumer's lease in the consume scenario's takeover, seconds.
+    #[arg(long, default_value_t = 2.0)]
+    consume_lease: f64,
     /// The server's process id, to report its resident memory (watch).
     #[arg(long)]
     server_pid: Option<u32>,
@@ -81,6 +96,9 @@ enum Scenario {
     Watch,
     /// One watcher replaying the log from sequence 0.
     Replay,
+    /// One durable consumer with 1, 2, 4 members acknowledging pre-filled
+    /// events, then a member dropped without a leave (takeover time).
+    Consume,
 }
 
 /// One scenario's measurements.
@@ -708,17 +726,18 @@ async fn main() -> std::process::ExitCode {
     };
     let mut failed = false;
     for scenario in &args.scenarios {
-        let report = match scenario {
-            Scenario::Health => Ok(health(&load).await),
-            Scenario::Read => read(&load).await,
-            Scenario::Register => register(&load).await,
-            Scenario::Workflow => workflow(&load).await,
-            Scenario::List => list(&load).await,
-            Scenario::Watch => watch(&load).await,
-            Scenario::Replay => replay(&load).await,
+        let reports = match scenario {
+            Scenario::Health => Ok(vec![health(&load).await]),
+            Scenario::Read => read(&load).await.map(|r| vec![r]),
+            Scenario::Register => register(&load).await.map(|r| vec![r]),
+            Scenario::Workflow => workflow(&load).await.map(|r| vec![r]),
+            Scenario::List => list(&load).await.map(|r| vec![r]),
+            Scenario::Watch => watch(&load).await.map(|r| vec![r]),
+            Scenario::Replay => replay(&load).await.map(|r| vec![r]),
+            Scenario::Consume => consume::consume(&load).await,
         };
-        match report {
-            Ok(mut r) => r.print(args.json),
+        match reports {
+            Ok(reports) => reports.into_iter().for_each(|mut r| r.print(args.json)),
             Err(status) => {
                 eprintln!(
                     "{scenario:?}: setup failed: {}",
