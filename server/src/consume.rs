@@ -61,18 +61,29 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Wakes `consumer`'s member tasks.
+    /// Wakes every member task of `consumer` (members changed, a dead
+    /// letter was retried).
     pub fn poke(&self, consumer: &str) {
+        self.wake(consumer);
+    }
+
+    /// Wakes the task of one member (its model's event was settled: the
+    /// next one is its to claim), not the others.
+    pub fn poke_member(&self, consumer: &str, member: &str) {
+        self.wake(&format!("{consumer}\u{0}{member}"));
+    }
+
+    fn wake(&self, key: &str) {
         let pokes = self.pokes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = pokes.get(consumer) {
+        if let Some(tx) = pokes.get(key) {
             tx.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 
-    fn subscribe(&self, consumer: &str) -> watch::Receiver<u64> {
+    fn subscribe(&self, key: &str) -> watch::Receiver<u64> {
         let mut pokes = self.pokes.lock().unwrap_or_else(|e| e.into_inner());
         pokes
-            .entry(consumer.to_owned())
+            .entry(key.to_owned())
             .or_insert_with(|| watch::channel(0).0)
             .subscribe()
     }
@@ -134,12 +145,14 @@ where
 {
     let mut latest = store.subscribe();
     let mut poked = hub.subscribe(&m.consumer);
+    let mut mine = hub.subscribe(&format!("{}\u{0}{}", m.consumer, m.member));
+    let mut seen = app::Seen::default();
     let tick = Duration::from_millis((m.lease_ms / 4).clamp(100, 1000) as u64);
     let mut resend = true;
     let mut told: Option<Vec<(String, u64)>> = None;
     let mut lease_expire = 0;
     loop {
-        if let Err(e) = app::maintain_consumer(store, &m.consumer).await {
+        if let Err(e) = app::maintain_consumer(store, &m.consumer, &mut seen).await {
             if ends_stream(&e) {
                 return Err(e);
             }
@@ -201,6 +214,7 @@ where
             },
             _ = latest.changed() => {}
             _ = poked.changed() => {}
+            _ = mine.changed() => {}
             _ = tokio::time::sleep(wait) => {}
             _ = tx.closed() => return Ok(()),
             _ = shutdown.cancelled() => return Err(Error::ShuttingDown),

@@ -15,7 +15,7 @@ use crate::domain::{
     MemberRecord, ModelSlot, Name, NewEvent, OUT_WITH_MEMBER, OnDeadLetter, rebalance,
 };
 use crate::error::{Error, Result};
-use crate::store::{ConsumerChanges, ConsumerState, Db, Store, Tx};
+use crate::store::{ConsumerChanges, ConsumerState, Db, Slots, Store, Tx};
 
 use super::*;
 
@@ -113,9 +113,9 @@ fn lock_name(name: &str) -> String {
     format!("consumer/{name}")
 }
 
-async fn locked<T: Tx>(tx: &mut T, name: &str) -> Result<ConsumerState> {
+async fn locked<T: Tx>(tx: &mut T, name: &str, slots: Slots<'_>) -> Result<ConsumerState> {
     tx.lock_key(&lock_name(name)).await?;
-    tx.load_consumer(name)
+    tx.load_consumer(name, slots)
         .await?
         .ok_or_else(|| consumer_not_found(name))
 }
@@ -147,7 +147,7 @@ pub async fn join_consumer(store: &Store, join: Join) -> Result<(ConsumerRecord,
         tx.lock_key(&lock_name(name)).await?;
         let now = tx.now();
         let mut changes = ConsumerChanges::default();
-        let (record, members) = match tx.load_consumer(name).await? {
+        let (record, members) = match tx.load_consumer(name, Slots::None).await? {
             Some(state) => {
                 let diff = join.spec.differences(&state.record.settings);
                 if !diff.is_empty() {
@@ -215,7 +215,7 @@ pub async fn renew_member(
         identity.0.clone(),
     );
     write_tx!(store, |tx| -> i64 {
-        let state = locked(tx, &consumer).await?;
+        let state = locked(tx, &consumer, Slots::None).await?;
         let now = tx.now();
         let join_time = match state.members.iter().find(|m| m.member == member) {
             Some(m) if m.session != session => return Err(superseded(&member)),
@@ -247,7 +247,7 @@ pub async fn leave_consumer(
 ) -> Result<()> {
     let (consumer, member, session) = (consumer.to_owned(), member.to_owned(), session.to_owned());
     write_tx!(store, |tx| -> () {
-        let mut state = locked(tx, &consumer).await?;
+        let mut state = locked(tx, &consumer, Slots::All).await?;
         if !state
             .members
             .iter()
@@ -278,14 +278,50 @@ fn live_members(state: &ConsumerState, now: i64) -> Vec<String> {
         .collect()
 }
 
+/// What a member's task saw at its last full look at the assignment. Another
+/// look is needed only when the members changed, one's lease ran out, new
+/// events came, or the models were left unbalanced (a member joined while
+/// the others' models all had events in flight).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Seen {
+    members: Vec<String>,
+    settled: bool,
+}
+
+/// Whether no live member holds two or more models more than another.
+fn balanced(live: &[String], slots: &[ModelSlot]) -> bool {
+    let loads: Vec<usize> = live
+        .iter()
+        .map(|m| {
+            slots
+                .iter()
+                .filter(|s| s.owner.as_deref() == Some(m.as_str()))
+                .count()
+        })
+        .collect();
+    match (loads.iter().max(), loads.iter().min()) {
+        (Some(hi), Some(lo)) => hi - lo < 2,
+        _ => true,
+    }
+}
+
 /// Keeps a consumer's assignment current: removes members whose lease ran
-/// out, gives models seen in new events a place, and rebalances. Writes
-/// only when something changed.
-pub async fn maintain_consumer(store: &Store, name: &str) -> Result<()> {
-    let state =
-        read_db!(store, |db| db.consumer_state(name))?.ok_or_else(|| consumer_not_found(name))?;
-    let now = store.clock().now_micros();
+/// out, gives models seen in new events a place, and rebalances. Looks at
+/// every model only when `seen` says something may have changed, and
+/// writes only when something did.
+pub async fn maintain_consumer(store: &Store, name: &str, seen: &mut Seen) -> Result<()> {
     let head = store.latest_sequence();
+    let now = store.clock().now_micros();
+    let light = read_db!(store, |db| db.consumer_state(name, Slots::None))?
+        .ok_or_else(|| consumer_not_found(name))?;
+    let members: Vec<String> = light.members.iter().map(|m| m.member.clone()).collect();
+    let expired = light.members.iter().any(|m| m.expire_time < now);
+    if seen.settled && seen.members == members && !expired && light.record.scanned_sequence >= head
+    {
+        return Ok(());
+    }
+    let state = read_db!(store, |db| db.consumer_state(name, Slots::All))?
+        .ok_or_else(|| consumer_not_found(name))?;
     let from = state.record.scanned_sequence;
     let (found, scanned_to) = if from < head {
         let filter = state.record.settings.filter();
@@ -299,15 +335,19 @@ pub async fn maintain_consumer(store: &Store, name: &str) -> Result<()> {
     } else {
         (vec![], from)
     };
-    let expired = state.members.iter().any(|m| m.expire_time < now);
+    let live = live_members(&state, now);
     let mut probe = state.slots.clone();
-    let unbalanced = !rebalance(&live_members(&state, now), &mut probe).is_empty();
-    if scanned_to == from && !expired && !unbalanced {
+    let movable = !rebalance(&live, &mut probe).is_empty();
+    *seen = Seen {
+        members,
+        settled: scanned_to == head && balanced(&live, &probe),
+    };
+    if scanned_to == from && !expired && !movable {
         return Ok(());
     }
     let name = name.to_owned();
-    write_tx!(store, |tx| -> () {
-        let mut state = locked(tx, &name).await?;
+    let settled = write_tx!(store, |tx| -> bool {
+        let mut state = locked(tx, &name, Slots::All).await?;
         let now = tx.now();
         let mut changed: Vec<usize> = Vec::new();
         let mut changes = ConsumerChanges::default();
@@ -342,8 +382,10 @@ pub async fn maintain_consumer(store: &Store, name: &str) -> Result<()> {
         if !changes.is_empty() {
             tx.save_consumer(&name, &changes).await?;
         }
-        Ok(((), None))
-    })
+        Ok((balanced(&live, &state.slots), None))
+    })?;
+    seen.settled &= settled;
+    Ok(())
 }
 
 /// The next event of `slot`'s model after its acknowledged position.
@@ -389,8 +431,8 @@ pub async fn claim_deliveries(
     session: &str,
     resend: bool,
 ) -> Result<Claim> {
-    let state =
-        read_db!(store, |db| db.consumer_state(name))?.ok_or_else(|| consumer_not_found(name))?;
+    let state = read_db!(store, |db| db.consumer_state(name, Slots::HeldBy(member)))?
+        .ok_or_else(|| consumer_not_found(name))?;
     let now = store.clock().now_micros();
     let Some(me) = state.members.iter().find(|m| m.member == member) else {
         return Ok(Claim::default());
@@ -449,7 +491,7 @@ pub async fn claim_deliveries(
     let (name, member, session) = (name.to_owned(), member.to_owned(), session.to_owned());
     let max = state.record.settings.max_deliveries;
     let deliveries = write_tx!(store, |tx| -> Vec<Claimed> {
-        let state = locked(tx, &name).await?;
+        let state = locked(tx, &name, Slots::HeldBy(&member)).await?;
         if !state
             .members
             .iter()
@@ -556,7 +598,7 @@ fn not_in_flight(s: &Settle, slot: &ModelSlot) -> Error {
 pub async fn ack_event(store: &Store, s: Settle) -> Result<()> {
     write_tx!(store, |tx| -> () {
         let name = s.consumer.as_str();
-        let state = locked(tx, name).await?;
+        let state = locked(tx, name, Slots::Of(s.model.as_str())).await?;
         let slot = fenced(&state, &s)?;
         if slot.inflight != s.sequence {
             // A repeat of an acknowledgement already applied.
@@ -597,7 +639,7 @@ pub async fn reject_event(store: &Store, s: Settle, reason: String) -> Result<Re
     }
     write_tx!(store, |tx| -> Rejected {
         let name = s.consumer.as_str();
-        let state = locked(tx, name).await?;
+        let state = locked(tx, name, Slots::Of(s.model.as_str())).await?;
         let slot = fenced(&state, &s)?;
         if slot.inflight != s.sequence {
             return Err(not_in_flight(&s, slot));
@@ -678,7 +720,7 @@ pub async fn retry_dead_letter(
 ) -> Result<DeadLetterRecord> {
     let name = consumer.as_str().to_owned();
     write_tx!(store, |tx| -> DeadLetterRecord {
-        let state = locked(tx, &name).await?;
+        locked(tx, &name, Slots::None).await?;
         let Some(d) = tx.dead_letter(&name, sequence).await? else {
             return Err(Error::NotFound {
                 kind: "modelreg.v1.DeadLetter",
@@ -696,8 +738,7 @@ pub async fn retry_dead_letter(
             ));
         }
         let mut changes = ConsumerChanges::default();
-        if let Some(slot) = state.slots.iter().find(|s| s.model == d.model) {
-            let mut slot = slot.clone();
+        if let Some(mut slot) = tx.consumer_slot(&name, &d.model).await? {
             slot.blocked = false;
             changes.slots.push(slot);
         }
@@ -730,7 +771,7 @@ pub(crate) async fn check_fence<T: Tx>(
     model: &str,
     identity: &Actor,
 ) -> Result<()> {
-    let state = locked(tx, &fence.consumer).await?;
+    let state = locked(tx, &fence.consumer, Slots::Of(model)).await?;
     let s = Settle {
         consumer: Name::parse("fence.consumer", &fence.consumer)?,
         member: fence.member.clone(),
@@ -748,8 +789,8 @@ pub(crate) async fn check_fence<T: Tx>(
 
 /// A consumer, with its lag.
 pub async fn get_consumer(store: &Store, name: &str) -> Result<ConsumerView> {
-    let state =
-        read_db!(store, |db| db.consumer_state(name))?.ok_or_else(|| consumer_not_found(name))?;
+    let state = read_db!(store, |db| db.consumer_state(name, Slots::All))?
+        .ok_or_else(|| consumer_not_found(name))?;
     let head = store.latest_sequence();
     let unscanned = if state.record.scanned_sequence < head {
         let filter = state.record.settings.filter();
@@ -801,7 +842,7 @@ pub async fn list_dead_letters(
     after: u64,
     limit: usize,
 ) -> Result<(Vec<(DeadLetterRecord, Event)>, bool)> {
-    if read_db!(store, |db| db.consumer_state(name))?.is_none() {
+    if read_db!(store, |db| db.consumer_state(name, Slots::None))?.is_none() {
         return Err(consumer_not_found(name));
     }
     let rows = read_db!(store, |db| db.list_dead_letters(

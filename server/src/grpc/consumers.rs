@@ -334,9 +334,9 @@ pub(super) async fn ack(
         r.sequence,
         r.epoch,
     )?;
-    let name = s.consumer.to_string();
+    let (name, member) = (s.consumer.to_string(), s.member.clone());
     app::ack_event(&svc.store, s).await?;
-    svc.consumers.poke(&name);
+    svc.consumers.poke_member(&name, &member);
     Ok(pb::AckEventResponse {})
 }
 
@@ -355,9 +355,9 @@ pub(super) async fn reject(
         r.sequence,
         r.epoch,
     )?;
-    let name = s.consumer.to_string();
+    let (name, member) = (s.consumer.to_string(), s.member.clone());
     let out = app::reject_event(&svc.store, s, r.reason).await?;
-    svc.consumers.poke(&name);
+    svc.consumers.poke_member(&name, &member);
     Ok(pb::RejectEventResponse {
         dead_lettered: out.dead_lettered,
         redeliver_time: out.redeliver_time.map(micros_to_pb),

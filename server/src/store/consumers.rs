@@ -14,14 +14,28 @@ use crate::domain::{ConsumerRecord, DeadLetterRecord, DeadLetterState, MemberRec
 use crate::error::{Error, Result};
 use crate::store::sql::{Column, Engine, Param, db_err, json_err};
 
-/// A consumer with its members and every model's place.
+/// Which model places a load reads: a use case reads only the ones it may
+/// change, so an acknowledgement costs the same with 10 models or 10,000.
+#[derive(Debug, Clone, Copy)]
+pub enum Slots<'a> {
+    /// None: the consumer and its members only.
+    None,
+    /// Every model's.
+    All,
+    /// The models held by this member.
+    HeldBy(&'a str),
+    /// This model's.
+    Of(&'a str),
+}
+
+/// A consumer with its members and the model places asked for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConsumerState {
     /// The consumer.
     pub record: ConsumerRecord,
     /// Its members, live or not yet removed, by id.
     pub members: Vec<MemberRecord>,
-    /// Every model's place, by model.
+    /// The model places asked for ([`Slots`]), by model.
     pub slots: Vec<ModelSlot>,
     /// Dead letters being delivered again, by sequence.
     pub retrying: Vec<DeadLetterRecord>,
@@ -192,9 +206,14 @@ where
     DeadLetterRow: for<'r> FromRow<'r, DB::Row>,
     (i64,): for<'r> FromRow<'r, DB::Row>,
 {
-    /// The consumer named `name`, with everything but its dead letters'
-    /// details.
-    pub async fn load(conn: &mut DB::Connection, name: &str) -> Result<Option<ConsumerState>> {
+    /// The consumer named `name`, with its members, the model places
+    /// `which` asks for, its dead letters being retried and the count of
+    /// parked ones.
+    pub async fn load(
+        conn: &mut DB::Connection,
+        name: &str,
+        which: Slots<'_>,
+    ) -> Result<Option<ConsumerState>> {
         let sql = format!("SELECT {CONSUMER_COLUMNS} FROM consumers WHERE name = $1");
         let Some(row): Option<ConsumerRow> = sqlx::query_as(&sql)
             .bind(name)
@@ -213,14 +232,25 @@ where
         .fetch_all(&mut *conn)
         .await
         .map_err(db_err)?;
-        let sql = format!(
-            "SELECT {SLOT_COLUMNS} FROM consumer_models WHERE consumer = $1 ORDER BY model"
-        );
-        let slots: Vec<SlotRow> = sqlx::query_as(&sql)
-            .bind(name)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db_err)?;
+        let (clause, key) = match which {
+            Slots::None => ("", ""),
+            Slots::All => ("AND $2 = ''", ""),
+            Slots::HeldBy(member) => ("AND owner = $2", member),
+            Slots::Of(model) => ("AND model = $2", model),
+        };
+        let slots: Vec<SlotRow> = if clause.is_empty() {
+            vec![]
+        } else {
+            let sql = format!(
+                "SELECT {SLOT_COLUMNS} FROM consumer_models WHERE consumer = $1 {clause} ORDER BY model"
+            );
+            sqlx::query_as(&sql)
+                .bind(name)
+                .bind(key)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(db_err)?
+        };
         let retrying = Self::dead_letters_in(conn, name, "RETRYING").await?;
         let (parked,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM dead_letters WHERE consumer = $1 AND state = 'PARKED'",

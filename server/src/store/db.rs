@@ -26,7 +26,7 @@ use crate::store::rows::{
     StageSinceRow, VersionRow, convert,
 };
 use crate::store::sql::{Column, Engine, Param, SqlStore, db_err, json_err};
-use crate::store::{ConsumerState, Db, ModelFilter, RequestCursor, WriteFuture};
+use crate::store::{ConsumerState, Db, ModelFilter, RequestCursor, Slots, WriteFuture};
 
 impl<S, DB> Db for S
 where
@@ -369,9 +369,9 @@ where
         Reads::live_readings(self.readers(), (model, version), rule, since, now).await
     }
 
-    async fn consumer_state(&self, name: &str) -> Result<Option<ConsumerState>> {
+    async fn consumer_state(&self, name: &str, slots: Slots<'_>) -> Result<Option<ConsumerState>> {
         let mut conn = self.readers().acquire().await.map_err(db_err)?;
-        ConsumerSql::<DB>::load(&mut conn, name).await
+        ConsumerSql::<DB>::load(&mut conn, name, slots).await
     }
 
     async fn list_consumers(&self, after: &str, limit: usize) -> Result<Vec<ConsumerRecord>> {

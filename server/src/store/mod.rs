@@ -39,7 +39,7 @@ use crate::domain::{
 };
 use crate::error::{Error, Result};
 
-pub use consumers::{ConsumerChanges, ConsumerState};
+pub use consumers::{ConsumerChanges, ConsumerState, Slots};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -265,6 +265,7 @@ pub trait Db: Clone + Send + Sync + 'static {
     fn consumer_state(
         &self,
         name: &str,
+        slots: Slots<'_>,
     ) -> impl Future<Output = Result<Option<ConsumerState>>> + Send;
     /// Up to `limit` consumers by name after `after`.
     fn list_consumers(
@@ -471,6 +472,7 @@ pub trait Tx: Send {
     fn load_consumer(
         &mut self,
         name: &str,
+        slots: Slots<'_>,
     ) -> impl Future<Output = Result<Option<ConsumerState>>> + Send;
     /// One model's place in a consumer.
     fn consumer_slot(

@@ -27,7 +27,7 @@ use crate::store::rows::{
     REQUEST_COLUMNS, RequestRow, StageStepRow, StoredRequestRow, convert,
 };
 use crate::store::sql::{Column, Engine, Param, SqlTx, db_err, json_err};
-use crate::store::{ConsumerChanges, ConsumerState, StoredRequest, Tx};
+use crate::store::{ConsumerChanges, ConsumerState, Slots, StoredRequest, Tx};
 
 /// Most events in one INSERT: 14 parameters each stays far below either
 /// engine's limit on parameters per statement.
@@ -607,8 +607,12 @@ where
         row.map(Event::try_from).transpose()
     }
 
-    async fn load_consumer(&mut self, name: &str) -> Result<Option<ConsumerState>> {
-        ConsumerSql::<DB>::load(self.conn(), name).await
+    async fn load_consumer(
+        &mut self,
+        name: &str,
+        slots: Slots<'_>,
+    ) -> Result<Option<ConsumerState>> {
+        ConsumerSql::<DB>::load(self.conn(), name, slots).await
     }
 
     async fn consumer_slot(&mut self, name: &str, model: &str) -> Result<Option<ModelSlot>> {
