@@ -20,6 +20,7 @@ export * from "./errors.js";
 export * from "./watch.js";
 export * from "./gen/modelreg/v1/resources_pb.js";
 export * from "./gen/modelreg/v1/events_pb.js";
+export * from "./gen/modelreg/v1/consumers_pb.js";
 export * from "./gen/modelreg/v1/registry_pb.js";
 export * as googleRpc from "./gen/google/rpc/error_details_pb.js";
 export { Code, ConnectError } from "@connectrpc/connect";
