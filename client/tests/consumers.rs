@@ -776,3 +776,114 @@ async fn a_server_restart_loses_no_acknowledgement() {
         kill_group(m).await;
     }
 }
+
+/// `worker evaluate` as two members of one consumer: each version entering
+/// STAGING is evaluated once, and the consumer drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn evaluate_workers_share_a_consumer() {
+    let env = Env::sqlite().await;
+    let mut c = env.client().await;
+    let set = env.path("holdout.csv");
+    std::fs::write(&set, "foo").unwrap();
+    c.create_evaluation_set(pb::CreateEvaluationSetRequest {
+        name: "holdout".into(),
+        version: "v1".into(),
+        uri: format!("file://{}", set.display()),
+        // sha256 of "foo"
+        digest: "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae".into(),
+        metrics: vec![pb::MetricDefinition {
+            name: "auc".into(),
+            higher_is_better: true,
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut members: Vec<Child> = (0..2)
+        .map(|i| {
+            let log = std::fs::File::create(env.path(&format!("e{i}.log"))).unwrap();
+            Command::new(bin("modelreg"))
+                .args(["--server", &env.servers[0].url, "--actor", "evaluator"])
+                .args([
+                    "worker",
+                    "evaluate",
+                    "--set",
+                    "holdout@v1",
+                    "--evaluator-version",
+                    "1",
+                ])
+                .args(["--exec", "echo '{\"auc\": 0.9}'", "--cache-dir"])
+                .arg(env.path("cache"))
+                .args([
+                    "--consumer",
+                    "evaluate-staging",
+                    "--member",
+                    &format!("e{i}"),
+                    "--after",
+                    "0",
+                ])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .process_group(0)
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for i in 0..4 {
+        let model = format!("m{i:02}");
+        c.create_model(pb::CreateModelRequest {
+            name: model.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        c.register_version(pb::RegisterVersionRequest {
+            model: model.clone(),
+            artifact_uri: format!("s3://models/{model}/1"),
+            target_stage: pb::Stage::Staging as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    for i in 0..4 {
+        let model = format!("m{i:02}");
+        let mut found = false;
+        for _ in 0..1200 {
+            let evaluations = c
+                .list_evaluations(pb::ListEvaluationsRequest {
+                    model: model.clone(),
+                    evaluation_set: Some(pb::EvaluationSetRef {
+                        name: "holdout".into(),
+                        version: "v1".into(),
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .evaluations;
+            if !evaluations.is_empty() {
+                assert_eq!(evaluations.len(), 1);
+                found = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(found, "{model} was not evaluated\n{}", env.logs());
+    }
+    let state = c
+        .get_consumer(pb::GetConsumerRequest {
+            name: "evaluate-staging".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .consumer
+        .unwrap();
+    assert_eq!(state.assignments.len(), 4);
+    for m in &mut members {
+        kill_group(m).await;
+    }
+}
