@@ -438,8 +438,17 @@ async fn failover(env: Env) {
     let mut c = env.client().await;
     let lease = ["--lease", "2s", "--after", "0"];
     let replicas = env.servers.len();
+    // w0's deploys take long enough that it is surely in one when killed.
     let mut members: Vec<Child> = (0..3)
-        .map(|i| env.member(&format!("w{i}"), i % replicas, &lease, &[]))
+        .map(|i| {
+            let delay = if i == 0 { "30" } else { "0.2" };
+            env.member(
+                &format!("w{i}"),
+                i % replicas,
+                &lease,
+                &[("DELAY", delay.to_owned())],
+            )
+        })
         .collect();
     promote_all(&mut c, 20, 1).await;
     // Kill w0 in the middle of one of its deploys.
