@@ -30,7 +30,7 @@ use pki::Pki;
 /// out from the documented table (not read from the server's), so the matrix
 /// catches a wrong entry; `the_method_list_is_complete` checks the names
 /// against the proto, so a new RPC cannot skip the matrix.
-const METHODS: [(&str, Role); 29] = [
+const METHODS: [(&str, Role); 37] = [
     ("CreateModel", Role::Publisher),
     ("GetModel", Role::Reader),
     ("ListModels", Role::Reader),
@@ -60,6 +60,14 @@ const METHODS: [(&str, Role); 29] = [
     ("VerifyAuditLog", Role::Reader),
     ("WatchTransitions", Role::Reader),
     ("ImportVersion", Role::Admin),
+    ("Consume", Role::Reader),
+    ("AckEvent", Role::Reader),
+    ("RejectEvent", Role::Reader),
+    ("GetConsumer", Role::Reader),
+    ("ListConsumers", Role::Reader),
+    ("DeleteConsumer", Role::Admin),
+    ("ListDeadLetters", Role::Reader),
+    ("RetryDeadLetter", Role::Approver),
 ];
 
 /// One caller of the token file: a name, its single role, its token.
@@ -223,6 +231,22 @@ async fn call(
         "ListEvents" => unary!(list_events, ListEventsRequest),
         "VerifyAuditLog" => unary!(verify_audit_log, VerifyAuditLogRequest),
         "ImportVersion" => unary!(import_version, ImportVersionRequest),
+        "AckEvent" => unary!(ack_event, AckEventRequest),
+        "RejectEvent" => unary!(reject_event, RejectEventRequest),
+        "GetConsumer" => unary!(get_consumer, GetConsumerRequest),
+        "ListConsumers" => unary!(list_consumers, ListConsumersRequest),
+        "DeleteConsumer" => unary!(delete_consumer, DeleteConsumerRequest),
+        "ListDeadLetters" => unary!(list_dead_letters, ListDeadLettersRequest),
+        "RetryDeadLetter" => unary!(retry_dead_letter, RetryDeadLetterRequest),
+        // An empty join: refused by role, or past it and refused as invalid.
+        "Consume" => {
+            let join = pb::ConsumeRequest {
+                kind: Some(pb::consume_request::Kind::Join(pb::ConsumeJoin::default())),
+            };
+            c.consume(with_auth(tokio_stream::iter(vec![join]), auth))
+                .await
+                .map(|_| ())
+        }
         "WatchTransitions" => {
             let mut stream = c
                 .watch_transitions(with_auth(pb::WatchTransitionsRequest::default(), auth))
