@@ -264,9 +264,9 @@ struct Record {
     member: String,
 }
 
-/// Creates `n` models with no approval step and puts version `v` of each
-/// into production; returns the production STAGE_CHANGED sequences.
-async fn promote_all(c: &mut RegistryClient, n: usize, v: i64) {
+/// Creates `n` models (with version 1) with no approval step, and
+/// registers version `v` of each into STAGING.
+async fn stage_all(c: &mut RegistryClient, n: usize, v: i64) {
     for i in 0..n {
         let model = format!("m{i:02}");
         if v == 1 {
@@ -289,8 +289,15 @@ async fn promote_all(c: &mut RegistryClient, n: usize, v: i64) {
         })
         .await
         .unwrap();
+    }
+}
+
+/// [`stage_all`], then version `v` of each model into PRODUCTION.
+async fn promote_all(c: &mut RegistryClient, n: usize, v: i64) {
+    stage_all(c, n, v).await;
+    for i in 0..n {
         c.transition_stage(pb::TransitionStageRequest {
-            model: model.clone(),
+            model: format!("m{i:02}"),
             version: v,
             target_stage: pb::Stage::Production as i32,
             ..Default::default()
@@ -839,23 +846,7 @@ async fn evaluate_workers_share_a_consumer() {
                 .unwrap()
         })
         .collect();
-    for i in 0..4 {
-        let model = format!("m{i:02}");
-        c.create_model(pb::CreateModelRequest {
-            name: model.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        c.register_version(pb::RegisterVersionRequest {
-            model: model.clone(),
-            artifact_uri: format!("s3://models/{model}/1"),
-            target_stage: pb::Stage::Staging as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    }
+    stage_all(&mut c, 4, 1).await;
     for i in 0..4 {
         let model = format!("m{i:02}");
         let mut found = false;

@@ -319,21 +319,27 @@ fn settle(
     })
 }
 
+/// The caller and the delivery an AckEvent or RejectEvent names (`key`
+/// picks consumer, member, model, sequence and epoch), and the request.
+fn settle_request<R>(
+    req: Request<R>,
+    key: fn(&R) -> (&str, &str, &str, u64, u64),
+) -> Result<(Settle, R)> {
+    let identity = actor(&req).map_err(|s| Error::invalid("actor", s.message()))?;
+    let r = req.into_inner();
+    let (consumer, member, model, sequence, epoch) = key(&r);
+    let s = settle(identity, consumer, member, model, sequence, epoch)?;
+    Ok((s, r))
+}
+
 /// AckEvent.
 pub(super) async fn ack(
     svc: &RegistryService,
     req: Request<pb::AckEventRequest>,
 ) -> Result<pb::AckEventResponse> {
-    let identity = actor(&req).map_err(|s| Error::invalid("actor", s.message()))?;
-    let r = req.into_inner();
-    let s = settle(
-        identity,
-        &r.consumer,
-        &r.member,
-        &r.model,
-        r.sequence,
-        r.epoch,
-    )?;
+    let (s, _) = settle_request(req, |r| {
+        (&r.consumer, &r.member, &r.model, r.sequence, r.epoch)
+    })?;
     let (name, member) = (s.consumer.to_string(), s.member.clone());
     app::ack_event(&svc.store, s).await?;
     svc.consumers.poke_member(&name, &member);
@@ -345,16 +351,9 @@ pub(super) async fn reject(
     svc: &RegistryService,
     req: Request<pb::RejectEventRequest>,
 ) -> Result<pb::RejectEventResponse> {
-    let identity = actor(&req).map_err(|s| Error::invalid("actor", s.message()))?;
-    let r = req.into_inner();
-    let s = settle(
-        identity,
-        &r.consumer,
-        &r.member,
-        &r.model,
-        r.sequence,
-        r.epoch,
-    )?;
+    let (s, r) = settle_request(req, |r| {
+        (&r.consumer, &r.member, &r.model, r.sequence, r.epoch)
+    })?;
     let (name, member) = (s.consumer.to_string(), s.member.clone());
     let out = app::reject_event(&svc.store, s, r.reason).await?;
     svc.consumers.poke_member(&name, &member);
