@@ -14,6 +14,39 @@ use crate::domain::{ConsumerRecord, DeadLetterRecord, DeadLetterState, MemberRec
 use crate::error::{Error, Result};
 use crate::store::sql::{Column, Engine, Param, db_err, json_err};
 
+pub(super) const LOAD_MEMBERS: &str =
+    "SELECT member, identity, session, join_time, expire_time FROM consumer_members
+             WHERE consumer = $1 ORDER BY member";
+pub(super) const COUNT_PARKED: &str =
+    "SELECT COUNT(*) FROM dead_letters WHERE consumer = $1 AND state = 'PARKED'";
+pub(super) const INSERT_CONSUMER: &str =
+    "INSERT INTO consumers (name, spec, start_sequence, scanned_sequence, creator, create_time)
+                 VALUES ($1, $2, $3, $4, $5, $6)";
+pub(super) const SET_SCANNED: &str = "UPDATE consumers SET scanned_sequence = $2 WHERE name = $1";
+pub(super) const REMOVE_MEMBER: &str =
+    "DELETE FROM consumer_members WHERE consumer = $1 AND member = $2";
+pub(super) const UPSERT_MEMBER: &str = "INSERT INTO consumer_members (consumer, member, identity, session, join_time, expire_time)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (consumer, member) DO UPDATE SET identity = excluded.identity,
+                     session = excluded.session, join_time = excluded.join_time, expire_time = excluded.expire_time";
+pub(super) const UPSERT_DEAD_LETTER: &str = "INSERT INTO dead_letters (consumer, sequence, model, deliveries, reason, park_time, event_sequence, state)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (consumer, sequence) DO UPDATE SET deliveries = excluded.deliveries,
+                     reason = excluded.reason, park_time = excluded.park_time,
+                     event_sequence = excluded.event_sequence, state = excluded.state";
+pub(super) const UPSERT_SLOT: &str =
+    "INSERT INTO consumer_models (consumer, model, owner, epoch, acked_sequence, latest_sequence,
+                 pending, inflight_sequence, deliveries, redeliver_time, last_error, blocked)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT (consumer, model) DO UPDATE SET owner = excluded.owner,
+                 epoch = excluded.epoch, acked_sequence = excluded.acked_sequence,
+                 latest_sequence = excluded.latest_sequence, pending = excluded.pending,
+                 inflight_sequence = excluded.inflight_sequence, deliveries = excluded.deliveries,
+                 redeliver_time = excluded.redeliver_time, last_error = excluded.last_error,
+                 blocked = excluded.blocked";
+pub(super) const DELETE_CONSUMER: &str =
+    "DELETE FROM consumers WHERE name = $1 RETURNING create_time";
+
 /// Which model places a load reads: a use case reads only the ones it may
 /// change, so an acknowledgement costs the same with 10 models or 10,000.
 #[derive(Debug, Clone, Copy)]
@@ -72,7 +105,7 @@ impl ConsumerChanges {
     }
 }
 
-#[derive(FromRow)]
+#[derive(FromRow, serde::Deserialize)]
 pub struct ConsumerRow {
     name: String,
     spec: String,
@@ -96,7 +129,7 @@ impl TryFrom<ConsumerRow> for ConsumerRecord {
     }
 }
 
-#[derive(FromRow)]
+#[derive(FromRow, serde::Deserialize)]
 pub struct MemberRow {
     member: String,
     identity: String,
@@ -117,7 +150,7 @@ impl From<MemberRow> for MemberRecord {
     }
 }
 
-#[derive(FromRow)]
+#[derive(FromRow, serde::Deserialize)]
 pub struct SlotRow {
     model: String,
     owner: Option<String>,
@@ -150,7 +183,7 @@ impl From<SlotRow> for ModelSlot {
     }
 }
 
-#[derive(FromRow)]
+#[derive(FromRow, serde::Deserialize)]
 pub struct DeadLetterRow {
     consumer: String,
     sequence: i64,
@@ -187,6 +220,11 @@ const SLOT_COLUMNS: &str = "model, owner, epoch, acked_sequence, latest_sequence
 const DEAD_LETTER_COLUMNS: &str =
     "consumer, sequence, model, deliveries, reason, park_time, event_sequence, state";
 
+/// The tables that hold a consumer's state besides `consumers`, in the
+/// order they are emptied when it is deleted.
+pub(super) const CONSUMER_TABLES: [&str; 3] =
+    ["dead_letters", "consumer_models", "consumer_members"];
+
 /// The statements, generic over the engine.
 pub struct ConsumerSql<DB>(PhantomData<DB>);
 
@@ -214,7 +252,7 @@ where
         name: &str,
         which: Slots<'_>,
     ) -> Result<Option<ConsumerState>> {
-        let sql = format!("SELECT {CONSUMER_COLUMNS} FROM consumers WHERE name = $1");
+        let sql = load_consumer_sql();
         let Some(row): Option<ConsumerRow> = sqlx::query_as(&sql)
             .bind(name)
             .fetch_optional(&mut *conn)
@@ -224,41 +262,26 @@ where
             return Ok(None);
         };
         let record = ConsumerRecord::try_from(row)?;
-        let members: Vec<MemberRow> = sqlx::query_as(
-            "SELECT member, identity, session, join_time, expire_time FROM consumer_members
-             WHERE consumer = $1 ORDER BY member",
-        )
-        .bind(name)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db_err)?;
-        let (clause, key) = match which {
-            Slots::None => ("", ""),
-            Slots::All => ("AND $2 = ''", ""),
-            Slots::HeldBy(member) => ("AND owner = $2", member),
-            Slots::Of(model) => ("AND model = $2", model),
-        };
-        let slots: Vec<SlotRow> = if clause.is_empty() {
-            vec![]
-        } else {
-            let sql = format!(
-                "SELECT {SLOT_COLUMNS} FROM consumer_models WHERE consumer = $1 {clause} ORDER BY model"
-            );
-            sqlx::query_as(&sql)
+        let members: Vec<MemberRow> = sqlx::query_as(LOAD_MEMBERS)
+            .bind(name)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        let slots: Vec<SlotRow> = match slots_sql(which) {
+            None => vec![],
+            Some((sql, key)) => sqlx::query_as(&sql)
                 .bind(name)
                 .bind(key)
                 .fetch_all(&mut *conn)
                 .await
-                .map_err(db_err)?
+                .map_err(db_err)?,
         };
         let retrying = Self::dead_letters_in(conn, name, "RETRYING").await?;
-        let (parked,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM dead_letters WHERE consumer = $1 AND state = 'PARKED'",
-        )
-        .bind(name)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(db_err)?;
+        let (parked,): (i64,) = sqlx::query_as(COUNT_PARKED)
+            .bind(name)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db_err)?;
         Ok(Some(ConsumerState {
             record,
             members: members.into_iter().map(MemberRecord::from).collect(),
@@ -273,9 +296,7 @@ where
         name: &str,
         state: &str,
     ) -> Result<Vec<DeadLetterRecord>> {
-        let sql = format!(
-            "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE consumer = $1 AND state = $2 ORDER BY sequence"
-        );
+        let sql = dead_letters_in_sql();
         let rows: Vec<DeadLetterRow> = sqlx::query_as(&sql)
             .bind(name)
             .bind(state)
@@ -291,9 +312,7 @@ where
         name: &str,
         model: &str,
     ) -> Result<Option<ModelSlot>> {
-        let sql = format!(
-            "SELECT {SLOT_COLUMNS} FROM consumer_models WHERE consumer = $1 AND model = $2"
-        );
+        let sql = slot_sql();
         let row: Option<SlotRow> = sqlx::query_as(&sql)
             .bind(name)
             .bind(model)
@@ -309,9 +328,7 @@ where
         name: &str,
         sequence: u64,
     ) -> Result<Option<DeadLetterRecord>> {
-        let sql = format!(
-            "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE consumer = $1 AND sequence = $2"
-        );
+        let sql = dead_letter_sql();
         let row: Option<DeadLetterRow> = sqlx::query_as(&sql)
             .bind(name)
             .bind(sequence as i64)
@@ -366,22 +383,19 @@ where
     pub async fn save(conn: &mut DB::Connection, name: &str, c: &ConsumerChanges) -> Result<()> {
         if let Some(r) = &c.create {
             let spec = serde_json::to_string(&r.settings).map_err(json_err)?;
-            sqlx::query(
-                "INSERT INTO consumers (name, spec, start_sequence, scanned_sequence, creator, create_time)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(r.name.as_str())
-            .bind(spec.as_str())
-            .bind(r.start_sequence as i64)
-            .bind(r.scanned_sequence as i64)
-            .bind(r.creator.as_str())
-            .bind(r.create_time)
-            .execute(&mut *conn)
-            .await
-            .map_err(db_err)?;
+            sqlx::query(INSERT_CONSUMER)
+                .bind(r.name.as_str())
+                .bind(spec.as_str())
+                .bind(r.start_sequence as i64)
+                .bind(r.scanned_sequence as i64)
+                .bind(r.creator.as_str())
+                .bind(r.create_time)
+                .execute(&mut *conn)
+                .await
+                .map_err(db_err)?;
         }
         if let Some(s) = c.scanned {
-            sqlx::query("UPDATE consumers SET scanned_sequence = $2 WHERE name = $1")
+            sqlx::query(SET_SCANNED)
                 .bind(name)
                 .bind(s as i64)
                 .execute(&mut *conn)
@@ -389,7 +403,7 @@ where
                 .map_err(db_err)?;
         }
         for m in &c.removed {
-            sqlx::query("DELETE FROM consumer_members WHERE consumer = $1 AND member = $2")
+            sqlx::query(REMOVE_MEMBER)
                 .bind(name)
                 .bind(m.as_str())
                 .execute(&mut *conn)
@@ -397,93 +411,106 @@ where
                 .map_err(db_err)?;
         }
         for m in &c.members {
-            sqlx::query(
-                "INSERT INTO consumer_members (consumer, member, identity, session, join_time, expire_time)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (consumer, member) DO UPDATE SET identity = excluded.identity,
-                     session = excluded.session, join_time = excluded.join_time, expire_time = excluded.expire_time",
-            )
-            .bind(name)
-            .bind(m.member.as_str())
-            .bind(m.identity.as_str())
-            .bind(m.session.as_str())
-            .bind(m.join_time)
-            .bind(m.expire_time)
-            .execute(&mut *conn)
-            .await
-            .map_err(db_err)?;
+            sqlx::query(UPSERT_MEMBER)
+                .bind(name)
+                .bind(m.member.as_str())
+                .bind(m.identity.as_str())
+                .bind(m.session.as_str())
+                .bind(m.join_time)
+                .bind(m.expire_time)
+                .execute(&mut *conn)
+                .await
+                .map_err(db_err)?;
         }
         for s in &c.slots {
             Self::save_slot(conn, name, s).await?;
         }
         for d in &c.dead_letters {
-            sqlx::query(
-                "INSERT INTO dead_letters (consumer, sequence, model, deliveries, reason, park_time, event_sequence, state)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (consumer, sequence) DO UPDATE SET deliveries = excluded.deliveries,
-                     reason = excluded.reason, park_time = excluded.park_time,
-                     event_sequence = excluded.event_sequence, state = excluded.state",
-            )
-            .bind(name)
-            .bind(d.sequence as i64)
-            .bind(d.model.as_str())
-            .bind(i64::from(d.deliveries))
-            .bind(d.reason.as_str())
-            .bind(d.park_time)
-            .bind(d.event_sequence as i64)
-            .bind(d.state.as_str())
-            .execute(&mut *conn)
-            .await
-            .map_err(db_err)?;
+            sqlx::query(UPSERT_DEAD_LETTER)
+                .bind(name)
+                .bind(d.sequence as i64)
+                .bind(d.model.as_str())
+                .bind(i64::from(d.deliveries))
+                .bind(d.reason.as_str())
+                .bind(d.park_time)
+                .bind(d.event_sequence as i64)
+                .bind(d.state.as_str())
+                .execute(&mut *conn)
+                .await
+                .map_err(db_err)?;
         }
         Ok(())
     }
 
     async fn save_slot(conn: &mut DB::Connection, name: &str, s: &ModelSlot) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO consumer_models (consumer, model, owner, epoch, acked_sequence, latest_sequence,
-                 pending, inflight_sequence, deliveries, redeliver_time, last_error, blocked)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-             ON CONFLICT (consumer, model) DO UPDATE SET owner = excluded.owner,
-                 epoch = excluded.epoch, acked_sequence = excluded.acked_sequence,
-                 latest_sequence = excluded.latest_sequence, pending = excluded.pending,
-                 inflight_sequence = excluded.inflight_sequence, deliveries = excluded.deliveries,
-                 redeliver_time = excluded.redeliver_time, last_error = excluded.last_error,
-                 blocked = excluded.blocked",
-        )
-        .bind(name)
-        .bind(s.model.as_str())
-        .bind(s.owner.as_deref())
-        .bind(s.epoch as i64)
-        .bind(s.acked as i64)
-        .bind(s.latest as i64)
-        .bind(s.pending as i64)
-        .bind(s.inflight as i64)
-        .bind(i64::from(s.deliveries))
-        .bind(s.redeliver_time)
-        .bind(s.last_error.as_str())
-        .bind(s.blocked)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_err)?;
+        sqlx::query(UPSERT_SLOT)
+            .bind(name)
+            .bind(s.model.as_str())
+            .bind(s.owner.as_deref())
+            .bind(s.epoch as i64)
+            .bind(s.acked as i64)
+            .bind(s.latest as i64)
+            .bind(s.pending as i64)
+            .bind(s.inflight as i64)
+            .bind(i64::from(s.deliveries))
+            .bind(s.redeliver_time)
+            .bind(s.last_error.as_str())
+            .bind(s.blocked)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err)?;
         Ok(())
     }
 
     /// Deletes consumer `name` and all its state.
     pub async fn delete(conn: &mut DB::Connection, name: &str) -> Result<bool> {
-        for table in ["dead_letters", "consumer_models", "consumer_members"] {
+        for table in CONSUMER_TABLES {
             sqlx::query(&format!("DELETE FROM {table} WHERE consumer = $1"))
                 .bind(name)
                 .execute(&mut *conn)
                 .await
                 .map_err(db_err)?;
         }
-        let found: Option<(i64,)> =
-            sqlx::query_as("DELETE FROM consumers WHERE name = $1 RETURNING create_time")
-                .bind(name)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(db_err)?;
+        let found: Option<(i64,)> = sqlx::query_as(DELETE_CONSUMER)
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_err)?;
         Ok(found.is_some())
     }
+}
+
+pub(super) fn load_consumer_sql() -> String {
+    format!("SELECT {CONSUMER_COLUMNS} FROM consumers WHERE name = $1")
+}
+
+pub(super) fn dead_letters_in_sql() -> String {
+    format!(
+        "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE consumer = $1 AND state = $2 ORDER BY sequence"
+    )
+}
+
+pub(super) fn slot_sql() -> String {
+    format!("SELECT {SLOT_COLUMNS} FROM consumer_models WHERE consumer = $1 AND model = $2")
+}
+
+pub(super) fn dead_letter_sql() -> String {
+    format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE consumer = $1 AND sequence = $2")
+}
+
+/// The select of the model places `which` asks for, with its second
+/// parameter (the first is the consumer), or `None` when it asks for none.
+pub(super) fn slots_sql(which: Slots<'_>) -> Option<(String, &str)> {
+    let (clause, key) = match which {
+        Slots::None => return None,
+        Slots::All => ("AND $2 = ''", ""),
+        Slots::HeldBy(member) => ("AND owner = $2", member),
+        Slots::Of(model) => ("AND model = $2", model),
+    };
+    Some((
+        format!(
+            "SELECT {SLOT_COLUMNS} FROM consumer_models WHERE consumer = $1 {clause} ORDER BY model"
+        ),
+        key,
+    ))
 }

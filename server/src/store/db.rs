@@ -28,6 +28,13 @@ use crate::store::rows::{
 use crate::store::sql::{Column, Engine, Param, SqlStore, db_err, json_err};
 use crate::store::{ConsumerState, Db, ModelFilter, RequestCursor, Slots, WriteFuture};
 
+pub(super) const PRODUCTION_SINCE: &str = r#"SELECT version, stage, stage_update_time FROM versions
+               WHERE model = $1 AND stage = 'PRODUCTION'"#;
+pub(super) const PASSED_OVER: &str = r#"SELECT version, stage, stage_update_time FROM versions
+               WHERE model = $1 AND stage IN ('NONE', 'STAGING') AND version < $2 ORDER BY version"#;
+pub(super) const BREACH_RECORDED: &str = r#"SELECT bad_since FROM live_metric_breaches
+               WHERE model = $1 AND version = $2 AND metric = $3 AND bad_since = $4"#;
+
 impl<S, DB> Db for S
 where
     S: SqlStore<Engine = DB>,
@@ -443,7 +450,7 @@ where
         ex: impl Executor<'c, Database = DB>,
         name: &str,
     ) -> Result<Option<Model>> {
-        let sql = format!("{} WHERE m.name = $1", rows::model_select::<DB>());
+        let sql = model_by_name_sql::<DB>();
         let row: Option<ModelRow> = sqlx::query_as(&sql)
             .bind(name)
             .fetch_optional(ex)
@@ -457,10 +464,7 @@ where
         model: &str,
         version: i64,
     ) -> Result<Option<Version>> {
-        let sql = format!(
-            "{} WHERE v.model = $1 AND v.version = $2",
-            rows::version_select::<DB>()
-        );
+        let sql = version_by_number_sql::<DB>();
         let row: Option<VersionRow> = sqlx::query_as(&sql)
             .bind(model)
             .bind(version)
@@ -475,9 +479,7 @@ where
         model: &str,
         number: i64,
     ) -> Result<Option<TransitionRequest>> {
-        let sql = format!(
-            "SELECT {REQUEST_COLUMNS} FROM transition_requests WHERE model = $1 AND number = $2"
-        );
+        let sql = request_by_number_sql();
         let row: Option<RequestRow> = sqlx::query_as(&sql)
             .bind(model)
             .bind(number)
@@ -491,9 +493,7 @@ where
         ex: impl Executor<'c, Database = DB>,
         set: &SetRef,
     ) -> Result<Option<EvaluationSet>> {
-        let sql = format!(
-            "SELECT {EVALUATION_SET_COLUMNS} FROM evaluation_sets WHERE name = $1 AND version = $2"
-        );
+        let sql = evaluation_set_by_ref_sql();
         let row: Option<EvaluationSetRow> = sqlx::query_as(&sql)
             .bind(set.name.as_str())
             .bind(set.version.as_str())
@@ -507,14 +507,11 @@ where
         ex: impl Executor<'c, Database = DB>,
         model: &str,
     ) -> Result<Option<StageSince>> {
-        let row: Option<StageSinceRow> = sqlx::query_as(
-            r#"SELECT version, stage, stage_update_time FROM versions
-               WHERE model = $1 AND stage = 'PRODUCTION'"#,
-        )
-        .bind(model)
-        .fetch_optional(ex)
-        .await
-        .map_err(db_err)?;
+        let row: Option<StageSinceRow> = sqlx::query_as(PRODUCTION_SINCE)
+            .bind(model)
+            .fetch_optional(ex)
+            .await
+            .map_err(db_err)?;
         row.map(StageSince::try_from).transpose()
     }
 
@@ -523,15 +520,12 @@ where
         model: &str,
         below: i64,
     ) -> Result<Vec<StageSince>> {
-        let rows: Vec<StageSinceRow> = sqlx::query_as(
-            r#"SELECT version, stage, stage_update_time FROM versions
-               WHERE model = $1 AND stage IN ('NONE', 'STAGING') AND version < $2 ORDER BY version"#,
-        )
-        .bind(model)
-        .bind(below)
-        .fetch_all(ex)
-        .await
-        .map_err(db_err)?;
+        let rows: Vec<StageSinceRow> = sqlx::query_as(PASSED_OVER)
+            .bind(model)
+            .bind(below)
+            .fetch_all(ex)
+            .await
+            .map_err(db_err)?;
         convert(rows)
     }
 
@@ -565,17 +559,33 @@ where
         metric: &str,
         bad_since: i64,
     ) -> Result<bool> {
-        let found: Option<i64> = sqlx::query_scalar(
-            r#"SELECT bad_since FROM live_metric_breaches
-               WHERE model = $1 AND version = $2 AND metric = $3 AND bad_since = $4"#,
-        )
-        .bind(model)
-        .bind(version)
-        .bind(metric)
-        .bind(bad_since)
-        .fetch_optional(ex)
-        .await
-        .map_err(db_err)?;
+        let found: Option<i64> = sqlx::query_scalar(BREACH_RECORDED)
+            .bind(model)
+            .bind(version)
+            .bind(metric)
+            .bind(bad_since)
+            .fetch_optional(ex)
+            .await
+            .map_err(db_err)?;
         Ok(found.is_some())
     }
+}
+
+pub(super) fn model_by_name_sql<DB: Engine>() -> String {
+    format!("{} WHERE m.name = $1", rows::model_select::<DB>())
+}
+
+pub(super) fn version_by_number_sql<DB: Engine>() -> String {
+    format!(
+        "{} WHERE v.model = $1 AND v.version = $2",
+        rows::version_select::<DB>()
+    )
+}
+
+pub(super) fn request_by_number_sql() -> String {
+    format!("SELECT {REQUEST_COLUMNS} FROM transition_requests WHERE model = $1 AND number = $2")
+}
+
+pub(super) fn evaluation_set_by_ref_sql() -> String {
+    format!("SELECT {EVALUATION_SET_COLUMNS} FROM evaluation_sets WHERE name = $1 AND version = $2")
 }

@@ -18,6 +18,7 @@ mod batch;
 mod cache;
 mod consumers;
 mod db;
+mod lite;
 mod postgres;
 mod rows;
 mod sql;
@@ -494,8 +495,6 @@ pub trait Tx: Send {
     ) -> impl Future<Output = Result<()>> + Send;
     /// Deletes a consumer and its state; false when it did not exist.
     fn delete_consumer(&mut self, name: &str) -> impl Future<Output = Result<bool>> + Send;
-    /// Commits.
-    fn commit(self) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// The registry's storage, shared by every handler.

@@ -57,7 +57,7 @@ pub fn model_select<DB: Engine>() -> String {
 }
 
 /// A model with its aliases and its production deployments as JSON.
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, Deserialize)]
 pub struct ModelRow {
     /// Its unique name.
     name: String,
@@ -128,7 +128,7 @@ pub fn version_select<DB: Engine>() -> String {
 }
 
 /// A version with its aliases, evaluations and deployments as JSON.
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, Deserialize)]
 pub struct VersionRow {
     /// The model's name.
     model: String,
@@ -338,7 +338,7 @@ impl TryFrom<EventRow> for Event {
 }
 
 /// One stage change of a model's history (a STAGE_CHANGED event).
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, Deserialize)]
 pub struct StageStepRow {
     /// The version moved.
     version: i64,
@@ -372,7 +372,7 @@ pub const REQUEST_COLUMNS: &str = "model, number, version, from_stage, to_stage,
      gate_results, approvals, status, create_time, update_time, resolved_by, resolution_comment";
 
 /// A transition request, its gate results and approvals as JSON.
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, Deserialize)]
 pub struct RequestRow {
     /// The model.
     model: String,
@@ -434,7 +434,7 @@ impl TryFrom<RequestRow> for TransitionRequest {
 }
 
 /// An earlier request with the same request id.
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, Deserialize)]
 pub struct StoredRequestRow {
     /// The digest of what it asked for.
     fingerprint: String,
@@ -462,7 +462,7 @@ pub const EVALUATION_SET_COLUMNS: &str =
     "name, version, uri, digest, metrics, description, created_by, create_time";
 
 /// An evaluation set version, its metric definitions as JSON.
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, Deserialize)]
 pub struct EvaluationSetRow {
     /// The set's name.
     name: String,
@@ -508,7 +508,7 @@ pub const EVALUATION_COLUMNS: &str = "model, version, set_name, set_version, eva
      metrics, report_uri, created_by, create_time";
 
 /// An evaluation, its metric values as JSON.
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, Deserialize)]
 pub struct EvaluationRow {
     /// The model.
     model: String,
@@ -553,7 +553,7 @@ impl TryFrom<EvaluationRow> for Evaluation {
 }
 
 /// A version's stage and when it entered it.
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, Deserialize)]
 pub struct StageSinceRow {
     /// The version.
     version: i64,
@@ -603,7 +603,7 @@ SELECT
 "#;
 
 /// The row of [`LIVE_READINGS`].
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, Deserialize)]
 pub struct ReadingsRow {
     /// The latest observation at or before `now - window`: when…
     anchor_time: Option<i64>,

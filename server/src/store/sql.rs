@@ -100,7 +100,7 @@ pub trait SqlStore: Clone + Send + Sync + 'static {
     /// SQLite or PostgreSQL.
     type Engine: Engine;
     /// Its write transaction.
-    type Tx: SqlTx<Engine = Self::Engine> + 'static;
+    type Tx: super::Tx + 'static;
     /// The connections for reads outside a write.
     fn readers(&self) -> &Pool<Self::Engine>;
     /// Versions read recently, where the backend can keep them coherent.

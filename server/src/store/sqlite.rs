@@ -7,19 +7,26 @@
 //! them inside its transaction and commits in that order, and watchers are
 //! woken only after the commit.
 //!
-//! **Group commit.** Writes queue for the writer task, which runs every write
+//! **The writer** is a thread of its own that owns the one writing
+//! connection and drives it synchronously ([`LiteTx`], rusqlite): a write's
+//! statements are function calls on that thread, not hops to sqlx's
+//! connection thread and back. The writes themselves are the same futures as
+//! on PostgreSQL; the thread runs them on a runtime of its own, where every
+//! statement completes at once. Reads stay on sqlx's read-only pool.
+//!
+//! **Group commit.** Writes queue for the writer, which runs every write
 //! waiting at that moment inside one `BEGIN IMMEDIATE` transaction, each in a
 //! savepoint of its own, and commits them with one fsync. A write that fails
-//! rolls back to its savepoint. Each call to the connection is a round trip
-//! to sqlx's SQLite thread, so savepoint statements travel together (a
-//! write's RELEASE with the next one's SAVEPOINT; COMMIT releases the last). Every write, refused or not, is answered only
+//! rolls back to its savepoint. Every write, refused or not, is answered only
 //! after the batch's commit is durable: an acknowledged write is never lost,
 //! and a refusal never rests on state that was not committed (a refusal can
 //! depend on an earlier write of the same batch). A failed commit fails every
 //! write of the batch, refusals included, as retryable.
 
+use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::metrics::histogram::Histogram;
@@ -32,12 +39,12 @@ use sqlx::{QueryBuilder, SqlitePool};
 use tokio::sync::{mpsc, watch};
 
 use crate::clock::Clock;
-use crate::domain::Event;
 use crate::error::{Error, Result};
 use crate::store::WriteFuture;
 use crate::store::batch::{self, Staged};
 use crate::store::cache::VersionCache;
-use crate::store::sql::{Engine, SqlStore, SqlTx, db_err};
+use crate::store::lite::LiteTx;
+use crate::store::sql::{Engine, SqlStore, db_err};
 
 /// Readers in the pool: enough for concurrent RPCs and watchers on 2 cores.
 const READERS: u32 = 8;
@@ -46,68 +53,34 @@ const MAX_BATCH: usize = 256;
 /// Writes queued for the writer before callers wait to enqueue.
 const QUEUE: usize = 4096;
 
-type Job = batch::Job<SqliteTx>;
+type Job = batch::Job<LiteTx>;
 
 /// The SQLite store.
 #[derive(Clone)]
 pub struct SqliteStore {
-    /// The one connection that writes, owned by the writer task.
-    writer: SqlitePool,
     /// Read-only connections for every query outside a write.
     readers: SqlitePool,
     /// Writes per committed batch, for `/metrics`.
     pub(super) batch_sizes: Histogram,
-    /// The writer task's queue.
+    /// The writer's queue.
     jobs: mpsc::Sender<Job>,
+    /// Tells the writer to stop after its next batch ([`SqliteStore::close`]).
+    closing: Arc<AtomicBool>,
+    /// The writer thread, joined by [`SqliteStore::close`].
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     /// Versions read recently; the writer invalidates what it changes.
     cache: Arc<VersionCache>,
     /// "Now" for every write and read that needs it.
     clock: Clock,
 }
 
-/// One write transaction on the writer connection, with the end of the log
-/// (last sequence and hash) as this transaction sees it. The one writer keeps
-/// the end of the log in memory instead of in a table: no other process
-/// writes, so it saves two statements per write.
-pub struct SqliteTx(
-    sqlx::Transaction<'static, sqlx::Sqlite>,
-    (u64, String),
-    /// The models this transaction's events name, to invalidate on commit.
-    Vec<String>,
-    /// "Now" for this transaction.
-    Clock,
-);
-
-impl SqlTx for SqliteTx {
-    type Engine = sqlx::Sqlite;
-
-    fn conn(&mut self) -> &mut sqlx::SqliteConnection {
-        &mut self.0
-    }
-
-    fn clock(&self) -> &Clock {
-        &self.3
-    }
-
-    fn note_event(&mut self, event: &Event) {
-        if !self.2.contains(&event.model) {
-            self.2.push(event.model.clone());
-        }
-    }
-
-    /// The end of the log as kept in memory: the one writer needs no lock.
-    async fn head(&mut self) -> Result<(u64, String)> {
-        Ok(self.1.clone())
-    }
-
-    async fn set_head(&mut self, sequence: u64, hash: &str) -> Result<()> {
-        self.1 = (sequence, hash.to_owned());
-        Ok(())
-    }
-
-    async fn commit(self) -> Result<()> {
-        self.0.commit().await.map_err(db_err)
-    }
+/// What the writer thread owns besides its connection.
+struct Writer {
+    queue: mpsc::Receiver<Job>,
+    latest: watch::Sender<u64>,
+    cache: Arc<VersionCache>,
+    batch_sizes: Histogram,
+    closing: Arc<AtomicBool>,
 }
 
 impl SqliteStore {
@@ -130,10 +103,10 @@ impl SqliteStore {
             })?;
         }
 
-        let writer = SqlitePoolOptions::new()
+        // Creates the file in WAL mode and migrates it, then steps aside for
+        // the writer thread's own connection.
+        let setup = SqlitePoolOptions::new()
             .max_connections(1)
-            .min_connections(1)
-            .acquire_timeout(Duration::from_secs(120))
             .connect_with(
                 base.clone()
                     .create_if_missing(true)
@@ -143,9 +116,10 @@ impl SqliteStore {
             .await
             .map_err(db_err)?;
         sqlx::migrate!("./migrations/sqlite")
-            .run(&writer)
+            .run(&setup)
             .await
             .map_err(|e| Error::Internal(format!("migration failed: {e}")))?;
+        setup.close().await;
 
         let readers = SqlitePoolOptions::new()
             .max_connections(READERS)
@@ -162,24 +136,29 @@ impl SqliteStore {
         let head = head
             .map(|(seq, hash)| (seq as u64, hash))
             .unwrap_or((0, crate::domain::audit::GENESIS_HASH.to_owned()));
-        let (tx, rx) = watch::channel(head.0);
+        let tx = open_writer(path.clone(), head.clone(), clock.clone()).await?;
+        let (latest, rx) = watch::channel(head.0);
         let (jobs, queue) = mpsc::channel(QUEUE);
         let cache = Arc::new(VersionCache::default());
         let batch_sizes = batch_size_histogram();
-        tokio::spawn(write_batches(
-            writer.clone(),
+        let closing = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
             queue,
-            Arc::new(tx),
-            head,
-            cache.clone(),
-            batch_sizes.clone(),
-            clock.clone(),
-        ));
+            latest,
+            cache: cache.clone(),
+            batch_sizes: batch_sizes.clone(),
+            closing: closing.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer.run(tx))
+            .map_err(|e| Error::Internal(format!("cannot start the SQLite writer: {e}")))?;
         Ok((
             SqliteStore {
-                writer,
                 readers,
                 jobs,
+                closing,
+                thread: Arc::new(Mutex::new(Some(thread))),
                 cache,
                 batch_sizes,
                 clock,
@@ -188,17 +167,35 @@ impl SqliteStore {
         ))
     }
 
-    /// Closes every connection.
+    /// Lets the writer finish what is queued, stops it, and closes every
+    /// connection. Writes after this fail as unavailable.
     pub async fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        // Wakes a writer that waits for work; it stops after this batch.
+        let _ = batch::enqueue(&self.jobs, |_: &mut LiteTx| -> WriteFuture<'_, ()> {
+            Box::pin(async { Ok(((), None)) })
+        })
+        .await;
+        let thread = self.thread.lock().map(|mut t| t.take()).unwrap_or(None);
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
         self.readers.close().await;
-        self.writer.close().await;
     }
 }
 
-/// Reads on the read-only pool, writes queued for the one writer task.
+/// Opens the writer's connection off the async runtime (opening a file and
+/// setting the journal mode touch the disk).
+async fn open_writer(path: PathBuf, head: (u64, String), clock: Clock) -> Result<LiteTx> {
+    tokio::task::spawn_blocking(move || LiteTx::open(&path, head, clock))
+        .await
+        .map_err(|e| Error::Internal(format!("opening the SQLite writer panicked: {e}")))?
+}
+
+/// Reads on the read-only pool, writes queued for the one writer thread.
 impl SqlStore for SqliteStore {
     type Engine = sqlx::Sqlite;
-    type Tx = SqliteTx;
+    type Tx = LiteTx;
 
     /// The writer invalidates what it changes before anyone learns of a commit.
     fn version_cache(&self) -> Option<&VersionCache> {
@@ -209,38 +206,18 @@ impl SqlStore for SqliteStore {
         &self.clock
     }
 
-    /// The read-only connections; the writer task owns the one that writes.
+    /// The read-only connections; the writer thread owns the one that writes.
     fn readers(&self) -> &SqlitePool {
         &self.readers
     }
 
-    /// Queues `write` for the writer task and waits for its durable answer.
+    /// Queues `write` for the writer thread and waits for its durable answer.
     async fn run_write<R, F>(&self, write: F) -> Result<R>
     where
         R: Send + 'static,
-        F: for<'t> FnOnce(&'t mut SqliteTx) -> WriteFuture<'t, R> + Send + 'static,
+        F: for<'t> FnOnce(&'t mut LiteTx) -> WriteFuture<'t, R> + Send + 'static,
     {
         batch::enqueue(&self.jobs, write).await
-    }
-}
-
-/// Runs savepoint statements (one round trip to the connection's thread for
-/// all of them), turning failure into the batch's poison.
-async fn savepoint(tx: &mut SqliteTx, sql: &'static str) -> std::result::Result<(), String> {
-    sqlx::query(sql)
-        .execute(&mut *tx.0)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
-/// Closes the writer's connection so the pool opens a fresh one. SQLite may
-/// roll a transaction back by itself when its COMMIT fails (disk full, I/O
-/// error) while sqlx still counts it as open, and would then refuse every
-/// later BEGIN on that connection: writes would never recover.
-async fn replace_writer_connection(pool: &SqlitePool) {
-    if let Ok(conn) = pool.acquire().await {
-        let _ = sqlx::Connection::close(conn.detach()).await;
     }
 }
 
@@ -251,94 +228,116 @@ pub(super) fn batch_size_histogram() -> Histogram {
     ))
 }
 
-/// The writer task: commits queued writes in batches (see the module docs).
-async fn write_batches(
-    pool: SqlitePool,
-    mut queue: mpsc::Receiver<Job>,
-    latest: Arc<watch::Sender<u64>>,
-    mut head: (u64, String),
-    cache: Arc<VersionCache>,
-    batch_sizes: Histogram,
-    clock: Clock,
-) {
-    while let Some(first) = queue.recv().await {
-        let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
-            Ok(tx) => SqliteTx(tx, head.clone(), Vec::new(), clock.clone()),
+impl Writer {
+    /// The writer thread: runs the writes' futures on a runtime of its own,
+    /// where each statement completes at once, until the store closes.
+    fn run(self, tx: LiteTx) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
             Err(e) => {
-                batch::fail_queued(first, &mut queue, &e.to_string()).await;
+                tracing::error!(error = %e, "the SQLite writer cannot start its runtime");
+                return;
+            }
+        };
+        runtime.block_on(self.write_batches(tx));
+    }
+
+    /// Commits queued writes in batches (see the module docs).
+    async fn write_batches(mut self, mut tx: LiteTx) {
+        while let Some(first) = self.queue.recv().await {
+            if let Err(e) = tx.batch("BEGIN IMMEDIATE") {
+                batch::fail_queued(first, &mut self.queue, &e.to_string()).await;
+                recover(&mut tx);
                 continue;
             }
-        };
-        let mut staged: Vec<Staged> = Vec::new();
-        // Refused writes, answered with the others once the batch is durable.
-        let mut refused: Vec<Staged> = Vec::new();
-        let mut last_sequence = None;
-        let mut poison: Option<String> = None;
-        // Whether the last write's savepoint is still to be released.
-        let mut unreleased = false;
-        let mut next = Some(first);
-        while let Some(job) = next.take() {
-            if let Err(e) = savepoint(&mut tx, batch::open_savepoint(unreleased)).await {
-                poison = Some(e);
-                batch::abandon(job).await;
-                break;
+            let committed_head = tx.head.clone();
+            let mut staged: Vec<Staged> = Vec::new();
+            // Refused writes, answered with the others once the batch is durable.
+            let mut refused: Vec<Staged> = Vec::new();
+            let mut last_sequence = None;
+            let mut poison: Option<String> = None;
+            // Whether the last write's savepoint is still to be released.
+            let mut unreleased = false;
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                if let Err(e) = tx.batch(batch::open_savepoint(unreleased)) {
+                    poison = Some(e.to_string());
+                    batch::abandon(job).await;
+                    break;
+                }
+                unreleased = false;
+                let head_before = tx.head.clone();
+                let touched_before = tx.touched.len();
+                let done = job(Ok(&mut tx)).await;
+                if done.ok {
+                    unreleased = true;
+                    last_sequence = done.last_sequence.or(last_sequence);
+                    staged.push(done);
+                } else {
+                    tx.head = head_before;
+                    tx.touched.truncate(touched_before);
+                    let undone = tx.batch(batch::UNDO_SAVEPOINT);
+                    refused.push(done);
+                    if let Err(e) = undone {
+                        poison = Some(e.to_string());
+                    }
+                }
+                if poison.is_some() || staged.len() + refused.len() >= MAX_BATCH {
+                    break;
+                }
+                next = self.queue.try_recv().ok();
             }
-            unreleased = false;
-            let head_before = tx.1.clone();
-            let done = job(Ok(&mut tx)).await;
-            if done.ok {
-                unreleased = true;
-                last_sequence = done.last_sequence.or(last_sequence);
-                staged.push(done);
+            let touched = std::mem::take(&mut tx.touched);
+            let failure = match poison {
+                Some(e) => Some(e),
+                None => tx.batch("COMMIT").err().map(|e| e.to_string()),
+            };
+            if failure.is_none() {
+                self.batch_sizes
+                    .observe((staged.len() + refused.len()) as f64);
+                // Before anyone learns of the commit, so no one can read it stale.
+                self.cache.invalidate(touched.iter().map(String::as_str));
             } else {
-                tx.1 = head_before;
-                let undone = savepoint(&mut tx, batch::UNDO_SAVEPOINT).await;
-                refused.push(done);
-                if let Err(e) = undone {
-                    poison = Some(e);
-                }
+                tx.head = committed_head;
+                recover(&mut tx);
             }
-            if poison.is_some() || staged.len() + refused.len() >= MAX_BATCH {
+            if let Some(e) = &failure {
+                tracing::error!(error = %e, writes = staged.len(), "a batch of writes failed to commit");
+            } else if let Some(seq) = last_sequence {
+                self.latest.send_if_modified(|cur| {
+                    let newer = seq > *cur;
+                    if newer {
+                        *cur = seq;
+                    }
+                    newer
+                });
+            }
+            for done in staged.into_iter().chain(refused) {
+                done.answer(failure.as_deref());
+            }
+            if self.closing.load(Ordering::SeqCst) {
                 break;
             }
-            next = queue.try_recv().ok();
         }
-        let batch_head = tx.1.clone();
-        let touched = std::mem::take(&mut tx.2);
-        let failure = match poison {
-            Some(e) => {
-                if tx.0.rollback().await.is_err() {
-                    replace_writer_connection(&pool).await;
-                }
-                Some(e)
-            }
-            None => match tx.0.commit().await {
-                Ok(()) => None,
-                Err(e) => {
-                    replace_writer_connection(&pool).await;
-                    Some(e.to_string())
-                }
-            },
-        };
-        if failure.is_none() {
-            batch_sizes.observe((staged.len() + refused.len()) as f64);
-            head = batch_head;
-            // Before anyone learns of the commit, so no one can read it stale.
-            cache.invalidate(touched.iter().map(String::as_str));
-        }
-        if let Some(e) = &failure {
-            tracing::error!(error = %e, writes = staged.len(), "a batch of writes failed to commit");
-        } else if let Some(seq) = last_sequence {
-            latest.send_if_modified(|cur| {
-                let newer = seq > *cur;
-                if newer {
-                    *cur = seq;
-                }
-                newer
-            });
-        }
-        for done in staged.into_iter().chain(refused) {
-            done.answer(failure.as_deref());
+    }
+}
+
+/// Leaves the writer's connection ready for the next batch after a failed
+/// one: rolls back what SQLite did not already roll back by itself (a failed
+/// COMMIT, on a full or failing disk, may or may not), and opens the
+/// connection again if even that fails, since a connection left inside a
+/// transaction would refuse every later BEGIN: writes would never recover.
+fn recover(tx: &mut LiteTx) {
+    if !tx.in_transaction() {
+        return;
+    }
+    if let Err(e) = tx.batch("ROLLBACK") {
+        tracing::warn!(error = %e, "rollback failed; opening the writer's connection again");
+        if let Err(e) = tx.reconnect() {
+            tracing::error!(error = %e, "cannot open the writer's connection again");
         }
     }
 }
@@ -386,38 +385,27 @@ impl Engine for sqlx::Sqlite {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
-    /// The writer merges savepoint statements into one call; sqlx must run
-    /// every statement of such a string, not only the first.
-    #[tokio::test]
-    async fn one_call_runs_every_savepoint_statement() {
+    /// The writer merges savepoint statements into one call; every
+    /// statement of such a string must run, not only the first.
+    #[test]
+    fn one_call_runs_every_savepoint_statement() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/t.db", dir.path().display());
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(
-                SqliteConnectOptions::from_str(&url)
-                    .unwrap()
-                    .create_if_missing(true),
-            )
-            .await
-            .unwrap();
-        let tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-        let mut tx = SqliteTx(tx, (0, String::new()), Vec::new(), Clock::system());
-        savepoint(&mut tx, "SAVEPOINT write").await.unwrap();
-        savepoint(&mut tx, "RELEASE SAVEPOINT write; SAVEPOINT write")
-            .await
+        let path: &Path = &dir.path().join("t.db");
+        rusqlite::Connection::open(path).unwrap();
+        let tx = LiteTx::open(path, (0, String::new()), Clock::system()).unwrap();
+        tx.batch("BEGIN IMMEDIATE").unwrap();
+        tx.batch("SAVEPOINT write").unwrap();
+        tx.batch("RELEASE SAVEPOINT write; SAVEPOINT write")
             .unwrap();
         // Only a savepoint opened by the second statement can be rolled back
         // to and released now; after both, none is left.
-        savepoint(
-            &mut tx,
-            "ROLLBACK TO SAVEPOINT write; RELEASE SAVEPOINT write",
-        )
-        .await
-        .unwrap();
-        let gone = savepoint(&mut tx, "RELEASE SAVEPOINT write").await;
+        tx.batch("ROLLBACK TO SAVEPOINT write; RELEASE SAVEPOINT write")
+            .unwrap();
+        let gone = tx.batch("RELEASE SAVEPOINT write");
         assert!(
             gone.is_err(),
             "the second RELEASE ran too: no savepoint is left"

@@ -29,6 +29,49 @@ use crate::store::rows::{
 use crate::store::sql::{Column, Engine, Param, SqlTx, db_err, json_err};
 use crate::store::{ConsumerChanges, ConsumerState, Slots, StoredRequest, Tx};
 
+pub(super) const PRODUCTION_VERSION: &str =
+    "SELECT version FROM versions WHERE model = $1 AND stage = 'PRODUCTION'";
+pub(super) const FIND_REQUEST: &str = r#"SELECT fingerprint, model, version, response FROM idempotency
+               WHERE method = $1 AND request_id = $2"#;
+pub(super) const REMEMBER_REQUEST: &str = r#"INSERT INTO idempotency (method, request_id, fingerprint, model, version, create_time, response)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)"#;
+pub(super) const INSERT_MODEL: &str = r#"INSERT INTO models (name, description, tags, revision, latest_version, created_by, create_time, update_time, policy)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"#;
+pub(super) const UPDATE_MODEL: &str = r#"UPDATE models SET description = $1, tags = $2, policy = $3, revision = revision + 1, update_time = $4
+               WHERE name = $5"#;
+pub(super) const INSERT_VERSION: &str = r#"INSERT INTO versions (model, version, artifact_uri, artifact_digest, source, training_metrics,
+                   tags, description, stage, revision, created_by, create_time, update_time, stage_update_time)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"#;
+pub(super) const BUMP_LATEST_VERSION: &str = "UPDATE models SET latest_version = $1, revision = revision + 1, update_time = $2 WHERE name = $3";
+pub(super) const UPDATE_VERSION: &str = r#"UPDATE versions SET tags = $1, description = $2, revision = revision + 1, update_time = $3
+               WHERE model = $4 AND version = $5"#;
+pub(super) const MOVE_STAGE: &str = r#"UPDATE versions SET stage = $1, revision = revision + 1, update_time = $2, stage_update_time = $2
+               WHERE model = $3 AND version = $4 AND stage = $5"#;
+pub(super) const TOUCH_MODEL: &str =
+    "UPDATE models SET revision = revision + 1, update_time = $1 WHERE name = $2";
+pub(super) const TOUCH_VERSION: &str = "UPDATE versions SET revision = revision + 1, update_time = $1 WHERE model = $2 AND version = $3";
+pub(super) const UPSERT_ALIAS: &str = r#"INSERT INTO aliases (model, alias, version) VALUES ($1, $2, $3)
+               ON CONFLICT (model, alias) DO UPDATE SET version = excluded.version"#;
+pub(super) const REMOVE_ALIAS: &str = "DELETE FROM aliases WHERE model = $1 AND alias = $2";
+pub(super) const NEXT_REQUEST_NUMBER: &str =
+    "SELECT COALESCE(MAX(number), 0) + 1 FROM transition_requests WHERE model = $1";
+pub(super) const UPDATE_REQUEST: &str = r#"UPDATE transition_requests SET approvals = $1, status = $2, update_time = $3,
+                   resolved_by = $4, resolution_comment = $5
+               WHERE model = $6 AND number = $7"#;
+pub(super) const STAGE_HISTORY: &str = r#"SELECT version, to_stage, cause FROM events
+               WHERE model = $1 AND type = 'STAGE_CHANGED' ORDER BY sequence"#;
+pub(super) const RECORD_BREACH: &str = r#"INSERT INTO live_metric_breaches (model, version, metric, bad_since, report_time)
+               VALUES ($1, $2, $3, $4, $5)"#;
+pub(super) const UPSERT_DEPLOYMENT: &str = r#"INSERT INTO deployments (model, version, environment, status, endpoint, message, reported_by, report_time)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+               ON CONFLICT (model, version, environment) DO UPDATE SET status = excluded.status,
+                   endpoint = excluded.endpoint, message = excluded.message,
+                   reported_by = excluded.reported_by, report_time = excluded.report_time"#;
+pub(super) const UPSERT_OBSERVATION: &str = r#"INSERT INTO live_metrics (model, version, metric, observe_time, value)
+               VALUES ($1, $2, $3, $4, $5)
+               ON CONFLICT (model, version, metric, observe_time) DO UPDATE SET value = excluded.value"#;
+pub(super) const DELETE_TAGS: &str = "DELETE FROM model_tags WHERE model = $1";
+
 /// Most events in one INSERT: 14 parameters each stays far below either
 /// engine's limit on parameters per statement.
 const EVENTS_PER_INSERT: usize = 256;
@@ -83,7 +126,7 @@ where
     }
 
     async fn production_version(&mut self, model: &str) -> Result<Option<i64>> {
-        sqlx::query_scalar("SELECT version FROM versions WHERE model = $1 AND stage = 'PRODUCTION'")
+        sqlx::query_scalar(PRODUCTION_VERSION)
             .bind(model)
             .fetch_optional(self.conn())
             .await
@@ -95,15 +138,12 @@ where
         method: &str,
         request_id: &str,
     ) -> Result<Option<StoredRequest>> {
-        let row: Option<StoredRequestRow> = sqlx::query_as(
-            r#"SELECT fingerprint, model, version, response FROM idempotency
-               WHERE method = $1 AND request_id = $2"#,
-        )
-        .bind(method)
-        .bind(request_id)
-        .fetch_optional(self.conn())
-        .await
-        .map_err(db_err)?;
+        let row: Option<StoredRequestRow> = sqlx::query_as(FIND_REQUEST)
+            .bind(method)
+            .bind(request_id)
+            .fetch_optional(self.conn())
+            .await
+            .map_err(db_err)?;
         Ok(row.map(StoredRequest::from))
     }
 
@@ -113,46 +153,37 @@ where
         request_id: &str,
         stored: &StoredRequest,
     ) -> Result<()> {
-        let inserted = sqlx::query(
-            r#"INSERT INTO idempotency (method, request_id, fingerprint, model, version, create_time, response)
-               VALUES ($1, $2, $3, $4, $5, $6, $7)"#,
-        )
-        .bind(method)
-        .bind(request_id)
-        .bind(stored.fingerprint.as_str())
-        .bind(stored.model.as_str())
-        .bind(stored.version)
-        .bind(self.now())
-        .bind(stored.response.as_deref())
-        .execute(self.conn())
-        .await;
+        let inserted = sqlx::query(REMEMBER_REQUEST)
+            .bind(method)
+            .bind(request_id)
+            .bind(stored.fingerprint.as_str())
+            .bind(stored.model.as_str())
+            .bind(stored.version)
+            .bind(self.now())
+            .bind(stored.response.as_deref())
+            .execute(self.conn())
+            .await;
         match inserted {
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(Error::invalid(
-                "request_id",
-                format!(
-                    "this request id is being used by another {method} request at this moment; use a new request id for a new request"
-                ),
-            )),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(request_id_in_use(method))
+            }
             other => other.map(|_| ()).map_err(db_err),
         }
     }
 
     async fn insert_model(&mut self, model: &Model) -> Result<bool> {
-        let inserted = sqlx::query(
-            r#"INSERT INTO models (name, description, tags, revision, latest_version, created_by, create_time, update_time, policy)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"#,
-        )
-        .bind(model.name.as_str())
-        .bind(model.description.as_str())
-        .bind(serde_json::to_string(&model.tags).map_err(json_err)?)
-        .bind(model.revision)
-        .bind(model.latest_version)
-        .bind(model.created_by.as_str())
-        .bind(model.create_time)
-        .bind(model.update_time)
-        .bind(serde_json::to_vec(&model.policy).map_err(json_err)?)
-        .execute(self.conn())
-        .await;
+        let inserted = sqlx::query(INSERT_MODEL)
+            .bind(model.name.as_str())
+            .bind(model.description.as_str())
+            .bind(serde_json::to_string(&model.tags).map_err(json_err)?)
+            .bind(model.revision)
+            .bind(model.latest_version)
+            .bind(model.created_by.as_str())
+            .bind(model.create_time)
+            .bind(model.update_time)
+            .bind(serde_json::to_vec(&model.policy).map_err(json_err)?)
+            .execute(self.conn())
+            .await;
         match inserted {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(false),
             other => {
@@ -164,69 +195,57 @@ where
     }
 
     async fn update_model(&mut self, model: &Model) -> Result<()> {
-        sqlx::query(
-            r#"UPDATE models SET description = $1, tags = $2, policy = $3, revision = revision + 1, update_time = $4
-               WHERE name = $5"#,
-        )
-        .bind(model.description.as_str())
-        .bind(serde_json::to_string(&model.tags).map_err(json_err)?)
-        .bind(serde_json::to_vec(&model.policy).map_err(json_err)?)
-        .bind(model.update_time)
-        .bind(model.name.as_str())
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
+        sqlx::query(UPDATE_MODEL)
+            .bind(model.description.as_str())
+            .bind(serde_json::to_string(&model.tags).map_err(json_err)?)
+            .bind(serde_json::to_vec(&model.policy).map_err(json_err)?)
+            .bind(model.update_time)
+            .bind(model.name.as_str())
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
         replace_tags(self.conn(), &model.name, &model.tags).await
     }
 
     async fn insert_version(&mut self, v: &Version) -> Result<()> {
-        sqlx::query(
-            r#"INSERT INTO versions (model, version, artifact_uri, artifact_digest, source, training_metrics,
-                   tags, description, stage, revision, created_by, create_time, update_time, stage_update_time)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"#,
-        )
-        .bind(v.model.as_str())
-        .bind(v.version)
-        .bind(v.artifact_uri.as_str())
-        .bind(v.artifact_digest.as_str())
-        .bind(serde_json::to_string(&v.source).map_err(json_err)?)
-        .bind(serde_json::to_string(&v.training_metrics).map_err(json_err)?)
-        .bind(serde_json::to_string(&v.tags).map_err(json_err)?)
-        .bind(v.description.as_str())
-        .bind(v.stage.as_str())
-        .bind(v.revision)
-        .bind(v.created_by.as_str())
-        .bind(v.create_time)
-        .bind(v.update_time)
-        .bind(v.stage_update_time)
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
-        sqlx::query(
-            "UPDATE models SET latest_version = $1, revision = revision + 1, update_time = $2 WHERE name = $3",
-        )
-        .bind(v.version)
-        .bind(v.create_time)
-        .bind(v.model.as_str())
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
+        sqlx::query(INSERT_VERSION)
+            .bind(v.model.as_str())
+            .bind(v.version)
+            .bind(v.artifact_uri.as_str())
+            .bind(v.artifact_digest.as_str())
+            .bind(serde_json::to_string(&v.source).map_err(json_err)?)
+            .bind(serde_json::to_string(&v.training_metrics).map_err(json_err)?)
+            .bind(serde_json::to_string(&v.tags).map_err(json_err)?)
+            .bind(v.description.as_str())
+            .bind(v.stage.as_str())
+            .bind(v.revision)
+            .bind(v.created_by.as_str())
+            .bind(v.create_time)
+            .bind(v.update_time)
+            .bind(v.stage_update_time)
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
+        sqlx::query(BUMP_LATEST_VERSION)
+            .bind(v.version)
+            .bind(v.create_time)
+            .bind(v.model.as_str())
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
         Ok(())
     }
 
     async fn update_version(&mut self, v: &Version) -> Result<()> {
-        sqlx::query(
-            r#"UPDATE versions SET tags = $1, description = $2, revision = revision + 1, update_time = $3
-               WHERE model = $4 AND version = $5"#,
-        )
-        .bind(serde_json::to_string(&v.tags).map_err(json_err)?)
-        .bind(v.description.as_str())
-        .bind(v.update_time)
-        .bind(v.model.as_str())
-        .bind(v.version)
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
+        sqlx::query(UPDATE_VERSION)
+            .bind(serde_json::to_string(&v.tags).map_err(json_err)?)
+            .bind(v.description.as_str())
+            .bind(v.update_time)
+            .bind(v.model.as_str())
+            .bind(v.version)
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
         Ok(())
     }
 
@@ -238,28 +257,20 @@ where
         to: Stage,
         now: i64,
     ) -> Result<()> {
-        let moved = sqlx::query(
-            r#"UPDATE versions SET stage = $1, revision = revision + 1, update_time = $2, stage_update_time = $2
-               WHERE model = $3 AND version = $4 AND stage = $5"#,
-        )
-        .bind(to.as_str())
-        .bind(now)
-        .bind(model)
-        .bind(version)
-        .bind(from.as_str())
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
-        if DB::rows_affected(&moved) != 1 {
-            return Err(Error::Internal(format!(
-                "{model}/{version} was not in {from} when moving it to {to}"
-            )));
-        }
-        Ok(())
+        let moved = sqlx::query(MOVE_STAGE)
+            .bind(to.as_str())
+            .bind(now)
+            .bind(model)
+            .bind(version)
+            .bind(from.as_str())
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
+        moved_one(DB::rows_affected(&moved), model, version, from, to)
     }
 
     async fn touch_model(&mut self, model: &str, now: i64) -> Result<()> {
-        sqlx::query("UPDATE models SET revision = revision + 1, update_time = $1 WHERE name = $2")
+        sqlx::query(TOUCH_MODEL)
             .bind(now)
             .bind(model)
             .execute(self.conn())
@@ -269,34 +280,29 @@ where
     }
 
     async fn touch_version(&mut self, model: &str, version: i64, now: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE versions SET revision = revision + 1, update_time = $1 WHERE model = $2 AND version = $3",
-        )
-        .bind(now)
-        .bind(model)
-        .bind(version)
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
+        sqlx::query(TOUCH_VERSION)
+            .bind(now)
+            .bind(model)
+            .bind(version)
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
         Ok(())
     }
 
     async fn upsert_alias(&mut self, model: &str, alias: &str, version: i64) -> Result<()> {
-        sqlx::query(
-            r#"INSERT INTO aliases (model, alias, version) VALUES ($1, $2, $3)
-               ON CONFLICT (model, alias) DO UPDATE SET version = excluded.version"#,
-        )
-        .bind(model)
-        .bind(alias)
-        .bind(version)
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
+        sqlx::query(UPSERT_ALIAS)
+            .bind(model)
+            .bind(alias)
+            .bind(version)
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
         Ok(())
     }
 
     async fn remove_alias(&mut self, model: &str, alias: &str) -> Result<()> {
-        sqlx::query("DELETE FROM aliases WHERE model = $1 AND alias = $2")
+        sqlx::query(REMOVE_ALIAS)
             .bind(model)
             .bind(alias)
             .execute(self.conn())
@@ -348,9 +354,7 @@ where
     }
 
     async fn insert_evaluation_set(&mut self, set: &EvaluationSet) -> Result<()> {
-        let sql = format!(
-            "INSERT INTO evaluation_sets ({EVALUATION_SET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-        );
+        let sql = insert_evaluation_set_sql();
         sqlx::query(&sql)
             .bind(set.id.name.as_str())
             .bind(set.id.version.as_str())
@@ -373,10 +377,7 @@ where
         set: &SetRef,
         evaluator_version: &str,
     ) -> Result<Option<Evaluation>> {
-        let sql = format!(
-            "SELECT {EVALUATION_COLUMNS} FROM evaluations
-             WHERE model = $1 AND version = $2 AND set_name = $3 AND set_version = $4 AND evaluator_version = $5"
-        );
+        let sql = fetch_evaluation_sql();
         let row: Option<EvaluationRow> = sqlx::query_as(&sql)
             .bind(model)
             .bind(version)
@@ -390,9 +391,7 @@ where
     }
 
     async fn insert_evaluation(&mut self, e: &Evaluation) -> Result<()> {
-        let sql = format!(
-            "INSERT INTO evaluations ({EVALUATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-        );
+        let sql = insert_evaluation_sql();
         sqlx::query(&sql)
             .bind(e.model.as_str())
             .bind(e.version)
@@ -410,20 +409,15 @@ where
     }
 
     async fn next_request_number(&mut self, model: &str) -> Result<i64> {
-        sqlx::query_scalar(
-            "SELECT COALESCE(MAX(number), 0) + 1 FROM transition_requests WHERE model = $1",
-        )
-        .bind(model)
-        .fetch_one(self.conn())
-        .await
-        .map_err(db_err)
+        sqlx::query_scalar(NEXT_REQUEST_NUMBER)
+            .bind(model)
+            .fetch_one(self.conn())
+            .await
+            .map_err(db_err)
     }
 
     async fn insert_request(&mut self, r: &TransitionRequest) -> Result<()> {
-        let sql = format!(
-            "INSERT INTO transition_requests ({REQUEST_COLUMNS})
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
-        );
+        let sql = insert_request_sql();
         sqlx::query(&sql)
             .bind(r.model.as_str())
             .bind(r.number)
@@ -447,21 +441,17 @@ where
     }
 
     async fn update_request(&mut self, r: &TransitionRequest) -> Result<()> {
-        sqlx::query(
-            r#"UPDATE transition_requests SET approvals = $1, status = $2, update_time = $3,
-                   resolved_by = $4, resolution_comment = $5
-               WHERE model = $6 AND number = $7"#,
-        )
-        .bind(serde_json::to_string(&r.approvals).map_err(json_err)?)
-        .bind(r.status.as_str())
-        .bind(r.update_time)
-        .bind(r.resolved_by.as_str())
-        .bind(r.resolution_comment.as_str())
-        .bind(r.model.as_str())
-        .bind(r.number)
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
+        sqlx::query(UPDATE_REQUEST)
+            .bind(serde_json::to_string(&r.approvals).map_err(json_err)?)
+            .bind(r.status.as_str())
+            .bind(r.update_time)
+            .bind(r.resolved_by.as_str())
+            .bind(r.resolution_comment.as_str())
+            .bind(r.model.as_str())
+            .bind(r.number)
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
         Ok(())
     }
 
@@ -478,10 +468,7 @@ where
         model: &str,
         version: i64,
     ) -> Result<Vec<TransitionRequest>> {
-        let sql = format!(
-            "SELECT {REQUEST_COLUMNS} FROM transition_requests
-             WHERE model = $1 AND version = $2 AND status = 'PENDING' ORDER BY number"
-        );
+        let sql = pending_requests_sql();
         let rows: Vec<RequestRow> = sqlx::query_as(&sql)
             .bind(model)
             .bind(version)
@@ -492,14 +479,11 @@ where
     }
 
     async fn stage_history(&mut self, model: &str) -> Result<Vec<StageStep>> {
-        let rows: Vec<StageStepRow> = sqlx::query_as(
-            r#"SELECT version, to_stage, cause FROM events
-               WHERE model = $1 AND type = 'STAGE_CHANGED' ORDER BY sequence"#,
-        )
-        .bind(model)
-        .fetch_all(self.conn())
-        .await
-        .map_err(db_err)?;
+        let rows: Vec<StageStepRow> = sqlx::query_as(STAGE_HISTORY)
+            .bind(model)
+            .fetch_all(self.conn())
+            .await
+            .map_err(db_err)?;
         convert(rows)
     }
 
@@ -540,57 +524,44 @@ where
         bad_since: i64,
         now: i64,
     ) -> Result<()> {
-        sqlx::query(
-            r#"INSERT INTO live_metric_breaches (model, version, metric, bad_since, report_time)
-               VALUES ($1, $2, $3, $4, $5)"#,
-        )
-        .bind(model)
-        .bind(version)
-        .bind(metric)
-        .bind(bad_since)
-        .bind(now)
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
+        sqlx::query(RECORD_BREACH)
+            .bind(model)
+            .bind(version)
+            .bind(metric)
+            .bind(bad_since)
+            .bind(now)
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
         Ok(())
     }
 
     async fn upsert_deployment(&mut self, d: &Deployment) -> Result<()> {
-        sqlx::query(
-            r#"INSERT INTO deployments (model, version, environment, status, endpoint, message, reported_by, report_time)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-               ON CONFLICT (model, version, environment) DO UPDATE SET status = excluded.status,
-                   endpoint = excluded.endpoint, message = excluded.message,
-                   reported_by = excluded.reported_by, report_time = excluded.report_time"#,
-        )
-        .bind(d.model.as_str())
-        .bind(d.version)
-        .bind(d.environment.as_str())
-        .bind(d.status.as_str())
-        .bind(d.endpoint.as_str())
-        .bind(d.message.as_str())
-        .bind(d.reported_by.as_str())
-        .bind(d.report_time)
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
+        sqlx::query(UPSERT_DEPLOYMENT)
+            .bind(d.model.as_str())
+            .bind(d.version)
+            .bind(d.environment.as_str())
+            .bind(d.status.as_str())
+            .bind(d.endpoint.as_str())
+            .bind(d.message.as_str())
+            .bind(d.reported_by.as_str())
+            .bind(d.report_time)
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
         Ok(())
     }
 
     async fn upsert_observation(&mut self, o: &LiveObservation) -> Result<()> {
-        sqlx::query(
-            r#"INSERT INTO live_metrics (model, version, metric, observe_time, value)
-               VALUES ($1, $2, $3, $4, $5)
-               ON CONFLICT (model, version, metric, observe_time) DO UPDATE SET value = excluded.value"#,
-        )
-        .bind(o.model.as_str())
-        .bind(o.version)
-        .bind(o.metric.as_str())
-        .bind(o.observe_time)
-        .bind(o.value)
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
+        sqlx::query(UPSERT_OBSERVATION)
+            .bind(o.model.as_str())
+            .bind(o.version)
+            .bind(o.metric.as_str())
+            .bind(o.observe_time)
+            .bind(o.value)
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
         Ok(())
     }
 
@@ -598,7 +569,7 @@ where
         let Ok(sequence) = i64::try_from(sequence) else {
             return Ok(None);
         };
-        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE sequence = $1");
+        let sql = fetch_event_sql();
         let row: Option<EventRow> = sqlx::query_as(&sql)
             .bind(sequence)
             .fetch_optional(self.conn())
@@ -630,10 +601,6 @@ where
     async fn delete_consumer(&mut self, name: &str) -> Result<bool> {
         ConsumerSql::<DB>::delete(self.conn(), name).await
     }
-
-    async fn commit(self) -> Result<()> {
-        SqlTx::commit(self).await
-    }
 }
 
 /// Replaces a model's rows in `model_tags`, the index that tag filters use.
@@ -647,7 +614,7 @@ where
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     for<'q> &'q str: Param<'q, DB>,
 {
-    sqlx::query("DELETE FROM model_tags WHERE model = $1")
+    sqlx::query(DELETE_TAGS)
         .bind(model)
         .execute(&mut *conn)
         .await
@@ -662,5 +629,68 @@ where
             .push_bind(value.as_str());
     });
     DB::build(&mut q).execute(conn).await.map_err(db_err)?;
+    Ok(())
+}
+
+pub(super) fn insert_evaluation_set_sql() -> String {
+    format!(
+        "INSERT INTO evaluation_sets ({EVALUATION_SET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    )
+}
+
+pub(super) fn fetch_evaluation_sql() -> String {
+    format!(
+            "SELECT {EVALUATION_COLUMNS} FROM evaluations
+             WHERE model = $1 AND version = $2 AND set_name = $3 AND set_version = $4 AND evaluator_version = $5"
+        )
+}
+
+pub(super) fn insert_evaluation_sql() -> String {
+    format!(
+        "INSERT INTO evaluations ({EVALUATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+    )
+}
+
+pub(super) fn insert_request_sql() -> String {
+    format!(
+        "INSERT INTO transition_requests ({REQUEST_COLUMNS})
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+    )
+}
+
+pub(super) fn pending_requests_sql() -> String {
+    format!(
+        "SELECT {REQUEST_COLUMNS} FROM transition_requests
+             WHERE model = $1 AND version = $2 AND status = 'PENDING' ORDER BY number"
+    )
+}
+
+pub(super) fn fetch_event_sql() -> String {
+    format!("SELECT {EVENT_COLUMNS} FROM events WHERE sequence = $1")
+}
+
+/// A request id taken by a concurrent request of the same method.
+pub(super) fn request_id_in_use(method: &str) -> Error {
+    Error::invalid(
+        "request_id",
+        format!(
+            "this request id is being used by another {method} request at this moment; use a new request id for a new request"
+        ),
+    )
+}
+
+/// A stage move must change exactly its one version.
+pub(super) fn moved_one(
+    rows: u64,
+    model: &str,
+    version: i64,
+    from: Stage,
+    to: Stage,
+) -> Result<()> {
+    if rows != 1 {
+        return Err(Error::Internal(format!(
+            "{model}/{version} was not in {from} when moving it to {to}"
+        )));
+    }
     Ok(())
 }
