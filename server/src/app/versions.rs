@@ -22,12 +22,13 @@ pub struct Registered {
 
 pub async fn register_version(store: &Store, new: NewVersion, actor: Actor) -> Result<Registered> {
     crate::domain::check_registration_target("target_stage", Some(new.target_stage))?;
+    // Worked out before the write: the one writer's time is the scarce one.
+    let fingerprint = format!("{}:{}", new.model, new.fingerprint());
     write_tx!(store, |tx| -> Registered {
         let model = new.model.as_str();
         // The model lock serializes registrations of one model, so version numbers
         // and request-id checks never race.
         let current = tx.lock_model(model).await?;
-        let fingerprint = format!("{model}:{}", new.fingerprint());
         let id = RequestId::new("RegisterVersion", &actor, &new.request_id, fingerprint);
         if let Some(stored) = id.retry(tx).await? {
             return registered_before(tx, &stored).await.map(|r| (r, None));

@@ -13,12 +13,7 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    format!("{:x}", Sha256::digest(bytes))
 }
 
 /// The hash of an event with the given content, chained to `prev_hash`.
@@ -97,6 +92,16 @@ mod tests {
 
     /// Stored details are parsed back before their hash is checked, so every
     /// number must parse to exactly the value that was hashed.
+    #[test]
+    fn sha256_is_lowercase_hex_of_every_byte() {
+        // FIPS 180-2's example, and the empty input's digest.
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(sha256_hex(b"").starts_with("e3b0c442"));
+    }
+
     #[test]
     fn hashes_survive_a_round_trip_of_awkward_floats_through_json() {
         let awkward = [

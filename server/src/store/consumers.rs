@@ -7,6 +7,7 @@
 //! event is parked, are [`crate::app::consumers`]'s.
 
 use std::marker::PhantomData;
+use std::sync::LazyLock;
 
 use sqlx::{Executor, FromRow, IntoArguments};
 
@@ -269,7 +270,7 @@ where
             .map_err(db_err)?;
         let slots: Vec<SlotRow> = match slots_sql(which) {
             None => vec![],
-            Some((sql, key)) => sqlx::query_as(&sql)
+            Some((sql, key)) => sqlx::query_as(sql)
                 .bind(name)
                 .bind(key)
                 .fetch_all(&mut *conn)
@@ -500,17 +501,17 @@ pub(super) fn dead_letter_sql() -> String {
 
 /// The select of the model places `which` asks for, with its second
 /// parameter (the first is the consumer), or `None` when it asks for none.
-pub(super) fn slots_sql(which: Slots<'_>) -> Option<(String, &str)> {
-    let (clause, key) = match which {
+pub(super) fn slots_sql(which: Slots<'_>) -> Option<(&'static str, &str)> {
+    static TEXTS: LazyLock<[String; 3]> = LazyLock::new(|| {
+        ["AND $2 = ''", "AND owner = $2", "AND model = $2"].map(|clause| {
+            format!("SELECT {SLOT_COLUMNS} FROM consumer_models WHERE consumer = $1 {clause} ORDER BY model")
+        })
+    });
+    let (text, key) = match which {
         Slots::None => return None,
-        Slots::All => ("AND $2 = ''", ""),
-        Slots::HeldBy(member) => ("AND owner = $2", member),
-        Slots::Of(model) => ("AND model = $2", model),
+        Slots::All => (0, ""),
+        Slots::HeldBy(member) => (1, member),
+        Slots::Of(model) => (2, model),
     };
-    Some((
-        format!(
-            "SELECT {SLOT_COLUMNS} FROM consumer_models WHERE consumer = $1 {clause} ORDER BY model"
-        ),
-        key,
-    ))
+    Some((TEXTS[text].as_str(), key))
 }

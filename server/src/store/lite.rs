@@ -14,8 +14,10 @@
 //! reaches a caller.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use rusqlite::types::FromSql;
@@ -99,7 +101,51 @@ pub struct LiteTx {
     pub(super) touched: Vec<String>,
     /// "Now" for this transaction.
     clock: Clock,
+    /// Statement texts as SQLite reads them, by the address of their text.
+    texts: RefCell<HashMap<(usize, usize), Text>>,
 }
+
+/// What names a statement text kept for the life of the process: where it
+/// starts and how long it is (two texts may start at one address when one
+/// is the other's beginning).
+fn key(sql: &'static str) -> (usize, usize) {
+    (sql.as_ptr() as usize, sql.len())
+}
+
+/// A statement's text as SQLite reads it, and its result columns once known.
+#[derive(Clone)]
+struct Text {
+    sql: Arc<str>,
+    columns: Option<Arc<[String]>>,
+}
+
+/// The statements whose text is built from column lists, built once.
+static MODEL_BY_NAME: LazyLock<String> = LazyLock::new(db::model_by_name_sql::<sqlx::Sqlite>);
+static VERSION_BY_NUMBER: LazyLock<String> =
+    LazyLock::new(db::version_by_number_sql::<sqlx::Sqlite>);
+static REQUEST_BY_NUMBER: LazyLock<String> = LazyLock::new(db::request_by_number_sql);
+static EVALUATION_SET_BY_REF: LazyLock<String> = LazyLock::new(db::evaluation_set_by_ref_sql);
+static INSERT_EVALUATION_SET: LazyLock<String> = LazyLock::new(sql::insert_evaluation_set_sql);
+static FETCH_EVALUATION: LazyLock<String> = LazyLock::new(sql::fetch_evaluation_sql);
+static INSERT_EVALUATION: LazyLock<String> = LazyLock::new(sql::insert_evaluation_sql);
+static INSERT_REQUEST: LazyLock<String> = LazyLock::new(sql::insert_request_sql);
+static PENDING_REQUESTS: LazyLock<String> = LazyLock::new(sql::pending_requests_sql);
+static FETCH_EVENT: LazyLock<String> = LazyLock::new(sql::fetch_event_sql);
+static LOAD_CONSUMER: LazyLock<String> = LazyLock::new(csql::load_consumer_sql);
+static DEAD_LETTERS_IN: LazyLock<String> = LazyLock::new(csql::dead_letters_in_sql);
+static SLOT: LazyLock<String> = LazyLock::new(csql::slot_sql);
+static DEAD_LETTER: LazyLock<String> = LazyLock::new(csql::dead_letter_sql);
+static INSERT_EVENT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+    )
+});
+static DELETE_CONSUMER_ROWS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    csql::CONSUMER_TABLES
+        .iter()
+        .map(|table| format!("DELETE FROM {table} WHERE consumer = $1"))
+        .collect()
+});
 
 /// Opens the writer's connection: WAL, `synchronous=FULL` (a commit is on
 /// disk when it returns), foreign keys on, and a wait rather than a refusal
@@ -130,6 +176,7 @@ impl LiteTx {
             head,
             touched: Vec::new(),
             clock,
+            texts: RefCell::new(HashMap::new()),
         })
     }
 
@@ -151,24 +198,51 @@ impl LiteTx {
         Ok(())
     }
 
+    /// The statement `sql` as SQLite reads it (`?n` for `$n`), with its
+    /// result columns once known: worked out once per text, which is kept
+    /// for the life of the process, so its address names it ([`key`]).
+    fn text(&self, sql: &'static str) -> Text {
+        self.texts
+            .borrow_mut()
+            .entry(key(sql))
+            .or_insert_with(|| Text {
+                sql: numbered(sql).into(),
+                columns: None,
+            })
+            .clone()
+    }
+
     /// Runs one statement; how many rows it changed.
-    fn exec(&self, sql: &str, params: impl Params) -> rusqlite::Result<usize> {
-        self.conn.prepare_cached(&numbered(sql))?.execute(params)
+    fn exec(&self, sql: &'static str, params: impl Params) -> rusqlite::Result<usize> {
+        self.conn
+            .prepare_cached(&self.text(sql).sql)?
+            .execute(params)
     }
 
     /// Runs one statement, mapping its error.
-    fn run(&self, sql: &str, params: impl Params) -> Result<usize> {
+    fn run(&self, sql: &'static str, params: impl Params) -> Result<usize> {
         self.exec(sql, params).map_err(lite_err)
     }
 
     /// Every row of a select, decoded by column name.
-    fn all<T: DeserializeOwned>(&self, sql: &str, params: impl Params) -> Result<Vec<T>> {
-        let mut stmt = self.conn.prepare_cached(&numbered(sql)).map_err(lite_err)?;
+    fn all<T: DeserializeOwned>(&self, sql: &'static str, params: impl Params) -> Result<Vec<T>> {
+        let text = self.text(sql);
+        let mut stmt = self.conn.prepare_cached(&text.sql).map_err(lite_err)?;
+        let columns = match text.columns {
+            Some(columns) => columns,
+            None => {
+                let columns: Arc<[String]> = serde_rusqlite::columns_from_statement(&stmt).into();
+                if let Some(kept) = self.texts.borrow_mut().get_mut(&key(sql)) {
+                    kept.columns = Some(columns.clone());
+                }
+                columns
+            }
+        };
         let mut rows = stmt.query(params).map_err(lite_err)?;
         let mut out = Vec::new();
         while let Some(row) = rows.next().map_err(lite_err)? {
             out.push(
-                serde_rusqlite::from_row(row)
+                serde_rusqlite::from_row_with_columns(row, &columns)
                     .map_err(|e| Error::Internal(format!("undecodable row: {e}")))?,
             );
         }
@@ -176,13 +250,20 @@ impl LiteTx {
     }
 
     /// The first row of a select, if any, decoded by column name.
-    fn one<T: DeserializeOwned>(&self, sql: &str, params: impl Params) -> Result<Option<T>> {
+    fn one<T: DeserializeOwned>(
+        &self,
+        sql: &'static str,
+        params: impl Params,
+    ) -> Result<Option<T>> {
         Ok(self.all(sql, params)?.into_iter().next())
     }
 
     /// The first column of the first row, if any.
-    fn scalar<T: FromSql>(&self, sql: &str, params: impl Params) -> Result<Option<T>> {
-        let mut stmt = self.conn.prepare_cached(&numbered(sql)).map_err(lite_err)?;
+    fn scalar<T: FromSql>(&self, sql: &'static str, params: impl Params) -> Result<Option<T>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&self.text(sql).sql)
+            .map_err(lite_err)?;
         let mut rows = stmt.query(params).map_err(lite_err)?;
         match rows.next().map_err(lite_err)? {
             Some(row) => row.get(0).map(Some).map_err(lite_err),
@@ -204,8 +285,7 @@ impl LiteTx {
 
     /// A consumer's dead letters in `state`, by sequence.
     fn dead_letters_in(&self, name: &str, state: &str) -> Result<Vec<DeadLetterRecord>> {
-        let rows: Vec<DeadLetterRow> =
-            self.all(&csql::dead_letters_in_sql(), params![name, state])?;
+        let rows: Vec<DeadLetterRow> = self.all(&DEAD_LETTERS_IN, params![name, state])?;
         convert(rows)
     }
 
@@ -253,16 +333,12 @@ impl Tx for LiteTx {
     }
 
     async fn fetch_model(&mut self, name: &str) -> Result<Option<Model>> {
-        let row: Option<ModelRow> =
-            self.one(&db::model_by_name_sql::<sqlx::Sqlite>(), params![name])?;
+        let row: Option<ModelRow> = self.one(&MODEL_BY_NAME, params![name])?;
         row.map(Model::try_from).transpose()
     }
 
     async fn fetch_version(&mut self, model: &str, version: i64) -> Result<Option<Version>> {
-        let row: Option<VersionRow> = self.one(
-            &db::version_by_number_sql::<sqlx::Sqlite>(),
-            params![model, version],
-        )?;
+        let row: Option<VersionRow> = self.one(&VERSION_BY_NUMBER, params![model, version])?;
         row.map(Version::try_from).transpose()
     }
 
@@ -426,15 +502,12 @@ impl Tx for LiteTx {
     /// One cached single-row INSERT per event: with no hop per statement a
     /// multi-row INSERT saves nothing, and its text would differ per count.
     async fn insert_events(&mut self, events: &[Event]) -> Result<()> {
-        let insert = format!(
-            "INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-        );
         for e in events {
             if !self.touched.contains(&e.model) {
                 self.touched.push(e.model.clone());
             }
             self.run(
-                &insert,
+                &INSERT_EVENT,
                 params![
                     e.sequence as i64,
                     e.kind.as_str(),
@@ -462,16 +535,14 @@ impl Tx for LiteTx {
     }
 
     async fn fetch_evaluation_set(&mut self, set: &SetRef) -> Result<Option<EvaluationSet>> {
-        let row: Option<EvaluationSetRow> = self.one(
-            &db::evaluation_set_by_ref_sql(),
-            params![set.name, set.version],
-        )?;
+        let row: Option<EvaluationSetRow> =
+            self.one(&EVALUATION_SET_BY_REF, params![set.name, set.version])?;
         row.map(EvaluationSet::try_from).transpose()
     }
 
     async fn insert_evaluation_set(&mut self, set: &EvaluationSet) -> Result<()> {
         self.run(
-            &sql::insert_evaluation_set_sql(),
+            &INSERT_EVALUATION_SET,
             params![
                 set.id.name,
                 set.id.version,
@@ -494,7 +565,7 @@ impl Tx for LiteTx {
         evaluator_version: &str,
     ) -> Result<Option<Evaluation>> {
         let row: Option<EvaluationRow> = self.one(
-            &sql::fetch_evaluation_sql(),
+            &FETCH_EVALUATION,
             params![model, version, set.name, set.version, evaluator_version],
         )?;
         row.map(Evaluation::try_from).transpose()
@@ -502,7 +573,7 @@ impl Tx for LiteTx {
 
     async fn insert_evaluation(&mut self, e: &Evaluation) -> Result<()> {
         self.run(
-            &sql::insert_evaluation_sql(),
+            &INSERT_EVALUATION,
             params![
                 e.model,
                 e.version,
@@ -525,7 +596,7 @@ impl Tx for LiteTx {
 
     async fn insert_request(&mut self, r: &TransitionRequest) -> Result<()> {
         self.run(
-            &sql::insert_request_sql(),
+            &INSERT_REQUEST,
             params![
                 r.model,
                 r.number,
@@ -568,8 +639,7 @@ impl Tx for LiteTx {
         model: &str,
         number: i64,
     ) -> Result<Option<TransitionRequest>> {
-        let row: Option<RequestRow> =
-            self.one(&db::request_by_number_sql(), params![model, number])?;
+        let row: Option<RequestRow> = self.one(&REQUEST_BY_NUMBER, params![model, number])?;
         row.map(TransitionRequest::try_from).transpose()
     }
 
@@ -578,8 +648,7 @@ impl Tx for LiteTx {
         model: &str,
         version: i64,
     ) -> Result<Vec<TransitionRequest>> {
-        let rows: Vec<RequestRow> =
-            self.all(&sql::pending_requests_sql(), params![model, version])?;
+        let rows: Vec<RequestRow> = self.all(&PENDING_REQUESTS, params![model, version])?;
         convert(rows)
     }
 
@@ -689,7 +758,7 @@ impl Tx for LiteTx {
         let Ok(sequence) = i64::try_from(sequence) else {
             return Ok(None);
         };
-        let row: Option<EventRow> = self.one(&sql::fetch_event_sql(), params![sequence])?;
+        let row: Option<EventRow> = self.one(&FETCH_EVENT, params![sequence])?;
         row.map(Event::try_from).transpose()
     }
 
@@ -698,14 +767,13 @@ impl Tx for LiteTx {
         name: &str,
         which: Slots<'_>,
     ) -> Result<Option<ConsumerState>> {
-        let Some(row): Option<ConsumerRow> = self.one(&csql::load_consumer_sql(), params![name])?
-        else {
+        let Some(row): Option<ConsumerRow> = self.one(&LOAD_CONSUMER, params![name])? else {
             return Ok(None);
         };
         let members: Vec<MemberRow> = self.all(csql::LOAD_MEMBERS, params![name])?;
         let slots: Vec<SlotRow> = match slots_sql(which) {
             None => vec![],
-            Some((sql, key)) => self.all(&sql, params![name, key])?,
+            Some((sql, key)) => self.all(sql, params![name, key])?,
         };
         let retrying = self.dead_letters_in(name, "RETRYING")?;
         let parked: i64 = self
@@ -721,13 +789,12 @@ impl Tx for LiteTx {
     }
 
     async fn consumer_slot(&mut self, name: &str, model: &str) -> Result<Option<ModelSlot>> {
-        let row: Option<SlotRow> = self.one(&csql::slot_sql(), params![name, model])?;
+        let row: Option<SlotRow> = self.one(&SLOT, params![name, model])?;
         Ok(row.map(ModelSlot::from))
     }
 
     async fn dead_letter(&mut self, name: &str, sequence: u64) -> Result<Option<DeadLetterRecord>> {
-        let row: Option<DeadLetterRow> =
-            self.one(&csql::dead_letter_sql(), params![name, sequence as i64])?;
+        let row: Option<DeadLetterRow> = self.one(&DEAD_LETTER, params![name, sequence as i64])?;
         row.map(DeadLetterRecord::try_from).transpose()
     }
 
@@ -786,11 +853,8 @@ impl Tx for LiteTx {
     }
 
     async fn delete_consumer(&mut self, name: &str) -> Result<bool> {
-        for table in csql::CONSUMER_TABLES {
-            self.run(
-                &format!("DELETE FROM {table} WHERE consumer = $1"),
-                params![name],
-            )?;
+        for delete in DELETE_CONSUMER_ROWS.iter() {
+            self.run(delete, params![name])?;
         }
         let found: Option<i64> = self.scalar(csql::DELETE_CONSUMER, params![name])?;
         Ok(found.is_some())

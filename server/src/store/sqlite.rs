@@ -232,8 +232,10 @@ impl Writer {
     /// The writer thread: runs the writes' futures on a runtime of its own,
     /// where each statement completes at once, until the store closes.
     fn run(self, tx: LiteTx) {
+        // Timers only: a write does no I/O of its own, and without an I/O
+        // driver the idle thread sleeps on a futex rather than in epoll.
         let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+            .enable_time()
             .build()
         {
             Ok(runtime) => runtime,
