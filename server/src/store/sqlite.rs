@@ -104,7 +104,9 @@ impl SqliteStore {
         }
 
         // Creates the file in WAL mode and migrates it, then steps aside for
-        // the writer thread's own connection.
+        // the writer thread's own connection: closed only once the others
+        // are open, so that its close is not the last one, which would copy
+        // the whole log into the database file before anyone could start.
         let setup = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(
@@ -119,7 +121,6 @@ impl SqliteStore {
             .run(&setup)
             .await
             .map_err(|e| Error::Internal(format!("migration failed: {e}")))?;
-        setup.close().await;
 
         let readers = SqlitePoolOptions::new()
             .max_connections(READERS)
@@ -137,6 +138,7 @@ impl SqliteStore {
             .map(|(seq, hash)| (seq as u64, hash))
             .unwrap_or((0, crate::domain::audit::GENESIS_HASH.to_owned()));
         let tx = open_writer(path.clone(), head.clone(), clock.clone()).await?;
+        setup.close().await;
         let (latest, rx) = watch::channel(head.0);
         let (jobs, queue) = mpsc::channel(QUEUE);
         let cache = Arc::new(VersionCache::default());
