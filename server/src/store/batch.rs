@@ -96,7 +96,12 @@ pub(super) const UNDO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT write; RELEASE SA
 
 /// Answers a write that could not run because its batch failed.
 pub(super) async fn abandon<T>(job: Job<T>) {
-    let done = job(Err(Error::Unavailable("the batch failed".into()))).await;
+    abandon_with(job, "the batch failed").await;
+}
+
+/// Answers a write that could not run, as unavailable because of `why`.
+pub(super) async fn abandon_with<T>(job: Job<T>, why: &str) {
+    let done = job(Err(Error::Unavailable(why.to_owned()))).await;
     done.answer(None);
 }
 

@@ -323,6 +323,11 @@ impl Writer {
                 done.answer(failure.as_deref());
             }
             if self.closing.load(Ordering::SeqCst) {
+                // Writes queued behind the close are refused, not dropped.
+                self.queue.close();
+                while let Some(job) = self.queue.recv().await {
+                    batch::abandon_with(job, "the database is closing").await;
+                }
                 break;
             }
         }
@@ -413,6 +418,56 @@ mod tests {
         assert!(
             gone.is_err(),
             "the second RELEASE ran too: no savepoint is left"
+        );
+    }
+
+    /// A write still queued when the writer stops for a close is answered as
+    /// unavailable (retry elsewhere, or later), never dropped unanswered.
+    #[tokio::test]
+    async fn writes_queued_behind_the_close_are_refused_not_dropped() {
+        // Arrange: one more write queued than a batch takes, the store closing.
+        let dir = tempfile::tempdir().unwrap();
+        let path: &Path = &dir.path().join("t.db");
+        rusqlite::Connection::open(path).unwrap();
+        let tx = LiteTx::open(path, (0, String::new()), Clock::system()).unwrap();
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let writes: Vec<_> = (0..=MAX_BATCH)
+            .map(|_| {
+                let jobs = jobs.clone();
+                tokio::spawn(async move {
+                    batch::enqueue(&jobs, |_: &mut LiteTx| -> WriteFuture<'_, ()> {
+                        Box::pin(async { Ok(((), None)) })
+                    })
+                    .await
+                })
+            })
+            .collect();
+        while jobs.max_capacity() - jobs.capacity() <= MAX_BATCH {
+            tokio::task::yield_now().await;
+        }
+        let writer = Writer {
+            queue,
+            latest: watch::channel(0).0,
+            cache: Arc::new(VersionCache::default()),
+            batch_sizes: batch_size_histogram(),
+            closing: Arc::new(AtomicBool::new(true)),
+        };
+
+        // Act: the writer commits one batch and stops.
+        std::thread::spawn(move || writer.run(tx));
+        let mut answers = Vec::new();
+        for write in writes {
+            answers.push(write.await.unwrap());
+        }
+
+        // Assert
+        assert_eq!(answers.iter().filter(|a| a.is_ok()).count(), MAX_BATCH);
+        let refused: Vec<_> = answers.into_iter().filter_map(Result::err).collect();
+        assert_eq!(refused.len(), 1);
+        assert!(
+            matches!(refused[0], Error::Unavailable(_)),
+            "{:?}",
+            refused[0]
         );
     }
 }
