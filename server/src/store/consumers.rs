@@ -15,6 +15,9 @@ use crate::domain::{ConsumerRecord, DeadLetterRecord, DeadLetterState, MemberRec
 use crate::error::{Error, Result};
 use crate::store::sql::{Column, Engine, Param, db_err, json_err};
 
+// The statements' texts, each named after what it does: the sqlx
+// statements below and the SQLite writer's ([`super::lite`]) run the same
+// text.
 pub(super) const LOAD_MEMBERS: &str =
     "SELECT member, identity, session, join_time, expire_time FROM consumer_members
              WHERE consumer = $1 ORDER BY member";
@@ -481,20 +484,28 @@ where
     }
 }
 
+/// A consumer by name.
+/// Its text is shared with [`super::lite`].
 pub(super) fn load_consumer_sql() -> String {
     format!("SELECT {CONSUMER_COLUMNS} FROM consumers WHERE name = $1")
 }
 
+/// A consumer's dead letters in one state, by sequence.
+/// Its text is shared with [`super::lite`].
 pub(super) fn dead_letters_in_sql() -> String {
     format!(
         "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE consumer = $1 AND state = $2 ORDER BY sequence"
     )
 }
 
+/// One model's place in a consumer.
+/// Its text is shared with [`super::lite`].
 pub(super) fn slot_sql() -> String {
     format!("SELECT {SLOT_COLUMNS} FROM consumer_models WHERE consumer = $1 AND model = $2")
 }
 
+/// One dead letter by consumer and sequence.
+/// Its text is shared with [`super::lite`].
 pub(super) fn dead_letter_sql() -> String {
     format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE consumer = $1 AND sequence = $2")
 }

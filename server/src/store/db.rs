@@ -28,6 +28,9 @@ use crate::store::rows::{
 use crate::store::sql::{Column, Engine, Param, SqlStore, db_err, json_err};
 use crate::store::{ConsumerState, Db, ModelFilter, RequestCursor, Slots, WriteFuture};
 
+// The statements' texts, each named after what it does: the sqlx
+// statements below and the SQLite writer's ([`super::lite`]) run the same
+// text.
 pub(super) const PRODUCTION_SINCE: &str = r#"SELECT version, stage, stage_update_time FROM versions
                WHERE model = $1 AND stage = 'PRODUCTION'"#;
 pub(super) const PASSED_OVER: &str = r#"SELECT version, stage, stage_update_time FROM versions
@@ -571,10 +574,14 @@ where
     }
 }
 
+/// A model by name, with its aliases and production deployments.
+/// Its text is shared with [`super::lite`].
 pub(super) fn model_by_name_sql<DB: Engine>() -> String {
     format!("{} WHERE m.name = $1", rows::model_select::<DB>())
 }
 
+/// A version by model and number, with its aliases, evaluations and deployments.
+/// Its text is shared with [`super::lite`].
 pub(super) fn version_by_number_sql<DB: Engine>() -> String {
     format!(
         "{} WHERE v.model = $1 AND v.version = $2",
@@ -582,10 +589,14 @@ pub(super) fn version_by_number_sql<DB: Engine>() -> String {
     )
 }
 
+/// A transition request by model and number.
+/// Its text is shared with [`super::lite`].
 pub(super) fn request_by_number_sql() -> String {
     format!("SELECT {REQUEST_COLUMNS} FROM transition_requests WHERE model = $1 AND number = $2")
 }
 
+/// An evaluation set by name and version.
+/// Its text is shared with [`super::lite`].
 pub(super) fn evaluation_set_by_ref_sql() -> String {
     format!("SELECT {EVALUATION_SET_COLUMNS} FROM evaluation_sets WHERE name = $1 AND version = $2")
 }

@@ -29,6 +29,9 @@ use crate::store::rows::{
 use crate::store::sql::{Column, Engine, Param, SqlTx, db_err, json_err};
 use crate::store::{ConsumerChanges, ConsumerState, Slots, StoredRequest, Tx};
 
+// The statements' texts, each named after what it does: the sqlx
+// statements below and the SQLite writer's ([`super::lite`]) run the same
+// text.
 pub(super) const PRODUCTION_VERSION: &str =
     "SELECT version FROM versions WHERE model = $1 AND stage = 'PRODUCTION'";
 pub(super) const FIND_REQUEST: &str = r#"SELECT fingerprint, model, version, response FROM idempotency
@@ -632,12 +635,16 @@ where
     Ok(())
 }
 
+/// Inserts an evaluation set (`$1`..`$8`, in its columns' order).
+/// Its text is shared with [`super::lite`].
 pub(super) fn insert_evaluation_set_sql() -> String {
     format!(
         "INSERT INTO evaluation_sets ({EVALUATION_SET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
     )
 }
 
+/// One evaluation of a version by set and evaluator version.
+/// Its text is shared with [`super::lite`].
 pub(super) fn fetch_evaluation_sql() -> String {
     format!(
             "SELECT {EVALUATION_COLUMNS} FROM evaluations
@@ -645,12 +652,16 @@ pub(super) fn fetch_evaluation_sql() -> String {
         )
 }
 
+/// Inserts an evaluation (`$1`..`$9`, in its columns' order).
+/// Its text is shared with [`super::lite`].
 pub(super) fn insert_evaluation_sql() -> String {
     format!(
         "INSERT INTO evaluations ({EVALUATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
     )
 }
 
+/// Inserts a transition request (`$1`..`$15`, in its columns' order).
+/// Its text is shared with [`super::lite`].
 pub(super) fn insert_request_sql() -> String {
     format!(
         "INSERT INTO transition_requests ({REQUEST_COLUMNS})
@@ -658,6 +669,8 @@ pub(super) fn insert_request_sql() -> String {
     )
 }
 
+/// A version's pending transition requests, by number.
+/// Its text is shared with [`super::lite`].
 pub(super) fn pending_requests_sql() -> String {
     format!(
         "SELECT {REQUEST_COLUMNS} FROM transition_requests
@@ -665,6 +678,8 @@ pub(super) fn pending_requests_sql() -> String {
     )
 }
 
+/// One event by sequence.
+/// Its text is shared with [`super::lite`].
 pub(super) fn fetch_event_sql() -> String {
     format!("SELECT {EVENT_COLUMNS} FROM events WHERE sequence = $1")
 }
