@@ -22,17 +22,8 @@ use tokio::process::{Child, Command};
 
 #[path = "../../tests/support/http.rs"]
 mod http;
-
-fn bin(name: &str) -> PathBuf {
-    let cli = PathBuf::from(env!("CARGO_BIN_EXE_modelreg"));
-    let path = cli.with_file_name(name);
-    assert!(
-        path.is_file(),
-        "{} not found: build it first",
-        path.display()
-    );
-    path
-}
+mod support;
+use support::servers::{bin, wait_ready};
 
 struct Server {
     child: Child,
@@ -47,37 +38,29 @@ impl Server {
     async fn start(dir: &Path, database: &str, port: u16, name: &str) -> Server {
         let ready = dir.join(format!("{name}.ready"));
         let _ = std::fs::remove_file(&ready);
-        let log = std::fs::OpenOptions::new()
+        let log = dir.join(format!("{name}.log"));
+        let output = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join(format!("{name}.log")))
+            .open(&log)
             .unwrap();
         let mut child = Command::new(bin("modelreg-server"))
             .args(["--listen", &format!("127.0.0.1:{port}"), "--ready-file"])
             .arg(&ready)
             .args(["--database-url", database, "--http-listen", "off"])
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(output)
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        for _ in 0..1200 {
-            let text = std::fs::read_to_string(&ready).unwrap_or_default();
-            if let Some(addr) = text.lines().find_map(|l| l.strip_prefix("grpc=")) {
-                let port = addr.rsplit(':').next().unwrap().parse().unwrap();
-                return Server {
-                    child,
-                    url: format!("http://{addr}"),
-                    port,
-                    database: database.to_owned(),
-                };
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("modelreg-server exited: {status}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let addr = wait_ready(&mut child, &ready, &log).await.grpc;
+        let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+        Server {
+            child,
+            url: format!("http://{addr}"),
+            port,
+            database: database.to_owned(),
         }
-        panic!("modelreg-server did not start");
     }
 }
 

@@ -1,0 +1,3 @@
+//! What the client crate's end-to-end tests share.
+
+pub mod servers;
