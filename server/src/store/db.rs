@@ -379,9 +379,18 @@ where
         Reads::live_readings(self.readers(), (model, version), rule, since, now).await
     }
 
+    /// In one snapshot: a scan committed between reading the consumer's
+    /// scanned sequence and its model places would count an event both as
+    /// pending and as not yet scanned in its lag.
     async fn consumer_state(&self, name: &str, slots: Slots<'_>) -> Result<Option<ConsumerState>> {
-        let mut conn = self.readers().acquire().await.map_err(db_err)?;
-        ConsumerSql::<DB>::load(&mut conn, name, slots).await
+        let mut tx = self
+            .readers()
+            .begin_with(DB::SNAPSHOT_READ)
+            .await
+            .map_err(db_err)?;
+        let state = ConsumerSql::<DB>::load(&mut tx, name, slots).await?;
+        tx.rollback().await.map_err(db_err)?;
+        Ok(state)
     }
 
     async fn list_consumers(&self, after: &str, limit: usize) -> Result<Vec<ConsumerRecord>> {

@@ -421,6 +421,7 @@ impl Engine for sqlx::Postgres {
     const LOCK_MODEL: Option<&'static str> =
         Some("SELECT name FROM models WHERE name = $1 FOR UPDATE");
     const LOCK_KEY: Option<&'static str> = Some("SELECT pg_advisory_xact_lock(hashtext($1))");
+    const SNAPSHOT_READ: &'static str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
     fn build<'q>(q: &'q mut QueryBuilder<'_, Self>) -> Query<'q, Self, PgArguments> {
         q.build()

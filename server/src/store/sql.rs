@@ -85,6 +85,8 @@ pub trait Engine: Database {
     const LOCK_MODEL: Option<&'static str>;
     /// Serializes the transactions that take the same key (`$1`), likewise.
     const LOCK_KEY: Option<&'static str>;
+    /// Begins a read-only transaction whose statements all see one snapshot.
+    const SNAPSHOT_READ: &'static str;
 
     /// [`QueryBuilder::build`], where the engine is known: only then can Rust
     /// see that the query's arguments may live shorter than the builder, so

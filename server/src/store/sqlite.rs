@@ -382,6 +382,8 @@ impl Engine for sqlx::Sqlite {
     );
     const LOCK_MODEL: Option<&'static str> = None;
     const LOCK_KEY: Option<&'static str> = None;
+    /// A deferred transaction takes its snapshot at its first read.
+    const SNAPSHOT_READ: &'static str = "BEGIN";
 
     fn build<'q>(q: &'q mut QueryBuilder<'_, Self>) -> Query<'q, Self, SqliteArguments<'q>> {
         q.build()
